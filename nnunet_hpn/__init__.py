@@ -1,0 +1,17 @@
+"""nnunet-hpn: the Hyper-Pairing Network (Zhou et al., MICCAI 2019) as a plugin for nnU-Net v2.
+
+This module stays free of heavy imports (no torch, no nnunetv2): the start-up hook imports it in every
+interpreter of the environment.
+"""
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+#: Folder that holds only the trainer shim modules; appended to ``nnUNet_extTrainer`` by the start-up hook.
+EXT_TRAINER_DIR: str = str(Path(__file__).resolve().parent / "nnunet_ext")
+
+#: Channel order of every HPN dataset: ``_0000`` arterial, ``_0001`` venous.
+PHASES: tuple = ("arterial", "venous")
+
+#: Label convention of every HPN dataset.
+LABELS: dict = {"background": 0, "pancreas": 1, "PDAC": 2, "duct": 3}
