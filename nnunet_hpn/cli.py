@@ -1,0 +1,109 @@
+"""``nnunet-hpn``: what nnU-Net lacks for dual-phase HPN work (phantoms, conversion, CPU configuration, evaluation,
+demo). Training and prediction use the stock ``nnUNetv2_*`` commands."""
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from nnunet_hpn.errors import HPNInputError
+
+
+def _phantom(args: argparse.Namespace) -> None:
+    from nnunet_hpn.phantom import write_phantom_cases
+
+    cases = write_phantom_cases(Path(args.out_dir), args.cases, seed=args.seed)
+    print(f"wrote {len(cases)} phantom cases to {args.out_dir}")
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from nnunet_hpn.convert import convert_cases
+
+    raw_root = Path(args.raw_root) if args.raw_root else None
+    target = convert_cases(Path(args.in_dir), args.dataset_id, args.name, raw_root=raw_root, overwrite=args.overwrite)
+    print(f"wrote {target}")
+
+
+def _cpu_config(args: argparse.Namespace) -> None:
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    from nnunet_hpn.plans_tools import add_small_configuration
+
+    plans_file = Path(nnUNet_preprocessed) / maybe_convert_to_dataset_name(args.dataset) / f"{args.plans}.json"
+    entry = add_small_configuration(plans_file, args.name, args.patch_size, args.base_features, args.max_features,
+                                    args.batch_size)
+    print(f"added configuration '{args.name}' to {plans_file}: patch {entry['patch_size']}, "
+          f"features {entry['architecture']['arch_kwargs']['features_per_stage']}, batch {entry['batch_size']}")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from nnunet_hpn.evaluation import evaluate_folders, format_dice_table, write_summary
+
+    result = evaluate_folders(Path(args.pred_dir), Path(args.gt_dir))
+    print(format_dice_table(result))
+    if args.output:
+        write_summary(result, Path(args.output))
+        print(f"wrote {args.output}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from nnunet_hpn.demo import run_demo
+
+    run_demo(Path(args.workdir), n_cases=args.cases, seed=args.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnunet-hpn", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("phantom", help="write synthetic dual-phase abdominal CT cases with labels")
+    p.add_argument("out_dir")
+    p.add_argument("--cases", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_phantom)
+
+    p = sub.add_parser("convert", help="IN_DIR/<case>/{arterial,venous,label}.nii.gz -> $nnUNet_raw/DatasetXXX_NAME")
+    p.add_argument("in_dir")
+    p.add_argument("--dataset-id", type=int, required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--raw-root", help="defaults to $nnUNet_raw")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with the same id")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("cpu-config", help="add a small-patch, narrow configuration to a plans file for CPU runs")
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
+    p.add_argument("-p", "--plans", default="nnUNetHPNPlans")
+    p.add_argument("--name", default="3d_cpu")
+    p.add_argument("--patch-size", type=int, nargs=3, default=(32, 48, 48))
+    p.add_argument("--base-features", type=int, default=8)
+    p.add_argument("--max-features", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.set_defaults(func=_cpu_config)
+
+    p = sub.add_parser("evaluate", help="Dice of abnormal pancreas (1∪2∪3), PDAC (2) and duct (3) per case and mean±std")
+    p.add_argument("pred_dir")
+    p.add_argument("gt_dir")
+    p.add_argument("-o", "--output", help="summary .json (a per-case .csv is written next to it)")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("demo", help="phantoms -> convert -> plan -> short HPN training -> predict -> Dice + PNG (CPU)")
+    p.add_argument("--workdir", default="hpn_demo")
+    p.add_argument("--cases", type=int, default=10, help="phantom cases; 2 are held out for testing")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except HPNInputError as e:
+        print(f"nnunet-hpn {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

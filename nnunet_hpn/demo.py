@@ -1,0 +1,106 @@
+"""``nnunet-hpn demo``: the whole HPN workflow on built-in phantoms, on CPU, with the stock nnU-Net commands."""
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+from nnunet_hpn.planners.hpn_planner import HPN_PLANS_NAME
+
+DEMO_DATASET_ID = 501
+DEMO_DATASET_NAME = "PancreasDualPhase"
+DEMO_CONFIGURATION = "3d_cpu"
+DEMO_TRAINER = "HPNTrainer_demo"
+N_HELD_OUT = 2
+
+
+def _nnunet_env(workdir: Path) -> Dict[str, str]:
+    """Environment for the child commands: nnU-Net's three folders inside ``workdir``, 2 worker processes."""
+    env = dict(os.environ)
+    env.update({
+        "nnUNet_raw": str(workdir / "nnUNet_raw"),
+        "nnUNet_preprocessed": str(workdir / "nnUNet_preprocessed"),
+        "nnUNet_results": str(workdir / "nnUNet_results"),
+        "nnUNet_def_n_proc": "2",
+        "nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "2"),
+        "nnUNet_compile": "f",
+    })
+    return env
+
+
+def _command(name: str) -> str:
+    """A console script of this environment (next to the running interpreter), else from PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+def _run(step: str, args: List[str], env: Dict[str, str]) -> None:
+    print(f"\n=== {step}\n$ {' '.join(args)}", flush=True)
+    start = time.time()
+    subprocess.run(args, env=env, check=True)
+    print(f"=== {step}: done in {time.time() - start:.0f} s", flush=True)
+
+
+def run_demo(workdir: Path, n_cases: int = 10, seed: int = 0) -> dict:
+    """Phantoms → conversion → planning/preprocessing → short HPN training → prediction of held-out cases →
+    Dice table and PNG overlays. Everything is written under ``workdir`` (replaced if it exists). Returns the
+    evaluation result."""
+    from nnunet_hpn.convert import convert_cases
+    from nnunet_hpn.evaluation import evaluate_folders, format_dice_table, write_summary
+    from nnunet_hpn.figures import save_overlay_from_files
+    from nnunet_hpn.phantom import write_phantom_cases
+    from nnunet_hpn.plans_tools import add_small_configuration
+
+    started = time.time()
+    workdir = Path(workdir).resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    env = _nnunet_env(workdir)
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        Path(env[key]).mkdir(parents=True)
+    dataset = f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_DATASET_NAME}"
+
+    print(f"=== 1/6 phantoms: {n_cases} dual-phase cases ({N_HELD_OUT} held out) in {workdir / 'phantoms'}")
+    cases = write_phantom_cases(workdir / "phantoms", n_cases, seed=seed)
+    truth_dir = workdir / "held_out_labels"
+    truth_dir.mkdir()
+    for case in cases[-N_HELD_OUT:]:  # without label.nii.gz, conversion puts them into imagesTs
+        shutil.move(str(workdir / "phantoms" / case / "label.nii.gz"), str(truth_dir / f"{case}.nii.gz"))
+
+    print("=== 2/6 conversion to nnU-Net's raw format")
+    raw_dataset = convert_cases(workdir / "phantoms", DEMO_DATASET_ID, DEMO_DATASET_NAME,
+                                raw_root=Path(env["nnUNet_raw"]))
+
+    _run("3/6 planning and preprocessing with HPNPlanner",
+         [_command("nnUNetv2_plan_and_preprocess"), "-d", str(DEMO_DATASET_ID), "-pl", "HPNPlanner",
+          "-c", "3d_fullres", "-np", "2", "-npfp", "2"], env)
+    entry = add_small_configuration(Path(env["nnUNet_preprocessed"]) / dataset / f"{HPN_PLANS_NAME}.json",
+                                    DEMO_CONFIGURATION)
+    print(f"added CPU configuration '{DEMO_CONFIGURATION}': patch {entry['patch_size']}, features "
+          f"{entry['architecture']['arch_kwargs']['features_per_stage']}, batch {entry['batch_size']}")
+
+    _run(f"4/6 training {DEMO_TRAINER} (fold 0, CPU)",
+         [_command("nnUNetv2_train"), str(DEMO_DATASET_ID), DEMO_CONFIGURATION, "0", "-tr", DEMO_TRAINER,
+          "-p", HPN_PLANS_NAME, "-device", "cpu"], env)
+
+    prediction_dir = workdir / "predictions"
+    _run("5/6 prediction of the held-out cases",
+         [_command("nnUNetv2_predict"), "-i", str(raw_dataset / "imagesTs"), "-o", str(prediction_dir),
+          "-d", str(DEMO_DATASET_ID), "-c", DEMO_CONFIGURATION, "-tr", DEMO_TRAINER, "-p", HPN_PLANS_NAME,
+          "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+
+    print("\n=== 6/6 evaluation of the held-out cases")
+    result = evaluate_folders(prediction_dir, truth_dir)
+    write_summary(result, workdir / "summary.json")
+    for case in cases[-N_HELD_OUT:]:
+        png = save_overlay_from_files(raw_dataset / "imagesTs" / f"{case}_0000.nii.gz",
+                                      raw_dataset / "imagesTs" / f"{case}_0001.nii.gz",
+                                      truth_dir / f"{case}.nii.gz", prediction_dir / f"{case}.nii.gz",
+                                      workdir / f"overlay_{case}.png", title=f"{case}: HPN ({DEMO_TRAINER})")
+        print(f"overlay: {png}")
+    print(f"summary: {workdir / 'summary.json'}")
+    print(format_dice_table(result))
+    print(f"demo finished in {(time.time() - started) / 60:.1f} min")
+    return result

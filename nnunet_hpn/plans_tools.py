@@ -1,0 +1,43 @@
+"""Extra configurations in an existing plans file (nnU-Net's ``inherits_from`` mechanism)."""
+import json
+from copy import deepcopy
+from pathlib import Path
+from typing import Sequence
+
+from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+from nnunet_hpn.errors import HPNInputError
+
+
+def add_small_configuration(plans_file: Path, name: str = "3d_cpu", patch_size: Sequence[int] = (32, 48, 48),
+                            base_features: int = 8, max_features: int = 64, batch_size: int = 2,
+                            parent: str = "3d_fullres") -> dict:
+    """Adds configuration ``name`` (a small patch and narrow network, for CPU runs) to ``plans_file``.
+
+    It inherits everything else, including the preprocessed data, from ``parent``; the network topology (stages,
+    strides, kernels) for the new patch comes from nnU-Net's own ``get_pool_and_conv_props``. Returns the new entry.
+    """
+    plans_file = Path(plans_file)
+    if not plans_file.is_file():
+        raise HPNInputError(f"{plans_file}: plans file not found (run nnUNetv2_plan_and_preprocess first)")
+    plans = json.loads(plans_file.read_text())
+    if parent not in plans["configurations"]:
+        raise HPNInputError(f"{plans_file}: has no configuration '{parent}' to inherit from")
+    parent_config = plans["configurations"][parent]
+    _, strides, kernel_sizes, patch, _ = get_pool_and_conv_props(parent_config["spacing"], list(patch_size), 4, 999999)
+    n_stages = len(strides)
+    architecture = deepcopy(parent_config["architecture"])
+    arch_kwargs = architecture["arch_kwargs"]
+    arch_kwargs.update({
+        "n_stages": n_stages,
+        "features_per_stage": [min(max_features, base_features * 2 ** i) for i in range(n_stages)],
+        "kernel_sizes": kernel_sizes,
+        "strides": strides,
+        "n_conv_per_stage": list(arch_kwargs["n_conv_per_stage"])[:1] * n_stages,
+        "n_conv_per_stage_decoder": list(arch_kwargs["n_conv_per_stage_decoder"])[:1] * (n_stages - 1),
+    })
+    entry = {"inherits_from": parent, "patch_size": [int(p) for p in patch], "batch_size": batch_size,
+             "architecture": architecture}
+    plans["configurations"][name] = entry
+    plans_file.write_text(json.dumps(plans, indent=4))
+    return entry

@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny dual-phase phantom dataset, converted and planned with the STOCK nnU-Net commands."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+BIN = Path(sys.executable).parent
+TINY_CONFIGURATION = "3d_tiny"
+DATASET_ID = 990
+DATASET_NAME = "HPNTest"
+
+
+def nnunet_env(root: Path) -> Dict[str, str]:
+    """Environment for stock nnU-Net commands with all three folders under ``root``, 2 worker processes."""
+    env = dict(os.environ)
+    env.update({
+        "nnUNet_raw": str(root / "nnUNet_raw"),
+        "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
+        "nnUNet_results": str(root / "nnUNet_results"),
+        "nnUNet_def_n_proc": "2",
+        "nnUNet_n_proc_DA": "2",
+        "nnUNet_compile": "f",
+    })
+    env.pop("nnUNet_extTrainer", None)  # set by nothing but the package's own start-up hook
+    return env
+
+
+def run_stock(args: List[str], env: Dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs a console script of this environment; fails the test with its output if it exits non-zero."""
+    proc = subprocess.run([str(BIN / args[0])] + args[1:], env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
+                    f"STDERR:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def planned_dataset(tmp_path_factory) -> dict:
+    """6 labelled + 2 unlabelled phantom cases → Dataset990_HPNTest, planned and preprocessed by
+    ``nnUNetv2_plan_and_preprocess -pl HPNPlanner -np 2`` (spawned workers), plus a tiny CPU configuration."""
+    from nnunet_hpn.convert import convert_cases
+    from nnunet_hpn.phantom import write_phantom_cases
+    from nnunet_hpn.plans_tools import add_small_configuration
+
+    root = tmp_path_factory.mktemp("nnunet")
+    env = nnunet_env(root)
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        Path(env[key]).mkdir()
+    cases = write_phantom_cases(root / "phantoms", 8, seed=3, shape_zyx=(24, 48, 48), progress=False)
+    truth = root / "test_labels"
+    truth.mkdir()
+    for case in cases[-2:]:
+        (root / "phantoms" / case / "label.nii.gz").rename(truth / f"{case}.nii.gz")
+    raw = convert_cases(root / "phantoms", DATASET_ID, DATASET_NAME, raw_root=Path(env["nnUNet_raw"]), progress=False)
+    plan = run_stock(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-pl", "HPNPlanner", "-c", "3d_fullres",
+                      "-np", "2", "-npfp", "2"], env)
+    plans_file = Path(env["nnUNet_preprocessed"]) / raw.name / "nnUNetHPNPlans.json"
+    add_small_configuration(plans_file, TINY_CONFIGURATION, patch_size=(16, 32, 32), base_features=4,
+                            max_features=16)
+    return {"root": root, "env": env, "raw": raw, "plans_file": plans_file, "test_cases": cases[-2:],
+            "test_labels": truth, "plan_output": plan.stdout + plan.stderr,
+            "plans": json.loads(plans_file.read_text())}
