@@ -1,0 +1,289 @@
+"""Tests of nnunet_hpn.evaluation (Dice per target, folder evaluation, summaries) and nnunet_hpn.figures."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.evaluation import (TARGETS, dice_per_target, evaluate_folders, format_dice_table,
+                                   write_summary)
+from nnunet_hpn.figures import pick_slice, save_overlay_from_files, save_overlay_png
+
+SHAPE = (8, 10, 12)  # (z, y, x)
+SPACING_XYZ = (0.8, 0.8, 2.5)
+
+
+def reference_dice(truth: np.ndarray, pred: np.ndarray, labels: tuple[int, ...]) -> float:
+    """Independent Dice from voxel index sets, with the same empty-mask convention."""
+    truth_voxels = set(zip(*np.nonzero(np.isin(truth, labels))))
+    pred_voxels = set(zip(*np.nonzero(np.isin(pred, labels))))
+    if not truth_voxels and not pred_voxels:
+        return 1.0
+    return 2 * len(truth_voxels & pred_voxels) / (len(truth_voxels) + len(pred_voxels))
+
+
+def write_label_map(array: np.ndarray, path: Path, spacing_xyz=SPACING_XYZ) -> None:
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.SetSpacing(spacing_xyz)
+    image.SetOrigin((10.0, -5.0, 3.0))
+    sitk.WriteImage(image, str(path))
+
+
+# ---------------------------------------------------------------- dice_per_target
+
+def test_dice_of_two_shifted_cubes_is_exact() -> None:
+    truth = np.zeros(SHAPE, dtype=np.uint8)
+    pred = np.zeros(SHAPE, dtype=np.uint8)
+    truth[0:4, 0:4, 0:4] = 2          # 64 voxels
+    pred[0:4, 0:4, 2:6] = 2           # 64 voxels, 32 shared
+    scores = dice_per_target(pred, truth)
+    assert scores["PDAC"] == 0.5
+    assert scores["abnormal pancreas"] == 0.5
+    assert scores["duct"] == 1.0      # both empty
+
+
+def test_union_target_vs_single_labels() -> None:
+    truth = np.zeros(SHAPE, dtype=np.uint8)
+    truth[1:5, 1:5, 1:5] = 1
+    truth[2:4, 2:4, 2:4] = 2
+    truth[1, 1, 1:5] = 3
+    pred = truth.copy()
+    pred[truth == 2] = 1              # PDAC predicted as pancreas: union unchanged
+    pred[truth == 3] = 2              # duct predicted as PDAC
+    scores = dice_per_target(pred, truth)
+    assert scores["abnormal pancreas"] == 1.0
+    assert scores["duct"] == 0.0      # truth duct present, predicted duct empty
+    # PDAC: truth 8 voxels, prediction 4 (other) voxels, none shared
+    assert scores["PDAC"] == 0.0
+
+    pred2 = truth.copy()
+    pred2[2:4, 2:4, 2] = 1            # half of the PDAC (4 of 8 voxels) lost to pancreas
+    scores2 = dice_per_target(pred2, truth)
+    assert scores2["PDAC"] == pytest.approx(2 * 4 / (8 + 4))
+    assert scores2["abnormal pancreas"] == 1.0
+    assert scores2["duct"] == 1.0
+
+
+def test_empty_mask_convention() -> None:
+    empty = np.zeros(SHAPE, dtype=np.uint8)
+    some_pdac = empty.copy()
+    some_pdac[3, 3, 3] = 2
+    assert dice_per_target(empty, empty) == {name: 1.0 for name in TARGETS}
+    assert dice_per_target(some_pdac, empty)["PDAC"] == 0.0        # empty truth, non-empty prediction
+    assert dice_per_target(empty, some_pdac)["PDAC"] == 0.0        # non-empty truth, empty prediction
+    assert dice_per_target(some_pdac, empty)["duct"] == 1.0
+    for scores in (dice_per_target(empty, empty), dice_per_target(some_pdac, empty)):
+        assert not any(math.isnan(value) for value in scores.values())
+
+
+def test_shape_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        dice_per_target(np.zeros((2, 3, 4)), np.zeros((2, 3, 5)))
+
+
+# ---------------------------------------------------------------- evaluate_folders
+
+def make_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Three cases (truth, prediction) with known misses: see comments."""
+    cases = {}
+    # case_a: everything present, partial overlaps; nothing missed.
+    truth = np.zeros(SHAPE, dtype=np.uint8)
+    truth[1:6, 2:8, 2:9] = 1
+    truth[2:4, 3:6, 3:6] = 2
+    truth[4, 4, 3:8] = 3
+    pred = np.zeros(SHAPE, dtype=np.uint8)
+    pred[1:5, 2:8, 3:10] = 1
+    pred[2:4, 3:5, 3:7] = 2
+    pred[4, 4, 5:9] = 3
+    cases["case_a"] = (truth, pred)
+    # case_b: PDAC predicted as pancreas (PDAC missed), duct predicted elsewhere (duct missed).
+    truth = np.zeros(SHAPE, dtype=np.uint8)
+    truth[2:7, 1:7, 1:7] = 1
+    truth[3:5, 2:4, 2:4] = 2
+    truth[6, 5, 1:6] = 3
+    pred = np.zeros(SHAPE, dtype=np.uint8)
+    pred[2:7, 1:7, 2:8] = 1
+    pred[0, 0, 0:4] = 3
+    cases["case_b"] = (truth, pred)
+    # case_c: normal pancreas, nothing predicted (abnormal pancreas missed); PDAC/duct empty in both -> 1.0.
+    truth = np.zeros(SHAPE, dtype=np.uint8)
+    truth[3:6, 3:7, 3:7] = 1
+    cases["case_c"] = (truth, np.zeros(SHAPE, dtype=np.uint8))
+    return cases
+
+
+@pytest.fixture(scope="module")
+def case_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("eval")
+    truth_dir, pred_dir = root / "truth", root / "pred"
+    truth_dir.mkdir()
+    pred_dir.mkdir()
+    for case, (truth, pred) in make_cases().items():
+        write_label_map(truth, truth_dir / f"{case}.nii.gz")
+        write_label_map(pred, pred_dir / f"{case}.nii.gz")
+    write_label_map(np.ones(SHAPE), pred_dir / "extra_without_truth.nii.gz")
+    return truth_dir, pred_dir
+
+
+def copy_folders(case_folders: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    truth_dir, pred_dir = case_folders
+    return (Path(shutil.copytree(truth_dir, tmp_path / "truth")),
+            Path(shutil.copytree(pred_dir, tmp_path / "pred")))
+
+
+def test_evaluate_folders_matches_numpy(case_folders: tuple[Path, Path]) -> None:
+    truth_dir, pred_dir = case_folders
+    result = evaluate_folders(pred_dir, truth_dir)
+    cases = make_cases()
+    assert result["n_cases"] == 3
+    assert sorted(result["per_case"]) == sorted(cases)          # prediction without truth ignored
+    for name, labels in TARGETS.items():
+        expected = [reference_dice(truth, pred, labels) for truth, pred in cases.values()]
+        assert [result["per_case"][case][name] for case in cases] == pytest.approx(expected)
+        assert result["mean"][name] == pytest.approx(np.mean(expected))
+        assert result["std"][name] == pytest.approx(np.std(expected, ddof=0))
+        assert not math.isnan(result["mean"][name]) and not math.isnan(result["std"][name])
+    assert result["missed"] == {"abnormal pancreas": 1, "PDAC": 1, "duct": 1}
+    assert result["present"] == {"abnormal pancreas": 3, "PDAC": 2, "duct": 2}
+    assert result["per_case"]["case_c"]["PDAC"] == 1.0
+    assert result["per_case"]["case_c"]["abnormal pancreas"] == 0.0
+
+
+def test_geometry_mismatch_names_the_file(case_folders: tuple[Path, Path], tmp_path: Path) -> None:
+    truth_dir, pred_dir = copy_folders(case_folders, tmp_path)
+    truth, pred = make_cases()["case_b"]
+    write_label_map(pred, pred_dir / "case_b.nii.gz", spacing_xyz=(0.8, 0.8, 3.0))
+    with pytest.raises(HPNInputError, match=r"case_b\.nii\.gz.*spacing"):
+        evaluate_folders(pred_dir, truth_dir)
+
+
+def test_size_mismatch_names_the_file(case_folders: tuple[Path, Path], tmp_path: Path) -> None:
+    truth_dir, pred_dir = copy_folders(case_folders, tmp_path)
+    write_label_map(np.zeros((8, 10, 11)), pred_dir / "case_a.nii.gz")
+    with pytest.raises(HPNInputError, match=r"case_a\.nii\.gz.*size"):
+        evaluate_folders(pred_dir, truth_dir)
+
+
+def test_missing_prediction_is_an_error(case_folders: tuple[Path, Path], tmp_path: Path) -> None:
+    truth_dir, pred_dir = copy_folders(case_folders, tmp_path)
+    (pred_dir / "case_c.nii.gz").unlink()
+    with pytest.raises(HPNInputError, match=r"case_c\.nii\.gz.*missing|missing.*case_c\.nii\.gz"):
+        evaluate_folders(pred_dir, truth_dir)
+
+
+def test_unexpected_label_is_an_error(case_folders: tuple[Path, Path], tmp_path: Path) -> None:
+    truth_dir, pred_dir = copy_folders(case_folders, tmp_path)
+    bad = make_cases()["case_a"][1].copy()
+    bad[0, 0, 0] = 7
+    write_label_map(bad, pred_dir / "case_a.nii.gz")
+    with pytest.raises(HPNInputError, match=r"case_a\.nii\.gz.*unexpected labels \[7\]"):
+        evaluate_folders(pred_dir, truth_dir)
+
+
+def test_abnormal_pancreas_dice_equals_nnunet(case_folders: tuple[Path, Path], tmp_path: Path) -> None:
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    truth_dir, pred_dir = copy_folders(case_folders, tmp_path)
+    (pred_dir / "extra_without_truth.nii.gz").unlink()      # nnU-Net iterates over predictions
+    ours = evaluate_folders(pred_dir, truth_dir)["per_case"]
+    theirs = compute_metrics_on_folder(str(truth_dir), str(pred_dir), str(tmp_path / "nnunet.json"), SimpleITKIO(),
+                                       ".nii.gz", [(1, 2, 3), (2,)], None, 1)
+    assert len(theirs["metric_per_case"]) == 3
+    for case_result in theirs["metric_per_case"]:
+        case = Path(case_result["reference_file"]).name.removesuffix(".nii.gz")
+        assert ours[case]["abnormal pancreas"] == pytest.approx(case_result["metrics"][(1, 2, 3)]["Dice"])
+        nnunet_pdac = case_result["metrics"][(2,)]["Dice"]
+        # nnU-Net gives NaN when truth and prediction are both empty; our convention gives 1.0.
+        assert ours[case]["PDAC"] == (1.0 if math.isnan(nnunet_pdac) else pytest.approx(nnunet_pdac))
+
+
+def test_table_and_summary_files(case_folders: tuple[Path, Path], tmp_path: Path) -> None:
+    truth_dir, pred_dir = case_folders
+    result = evaluate_folders(pred_dir, truth_dir)
+    table = format_dice_table(result)
+    lines = table.splitlines()
+    assert len(lines) == 2 + len(TARGETS)
+    pdac_row = next(line for line in lines if line.startswith("PDAC"))
+    assert f"{100 * result['mean']['PDAC']:.2f} ± {100 * result['std']['PDAC']:.2f}" in pdac_row
+    assert pdac_row.split()[-3:] == ["1", "2", "3"]           # missed, present, n
+
+    json_path, csv_path = write_summary(result, tmp_path / "out" / "summary.json")
+    assert csv_path == tmp_path / "out" / "summary.csv"
+    assert json.loads(json_path.read_text()) == json.loads(json.dumps(result))
+    with csv_path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["case"] for row in rows] == ["case_a", "case_b", "case_c"]
+    assert float(rows[0]["Dice PDAC"]) == pytest.approx(result["per_case"]["case_a"]["PDAC"], abs=1e-6)
+
+
+# ---------------------------------------------------------------- figures
+
+def make_phases(shape=(6, 32, 40)) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    arterial = rng.normal(40, 30, shape).astype(np.float32)
+    arterial[:, :4] = -1000.0                                   # air: values look like HU
+    venous = arterial + 30
+    return arterial, venous
+
+
+def make_truth(shape=(6, 32, 40)) -> np.ndarray:
+    truth = np.zeros(shape, dtype=np.uint8)
+    truth[1, 5:30, 5:35] = 1          # largest foreground on slice 1
+    truth[3, 10:20, 10:20] = 1
+    truth[3, 12:15, 12:15] = 2        # PDAC 9 voxels on slice 3
+    truth[4, 10:20, 10:20] = 2        # PDAC 100 voxels on slice 4: the largest
+    truth[4, 15, 10:20] = 3
+    return truth
+
+
+def test_pick_slice() -> None:
+    truth = make_truth()
+    assert pick_slice(truth) == 4
+    no_pdac = np.where(truth == 2, 1, truth)
+    assert pick_slice(no_pdac) == 1                             # largest foreground
+    assert pick_slice(np.zeros((7, 4, 4), dtype=np.uint8)) == 3  # middle
+
+
+def test_overlay_png(tmp_path: Path) -> None:
+    arterial, venous = make_phases()
+    truth = make_truth()
+    prediction = np.roll(truth, 2, axis=2)
+    out = save_overlay_png(arterial, venous, truth, prediction, tmp_path / "fig" / "case.png", title="case",
+                           spacing_zyx=(2.5, 0.8, 0.8))
+    assert out == tmp_path / "fig" / "case.png"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = matplotlib.image.imread(out)
+    height, width = image.shape[:2]
+    assert width > 2.5 * height                                 # four side-by-side panels
+    assert image.std() > 0.05                                   # not blank
+    assert [path.name for path in out.parent.iterdir()] == ["case.png"]   # no temporary left behind
+
+    # anisotropic in-plane spacing makes the panels taller
+    tall = save_overlay_png(arterial, venous, truth, None, tmp_path / "tall.png", spacing_zyx=(2.5, 1.6, 0.8))
+    tall_height, tall_width = matplotlib.image.imread(tall).shape[:2]
+    assert tall_height > height and tall_width < width          # 3 panels, each twice as tall
+
+
+def test_overlay_from_files(tmp_path: Path) -> None:
+    arterial, venous = make_phases()
+    paths = {}
+    for name, array in (("arterial", arterial), ("venous", venous), ("truth", make_truth())):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((0.8, 0.8, 2.5))
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(image, str(paths[name]))
+    out = save_overlay_from_files(paths["arterial"], paths["venous"], paths["truth"], None, tmp_path / "x.png")
+    assert matplotlib.image.imread(out).shape[1] > matplotlib.image.imread(out).shape[0]
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 32, 41), dtype=np.uint8)), str(paths["truth"]))
+    with pytest.raises(HPNInputError, match=r"truth\.nii\.gz.*size"):
+        save_overlay_from_files(paths["arterial"], paths["venous"], paths["truth"], None, tmp_path / "y.png")
