@@ -1,0 +1,140 @@
+"""Cross-validation splits stratified by PDAC presence, written as nnU-Net's ``splits_final.json``.
+
+nnU-Net's own split (5-fold KFold over all cases) ignores which cases contain a PDAC mass (label 2); with few
+PDAC-positive cases a fold can end up with none. Here the PDAC-positive and PDAC-negative cases are each
+shuffled with a seeded RNG and dealt round-robin over the folds (negatives continue where the positives
+stopped), so every fold gets floor/ceil of the positives, of the negatives and of all cases.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import nnunetv2.paths as nnunet_paths
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+from nnunet_hpn import LABELS
+from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.evaluation import _read_label_map
+
+SPLITS_FILE_NAME: str = "splits_final.json"
+DEFAULT_FILE_ENDING: str = ".nii.gz"
+
+
+def _nnunet_folder(variable: str) -> Path:
+    """The folder nnU-Net's environment variable ``variable`` (``nnUNet_raw`` / ``nnUNet_preprocessed``) names."""
+    value = getattr(nnunet_paths, variable)
+    try:
+        return Path(os.fspath(value))
+    except (RuntimeError, TypeError):  # nnU-Net 2.8.1 raises RuntimeError when the variable is unset
+        raise HPNInputError(f"{variable}: environment variable is not set") from None
+
+
+def resolve_preprocessed_dir(dataset: str | int) -> Path:
+    """``$nnUNet_preprocessed/DatasetXXX_Name`` for a dataset id (``990``, ``"990"``) or name."""
+    try:
+        dataset_name = maybe_convert_to_dataset_name(dataset)
+    except (RuntimeError, ValueError) as error:
+        raise HPNInputError(f"dataset {dataset!r}: {str(error).strip().splitlines()[0]}") from None
+    return _nnunet_folder("nnUNet_preprocessed") / dataset_name
+
+
+def _file_ending(json_candidates: list[Path]) -> str:
+    """``file_ending`` of the first existing dataset.json among ``json_candidates``; ``.nii.gz`` if none."""
+    for path in json_candidates:
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())["file_ending"]
+            except (ValueError, KeyError):
+                raise HPNInputError(f"{path}: not a dataset.json with a 'file_ending' entry") from None
+    return DEFAULT_FILE_ENDING
+
+
+def pdac_positive_cases(labels_dir: Path, file_ending: str = DEFAULT_FILE_ENDING) -> dict[str, bool]:
+    """Case id -> whether its label map (``labels_dir/<case><file_ending>``) contains PDAC (label 2)."""
+    labels_dir = Path(labels_dir)
+    if not labels_dir.is_dir():
+        raise HPNInputError(f"{labels_dir}: labels folder does not exist")
+    files = sorted(path for path in labels_dir.iterdir() if path.is_file() and path.name.endswith(file_ending))
+    if not files:
+        raise HPNInputError(f"{labels_dir}: no label files ending in {file_ending!r}")
+    return {path.name[: -len(file_ending)]: bool((_read_label_map(path)[0] == LABELS["PDAC"]).any())
+            for path in files}
+
+
+def assign_folds(pdac_positive: dict[str, bool], n_folds: int, seed: int) -> list[list[str]]:
+    """Validation cases of each fold (sorted): positives then negatives, each seeded-shuffled, dealt round-robin.
+
+    Deterministic for (cases, n_folds, seed) and independent of the dict's order. Each fold gets floor or ceil
+    of n/n_folds positives, negatives and cases.
+    """
+    rng = np.random.RandomState(seed)  # legacy generator: stream frozen across NumPy versions
+    positives = sorted(case for case, positive in pdac_positive.items() if positive)
+    negatives = sorted(case for case, positive in pdac_positive.items() if not positive)
+    order = [positives[i] for i in rng.permutation(len(positives))] + \
+            [negatives[i] for i in rng.permutation(len(negatives))]
+    folds: list[list[str]] = [[] for _ in range(n_folds)]
+    for position, case in enumerate(order):
+        folds[position % n_folds].append(case)
+    return [sorted(fold) for fold in folds]
+
+
+def _write_json_atomically(data: list[dict], path: Path) -> None:
+    """Write ``data`` as indented JSON to ``path`` via a temporary file in the same folder."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(data, stream, indent=4)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_crossval_splits(preprocessed_dataset_dir: Path, n_folds: int = 3, seed: int = 12345,
+                          labels_dir: Path | None = None, overwrite: bool = False,
+                          file_ending: str | None = None) -> list[dict]:
+    """Write ``splits_final.json`` (nnU-Net format: ``[{"train": [...], "val": [...]}, ...]``) into
+    ``preprocessed_dataset_dir`` and return the splits.
+
+    Cases are the training labels: ``labels_dir`` if given, else ``$nnUNet_raw/<same dataset name>/labelsTr``.
+    ``file_ending`` defaults to the dataset.json's (preprocessed folder, then the labels' parent folder), else
+    ``.nii.gz``. Folds are disjoint, cover all cases and are stratified by PDAC presence (:func:`assign_folds`).
+    An existing identical file is left as is; an existing different one raises HPNInputError unless ``overwrite``.
+    """
+    preprocessed_dataset_dir = Path(preprocessed_dataset_dir)
+    if n_folds < 2:
+        raise HPNInputError(f"{preprocessed_dataset_dir}: n_folds must be at least 2, got {n_folds}")
+    if labels_dir is None:
+        labels_dir = _nnunet_folder("nnUNet_raw") / preprocessed_dataset_dir.name / "labelsTr"
+    labels_dir = Path(labels_dir)
+    if file_ending is None:
+        file_ending = _file_ending([preprocessed_dataset_dir / "dataset.json", labels_dir.parent / "dataset.json"])
+
+    pdac_positive = pdac_positive_cases(labels_dir, file_ending)
+    if len(pdac_positive) < n_folds:
+        raise HPNInputError(f"{labels_dir}: {len(pdac_positive)} labelled cases, fewer than {n_folds} folds")
+    folds = assign_folds(pdac_positive, n_folds, seed)
+    all_cases = sorted(pdac_positive)
+    splits = []
+    for fold in folds:
+        val_cases = set(fold)
+        splits.append({"train": [case for case in all_cases if case not in val_cases], "val": fold})
+
+    splits_file = preprocessed_dataset_dir / SPLITS_FILE_NAME
+    if splits_file.exists():
+        try:
+            existing = json.loads(splits_file.read_text())
+        except ValueError:
+            existing = None
+        if existing == splits:
+            return splits
+        if not overwrite:
+            raise HPNInputError(f"{splits_file}: a different split file already exists; "
+                                f"pass overwrite=True to replace it")
+    preprocessed_dataset_dir.mkdir(parents=True, exist_ok=True)
+    _write_json_atomically(splits, splits_file)
+    return splits

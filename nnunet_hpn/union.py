@@ -1,0 +1,128 @@
+"""Final HPN output (paper §3.2): the union of the regions predicted by the original-pair and virtual-pair models.
+
+Union rule, voxel by voxel: the voxel is foreground if either map says foreground; where the maps give
+different labels, the label of higher priority in :data:`LABEL_PRIORITY` wins (PDAC 2 > duct 3 > pancreas 1),
+and any foreground label beats background 0. The rule is symmetric and associative, so more than two maps
+(e.g. several folds or models) can be merged in any order.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_hpn import LABELS
+from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.evaluation import _geometry_difference, _read_label_map
+
+#: Foreground labels from highest to lowest priority where two maps disagree: PDAC, duct, pancreas.
+LABEL_PRIORITY: tuple[int, ...] = (2, 3, 1)
+
+#: _RANK[label] -> priority rank (higher wins); background 0 ranks lowest.
+_RANK: np.ndarray = np.zeros(max(LABELS.values()) + 1, dtype=np.uint8)
+for _position, _label in enumerate(LABEL_PRIORITY):
+    _RANK[_label] = len(LABEL_PRIORITY) - _position
+
+
+def _check_label_array(label_map: np.ndarray, name: str) -> np.ndarray:
+    """``label_map`` as an integer array with labels in {0, 1, 2, 3}; ValueError otherwise."""
+    label_map = np.asarray(label_map)
+    if label_map.dtype == bool or not np.issubdtype(label_map.dtype, np.integer):
+        raise ValueError(f"{name}: label map must have an integer dtype, got {label_map.dtype}")
+    if label_map.size and (label_map.min() < 0 or label_map.max() >= len(_RANK)):
+        unexpected = sorted(set(np.unique(label_map).tolist()) - set(LABELS.values()))
+        raise ValueError(f"{name}: unexpected labels {unexpected}, expected only {sorted(LABELS.values())}")
+    return label_map
+
+
+def union_label_maps(original: np.ndarray, virtual: np.ndarray) -> np.ndarray:
+    """Union of two label maps of the same shape (any shape, e.g. (z, y, x)) -> uint8 map of that shape.
+
+    Foreground where either is foreground; where both are foreground with different labels the higher-priority
+    label wins, :data:`LABEL_PRIORITY` = PDAC (2) > duct (3) > pancreas (1). Symmetric in its arguments.
+    Raises ValueError for different shapes, non-integer arrays or labels outside {0, 1, 2, 3}.
+    """
+    original = _check_label_array(original, "original")
+    virtual = _check_label_array(virtual, "virtual")
+    if original.shape != virtual.shape:
+        raise ValueError(f"label maps differ in shape: original {original.shape}, virtual {virtual.shape}")
+    virtual_wins = _RANK[virtual] > _RANK[original]
+    return np.where(virtual_wins, virtual, original).astype(np.uint8)
+
+
+def _cases_in(folder: Path, file_ending: str) -> dict[str, Path]:
+    """Case name -> file, for every file in ``folder`` whose name ends in ``file_ending``."""
+    if not folder.is_dir():
+        raise HPNInputError(f"{folder}: input folder does not exist")
+    return {path.name[: -len(file_ending)]: path for path in sorted(folder.iterdir())
+            if path.is_file() and path.name.endswith(file_ending)}
+
+
+def _matched_cases(input_dirs: list[Path], file_ending: str) -> dict[str, list[Path]]:
+    """Case name -> its file in each input folder; HPNInputError if a case is missing from any folder."""
+    cases_per_dir = [_cases_in(folder, file_ending) for folder in input_dirs]
+    all_cases = sorted(set().union(*cases_per_dir))
+    if not all_cases:
+        raise HPNInputError(f"{input_dirs[0]}: no files ending in {file_ending!r} in any input folder")
+    for case in all_cases:
+        for folder, cases in zip(input_dirs, cases_per_dir):
+            if case not in cases:
+                present = next(c[case] for c in cases_per_dir if case in c)
+                raise HPNInputError(f"{folder / (case + file_ending)}: case {case!r} is missing "
+                                    f"(present as {present})")
+    return {case: [cases[case] for cases in cases_per_dir] for case in all_cases}
+
+
+def _union_of_files(files: list[Path]) -> sitk.Image:
+    """Read the label maps ``files``, check their geometry against the first, return their union (uint8 image
+    with the first file's geometry)."""
+    union, reference = _read_label_map(files[0])
+    for path in files[1:]:
+        label_map, image = _read_label_map(path)
+        difference = _geometry_difference(reference, image)
+        if difference is not None:
+            raise HPNInputError(f"{path}: geometry differs from {files[0]}: {difference} (this file vs the first)")
+        union = union_label_maps(union, label_map)
+    result = sitk.GetImageFromArray(union.astype(np.uint8))
+    result.CopyInformation(reference)
+    return result
+
+
+def union_folders(input_dirs: list[Path], output_dir: Path, file_ending: str = ".nii.gz") -> list[str]:
+    """Write the union (:func:`union_label_maps`) of the label maps in 2 or more folders; returns the case names.
+
+    Every case (file ending in ``file_ending``) must be present in all folders with the same geometry (size,
+    spacing, origin, direction; tolerance as in :mod:`nnunet_hpn.evaluation`), otherwise HPNInputError naming the
+    files; labels outside {0, 1, 2, 3} also raise HPNInputError. Outputs are uint8 with the first folder's
+    geometry, named like the inputs. All outputs are written to a temporary folder next to ``output_dir`` and
+    moved in only once every case succeeded: on error nothing is written. ``output_dir`` may already exist; files
+    in it with other names are left alone, files with the same names are replaced.
+    """
+    input_dirs = [Path(folder) for folder in input_dirs]
+    output_dir = Path(output_dir)
+    if len(input_dirs) < 2:
+        raise HPNInputError(f"{input_dirs[0] if input_dirs else output_dir}: need at least 2 input folders for "
+                            f"a union, got {len(input_dirs)}")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise HPNInputError(f"{output_dir}: output path exists and is not a folder")
+    for folder in input_dirs:
+        if folder.exists() and output_dir.exists() and folder.resolve() == output_dir.resolve():
+            raise HPNInputError(f"{output_dir}: output folder must differ from the input folders")
+    cases = _matched_cases(input_dirs, file_ending)
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.union-", dir=output_dir.parent))
+    try:
+        for case, files in cases.items():
+            sitk.WriteImage(_union_of_files(files), str(staging / f"{case}{file_ending}"), True)
+        output_dir.mkdir(exist_ok=True)
+        for case in cases:
+            name = f"{case}{file_ending}"
+            os.replace(staging / name, output_dir / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return list(cases)
