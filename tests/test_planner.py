@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REFERENCE_3D = 560e6  # nnU-Net's UNet_reference_val_3d for its 8 GB reference
 
@@ -38,8 +39,9 @@ def _estimate(config: dict) -> float:
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     arch = config["architecture"]
-    net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 2, 4,
-                                 allow_init=False)
+    with torch.device("meta"):
+        net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 2, 4,
+                                     allow_init=False)
     return float(net.compute_conv_feature_map_size(config["patch_size"]))
 
 

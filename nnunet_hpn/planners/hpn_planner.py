@@ -2,6 +2,7 @@
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
+import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
 from nnunet_hpn.errors import HPNInputError
@@ -42,6 +43,16 @@ class HPNPlanner(ExperimentPlanner):
 
     def determine_normalization_scheme_and_whether_mask_is_used_for_norm(self) -> Tuple[List[str], List[bool]]:
         return [HPNCTNormalization.__name__] * self.n_phases, [False] * self.n_phases
+
+    @staticmethod
+    def static_estimate_VRAM_usage(patch_size: Tuple[int, ...], input_channels: int, output_channels: int,
+                                   arch_class_name: str, arch_kwargs: dict,
+                                   arch_kwargs_req_import: Tuple[str, ...]) -> int:
+        """nnU-Net's estimate with the network built on the meta device: no weights are allocated or initialised,
+        which otherwise dominates planning time for two full-size paths (the estimate only needs shapes)."""
+        with torch.device("meta"):
+            return ExperimentPlanner.static_estimate_VRAM_usage(patch_size, input_channels, output_channels,
+                                                                arch_class_name, arch_kwargs, arch_kwargs_req_import)
 
     def get_plans_for_configuration(self, spacing: Union[np.ndarray, Tuple[float, ...], List[float]],
                                     median_shape: Union[np.ndarray, Tuple[int, ...]], data_identifier: str,
