@@ -1,0 +1,341 @@
+"""Synthetic dual-phase (arterial + venous) abdominal CT phantoms with pancreas, PDAC mass and duct labels.
+
+Each case is a small abdomen in HU: body with a subcutaneous fat layer, mesenteric fat, liver, spleen,
+kidneys, vertebra, aorta, portal/splenic vein and a curved pancreas (head to tail) holding a hypo-attenuating
+mass and a duct that is dilated upstream (tail side) of the mass. In about 30 % of the cases the mass is
+iso-attenuating in one phase, so only the pair reveals it. The venous phase is the same anatomy warped by a
+smooth random deformation, on the same voxel grid as the arterial phase.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from scipy.interpolate import make_interp_spline
+from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
+from tqdm import tqdm
+
+from nnunet_hpn import LABELS, PHASES
+from nnunet_hpn.errors import HPNInputError
+
+#: Share of cases whose mass is iso-attenuating (within a few HU of the parenchyma) in one phase.
+ISO_ATTENUATING_SHARE = 0.3
+#: Samples per centre-line curve; dense enough that the distance to the samples is the distance to the curve.
+CURVE_SAMPLES = 512
+HU_MIN, HU_MAX = -1024, 3071
+
+
+class Tissue(IntEnum):
+    """Tissue classes of the phantom; each has one HU value per phase and case."""
+
+    AIR = 0
+    SOFT_TISSUE = 1
+    FAT = 2
+    LIVER = 3
+    SPLEEN = 4
+    KIDNEY = 5
+    BONE = 6
+    AORTA = 7
+    PORTAL_VEIN = 8
+    PANCREAS = 9
+    DUCT = 10
+    MASS = 11
+
+
+#: Label of each tissue class (index = Tissue value); everything not listed is background.
+TISSUE_TO_LABEL = np.zeros(len(Tissue), dtype=np.uint8)
+TISSUE_TO_LABEL[Tissue.PANCREAS] = LABELS["pancreas"]
+TISSUE_TO_LABEL[Tissue.MASS] = LABELS["PDAC"]
+TISSUE_TO_LABEL[Tissue.DUCT] = LABELS["duct"]
+
+
+@dataclass
+class PhantomCase:
+    """One generated case. Arrays are z, y, x; ``*_venous`` arrays live in the (deformed) venous space."""
+
+    arterial: np.ndarray  # int16 HU
+    venous: np.ndarray  # int16 HU
+    label: np.ndarray  # uint8 labels in arterial space
+    label_venous: np.ndarray  # uint8 labels in venous space
+    tissue: np.ndarray  # uint8 Tissue ids in arterial space
+    tissue_venous: np.ndarray  # uint8 Tissue ids in venous space
+    metadata: dict
+
+
+class _Grid:
+    """Voxel-centre coordinates in mm (z, y, x), with the abdomen's centre and semi-axes."""
+
+    def __init__(self, shape_zyx: tuple[int, int, int], spacing_zyx: np.ndarray):
+        self.shape = shape_zyx
+        self.spacing = spacing_zyx
+        self.axes_mm = [np.arange(n) * s for n, s in zip(shape_zyx, spacing_zyx)]
+        self.z, self.y, self.x = np.meshgrid(*self.axes_mm, indexing="ij", sparse=True)
+        self.centre = (np.asarray(shape_zyx) - 1) * spacing_zyx / 2
+        self.length_z = shape_zyx[0] * spacing_zyx[0]
+        self.semi_y = 0.36 * shape_zyx[1] * spacing_zyx[1]
+        self.semi_x = 0.45 * shape_zyx[2] * spacing_zyx[2]
+
+    def point(self, fz: float, fy: float, fx: float) -> np.ndarray:
+        """Point given as fractions of the z length and of the body's y / x semi-axes, relative to the centre."""
+        return self.centre + np.array([fz * self.length_z, fy * self.semi_y, fx * self.semi_x])
+
+    def ellipsoid(self, centre: np.ndarray, semi_axes: np.ndarray) -> np.ndarray:
+        """Mask of an axis-aligned ellipsoid (semi-axes in mm, z y x)."""
+        return (((self.z - centre[0]) / semi_axes[0]) ** 2 + ((self.y - centre[1]) / semi_axes[1]) ** 2
+                + ((self.x - centre[2]) / semi_axes[2]) ** 2) <= 1
+
+    def cylinder_z(self, centre: np.ndarray, radius_y: float, radius_x: float) -> np.ndarray:
+        """Mask of an elliptic cylinder along z through ``centre``."""
+        mask = ((self.y - centre[1]) / radius_y) ** 2 + ((self.x - centre[2]) / radius_x) ** 2 <= 1
+        return np.broadcast_to(mask, self.shape)
+
+    def box(self, low_mm: np.ndarray, high_mm: np.ndarray) -> tuple[slice, slice, slice]:
+        """Index slices of the voxels whose centres lie within [low_mm, high_mm]."""
+        return tuple(slice(int(np.searchsorted(a, lo)), int(np.searchsorted(a, hi, side="right")))
+                     for a, lo, hi in zip(self.axes_mm, low_mm, high_mm))
+
+    def box_points(self, box: tuple[slice, slice, slice]) -> np.ndarray:
+        """Coordinates (n, 3) in mm of the voxels in ``box``, C order."""
+        zz, yy, xx = np.meshgrid(*(a[s] for a, s in zip(self.axes_mm, box)), indexing="ij")
+        return np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)
+
+    def nearest_on_curve(self, curve_mm: np.ndarray, max_dist_mm: float) -> tuple[np.ndarray, np.ndarray]:
+        """Distance (mm) from every voxel to the sampled curve and the index of the nearest sample.
+
+        Voxels farther than ``max_dist_mm`` get distance inf and index ``len(curve_mm)``.
+        """
+        dist = np.full(self.shape, np.inf)
+        nearest = np.full(self.shape, len(curve_mm))
+        box = self.box(curve_mm.min(axis=0) - max_dist_mm, curve_mm.max(axis=0) + max_dist_mm)
+        box_dist, box_nearest = cKDTree(curve_mm).query(self.box_points(box), distance_upper_bound=max_dist_mm)
+        box_shape = tuple(s.stop - s.start for s in box)
+        dist[box] = box_dist.reshape(box_shape)
+        nearest[box] = box_nearest.reshape(box_shape)
+        return dist, nearest
+
+
+def _sample_curve(control_points: np.ndarray) -> np.ndarray:
+    """Smooth cubic curve through the control points, sampled at CURVE_SAMPLES parameters in [0, 1]."""
+    control_t = np.linspace(0, 1, len(control_points))
+    return make_interp_spline(control_t, control_points, k=3)(np.linspace(0, 1, CURVE_SAMPLES))
+
+
+def _tube(dist: np.ndarray, nearest: np.ndarray, radius_per_sample: np.ndarray) -> np.ndarray:
+    """Voxels within the (varying) radius of their nearest curve sample."""
+    radius = np.append(radius_per_sample, -1.0)  # index len(curve) marks voxels beyond max_dist
+    return dist <= radius[nearest]
+
+
+def _irregular_mass(grid: _Grid, centre: np.ndarray, diameter_mm: float, rng: np.random.Generator,
+                    texture_rng: np.random.Generator) -> np.ndarray:
+    """Mask of a randomly rotated ellipsoid with a smoothly perturbed surface (drawn from ``texture_rng``)."""
+    semi_axes = diameter_mm / 2 * rng.uniform(0.75, 1.25, size=3)
+    rotation = Rotation.random(random_state=rng).as_matrix()
+    half_size = 1.3 * semi_axes.max()
+    box = grid.box(centre - half_size, centre + half_size)
+    box_shape = tuple(s.stop - s.start for s in box)
+    local = (grid.box_points(box) - centre) @ rotation / semi_axes
+    bump = ndimage.gaussian_filter(texture_rng.standard_normal(box_shape), sigma=2.5 / grid.spacing)
+    bump /= bump.std()
+    mask = np.zeros(grid.shape, dtype=bool)
+    mask[box] = np.linalg.norm(local, axis=1).reshape(box_shape) <= 1 + 0.15 * bump
+    return mask
+
+
+def _random_displacement_mm(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth random displacement field (3, z, y, x) in mm and its translation part (z, y, x)."""
+    coarse = rng.standard_normal((3, 4, 4, 4))
+    # Cubic interpolation of the 4 x 4 x 4 control grid, axis by axis: (n, 4) weights per axis.
+    z_weights, y_weights, x_weights = (make_interp_spline(np.linspace(0, 1, 4), np.eye(4), k=3)(np.linspace(0, 1, n))
+                                       for n in shape)
+    field = np.einsum("zi,yj,xk,cijk->czyx", z_weights, y_weights, x_weights, coarse, optimize=True)
+    field *= rng.uniform(2.0, 5.0) / np.linalg.norm(field, axis=0).max()
+    translation = rng.uniform(-2.0, 2.0, size=3) * np.array([0.5, 1.0, 1.0])
+    return field + translation[:, None, None, None], translation
+
+
+def _phase_hu(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], str | None]:
+    """HU of every tissue per phase (index = Tissue value) and the phase where the mass is iso-attenuating."""
+    hu = {phase: np.zeros(len(Tissue), dtype=np.float32) for phase in PHASES}
+    shared = {Tissue.AIR: -1000.0, Tissue.SOFT_TISSUE: rng.uniform(35, 45), Tissue.FAT: rng.uniform(-110, -90),
+              Tissue.BONE: rng.uniform(400, 550), Tissue.DUCT: rng.uniform(10, 20)}
+    per_phase = {  # (arterial, venous)
+        Tissue.LIVER: (rng.uniform(60, 75), rng.uniform(100, 120)),
+        Tissue.SPLEEN: (rng.uniform(110, 130), rng.uniform(110, 125)),
+        Tissue.KIDNEY: (rng.uniform(150, 200), rng.uniform(140, 170)),
+        Tissue.AORTA: (rng.uniform(250, 350), rng.uniform(140, 160)),
+        Tissue.PORTAL_VEIN: (rng.uniform(80, 100), rng.uniform(170, 190)),
+        Tissue.PANCREAS: (rng.uniform(110, 130), rng.uniform(90, 100)),
+    }
+    for phase_index, phase in enumerate(PHASES):
+        for tissue, value in shared.items():
+            hu[phase][tissue] = value
+        for tissue, values in per_phase.items():
+            hu[phase][tissue] = values[phase_index]
+        hu[phase][Tissue.MASS] = hu[phase][Tissue.PANCREAS] - rng.uniform(40, 60)
+    iso_phase = str(rng.choice(PHASES)) if rng.random() < ISO_ATTENUATING_SHARE else None
+    if iso_phase is not None:
+        hu[iso_phase][Tissue.MASS] = hu[iso_phase][Tissue.PANCREAS] + rng.uniform(-4, 4)
+    return hu, iso_phase
+
+
+def _paint_tissue(grid: _Grid, rng: np.random.Generator, texture_rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """Tissue map (uint8 Tissue ids) of one abdomen in arterial space, and its pancreas/mass/duct parameters.
+
+    Scalar anatomy comes from ``rng``, voxel-sized random fields from ``texture_rng``, so the anatomy's
+    parameters do not depend on the grid size.
+    """
+    tissue = np.full(grid.shape, Tissue.AIR, dtype=np.uint8)
+    centre = grid.centre
+    semi_y, semi_x = grid.semi_y * rng.uniform(0.95, 1.05), grid.semi_x * rng.uniform(0.95, 1.05)
+    fat_thickness = rng.uniform(0.06, 0.10) * grid.semi_x
+    body = grid.cylinder_z(centre, semi_y, semi_x)
+    inner = grid.cylinder_z(centre, semi_y - fat_thickness, semi_x - fat_thickness)
+    tissue[body] = Tissue.FAT
+    tissue[inner] = Tissue.SOFT_TISSUE
+    mesentery = ndimage.gaussian_filter(texture_rng.standard_normal(grid.shape, dtype=np.float32),
+                                        sigma=4.5 / grid.spacing)
+    tissue[inner & (mesentery > 0.8 * mesentery.std())] = Tissue.FAT
+
+    def jittered(fz: float, fy: float, fx: float) -> np.ndarray:
+        return grid.point(*(np.array([fz, fy, fx]) + rng.normal(0, 0.03, size=3)))
+
+    semi = np.array([grid.length_z, grid.semi_y, grid.semi_x])
+    organs = [
+        (Tissue.LIVER, jittered(0.30, -0.05, -0.45), semi * [0.35, 0.75, 0.50]),
+        (Tissue.SPLEEN, jittered(0.25, 0.30, 0.62), semi * [0.25, 0.35, 0.20]),
+        (Tissue.KIDNEY, jittered(-0.05, 0.50, -0.50), semi * [0.28, 0.22, 0.15]),
+        (Tissue.KIDNEY, jittered(-0.05, 0.50, 0.50), semi * [0.28, 0.22, 0.15]),
+    ]
+    for organ, organ_centre, semi_axes in organs:
+        tissue[inner & grid.ellipsoid(organ_centre, semi_axes * rng.uniform(0.9, 1.1, size=3))] = organ
+    spine_radius = rng.uniform(0.14, 0.17) * grid.semi_x
+    tissue[inner & grid.cylinder_z(grid.point(0, 0.68, 0), spine_radius, spine_radius)] = Tissue.BONE
+
+    # Pancreas centre line from head (t = 0, patient right) to tail (t = 1, towards the spleen).
+    pancreas_curve = _sample_curve(np.stack([jittered(-0.12, -0.05, -0.28), jittered(-0.04, -0.30, -0.05),
+                                             jittered(0.04, -0.22, 0.25), jittered(0.12, 0.12, 0.50)]))
+    t = np.linspace(0, 1, CURVE_SAMPLES)
+    radius_fractions = [rng.uniform(0.13, 0.18), rng.uniform(0.08, 0.11), rng.uniform(0.09, 0.13),
+                        rng.uniform(0.07, 0.10)]
+    pancreas_radius = np.interp(t, np.linspace(0, 1, 4), radius_fractions) * grid.semi_x
+    fat_rim = rng.uniform(1.5, 3.0)
+    dist, nearest = grid.nearest_on_curve(pancreas_curve, pancreas_radius.max() + fat_rim)
+    tissue[_tube(dist, nearest, pancreas_radius + fat_rim)] = Tissue.FAT
+
+    aorta_radius = rng.uniform(0.09, 0.11) * grid.semi_x
+    tissue[grid.cylinder_z(jittered(0, 0.30, 0.15), aorta_radius, aorta_radius)] = Tissue.AORTA
+
+    # Splenic vein along the back of the pancreas body/tail, joining the portal vein that runs to the liver hilum.
+    vein_radius = rng.uniform(0.06, 0.08) * grid.semi_x
+    behind = [int(f * (CURVE_SAMPLES - 1)) for f in (0.25, 0.6, 0.92)]
+    vein_control = [jittered(0.10, 0.0, -0.35)]
+    vein_control += [pancreas_curve[i] + [0, pancreas_radius[i] + vein_radius + 1.0, 0] for i in behind]
+    vein_dist, vein_nearest = grid.nearest_on_curve(_sample_curve(np.stack(vein_control)), vein_radius)
+    tissue[_tube(vein_dist, vein_nearest, np.full(CURVE_SAMPLES, vein_radius))] = Tissue.PORTAL_VEIN
+
+    tissue[_tube(dist, nearest, pancreas_radius)] = Tissue.PANCREAS
+
+    # Mass on the pancreas; the duct is dilated upstream of it (towards the tail).
+    mass_t = rng.uniform(0.05, 0.75)
+    mass_sample = int(mass_t * (CURVE_SAMPLES - 1))
+    offset_direction = rng.standard_normal(3)
+    mass_centre = pancreas_curve[mass_sample] + (offset_direction / np.linalg.norm(offset_direction)
+                                                 * rng.uniform(0, 0.5) * pancreas_radius[mass_sample])
+    mass_diameter = rng.uniform(8, 25)
+    thinnest_duct = 0.5 * np.hypot(grid.spacing[0], grid.spacing[1])  # thinner ducts break up on this grid
+    duct_radius_normal = max(rng.uniform(0.75, 1.5), thinnest_duct)
+    duct_radius_dilated = max(rng.uniform(1.5, 2.5), 1.5 * duct_radius_normal)
+    upstream = 1 / (1 + np.exp(-(t - mass_t) / 0.03))
+    duct_radius = duct_radius_normal + (duct_radius_dilated - duct_radius_normal) * upstream
+    duct_radius = np.maximum(np.minimum(duct_radius, 0.6 * pancreas_radius), duct_radius_normal)
+    duct_radius[(t < 0.02) | (t > 0.98)] = -1.0  # the duct stops short of both ends of the gland
+    tissue[_tube(dist, nearest, duct_radius)] = Tissue.DUCT
+    tissue[_irregular_mass(grid, mass_centre, mass_diameter, rng, texture_rng)] = Tissue.MASS
+
+    parameters = {"mass_diameter_mm": mass_diameter, "mass_position_head_to_tail": mass_t,
+                  "duct_radius_mm": duct_radius_normal, "duct_radius_dilated_mm": duct_radius_dilated}
+    return tissue, parameters
+
+
+def generate_phantom_case(seed: int, case_index: int, shape_zyx: tuple[int, int, int] = (48, 96, 96),
+                          spacing_zyx: tuple[float, float, float] = (2.5, 1.5, 1.5)) -> PhantomCase:
+    """Generate one case; its random streams depend only on (seed, case_index)."""
+    anatomy_rng, texture_rng, contrast_rng, deformation_rng, noise_rng = (
+        np.random.default_rng(stream) for stream in np.random.SeedSequence([seed, case_index]).spawn(5))
+    grid = _Grid(tuple(int(n) for n in shape_zyx), np.asarray(spacing_zyx, dtype=float))
+    tissue, parameters = _paint_tissue(grid, anatomy_rng, texture_rng)
+    hu, iso_phase = _phase_hu(contrast_rng)
+    noise_sigma = {phase: contrast_rng.uniform(10, 20) for phase in PHASES}
+
+    displacement_mm, translation_mm = _random_displacement_mm(grid.shape, deformation_rng)
+    sample_at = np.indices(grid.shape, dtype=float) + displacement_mm / grid.spacing[:, None, None, None]
+    tissue_venous = ndimage.map_coordinates(tissue, sample_at, order=0, mode="nearest")
+
+    images = {}
+    for phase, phase_tissue in zip(PHASES, (tissue, tissue_venous)):
+        noisy = hu[phase][phase_tissue] + noise_sigma[phase] * noise_rng.standard_normal(grid.shape, dtype=np.float32)
+        images[phase] = np.clip(np.rint(noisy), HU_MIN, HU_MAX).astype(np.int16)
+
+    metadata = {
+        "seed": seed,
+        "case_index": case_index,
+        "mass_iso_attenuating": iso_phase is not None,
+        "iso_phase": iso_phase,
+        "deformation_max_mm": float(np.linalg.norm(displacement_mm, axis=0).max()),
+        "translation_mm_zyx": translation_mm.tolist(),
+        **{key: float(value) for key, value in parameters.items()},
+        "parenchyma_hu": {phase: float(hu[phase][Tissue.PANCREAS]) for phase in PHASES},
+        "mass_hu": {phase: float(hu[phase][Tissue.MASS]) for phase in PHASES},
+        "noise_sigma_hu": noise_sigma,
+    }
+    return PhantomCase(arterial=images["arterial"], venous=images["venous"], label=TISSUE_TO_LABEL[tissue],
+                       label_venous=TISSUE_TO_LABEL[tissue_venous], tissue=tissue, tissue_venous=tissue_venous,
+                       metadata=metadata)
+
+
+def _write_nifti(array: np.ndarray, spacing_zyx: tuple[float, float, float], path: Path) -> None:
+    """Write a z, y, x array as NIfTI on a grid centred at the origin with identity direction."""
+    image = sitk.GetImageFromArray(array)
+    spacing_xyz = tuple(float(s) for s in reversed(spacing_zyx))
+    image.SetSpacing(spacing_xyz)
+    image.SetOrigin(tuple(-(n - 1) * s / 2 for n, s in zip(image.GetSize(), spacing_xyz)))
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def write_phantom_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: tuple[int, int, int] = (48, 96, 96),
+                        spacing_zyx: tuple[float, float, float] = (2.5, 1.5, 1.5), progress: bool = True
+                        ) -> list[str]:
+    """Write ``out_dir/<case>/{arterial,venous,label,label_venous}.nii.gz`` and ``out_dir/phantoms.json``.
+
+    Returns the case ids (``hpn_000``, ``hpn_001``, ...). ``label`` is in arterial space, ``label_venous``
+    is the same anatomy in the deformed venous space; all four images share one grid.
+    """
+    if n_cases < 1:
+        raise HPNInputError(f"{out_dir}: n_cases must be at least 1, got {n_cases}")
+    if len(shape_zyx) != 3 or min(shape_zyx) < 16:
+        raise HPNInputError(f"{out_dir}: shape_zyx must be 3 sizes of at least 16 voxels, got {shape_zyx}")
+    if len(spacing_zyx) != 3 or min(spacing_zyx) <= 0:
+        raise HPNInputError(f"{out_dir}: spacing_zyx must be 3 positive values, got {spacing_zyx}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    case_ids, cases_metadata = [], []
+    for case_index in tqdm(range(n_cases), desc="phantom cases", unit="case", disable=not progress):
+        case_id = f"hpn_{case_index:03d}"
+        case = generate_phantom_case(seed, case_index, shape_zyx, spacing_zyx)
+        case_dir = out_dir / case_id
+        case_dir.mkdir(exist_ok=True)
+        for file_stem, array in (("arterial", case.arterial), ("venous", case.venous), ("label", case.label),
+                                 ("label_venous", case.label_venous)):
+            _write_nifti(array, spacing_zyx, case_dir / f"{file_stem}.nii.gz")
+        case_ids.append(case_id)
+        cases_metadata.append({"case_id": case_id, **case.metadata})
+    summary = {"seed": seed, "shape_zyx": list(shape_zyx), "spacing_zyx": list(spacing_zyx), "cases": cases_metadata}
+    (out_dir / "phantoms.json").write_text(json.dumps(summary, indent=2))
+    return case_ids

@@ -1,0 +1,236 @@
+"""Tests of the conversion of dual-phase case folders into an nnU-Net raw dataset."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_hpn import LABELS
+from nnunet_hpn.convert import check_same_geometry, convert_cases
+from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.phantom import write_phantom_cases
+
+SIZE_ZYX = (6, 12, 10)
+SPACING_XYZ = (0.8, 0.8, 2.0)
+ORIGIN_XYZ = (-10.0, 5.0, 30.0)
+
+
+def _image(array: np.ndarray, spacing=SPACING_XYZ, origin=ORIGIN_XYZ, direction=None) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
+def _write_case(in_dir: Path, case: str, with_label: bool = True, **venous_geometry) -> Path:
+    """Write a tiny valid case; ``venous_geometry`` (spacing/origin/direction) overrides the venous header."""
+    case_dir = in_dir / case
+    case_dir.mkdir(parents=True)
+    rng = np.random.default_rng(len(case))
+    sitk.WriteImage(_image(rng.normal(40, 10, SIZE_ZYX).astype(np.int16)), str(case_dir / "arterial.nii.gz"))
+    sitk.WriteImage(_image(rng.normal(40, 10, SIZE_ZYX).astype(np.int16), **venous_geometry),
+                    str(case_dir / "venous.nii.gz"))
+    if with_label:
+        label = np.zeros(SIZE_ZYX, dtype=np.uint8)
+        label[2:4, 3:8, 3:7] = 1
+        label[3, 5, 5] = 2
+        label[2, 4, 4] = 3
+        sitk.WriteImage(_image(label), str(case_dir / "label.nii.gz"))
+    return case_dir
+
+
+@pytest.fixture()
+def in_dir(tmp_path: Path) -> Path:
+    """Two labelled cases (case_a, case_b)."""
+    root = tmp_path / "cases"
+    _write_case(root, "case_a")
+    _write_case(root, "case_b")
+    return root
+
+
+@pytest.fixture()
+def raw_root(tmp_path: Path) -> Path:
+    root = tmp_path / "raw"
+    root.mkdir()
+    return root
+
+
+def _assert_refused(in_dir: Path, raw_root: Path, bad_file: Path, *message_parts: str) -> None:
+    """Conversion raises HPNInputError naming ``bad_file`` and leaves the raw root empty."""
+    with pytest.raises(HPNInputError) as error:
+        convert_cases(in_dir, 501, "Bad", raw_root=raw_root, progress=False)
+    message = str(error.value)
+    assert str(bad_file) in message
+    assert "\n" not in message
+    for part in message_parts:
+        assert part in message
+    assert list(raw_root.iterdir()) == []
+
+
+def test_converts_phantoms_into_nnunet_layout(tmp_path: Path, raw_root: Path) -> None:
+    in_dir = tmp_path / "phantoms"
+    write_phantom_cases(in_dir, 3, seed=1, shape_zyx=(16, 32, 32), progress=False)
+    (in_dir / "hpn_002" / "label.nii.gz").unlink()
+
+    dataset_dir = convert_cases(in_dir, 7, "HPNPhantom", raw_root=raw_root, progress=False)
+
+    assert dataset_dir == raw_root / "Dataset007_HPNPhantom"
+    assert [p.name for p in raw_root.iterdir()] == ["Dataset007_HPNPhantom"]
+    assert sorted(p.name for p in dataset_dir.iterdir()) == ["dataset.json", "imagesTr", "imagesTs", "labelsTr"]
+    assert sorted(p.name for p in (dataset_dir / "imagesTr").iterdir()) == [
+        "hpn_000_0000.nii.gz", "hpn_000_0001.nii.gz", "hpn_001_0000.nii.gz", "hpn_001_0001.nii.gz"]
+    assert sorted(p.name for p in (dataset_dir / "labelsTr").iterdir()) == ["hpn_000.nii.gz", "hpn_001.nii.gz"]
+    assert sorted(p.name for p in (dataset_dir / "imagesTs").iterdir()) == [
+        "hpn_002_0000.nii.gz", "hpn_002_0001.nii.gz"]
+    for source, converted in ((in_dir / "hpn_000" / "arterial.nii.gz", "imagesTr/hpn_000_0000.nii.gz"),
+                              (in_dir / "hpn_000" / "venous.nii.gz", "imagesTr/hpn_000_0001.nii.gz"),
+                              (in_dir / "hpn_001" / "label.nii.gz", "labelsTr/hpn_001.nii.gz")):
+        expected, actual = sitk.ReadImage(str(source)), sitk.ReadImage(str(dataset_dir / converted))
+        assert np.array_equal(sitk.GetArrayFromImage(actual), sitk.GetArrayFromImage(expected))
+        assert actual.GetSpacing() == expected.GetSpacing()
+
+    dataset_json = json.loads((dataset_dir / "dataset.json").read_text())
+    assert dataset_json["channel_names"] == {"0": "arterial", "1": "venous"}
+    assert dataset_json["labels"] == LABELS
+    assert dataset_json["numTraining"] == 2
+    assert dataset_json["file_ending"] == ".nii.gz"
+    assert dataset_json["name"] == "HPNPhantom"
+    assert dataset_json["description"]
+
+
+def test_raw_root_defaults_to_environment(in_dir: Path, raw_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("nnUNet_raw", str(raw_root))
+    assert convert_cases(in_dir, 12, "Env", progress=False) == raw_root / "Dataset012_Env"
+    monkeypatch.delenv("nnUNet_raw")
+    with pytest.raises(HPNInputError, match="nnUNet_raw"):
+        convert_cases(in_dir, 13, "Env", progress=False)
+
+
+@pytest.mark.parametrize("venous_geometry, what", [
+    ({"spacing": (0.8, 0.8, 2.5)}, "spacing"),
+    ({"origin": (-10.0, 5.0, 31.0)}, "origin"),
+    ({"direction": (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)}, "direction"),
+])
+def test_refuses_venous_geometry_mismatch(in_dir: Path, raw_root: Path, venous_geometry: dict, what: str) -> None:
+    bad_case = _write_case(in_dir, "case_c", **venous_geometry)
+    _assert_refused(in_dir, raw_root, bad_case / "venous.nii.gz", what, str(bad_case / "arterial.nii.gz"))
+
+
+def test_refuses_venous_size_mismatch(in_dir: Path, raw_root: Path) -> None:
+    venous = in_dir / "case_b" / "venous.nii.gz"
+    sitk.WriteImage(_image(np.zeros((6, 12, 11), dtype=np.int16)), str(venous))
+    _assert_refused(in_dir, raw_root, venous, "size", "(11, 12, 6) vs (10, 12, 6)")
+
+
+def test_geometry_within_tolerance_is_accepted(in_dir: Path, raw_root: Path) -> None:
+    _write_case(in_dir, "case_c", origin=(-10.0, 5.0, 30.00001))
+    assert convert_cases(in_dir, 14, "Tolerant", raw_root=raw_root, progress=False).is_dir()
+
+
+def test_refuses_label_geometry_mismatch(in_dir: Path, raw_root: Path) -> None:
+    label = in_dir / "case_b" / "label.nii.gz"
+    sitk.WriteImage(_image(np.zeros(SIZE_ZYX, dtype=np.uint8), spacing=(1.0, 0.8, 2.0)), str(label))
+    _assert_refused(in_dir, raw_root, label, "spacing")
+
+
+def test_refuses_bad_label_values(in_dir: Path, raw_root: Path) -> None:
+    label = in_dir / "case_b" / "label.nii.gz"
+    values = np.zeros(SIZE_ZYX, dtype=np.uint8)
+    values[1, 1, 1], values[2, 2, 2] = 5, 7
+    sitk.WriteImage(_image(values), str(label))
+    _assert_refused(in_dir, raw_root, label, "5, 7")
+
+
+def test_refuses_nan_voxels(in_dir: Path, raw_root: Path) -> None:
+    venous = in_dir / "case_b" / "venous.nii.gz"
+    values = np.zeros(SIZE_ZYX, dtype=np.float32)
+    values[0, 0, 0] = np.nan
+    values[0, 0, 1] = np.inf
+    sitk.WriteImage(_image(values), str(venous))
+    _assert_refused(in_dir, raw_root, venous, "NaN/Inf")
+
+
+def test_refuses_missing_phase(in_dir: Path, raw_root: Path) -> None:
+    venous = in_dir / "case_b" / "venous.nii.gz"
+    venous.unlink()
+    _assert_refused(in_dir, raw_root, venous, "missing")
+
+
+def test_refuses_4d_image(in_dir: Path, raw_root: Path) -> None:
+    arterial = in_dir / "case_a" / "arterial.nii.gz"
+    frame = sitk.ReadImage(str(arterial))
+    sitk.WriteImage(sitk.JoinSeries([frame, frame]), str(arterial))
+    _assert_refused(in_dir, raw_root, arterial, "4D")
+
+
+def test_refuses_garbage_file(in_dir: Path, raw_root: Path) -> None:
+    garbage = in_dir / "case_a" / "arterial.nii.gz"
+    garbage.write_bytes(b"this is not a NIfTI file")
+    _assert_refused(in_dir, raw_root, garbage, "corrupt")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "checksum"])
+def test_refuses_damaged_gzip_data(in_dir: Path, raw_root: Path, damage: str) -> None:
+    venous = in_dir / "case_b" / "venous.nii.gz"
+    content = bytearray(venous.read_bytes())
+    if damage == "truncated":  # SimpleITK would silently zero-fill the missing voxels
+        content = content[: int(len(content) * 0.85)]
+    else:
+        content[-6] ^= 0xFF  # inside the gzip CRC32 trailer
+    venous.write_bytes(bytes(content))
+    _assert_refused(in_dir, raw_root, venous, "corrupt")
+
+
+def test_refuses_uncompressed_file_named_gz(in_dir: Path, raw_root: Path) -> None:
+    arterial = in_dir / "case_a" / "arterial.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(arterial)), str(in_dir / "plain.nii"))
+    os.replace(in_dir / "plain.nii", arterial)
+    _assert_refused(in_dir, raw_root, arterial, "not gzip-compressed")
+
+
+def test_refuses_empty_input(tmp_path: Path, raw_root: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "phantoms.json").write_text("{}")
+    with pytest.raises(HPNInputError, match="no case"):
+        convert_cases(empty, 501, "Empty", raw_root=raw_root, progress=False)
+    assert list(raw_root.iterdir()) == []
+
+
+def test_existing_dataset_id_needs_overwrite(in_dir: Path, raw_root: Path) -> None:
+    old = raw_root / "Dataset042_Old"
+    old.mkdir()
+    (old / "marker.txt").write_text("old")
+    with pytest.raises(HPNInputError, match="already exists"):
+        convert_cases(in_dir, 42, "New", raw_root=raw_root, progress=False)
+    assert (old / "marker.txt").exists()
+
+    dataset_dir = convert_cases(in_dir, 42, "New", raw_root=raw_root, overwrite=True, progress=False)
+    assert [p.name for p in raw_root.iterdir()] == ["Dataset042_New"]
+    assert len(list((dataset_dir / "imagesTr").iterdir())) == 4
+
+    dataset_dir = convert_cases(in_dir, 42, "New", raw_root=raw_root, overwrite=True, progress=False)
+    assert [p.name for p in raw_root.iterdir()] == ["Dataset042_New"]
+    assert json.loads((dataset_dir / "dataset.json").read_text())["numTraining"] == 2
+
+
+def test_failed_overwrite_keeps_existing_dataset(in_dir: Path, raw_root: Path) -> None:
+    existing = convert_cases(in_dir, 43, "Kept", raw_root=raw_root, progress=False)
+    label = in_dir / "case_b" / "label.nii.gz"
+    sitk.WriteImage(_image(np.full(SIZE_ZYX, 9, dtype=np.uint8)), str(label))
+    with pytest.raises(HPNInputError, match="label values"):
+        convert_cases(in_dir, 43, "Kept", raw_root=raw_root, overwrite=True, progress=False)
+    assert [p.name for p in raw_root.iterdir()] == ["Dataset043_Kept"]
+    assert len(list((existing / "labelsTr").iterdir())) == 2
+
+
+def test_check_same_geometry_on_images() -> None:
+    image = _image(np.zeros(SIZE_ZYX, dtype=np.int16))
+    check_same_geometry(image, "a.nii.gz", _image(np.ones(SIZE_ZYX, dtype=np.uint8)), "b.nii.gz")
+    shifted = _image(np.zeros(SIZE_ZYX, dtype=np.int16), origin=(0.0, 0.0, 0.0))
+    with pytest.raises(HPNInputError, match=r"^b\.nii\.gz: origin differs from a\.nii\.gz"):
+        check_same_geometry(image, "a.nii.gz", shifted, "b.nii.gz")
