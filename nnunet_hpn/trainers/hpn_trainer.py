@@ -1,16 +1,30 @@
-"""HPNTrainer: nnU-Net's trainer with the pairing loss added to Dice + CE (deep supervision kept)."""
-from typing import Callable, Optional, Sequence, Union
+"""HPN trainers: nnU-Net's trainer with the dual-path network from the HPN plans, the pairing loss and, optionally,
+virtual pairs. Each row of the paper's Table 1 is a small subclass that changes class attributes only.
+
+The backbone comes from the plans: ``-p nnUNetHPNPlans`` (plain 3D U-Net, ``HPNPlanner``) or
+``-p nnUNetHPNResDSNPlans`` (3D-ResDSN, ``HPNResDSNPlanner``); every trainer trains on the same dual-phase data.
+"""
+import os
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_hpn.pairing_loss import pairing_loss
+from nnunet_hpn.virtual_pairs import insert_virtual_pairs
 
 SegmentationOutput = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+#: Environment variables that override the training length of every HPN trainer (e.g. for CPU ablation runs).
+BUDGET_ENV = {"HPN_NUM_EPOCHS": "num_epochs", "HPN_ITERATIONS_PER_EPOCH": "num_iterations_per_epoch",
+              "HPN_VAL_ITERATIONS_PER_EPOCH": "num_val_iterations_per_epoch"}
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -41,7 +55,7 @@ class SegmentationPlusPairingLoss(nn.Module):
     def forward(self, output: SegmentationOutput, target: SegmentationOutput) -> torch.Tensor:
         loss = self.segmentation_loss(output, target)
         features = self._network().pop_pairing_features()
-        if features is None or len(features) < 2 or self.weight == 0:
+        if features is None or len(features) < 2:
             return loss
         pairing = pairing_loss(features)
         detached = pairing.detach()
@@ -59,55 +73,183 @@ class SegmentationPlusPairingLoss(nn.Module):
 
 
 class HPNTrainer(nnUNetTrainer):
-    """Hyper-Pairing Network: dual-path network with hyper-connections (from the HPN plans) + pairing loss.
+    """Hyper-Pairing Network: every phase its own path, hyper-connections as listed in the plans, pairing loss.
 
-    Needs plans written by ``HPNPlanner`` / ``HPNResDSNPlanner``; the network is rebuilt from the plans'
-    ``architecture`` entry, so ``nnUNetv2_predict`` needs nothing else.
+    Subclasses choose a Table-1 row with four class attributes; ``build_network_architecture`` and
+    ``get_training_transforms`` are class methods so that ``nnUNetv2_predict`` rebuilds exactly the trained network.
     """
 
-    #: λ of the paper's Eq. 2.
+    #: input channels that get a path (None: every phase of the plans); a single channel = single-phase model
+    phase_channels: Optional[Tuple[int, ...]] = None
+    #: False: no hyper-connections (independent paths joined only by the shared classifier)
+    use_hyper_connections: bool = True
+    #: λ of the paper's Eq. 2; 0 switches the pairing loss off
     pairing_loss_weight: float = 0.5
-
-    def _build_loss(self) -> nn.Module:
-        network = unwrap_network(self.network)
-        if not hasattr(network, "pop_pairing_features"):
-            raise RuntimeError(
-                f"{type(self).__name__} needs plans written by HPNPlanner (network "
-                f"nnunet_hpn.hyper_connections.HyperPairedUNet), but the plans build "
-                f"{type(network).__module__}.{type(network).__name__}. Run 'nnUNetv2_plan_and_preprocess -d D "
-                f"-pl HPNPlanner' and train with '-p nnUNetHPNPlans'.")
-        return SegmentationPlusPairingLoss(super()._build_loss(), lambda: unwrap_network(self.network),
-                                           self.pairing_loss_weight)
-
-    def on_train_epoch_end(self, train_outputs: list) -> None:
-        super().on_train_epoch_end(train_outputs)
-        mean_pairing = self.loss.pop_mean_pairing_loss()
-        if mean_pairing is not None:
-            self.print_to_log_file(f"pairing loss (-Pearson r, weight {self.pairing_loss_weight}): "
-                                   f"{np.round(mean_pairing, decimals=4)}")
-
-
-class HPNTrainer_cpu_smoke(HPNTrainer):
-    """2 epochs × 10 iterations, no test-time mirroring in the final validation: a plumbing check on CPU."""
+    #: Beta(α, α) of the virtual pairs; None: train on the original pairs
+    virtual_pair_alpha: Optional[float] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 10
-        self.num_val_iterations_per_epoch = 2
+        for variable, attribute in BUDGET_ENV.items():
+            if os.environ.get(variable):
+                setattr(self, attribute, int(os.environ[variable]))
+
+    @classmethod
+    def network_kwargs(cls, configuration_manager: ConfigurationManager) -> dict:
+        """The plans' ``arch_kwargs`` with this row's paths and hyper-connections."""
+        kwargs = dict(configuration_manager.network_arch_init_kwargs)
+        if "path_channels" not in kwargs:
+            raise RuntimeError(
+                f"{cls.__name__} needs plans written by HPNPlanner / HPNResDSNPlanner, but the plans build "
+                f"{configuration_manager.network_arch_class_name}. Run 'nnUNetv2_plan_and_preprocess -d D "
+                f"-pl HPNPlanner' and train with '-p nnUNetHPNPlans'.")
+        if cls.phase_channels is not None:
+            kwargs["path_channels"] = list(cls.phase_channels)
+        if not cls.use_hyper_connections or len(kwargs["path_channels"]) < 2:
+            kwargs["hyper_connections"] = []
+        return kwargs
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        return get_network_from_plans(configuration_manager.network_arch_class_name, cls.network_kwargs(
+            configuration_manager), configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
+            num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
+
+    @classmethod
+    def get_training_transforms(cls, patch_size: Union[np.ndarray, Tuple[int]], rotation_for_DA,
+                                deep_supervision_scales: Union[List, Tuple, None], mirror_axes: Tuple[int, ...],
+                                do_dummy_2d_data_aug: bool, use_mask_for_norm: List[bool] = None,
+                                is_cascaded: bool = False, foreground_labels: Union[Tuple[int, ...], List[int]] = None,
+                                regions: List[Union[List[int], Tuple[int, ...], int]] = None,
+                                ignore_label: int = None) -> BasicTransform:
+        """nnU-Net's training pipeline, plus virtual pairs right after the spatial block when the row uses them
+        (validation and inference never see them)."""
+        transforms = nnUNetTrainer.get_training_transforms(
+            patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
+            use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
+        if cls.virtual_pair_alpha is None:
+            return transforms
+        return insert_virtual_pairs(transforms, alpha=cls.virtual_pair_alpha)
+
+    def _build_loss(self) -> nn.Module:
+        segmentation_loss = super()._build_loss()
+        if self.pairing_loss_weight == 0 or getattr(unwrap_network(self.network), "n_paths", 1) < 2:
+            return segmentation_loss
+        return SegmentationPlusPairingLoss(segmentation_loss, lambda: unwrap_network(self.network),
+                                           self.pairing_loss_weight)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        network = unwrap_network(self.network)
+        virtual = f"Beta({self.virtual_pair_alpha}, {self.virtual_pair_alpha})" if self.virtual_pair_alpha else "off"
+        self.print_to_log_file(
+            f"HPN settings: network {type(network).__name__}, paths on channels "
+            f"{getattr(network, 'path_channels', 'all (one path)')}, hyper-connections "
+            f"{list(getattr(network, 'hyper_connections', ())) or 'none'}, pairing loss weight "
+            f"{self.pairing_loss_weight}, virtual pairs {virtual}")
+
+    def on_train_epoch_end(self, train_outputs: list) -> None:
+        super().on_train_epoch_end(train_outputs)
+        if isinstance(self.loss, SegmentationPlusPairingLoss):
+            mean_pairing = self.loss.pop_mean_pairing_loss()
+            if mean_pairing is not None:
+                self.print_to_log_file(f"pairing loss (-Pearson r, weight {self.pairing_loss_weight}): "
+                                       f"{np.round(mean_pairing, decimals=4)}")
+
+
+class HPNTrainer_virtual(HPNTrainer):
+    """HPN trained on virtual pairs; ``nnunet-hpn union`` of its and HPNTrainer's predictions is the paper's HPN."""
+
+    virtual_pair_alpha = 0.4
+
+
+class HyperNetTrainer(HPNTrainer):
+    """Table 1 "HyperNet": dual path with hyper-connections, no pairing loss."""
+
+    pairing_loss_weight = 0.0
+
+
+class HyperNetTrainer_virtual(HyperNetTrainer):
+    """Table 1 "HyperNet-aug": HyperNet trained on virtual pairs."""
+
+    virtual_pair_alpha = 0.4
+
+
+class SinglePhaseTrainer_arterial(HPNTrainer):
+    """Table 1 "single-phase (Arterial)": one path on channel 0; the venous channel is never read by the network."""
+
+    phase_channels = (0,)
+    use_hyper_connections = False
+    pairing_loss_weight = 0.0
+
+
+class SinglePhaseTrainer_venous(SinglePhaseTrainer_arterial):
+    """Table 1 "single-phase (Venous)": one path on channel 1."""
+
+    phase_channels = (1,)
+
+
+class EarlyFusionTrainer(HPNTrainer):
+    """Early-fusion baseline: nnU-Net's own single-path network (PlainConvUNet, or ResidualEncoderUNet with the
+    ResDSN plans) with both phases as input channels, on the same HPN plans, data and normalization."""
+
+    pairing_loss_weight = 0.0
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        kwargs = cls.network_kwargs(configuration_manager)
+        for hpn_only in ("path_channels", "hyper_connections", "backbone"):
+            kwargs.pop(hpn_only, None)
+        if configuration_manager.network_arch_class_name.endswith("HyperPairedResDSN"):
+            class_name = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+            kwargs["n_blocks_per_stage"] = kwargs.pop("n_conv_per_stage")
+        else:
+            class_name = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+        return get_network_from_plans(class_name, kwargs, configuration_manager.network_arch_init_kwargs_req_import,
+                                      num_input_channels, num_output_channels, allow_init=True,
+                                      deep_supervision=enable_deep_supervision)
+
+
+class _ShortTraining:
+    """Mixin: a short budget and no test-time mirroring in the final validation (CPU runs)."""
+
+    short_budget = (2, 10, 2)  # epochs, iterations per epoch, validation iterations per epoch
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.short_budget
+        for variable, attribute in BUDGET_ENV.items():
+            if os.environ.get(variable):
+                setattr(self, attribute, int(os.environ[variable]))
 
     def on_train_start(self) -> None:
         super().on_train_start()
         self.inference_allowed_mirroring_axes = None
 
 
-class HPNTrainer_demo(HPNTrainer_cpu_smoke):
+class HPNTrainer_cpu_smoke(_ShortTraining, HPNTrainer):
+    """2 epochs × 10 iterations, no test-time mirroring: a plumbing check on CPU."""
+
+
+class HPNTrainer_demo(_ShortTraining, HPNTrainer):
     """The demo's budget: 24 epochs × 25 iterations (a few minutes on 2 CPU cores at the demo's CPU configuration)."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 24
-        self.num_iterations_per_epoch = 25
-        self.num_val_iterations_per_epoch = 4
+    short_budget = (24, 25, 4)
+
+
+#: Table-1 rows: trainer per row (the backbone is chosen by the plans).
+TABLE1_TRAINERS = {
+    "single-phase (Arterial)": SinglePhaseTrainer_arterial,
+    "single-phase (Venous)": SinglePhaseTrainer_venous,
+    "HyperNet": HyperNetTrainer,
+    "HyperNet-aug": HyperNetTrainer_virtual,
+    "HPN (original pairs)": HPNTrainer,
+    "HPN (virtual pairs)": HPNTrainer_virtual,
+    "early fusion (2 channels, one path)": EarlyFusionTrainer,
+}

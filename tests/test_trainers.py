@@ -1,0 +1,104 @@
+"""The Table-1 trainer family: found by nnU-Net's stock lookup, a few CPU training steps each, single-phase rows
+ignore the other phase, virtual pairs only in the training pipeline."""
+import copy
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY_CONFIGURATION
+from nnunet_hpn.trainers import __all__ as TRAINER_NAMES
+from nnunet_hpn.trainers import hpn_trainer
+from nnunet_hpn.virtual_pairs import VirtualPairTransform
+
+
+def test_every_trainer_is_found_by_the_stock_lookup_in_a_fresh_interpreter():
+    code = textwrap.dedent(f"""
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        for name in {list(TRAINER_NAMES)!r}:
+            print("FOUND", name, recursive_find_trainer_class_by_name(name).__module__)
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for name in TRAINER_NAMES:
+        assert f"FOUND {name} nnunet_hpn.trainers.hpn_trainer" in proc.stdout
+
+
+@pytest.fixture()
+def make_trainer(planned_dataset, monkeypatch):
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, planned_dataset["env"][key])
+    dataset_json = json.loads((planned_dataset["raw"] / "dataset.json").read_text())
+
+    def make(name: str):
+        cls = getattr(hpn_trainer, name)
+        plans = dict(copy.deepcopy(planned_dataset["plans"]), continue_training=False)  # as nnUNetv2_train passes it
+        trainer = cls(plans=plans, configuration=TINY_CONFIGURATION, fold=0,
+                      dataset_json=dataset_json, device=torch.device("cpu"))
+        trainer.initialize()
+        return trainer
+    return make
+
+
+def _batch(trainer, rng: np.random.Generator) -> dict:
+    patch = trainer.configuration_manager.patch_size
+    batch = trainer.configuration_manager.batch_size
+    data = torch.from_numpy(rng.standard_normal((batch, 2, *patch)).astype(np.float32))
+    labels = torch.from_numpy(rng.integers(0, 4, (batch, 1, *patch)).astype(np.float32))
+    targets = [torch.nn.functional.interpolate(labels, scale_factor=tuple(s), mode="nearest")
+               for s in trainer._get_deep_supervision_scales()]
+    return {"data": data, "target": targets}
+
+
+@pytest.mark.parametrize("name", TRAINER_NAMES)
+def test_trainer_runs_cpu_training_steps(make_trainer, name):
+    trainer = make_trainer(name)
+    rng = np.random.default_rng(0)
+    before = {n: p.detach().clone() for n, p in trainer.network.named_parameters()}
+    losses = [float(trainer.train_step(_batch(trainer, rng))["loss"]) for _ in range(3)]
+    assert all(np.isfinite(losses))
+    unchanged = [n for n, p in trainer.network.named_parameters() if torch.equal(before[n], p.detach())]
+    # outside DDP nnU-Net gives the lowest-resolution deep-supervision output the weight 0 (under DDP 1e-6), so
+    # only that head (seg_layers[0]: heads are built bottom-up, like UNetDecoder's) may stay untouched
+    assert all("seg_layers.0." in n for n in unchanged), unchanged
+    network = hpn_trainer.unwrap_network(trainer.network)
+    if name == "EarlyFusionTrainer":
+        assert type(network).__name__ == "PlainConvUNet" and not hasattr(network, "path_channels")
+        assert not isinstance(trainer.loss, hpn_trainer.SegmentationPlusPairingLoss)
+        return
+    expected_paths = {"SinglePhaseTrainer_arterial": [0], "SinglePhaseTrainer_venous": [1]}.get(name, [0, 1])
+    assert network.path_channels == expected_paths
+    assert (len(network.hyper_connections) == 6) == (len(expected_paths) == 2)
+    uses_pairing = getattr(hpn_trainer, name).pairing_loss_weight > 0 and len(expected_paths) == 2
+    assert isinstance(trainer.loss, hpn_trainer.SegmentationPlusPairingLoss) == uses_pairing
+
+
+@pytest.mark.parametrize("name,channel", [("SinglePhaseTrainer_arterial", 1), ("SinglePhaseTrainer_venous", 0)])
+def test_single_phase_ignores_the_other_channel(make_trainer, name, channel):
+    trainer = make_trainer(name)
+    network = trainer.network.eval()
+    trainer.set_deep_supervision_enabled(False)
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.standard_normal((1, 2, *trainer.configuration_manager.patch_size)).astype(np.float32))
+    noisy = x.clone()
+    noisy[:, channel] = torch.from_numpy(rng.standard_normal(noisy[:, channel].shape).astype(np.float32)) * 100
+    with torch.no_grad():
+        assert torch.equal(network(x), network(noisy))
+        other = x.clone()
+        other[:, 1 - channel] += 1.0  # the channel the model does read changes the output
+        assert not torch.equal(network(x), network(other))
+
+
+@pytest.mark.parametrize("name", TRAINER_NAMES)
+def test_virtual_pairs_only_in_training_pipeline(make_trainer, name):
+    trainer = make_trainer(name)
+    patch = trainer.configuration_manager.patch_size
+    training = trainer.get_training_transforms(patch, ((0, 0),) * 3, None, (0, 1, 2), False)
+    validation = trainer.get_validation_transforms(None)
+    has_virtual = any(isinstance(t, VirtualPairTransform) for t in training.transforms)
+    assert has_virtual == (getattr(hpn_trainer, name).virtual_pair_alpha is not None)
+    assert not any(isinstance(t, VirtualPairTransform) for t in validation.transforms)
