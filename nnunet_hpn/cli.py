@@ -36,6 +36,22 @@ def _cpu_config(args: argparse.Namespace) -> None:
           f"features {entry['architecture']['arch_kwargs']['features_per_stage']}, batch {entry['batch_size']}")
 
 
+def _union(args: argparse.Namespace) -> None:
+    from nnunet_hpn.union import union_folders
+
+    cases = union_folders([Path(d) for d in args.input], Path(args.output))
+    print(f"wrote the union of {len(args.input)} predictions for {len(cases)} cases to {args.output}")
+
+
+def _split(args: argparse.Namespace) -> None:
+    from nnunet_hpn.splits import resolve_preprocessed_dir, write_crossval_splits
+
+    folder = resolve_preprocessed_dir(args.dataset)
+    splits = write_crossval_splits(folder, n_folds=args.folds, seed=args.seed, overwrite=args.overwrite)
+    sizes = ", ".join(f"fold {i}: {len(s['train'])} train / {len(s['val'])} val" for i, s in enumerate(splits))
+    print(f"wrote {folder / 'splits_final.json'} ({sizes})")
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from nnunet_hpn.evaluation import evaluate_folders, format_dice_table, write_summary
 
@@ -79,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-features", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=2)
     p.set_defaults(func=_cpu_config)
+
+    p = sub.add_parser("union", help="the paper's final HPN output: union of original-pair and virtual-pair "
+                                      "predictions (overlaps: PDAC > duct > pancreas)")
+    p.add_argument("-i", "--input", nargs="+", required=True, help="prediction folders (2 or more)")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(func=_union)
+
+    p = sub.add_parser("split", help="write a PDAC-stratified k-fold splits_final.json into the preprocessed folder")
+    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
+    p.add_argument("--folds", type=int, default=3)
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--overwrite", action="store_true", help="replace a different existing splits_final.json")
+    p.set_defaults(func=_split)
 
     p = sub.add_parser("evaluate", help="Dice of abnormal pancreas (1∪2∪3), PDAC (2) and duct (3) per case and mean±std")
     p.add_argument("pred_dir")

@@ -1,0 +1,49 @@
+"""The ``nnunet-hpn`` command: subcommands wire through, bad input is one line on stderr and a non-zero exit."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_hpn.cli import main
+
+
+def test_phantom_then_convert_via_the_console_script(tmp_path: Path):
+    exe = Path(sys.executable).parent / "nnunet-hpn"
+    proc = subprocess.run([str(exe), "phantom", str(tmp_path / "cases"), "--cases", "2", "--seed", "4"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([str(exe), "convert", str(tmp_path / "cases"), "--dataset-id", "777", "--name", "Cli",
+                           "--raw-root", str(tmp_path / "raw")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    dataset = json.loads((tmp_path / "raw" / "Dataset777_Cli" / "dataset.json").read_text())
+    assert dataset["channel_names"] == {"0": "arterial", "1": "venous"} and dataset["numTraining"] == 2
+
+
+def test_bad_input_is_one_line_and_exit_1(tmp_path: Path, capsys):
+    case = tmp_path / "cases" / "c1"
+    case.mkdir(parents=True)
+    image = sitk.GetImageFromArray(np.zeros((4, 8, 8), np.int16))
+    sitk.WriteImage(image, str(case / "arterial.nii.gz"))  # venous missing
+    status = main(["convert", str(tmp_path / "cases"), "--dataset-id", "778", "--name", "Bad",
+                   "--raw-root", str(tmp_path / "raw")])
+    err = capsys.readouterr().err.strip()
+    assert status == 1
+    assert len(err.splitlines()) == 1 and "venous.nii.gz" in err and err.startswith("nnunet-hpn convert: error:")
+    assert not any((tmp_path / "raw").glob("Dataset778_*"))
+
+
+def test_union_subcommand(tmp_path: Path, capsys):
+    folders = []
+    for name, value in (("orig", 1), ("virtual", 2)):
+        folder = tmp_path / name
+        folder.mkdir()
+        array = np.zeros((4, 8, 8), np.uint8)
+        array[1, 1:3, 1:3] = value
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(folder / "case.nii.gz"))
+        folders.append(str(folder))
+    assert main(["union", "-i", *folders, "-o", str(tmp_path / "union")]) == 0
+    union = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "union" / "case.nii.gz")))
+    assert union[1, 1, 1] == 2 and union.sum() == 2 * 4
