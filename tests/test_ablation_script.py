@@ -1,0 +1,215 @@
+"""scripts/run_ablation.py: row resolution and arguments without training; one small end-to-end run (2 trainings
+of 1 epoch × 2 iterations on fold 0, fusion derived with nnUNetv2_ensemble) and a re-run that only re-collects."""
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import DATASET_ID, TINY_CONFIGURATION, nnunet_env
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_ablation.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("run_ablation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_ablation"] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    return module
+
+
+ablation = _load_script()
+
+
+# ----------------------------------------------------------------------------------------------- without training
+
+def test_derived_rows_pull_in_what_they_need_in_paper_order():
+    assert ablation.resolve_rows(["fusion"]) == ["arterial", "venous", "fusion"]
+    assert ablation.resolve_rows(["hpn_union", "arterial"]) == ["arterial", "hpn", "hpn_virtual", "hpn_union"]
+    assert ablation.resolve_rows(list(reversed(ablation.ROWS))) == list(ablation.ROWS)
+    assert ablation.trained_rows(ablation.resolve_rows(["fusion", "hpn_union"])) == [
+        "arterial", "venous", "hpn", "hpn_virtual"]
+    with pytest.raises(ablation.AblationError, match="unknown row"):
+        ablation.resolve_rows(["nope"])
+
+
+def test_every_trained_row_names_an_hpn_trainer():
+    from nnunet_hpn.trainers import hpn_trainer
+
+    for row in ablation.ROWS.values():
+        assert (row.trainer is None) == bool(row.needs)
+        if row.trainer:
+            assert issubclass(getattr(hpn_trainer, row.trainer), hpn_trainer.HPNTrainer)
+
+
+def test_argument_defaults_and_errors(capsys):
+    args = ablation.parse_args(["-d", "990"])
+    assert args.rows == list(ablation.ROWS) and args.backbones == ["unet", "resdsn"]
+    assert args.folds == [0, 1, 2] and args.n_splits == 3 and args.configuration == "3d_fullres"
+    assert args.epochs is None and args.device is None and args.seed == 12345
+    args = ablation.parse_args(["-d", "990", "--folds", "4", "0", "--epochs", "3", "--cpu-config", "16", "32", "32"])
+    assert args.folds == [0, 4] and args.n_splits == 5 and args.epochs == 3 and args.cpu_config == [16, 32, 32]
+    for bad in (["--rows", "nope"], ["--backbones", "vnet"], ["--folds", "2", "--n-splits", "2"], ["--epochs", "0"],
+                ["--device", "tpu"]):
+        with pytest.raises(SystemExit):
+            ablation.parse_args(["-d", "990", *bad])
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--help"])
+    help_text = capsys.readouterr().out
+    for row in ablation.ROWS.values():
+        assert row.name in help_text and (row.trainer or "derived") in help_text
+    assert "nnUNetHPNResDSNPlans" in help_text
+
+
+def test_budget_goes_to_the_environment_only_when_given():
+    args = ablation.parse_args(["-d", "990", "--epochs", "2", "--val-iterations", "1", "--device", "cpu"])
+    env = ablation.build_env(args, base={"PATH": "/bin"})
+    assert env["HPN_NUM_EPOCHS"] == "2" and env["HPN_VAL_ITERATIONS_PER_EPOCH"] == "1"
+    assert "HPN_ITERATIONS_PER_EPOCH" not in env
+    assert env["nnUNet_compile"] == "f" and env["nnUNet_def_n_proc"] == "2"
+    assert ablation.effective_budget(env) == {"epochs": 2, "iterations": 250, "val_iterations": 1,
+                                              "source": "HPN_* environment"}
+    assert ablation.effective_budget({})["source"] == "trainer default"
+
+
+def test_fold_state_chooses_new_resume_validate_or_skip(tmp_path):
+    fold = tmp_path / "fold_0"
+    assert ablation.fold_state(fold) == "new"
+    fold.mkdir()
+    (fold / "checkpoint_latest.pth").touch()
+    assert ablation.fold_state(fold) == "resume"
+    (fold / "checkpoint_final.pth").touch()
+    assert ablation.fold_state(fold) == "validate"
+    (fold / "validation").mkdir()
+    (fold / "validation" / "case.npz").touch()
+    assert ablation.fold_state(fold) == "done"
+
+    base = ["nnUNetv2_train", "990", "3d_tiny", "1", "-tr", "HPNTrainer", "-p", "nnUNetHPNPlans", "--npz",
+            "-device", "cpu"]
+    command = ablation.train_command("990", "3d_tiny", 1, "HPNTrainer", "nnUNetHPNPlans", "cpu", "new")
+    assert command == base
+    assert ablation.train_command("990", "3d_tiny", 1, "HPNTrainer", "nnUNetHPNPlans", "cpu",
+                                  "resume") == base + ["--c"]
+    assert ablation.train_command("990", "3d_tiny", 1, "HPNTrainer", "nnUNetHPNPlans", "cpu",
+                                  "validate") == base + ["--val"]
+
+
+def test_missing_dataset_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (tmp_path / key).mkdir()
+        monkeypatch.setenv(key, str(tmp_path / key))
+    assert ablation.main(["-d", "123", "--device", "cpu"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("run_ablation: error: dataset 123:") and "\n" not in error
+
+
+def test_split_is_written_once_stratified_and_checked_for_enough_folds(planned_dataset, tmp_path):
+    name = planned_dataset["raw"].name
+    dataset = ablation.Dataset(name, planned_dataset["raw"], tmp_path / name, tmp_path / "results" / name)
+    progress = ablation.Progress()
+    assert ablation.ensure_splits(dataset, [0], 3, 12345, progress) == 3
+    splits = json.loads((tmp_path / name / "splits_final.json").read_text())
+    assert len(splits) == 3 and sorted(sum((split["val"] for split in splits), [])) == sorted(
+        path.name[:-7] for path in dataset.labels.glob("*.nii.gz"))
+    assert ablation.ensure_splits(dataset, [0, 1, 2], 5, 1, progress) == 3  # present: kept as is
+    assert json.loads((tmp_path / name / "splits_final.json").read_text()) == splits
+    with pytest.raises(ablation.AblationError, match="has 3 folds, fold 3 requested"):
+        ablation.ensure_splits(dataset, [3], 4, 12345, progress)
+
+
+def test_table_lists_rows_in_paper_order_with_budget_line():
+    result = {"n_cases": 2, "mean": {"abnormal pancreas": 0.5, "PDAC": 0.25, "duct": 0.0},
+              "std": {"abnormal pancreas": 0.1, "PDAC": 0.05, "duct": 0.0},
+              "missed": {"abnormal pancreas": 0, "PDAC": 1, "duct": 2}, "present": {"abnormal pancreas": 2,
+                                                                                   "PDAC": 2, "duct": 2}}
+    rows = ablation.resolve_rows(["hpn_union", "fusion"])
+    records = ablation.table_records({("unet", row): result for row in rows}, ["unet"], rows)
+    table = ablation.format_markdown(records, "Budget: test")
+    positions = [table.index(f"| {ablation.ROWS[row].label} |") for row in rows]
+    assert positions == sorted(positions) and "Budget: test" in table
+    assert "| 50.00 ± 10.00 | 25.00 ± 5.00 | 0.00 ± 0.00 | 0/2 | 1/2 | 2/2 |" in table
+    assert ablation.format_csv(records, "Budget: test").splitlines()[0] == "# Budget: test"
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+
+@pytest.fixture(scope="module")
+def own_nnunet_root(planned_dataset, tmp_path_factory) -> dict:
+    """A copy of the planned phantom dataset under its own nnU-Net folders (own split file, no results), so that
+    this module's split and trainings do not change what other tests see."""
+    root = tmp_path_factory.mktemp("ablation")
+    env = nnunet_env(root)
+    name = planned_dataset["raw"].name
+    shutil.copytree(planned_dataset["raw"], Path(env["nnUNet_raw"]) / name)
+    shutil.copytree(Path(planned_dataset["env"]["nnUNet_preprocessed"]) / name,
+                    Path(env["nnUNet_preprocessed"]) / name, ignore=shutil.ignore_patterns("splits_final.json"))
+    Path(env["nnUNet_results"]).mkdir()
+    # an existing 3-fold split with a single validation case in fold 0: half the final-validation time of an even
+    # split (the script's own split writing is tested above)
+    cases = sorted(path.name[:-7] for path in (planned_dataset["raw"] / "labelsTr").glob("*.nii.gz"))
+    folds = [cases[:1], cases[1:3], cases[3:]]
+    splits = [{"train": [case for case in cases if case not in fold], "val": fold} for fold in folds]
+    (Path(env["nnUNet_preprocessed"]) / name / "splits_final.json").write_text(json.dumps(splits, indent=4))
+    return {"root": root, "env": env, "name": name}
+
+
+ARGS = ["-d", str(DATASET_ID), "--rows", "fusion", "--backbones", "unet", "--folds", "0", "-c", TINY_CONFIGURATION,
+        "--epochs", "1", "--iterations", "2", "--val-iterations", "1", "--device", "cpu"]
+
+
+def test_small_ablation_end_to_end_then_rerun_skips_training(own_nnunet_root, monkeypatch, capfd):
+    env, name = own_nnunet_root["env"], own_nnunet_root["name"]
+    out = own_nnunet_root["root"] / "ablation_out"
+    proc = subprocess.run([sys.executable, str(SCRIPT), *ARGS, "-o", str(out)], env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, f"STDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+
+    splits = json.loads((Path(env["nnUNet_preprocessed"]) / name / "splits_final.json").read_text())
+    assert len(splits) == 3 and len(splits[0]["val"]) == 1  # the existing split is used; only fold 0 trained
+    val_cases = sorted(splits[0]["val"])
+    results = Path(env["nnUNet_results"]) / name
+    logs_before = sorted(results.glob("*/fold_*/training_log_*.txt"))
+    for trainer in ("SinglePhaseTrainer_arterial", "SinglePhaseTrainer_venous"):
+        fold = results / f"{trainer}__nnUNetHPNPlans__{TINY_CONFIGURATION}" / "fold_0"
+        assert (fold / "checkpoint_final.pth").is_file()
+    assert len(logs_before) == 2
+
+    for row in ("arterial", "venous", "fusion"):
+        folder = out / "unet" / row
+        assert sorted(p.name[:-7] for p in folder.glob("*.nii.gz")) == val_cases
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["n_cases"] == len(val_cases) and (folder / "summary.csv").is_file()
+    assert (out / "unet" / "arterial" / "plans.json").is_file()
+    for case in val_cases:  # fusion = argmax of the mean of the single-phase probabilities
+        arterial = np.load(out / "unet" / "arterial" / f"{case}.npz")["probabilities"].astype(np.float32)
+        venous = np.load(out / "unet" / "venous" / f"{case}.npz")["probabilities"].astype(np.float32)
+        fusion = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "unet" / "fusion" / f"{case}.nii.gz")))
+        np.testing.assert_array_equal(fusion, np.argmax((arterial + venous) / 2, axis=0))
+
+    table = (out / "table1.md").read_text()
+    for label in ("single-phase (arterial)", "single-phase (venous)", "late fusion"):
+        assert f"| 3D U-Net | {label}" in table
+    assert "Budget: 1 epochs × 2 iterations" in table and f"configuration {TINY_CONFIGURATION}" in table
+    assert "folds 0 (of 3 in splits_final.json)" in table and "device cpu" in table
+    assert len((out / "table1.csv").read_text().splitlines()) == 2 + 3  # budget comment, header, 3 rows
+    info = json.loads((out / "run_info.json").read_text())
+    assert sorted(info["trainings"]) == ["unet/arterial/fold_0", "unet/venous/fold_0"]
+    assert {"plans", "splits", "train", "collect", "evaluate"} <= set(info["step_seconds"])
+
+    # re-run in-process: nothing is trained again, collection and evaluation are redone
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_def_n_proc", "nnUNet_compile"):
+        monkeypatch.setenv(key, env[key])
+    capfd.readouterr()
+    assert ablation.main([*ARGS, "-o", str(out)]) == 0
+    output = capfd.readouterr().out
+    assert output.count(": skip (") == 2 and "$ nnUNetv2_train" not in output
+    assert sorted(results.glob("*/fold_*/training_log_*.txt")) == logs_before
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["trainings_this_run"] == [] and len(info["trainings"]) == 2  # earlier training times kept
+    assert "training time recorded over all runs" in (out / "table1.md").read_text()
