@@ -12,6 +12,7 @@ from nnunet_hpn.planners.hpn_planner import HPN_PLANS_NAME
 DEMO_DATASET_ID = 501
 DEMO_DATASET_NAME = "PancreasDualPhase"
 DEMO_CONFIGURATION = "3d_cpu"
+DEMO_PATCH_SIZE = (32, 32, 32)
 DEMO_TRAINER = "HPNTrainer_demo"
 N_HELD_OUT = 2
 
@@ -77,7 +78,7 @@ def run_demo(workdir: Path, n_cases: int = 10, seed: int = 0) -> dict:
          [_command("nnUNetv2_plan_and_preprocess"), "-d", str(DEMO_DATASET_ID), "-pl", "HPNPlanner",
           "-c", "3d_fullres", "-np", "2", "-npfp", "2"], env)
     entry = add_small_configuration(Path(env["nnUNet_preprocessed"]) / dataset / f"{HPN_PLANS_NAME}.json",
-                                    DEMO_CONFIGURATION)
+                                    DEMO_CONFIGURATION, patch_size=DEMO_PATCH_SIZE)
     print(f"added CPU configuration '{DEMO_CONFIGURATION}': patch {entry['patch_size']}, features "
           f"{entry['architecture']['arch_kwargs']['features_per_stage']}, batch {entry['batch_size']}")
 

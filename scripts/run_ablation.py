@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iterations", type=int, help="iterations per epoch (env HPN_ITERATIONS_PER_EPOCH)")
     parser.add_argument("--val-iterations", type=int,
                         help="validation iterations per epoch (env HPN_VAL_ITERATIONS_PER_EPOCH)")
+    parser.add_argument("--no-tta", action="store_true",
+                        help="no test-time mirroring in the final validation (env HPN_NO_TTA=1; CPU budgets)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="nnUNetv2_train -device (default: cuda if available, else cpu)")
     parser.add_argument("-o", "--out-dir", help="default: $nnUNet_results/<dataset>/hpn_ablation_<configuration>")
@@ -217,6 +219,8 @@ def build_env(args: argparse.Namespace, base: Optional[dict[str, str]] = None) -
     for key, variable in BUDGET_VARIABLES.items():
         if getattr(args, key) is not None:
             env[variable] = str(getattr(args, key))
+    if getattr(args, "no_tta", False):
+        env["HPN_NO_TTA"] = "1"
     return env
 
 
@@ -226,6 +230,7 @@ def effective_budget(env: dict[str, str]) -> dict[str, Any]:
     for key, variable in BUDGET_VARIABLES.items():
         budget[key] = int(env[variable]) if env.get(variable) else DEFAULT_BUDGET[key]
     budget["source"] = "HPN_* environment" if any(env.get(v) for v in BUDGET_VARIABLES.values()) else "trainer default"
+    budget["test_time_mirroring"] = env.get("HPN_NO_TTA") != "1"
     return budget
 
 
