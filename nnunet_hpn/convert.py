@@ -21,6 +21,7 @@ from nibabel.filebasedimages import ImageFileError
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 from tqdm import tqdm
 
+from nnunet_hpn.atomic_io import staging_dir
 from nnunet_hpn import LABELS, PHASES
 from nnunet_hpn.errors import HPNInputError
 
@@ -190,7 +191,7 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
         raise HPNInputError(f"{in_dir}: no case has a {LABEL_FILE}, nothing to train on")
 
     raw_root.mkdir(parents=True, exist_ok=True)
-    built_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=raw_root))
+    built_dir = staging_dir(raw_root, prefix=f".{target.name}.")
     try:
         num_training = sum(_check_voxels_and_copy(case_dir, built_dir)
                            for case_dir in tqdm(case_dirs, desc="converting cases", unit="case", disable=not progress))

@@ -14,8 +14,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import SimpleITK as sitk
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
 
 from nnunet_hpn import LABELS
+from nnunet_hpn.atomic_io import write_text_atomically
 from nnunet_hpn.errors import HPNInputError
 
 #: Evaluated targets: name -> labels whose union forms the target mask.
@@ -174,18 +173,6 @@ def format_dice_table(result: dict[str, Any]) -> str:
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then move it into place."""
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-            file.write(text)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_summary(result: dict[str, Any], path_json: Path) -> tuple[Path, Path]:
     """Write ``result`` as JSON to ``path_json`` and the per-case Dice as CSV next to it (same stem, ``.csv``).
 
@@ -194,12 +181,12 @@ def write_summary(result: dict[str, Any], path_json: Path) -> tuple[Path, Path]:
     path_json = Path(path_json)
     path_json.parent.mkdir(parents=True, exist_ok=True)
     path_csv = path_json.with_suffix(".csv")
-    _write_text_atomically(path_json, json.dumps(result, indent=2) + "\n")
+    write_text_atomically(path_json, json.dumps(result, indent=2) + "\n")
 
     lines = io.StringIO()
     writer = csv.writer(lines, lineterminator="\n")
     writer.writerow(["case", *(f"Dice {name}" for name in TARGETS)])
     for case, scores in result["per_case"].items():
         writer.writerow([case, *(f"{scores[name]:.6f}" for name in TARGETS)])
-    _write_text_atomically(path_csv, lines.getvalue())
+    write_text_atomically(path_csv, lines.getvalue())
     return path_json, path_csv

@@ -4,8 +4,6 @@ Uses matplotlib's Agg canvas directly (no pyplot, no display, no global backend 
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -16,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from nnunet_hpn import LABELS
+from nnunet_hpn.atomic_io import atomic_file
 from nnunet_hpn.errors import HPNInputError
 
 #: Label -> (name, RGB colour) drawn in overlays.
@@ -63,15 +62,8 @@ def label_overlay_rgba(label_slice: np.ndarray) -> np.ndarray:
 
 def _write_figure_atomically(figure: Figure, out_png: Path) -> None:
     """Render ``figure`` to a temporary PNG next to ``out_png``, then move it into place."""
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=out_png.parent, prefix=f".{out_png.name}.", suffix=".png")
-    os.close(handle)
-    try:
-        FigureCanvasAgg(figure).print_png(temp_name)
-        os.replace(temp_name, out_png)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_file(out_png, suffix=".png") as temporary:
+        FigureCanvasAgg(figure).print_png(str(temporary))
 
 
 def save_overlay_png(arterial: np.ndarray, venous: np.ndarray, truth: np.ndarray | None,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import nnunetv2.paths as nnunet_paths
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
 from nnunet_hpn import LABELS
+from nnunet_hpn.atomic_io import write_text_atomically
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.evaluation import _read_label_map
 
@@ -82,18 +82,6 @@ def assign_folds(pdac_positive: dict[str, bool], n_folds: int, seed: int) -> lis
     return [sorted(fold) for fold in folds]
 
 
-def _write_json_atomically(data: list[dict], path: Path) -> None:
-    """Write ``data`` as indented JSON to ``path`` via a temporary file in the same folder."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=4)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_crossval_splits(preprocessed_dataset_dir: Path, n_folds: int = 3, seed: int = 12345,
                           labels_dir: Path | None = None, overwrite: bool = False,
                           file_ending: str | None = None) -> list[dict]:
@@ -136,5 +124,5 @@ def write_crossval_splits(preprocessed_dataset_dir: Path, n_folds: int = 3, seed
             raise HPNInputError(f"{splits_file}: a different split file already exists; "
                                 f"pass overwrite=True to replace it")
     preprocessed_dataset_dir.mkdir(parents=True, exist_ok=True)
-    _write_json_atomically(splits, splits_file)
+    write_text_atomically(splits_file, json.dumps(splits, indent=4))
     return splits

@@ -1,6 +1,5 @@
 """HPN trainers; ``nnUNetv2_train … -tr NAME`` finds them through the shim in ``nnunet_hpn/nnunet_ext``."""
 from nnunet_hpn.trainers.hpn_trainer import (
-    TABLE1_TRAINERS,
     EarlyFusionTrainer,
     HPNTrainer,
     HPNTrainer_cpu_smoke,

@@ -271,14 +271,3 @@ class HPNTrainer_demo(_ShortTraining, HPNTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.oversample_foreground_percent = 0.66
 
-
-#: Table-1 rows: trainer per row (the backbone is chosen by the plans).
-TABLE1_TRAINERS = {
-    "single-phase (Arterial)": SinglePhaseTrainer_arterial,
-    "single-phase (Venous)": SinglePhaseTrainer_venous,
-    "HyperNet": HyperNetTrainer,
-    "HyperNet-aug": HyperNetTrainer_virtual,
-    "HPN (original pairs)": HPNTrainer,
-    "HPN (virtual pairs)": HPNTrainer_virtual,
-    "early fusion (2 channels, one path)": EarlyFusionTrainer,
-}
