@@ -17,7 +17,7 @@ DEMO_TRAINER = "HPNTrainer_demo"
 N_HELD_OUT = 2
 
 
-def _nnunet_env(workdir: Path) -> Dict[str, str]:
+def nnunet_env(workdir: Path) -> Dict[str, str]:
     """Environment for the child commands: nnU-Net's three folders inside ``workdir``, 2 worker processes."""
     env = dict(os.environ)
     env.update({
@@ -58,7 +58,7 @@ def run_demo(workdir: Path, n_cases: int = 10, seed: int = 0) -> dict:
     workdir = Path(workdir).resolve()
     if workdir.exists():
         shutil.rmtree(workdir)
-    env = _nnunet_env(workdir)
+    env = nnunet_env(workdir)
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         Path(env[key]).mkdir(parents=True)
     dataset = f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_DATASET_NAME}"

@@ -1,6 +1,5 @@
 """Shared fixtures: a tiny dual-phase phantom dataset, converted and planned with the STOCK nnU-Net commands."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,17 +14,12 @@ DATASET_NAME = "HPNTest"
 
 
 def nnunet_env(root: Path) -> Dict[str, str]:
-    """Environment for stock nnU-Net commands with all three folders under ``root``, 2 worker processes."""
-    env = dict(os.environ)
-    env.update({
-        "nnUNet_raw": str(root / "nnUNet_raw"),
-        "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
-        "nnUNet_results": str(root / "nnUNet_results"),
-        "nnUNet_def_n_proc": "2",
-        "nnUNet_n_proc_DA": "2",
-        "nnUNet_compile": "f",
-    })
-    env.pop("nnUNet_extTrainer", None)  # set by nothing but the package's own start-up hook
+    """The demo's environment for stock nnU-Net commands (folders under ``root``, 2 workers), without any
+    ``nnUNet_extTrainer`` of the caller: only the package's start-up hook may set it."""
+    from nnunet_hpn.demo import nnunet_env as demo_env
+
+    env = demo_env(root)
+    env.pop("nnUNet_extTrainer", None)
     return env
 
 
