@@ -102,3 +102,16 @@ def test_virtual_pairs_only_in_training_pipeline(make_trainer, name):
     has_virtual = any(isinstance(t, VirtualPairTransform) for t in training.transforms)
     assert has_virtual == (getattr(hpn_trainer, name).virtual_pair_alpha is not None)
     assert not any(isinstance(t, VirtualPairTransform) for t in validation.transforms)
+
+
+def test_pairing_weight_is_constant_for_hpn_and_ramped_for_the_demo(make_trainer):
+    hpn, demo = make_trainer("HPNTrainer"), make_trainer("HPNTrainer_demo")
+    weights = {}
+    for trainer in (hpn, demo):
+        weights[type(trainer).__name__] = []
+        for epoch in (0, 6, 12, 17):
+            trainer.current_epoch = epoch
+            weights[type(trainer).__name__].append(trainer.current_pairing_weight())
+    assert weights["HPNTrainer"] == [0.5] * 4  # the paper's constant λ
+    assert weights["HPNTrainer_demo"] == [0.0, 0.25, 0.5, 0.5]
+    assert (demo.num_epochs, demo.num_iterations_per_epoch, demo.oversample_foreground_percent) == (18, 25, 0.66)
