@@ -540,50 +540,17 @@ class HyperPairedUNet(nn.Module):
 class HyperPairedResDSN(HyperPairedUNet):
     """HyperPairedUNet with the residual ("resdsn") encoder by default.
 
-    Also accepts ``n_blocks_per_stage`` (the key nnU-Net's ResEnc planners write) as an alias of
-    ``n_conv_per_stage``.
+    Takes HyperPairedUNet's arguments; also accepts ``n_blocks_per_stage`` (the key nnU-Net's ResEnc planners
+    write) as an alias of ``n_conv_per_stage`` (residual blocks per encoder stage).
     """
 
-    def __init__(
-        self,
-        input_channels: int,
-        n_stages: int,
-        features_per_stage: IntOrSeq,
-        conv_op: Type[_ConvNd],
-        kernel_sizes: Union[int, Sequence[IntOrSeq]],
-        strides: Union[int, Sequence[IntOrSeq]],
-        n_conv_per_stage: IntOrSeq | None = None,
-        num_classes: int | None = None,
-        n_conv_per_stage_decoder: IntOrSeq | None = None,
-        conv_bias: bool = False,
-        norm_op: Union[None, Type[nn.Module]] = None,
-        norm_op_kwargs: dict | None = None,
-        dropout_op: Union[None, Type[_DropoutNd]] = None,
-        dropout_op_kwargs: dict | None = None,
-        nonlin: Union[None, Type[nn.Module]] = None,
-        nonlin_kwargs: dict | None = None,
-        deep_supervision: bool = False,
-        nonlin_first: bool = False,
-        backbone: str = "resdsn",
-        path_channels: Sequence[int] | None = None,
-        hyper_connections: Sequence[str] | None = None,
-        n_blocks_per_stage: IntOrSeq | None = None,
-    ) -> None:
+    def __init__(self, *args, backbone: str = "resdsn", n_blocks_per_stage: IntOrSeq | None = None,
+                 **kwargs) -> None:
         if n_blocks_per_stage is not None:
-            if n_conv_per_stage is not None and n_conv_per_stage != n_blocks_per_stage:
+            given = kwargs.get("n_conv_per_stage")
+            if given is not None and given != n_blocks_per_stage:
                 raise ValueError(
-                    f"n_blocks_per_stage {n_blocks_per_stage} and n_conv_per_stage {n_conv_per_stage} disagree; "
-                    "give one of them"
+                    f"n_blocks_per_stage {n_blocks_per_stage} and n_conv_per_stage {given} disagree; give one of them"
                 )
-            n_conv_per_stage = n_blocks_per_stage
-        missing = [name for name, value in (("n_conv_per_stage (or n_blocks_per_stage)", n_conv_per_stage),
-                                            ("num_classes", num_classes),
-                                            ("n_conv_per_stage_decoder", n_conv_per_stage_decoder))
-                   if value is None]
-        if missing:
-            raise TypeError(f"HyperPairedResDSN missing required argument(s): {', '.join(missing)}")
-        super().__init__(
-            input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides, n_conv_per_stage,
-            num_classes, n_conv_per_stage_decoder, conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs,
-            nonlin, nonlin_kwargs, deep_supervision, nonlin_first, backbone, path_channels, hyper_connections,
-        )
+            kwargs["n_conv_per_stage"] = n_blocks_per_stage
+        super().__init__(*args, backbone=backbone, **kwargs)
