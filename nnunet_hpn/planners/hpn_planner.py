@@ -23,18 +23,23 @@ class HPNPlanner(ExperimentPlanner):
     """
 
     network_class = HyperPairedUNet
+    default_plans_name = HPN_PLANS_NAME
+    #: encoder blocks per stage (None: nnU-Net's default of 2 convolutions)
+    encoder_blocks_per_stage: Optional[int] = None
 
     def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
-                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = HPN_PLANS_NAME,
+                 preprocessor_name: str = "DefaultPreprocessor", plans_name: Optional[str] = None,
                  overwrite_target_spacing: Optional[Union[List[float], Tuple[float, ...]]] = None,
                  suppress_transpose: bool = False) -> None:
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name,
+                         plans_name or self.default_plans_name, overwrite_target_spacing, suppress_transpose)
         self.UNet_class = self.network_class
-        n_phases = len(self.dataset_json["channel_names"])
-        if n_phases < 2:
+        if self.encoder_blocks_per_stage is not None:
+            self.UNet_blocks_per_stage_encoder = (self.encoder_blocks_per_stage,) * len(
+                self.UNet_blocks_per_stage_encoder)
+        if self.n_phases < 2:
             raise HPNInputError(
-                f"{self.raw_dataset_folder}/dataset.json: HPN needs at least 2 phase channels, found {n_phases} "
+                f"{self.raw_dataset_folder}/dataset.json: HPN needs at least 2 phase channels, found {self.n_phases} "
                 f"({self.dataset_json['channel_names']})")
 
     @property
@@ -81,14 +86,8 @@ class HPNResDSNPlanner(HPNPlanner):
     """
 
     network_class = HyperPairedResDSN
-
-    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
-                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = HPN_RESDSN_PLANS_NAME,
-                 overwrite_target_spacing: Optional[Union[List[float], Tuple[float, ...]]] = None,
-                 suppress_transpose: bool = False) -> None:
-        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
-                         overwrite_target_spacing, suppress_transpose)
-        self.UNet_blocks_per_stage_encoder = (1,) * len(self.UNet_blocks_per_stage_encoder)
+    default_plans_name = HPN_RESDSN_PLANS_NAME
+    encoder_blocks_per_stage = 1
 
     def generate_data_identifier(self, configuration_name: str) -> str:
         return f"{HPN_PLANS_NAME}_{configuration_name}"
