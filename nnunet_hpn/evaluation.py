@@ -1,25 +1,40 @@
-"""Dice evaluation of predicted label maps against ground truth, per HPN target.
+"""Evaluation of predicted label maps against ground truth, per HPN target: Dice, HD95 and NSD.
 
-Targets are unions of labels (see :data:`TARGETS`). The per-case overlap counts come from nnU-Net's own
-helpers (``region_or_label_to_mask`` / ``compute_tp_fp_fn_tn``), so the abnormal-pancreas Dice equals the
-region Dice that ``nnunetv2.evaluation.evaluate_predictions.compute_metrics_on_folder`` reports for
-``(1, 2, 3)`` wherever nnU-Net's value is defined (nnU-Net gives NaN when both masks are empty; we give 1.0).
+Targets are unions of labels (see :data:`TARGETS`). Metrics per case and target:
 
-Convention for empty masks (never NaN):
-    truth and prediction both empty -> Dice 1.0 (correctly predicted absence);
-    exactly one of them empty       -> Dice 0.0.
+* **Dice** from nnU-Net's own helpers (``region_or_label_to_mask`` / ``compute_tp_fp_fn_tn``), so the
+  abnormal-pancreas Dice equals the region Dice that
+  ``nnunetv2.evaluation.evaluate_predictions.compute_metrics_on_folder`` reports for ``(1, 2, 3)`` wherever
+  nnU-Net's value is defined (nnU-Net gives NaN when both masks are empty; we give 1.0).
+* **HD95** (mm): MONAI's ``compute_hausdorff_distance(percentile=95)``, symmetric: the larger of the two directed
+  95th percentiles of the distances between boundary voxels (mask XOR its 6-connected erosion; the image border
+  counts as boundary).
+* **NSD** (normalised surface Dice, 0..1): MONAI's ``compute_surface_dice`` with boundary voxels counted (no
+  sub-voxel areas): the fraction of boundary voxels of both masks lying within ``tolerance_mm`` (distance <=
+  tolerance) of the other mask's boundary.
+
+Both surface metrics use physical distances from the image spacing (numpy (z, y, x) order, i.e. SimpleITK's
+``GetSpacing()`` reversed), so anisotropic voxels are honoured.
+
+Convention for empty masks (every per-case value is finite, aggregates are never NaN):
+    truth and prediction both empty -> Dice 1.0, HD95 0 mm, NSD 1.0 (correctly predicted absence);
+    exactly one of them empty       -> Dice 0.0, NSD 0.0, HD95 = the image diagonal in mm (the largest distance
+    between two voxel centres of the image, ``norm((shape - 1) * spacing)``); such cases stay in the mean and are
+    counted per target in ``one_empty``.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
+from tqdm import tqdm
 
 from nnunet_hpn import LABELS
 from nnunet_hpn.atomic_io import write_text_atomically
@@ -28,8 +43,21 @@ from nnunet_hpn.errors import HPNInputError
 #: Evaluated targets: name -> labels whose union forms the target mask.
 TARGETS: dict[str, tuple[int, ...]] = {"abnormal pancreas": (1, 2, 3), "PDAC": (2,), "duct": (3,)}
 
+#: Metric names in results; HD95 is in mm, Dice and NSD are fractions in [0, 1].
+METRICS: tuple[str, ...] = ("Dice", "HD95", "NSD")
+
+#: Unit of each metric as written in tables and CSV headers.
+METRIC_UNITS: dict[str, str] = {"Dice": "", "HD95": "mm", "NSD": ""}
+
+#: Default NSD tolerance in mm.
+DEFAULT_TOLERANCE_MM: float = 2.0
+
 #: Largest absolute difference allowed between spacing / origin / direction entries of truth and prediction.
 GEOMETRY_TOLERANCE: float = 1e-4
+
+#: One-line statement of the empty-mask convention (CLI help, reports, JSON).
+EMPTY_CONVENTION: str = ("both masks empty: Dice 1, HD95 0 mm, NSD 1; exactly one empty: Dice 0, NSD 0, "
+                         "HD95 = image diagonal in mm (counted in one_empty); aggregates are over all cases")
 
 
 def target_mask(label_map: np.ndarray, labels: tuple[int, ...]) -> np.ndarray:
@@ -55,6 +83,63 @@ def dice_per_target(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
         raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
     return {name: dice_from_masks(target_mask(truth, labels), target_mask(pred, labels))
             for name, labels in TARGETS.items()}
+
+
+def image_diagonal_mm(shape: Sequence[int], spacing_zyx: Sequence[float]) -> float:
+    """Largest distance between two voxel centres of a (z, y, x) image, in mm: ``norm((shape - 1) * spacing)``."""
+    return float(np.linalg.norm((np.asarray(shape, dtype=float) - 1) * np.asarray(spacing_zyx, dtype=float)))
+
+
+def surface_metrics(truth_mask: np.ndarray, pred_mask: np.ndarray, spacing_zyx: Sequence[float],
+                    tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> tuple[float, float]:
+    """(HD95 in mm, NSD) of two boolean (z, y, x) masks with MONAI, distances scaled by ``spacing_zyx`` (mm).
+
+    Empty masks follow the module's convention: both empty -> (0, 1); exactly one empty -> (image diagonal, 0).
+    """
+    import torch
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    if truth_mask.shape != pred_mask.shape:
+        raise ValueError(f"prediction shape {pred_mask.shape} differs from truth shape {truth_mask.shape}")
+    if len(spacing_zyx) != truth_mask.ndim:
+        raise ValueError(f"spacing {tuple(spacing_zyx)} does not match a {truth_mask.ndim}-D mask")
+    if tolerance_mm < 0 or not np.isfinite(tolerance_mm):
+        raise ValueError(f"tolerance must be a finite number >= 0 mm, got {tolerance_mm}")
+    truth_any, pred_any = bool(truth_mask.any()), bool(pred_mask.any())
+    if not truth_any and not pred_any:
+        return 0.0, 1.0
+    if truth_any != pred_any:
+        return image_diagonal_mm(truth_mask.shape, spacing_zyx), 0.0
+
+    spacing = [float(value) for value in spacing_zyx]
+    truth_tensor = torch.from_numpy(np.ascontiguousarray(truth_mask, dtype=np.float32))[None, None]
+    pred_tensor = torch.from_numpy(np.ascontiguousarray(pred_mask, dtype=np.float32))[None, None]
+    with warnings.catch_warnings():
+        # MONAI 1.5+ passes a deprecated argument to itself inside get_mask_edges; nothing for us to change.
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
+        hd95 = compute_hausdorff_distance(pred_tensor, truth_tensor, include_background=True, percentile=95,
+                                          spacing=spacing)
+        nsd = compute_surface_dice(pred_tensor, truth_tensor, [float(tolerance_mm)], include_background=True,
+                                   spacing=spacing, use_subvoxels=False)
+    hd95_value, nsd_value = float(hd95.reshape(-1)[0]), float(nsd.reshape(-1)[0])
+    if not (np.isfinite(hd95_value) and np.isfinite(nsd_value)):   # cannot happen for two non-empty masks
+        raise RuntimeError(f"MONAI returned a non-finite surface metric (HD95 {hd95_value}, NSD {nsd_value})")
+    return hd95_value, nsd_value
+
+
+def metrics_per_target(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float],
+                       tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+                       surface: bool = True) -> dict[str, dict[str, float]]:
+    """``{target: {"Dice": .., "HD95": mm, "NSD": ..}}`` for (z, y, x) label maps; only Dice if not ``surface``."""
+    dice = dice_per_target(pred, truth)
+    result: dict[str, dict[str, float]] = {}
+    for name, labels in TARGETS.items():
+        result[name] = {"Dice": dice[name]}
+        if surface:
+            hd95, nsd = surface_metrics(target_mask(truth, labels), target_mask(pred, labels), spacing_zyx,
+                                        tolerance_mm)
+            result[name].update({"HD95": hd95, "NSD": nsd})
+    return result
 
 
 def _read_label_map(path: Path) -> tuple[np.ndarray, sitk.Image]:
@@ -102,36 +187,76 @@ def _truth_cases(truth_dir: Path, file_ending: str) -> dict[str, Path]:
     return cases
 
 
+def predicted_cases(pred_dir: Path, file_ending: str = ".nii.gz") -> list[str]:
+    """Sorted case names of the files in ``pred_dir`` ending in ``file_ending`` (HPNInputError if none)."""
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise HPNInputError(f"{pred_dir}: prediction folder does not exist")
+    cases = sorted(path.name[: -len(file_ending)] for path in pred_dir.iterdir()
+                   if path.is_file() and path.name.endswith(file_ending))
+    if not cases:
+        raise HPNInputError(f"{pred_dir}: no predictions ending in {file_ending!r}")
+    return cases
+
+
+def _mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and population std (ddof=0); (0, 0) for no values. Raises if a value is not finite."""
+    array = np.asarray(list(values), dtype=float)
+    if array.size == 0:
+        return 0.0, 0.0
+    if not np.all(np.isfinite(array)):
+        raise RuntimeError("non-finite per-case metric value")
+    return float(array.mean()), float(array.std(ddof=0))
+
+
 def _aggregate(per_case: dict[str, dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
     """Mean and population std (ddof=0) over cases, per target."""
     means, stds = {}, {}
     for name in TARGETS:
-        values = np.array([case_scores[name] for case_scores in per_case.values()], dtype=float)
-        means[name] = float(values.mean())
-        stds[name] = float(values.std(ddof=0))
+        means[name], stds[name] = _mean_std(case_scores[name] for case_scores in per_case.values())
     return means, stds
 
 
-def evaluate_folders(pred_dir: Path, truth_dir: Path, file_ending: str = ".nii.gz") -> dict[str, Any]:
-    """Dice per case and target for every truth label map in ``truth_dir`` against ``pred_dir``.
+def evaluate_folders(pred_dir: Path, truth_dir: Path, file_ending: str = ".nii.gz", *,
+                     cases: Sequence[str] | None = None, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+                     surface: bool = True, progress: bool | None = None,
+                     description: str = "evaluating") -> dict[str, Any]:
+    """Dice, HD95 and NSD per case and target of ``pred_dir`` against ``truth_dir``.
 
-    Every truth case needs a prediction with the same file name and geometry (size, spacing, origin, direction;
-    tolerance 1e-4), otherwise HPNInputError. Predictions without truth are ignored.
+    Evaluates every truth case (or only ``cases``). Each needs a truth and a prediction file ``<case><file_ending>``
+    with the same geometry (size, spacing, origin, direction; tolerance 1e-4), otherwise HPNInputError. Other
+    predictions are ignored. ``progress``: tqdm bar (None: only on a terminal).
 
-    Returns ``{"per_case": {case: {target: dice}}, "mean": {target: float}, "std": {target: float},
-    "n_cases": int, "present": {target: cases with the target in truth},
-    "missed": {target: cases with the target in truth but Dice == 0}}``. ``std`` is the population standard
-    deviation (ddof=0). Empty-mask convention as in :func:`dice_per_target`.
+    Returns ``{"per_case": {case: {target: dice}}, "mean": {target: dice mean}, "std": {target: dice std},
+    "n_cases": int, "present": {target: cases with the target in truth}, "missed": {target: cases with the target
+    in truth but Dice == 0}, "one_empty": {target: cases where exactly one of truth / prediction is empty},
+    "metrics": [...], "per_case_metrics": {case: {target: {metric: value}}},
+    "truth_present": {case: {target: bool}},
+    "aggregate": {target: {metric: {"mean": .., "std": ..}}}, "tolerance_mm": float, "empty_convention": str}``.
+    ``std`` is the population standard deviation (ddof=0); HD95 in mm. Empty masks as in the module docstring.
     """
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     truth_files = _truth_cases(truth_dir, file_ending)
     if not pred_dir.is_dir():
         raise HPNInputError(f"{pred_dir}: prediction folder does not exist")
+    if cases is not None:
+        missing_truth = [case for case in cases if case not in truth_files]
+        if missing_truth:
+            raise HPNInputError(f"{truth_dir / (missing_truth[0] + file_ending)}: missing truth for predicted case "
+                                f"{missing_truth[0]!r} ({len(missing_truth)} case(s) without truth)")
+        truth_files = {case: truth_files[case] for case in cases}
+    if not truth_files:
+        raise HPNInputError(f"{pred_dir}: no cases to evaluate")
+    metrics = METRICS if surface else ("Dice",)
 
-    per_case: dict[str, dict[str, float]] = {}
+    per_case_metrics: dict[str, dict[str, dict[str, float]]] = {}
     present = {name: 0 for name in TARGETS}
     missed = {name: 0 for name in TARGETS}
-    for case, truth_file in truth_files.items():
+    one_empty = {name: 0 for name in TARGETS}
+    truth_present: dict[str, dict[str, bool]] = {}
+    bar_disabled = None if progress is None else not progress
+    for case, truth_file in tqdm(truth_files.items(), desc=description, unit="case", disable=bar_disabled,
+                                 leave=False):
         pred_file = pred_dir / truth_file.name
         if not pred_file.is_file():
             raise HPNInputError(f"{pred_file}: missing prediction for truth case {truth_file}")
@@ -141,23 +266,50 @@ def evaluate_folders(pred_dir: Path, truth_dir: Path, file_ending: str = ".nii.g
         if difference is not None:
             raise HPNInputError(f"{pred_file}: geometry differs from {truth_file}: {difference} (prediction vs truth)")
 
-        per_case[case] = dice_per_target(pred, truth)
+        spacing_zyx = tuple(reversed(truth_image.GetSpacing()))
+        per_case_metrics[case] = metrics_per_target(pred, truth, spacing_zyx, tolerance_mm, surface=surface)
+        truth_present[case] = {}
         for name, labels in TARGETS.items():
-            if target_mask(truth, labels).any():
+            truth_any, pred_any = bool(target_mask(truth, labels).any()), bool(target_mask(pred, labels).any())
+            truth_present[case][name] = truth_any
+            one_empty[name] += int(truth_any != pred_any)
+            if truth_any:
                 present[name] += 1
-                if per_case[case][name] == 0.0:
+                if per_case_metrics[case][name]["Dice"] == 0.0:
                     missed[name] += 1
 
+    per_case = {case: {name: scores[name]["Dice"] for name in TARGETS} for case, scores in per_case_metrics.items()}
     means, stds = _aggregate(per_case)
+    aggregate: dict[str, dict[str, dict[str, float]]] = {}
+    for name in TARGETS:
+        aggregate[name] = {}
+        for metric in metrics:
+            mean, std = _mean_std(scores[name][metric] for scores in per_case_metrics.values())
+            aggregate[name][metric] = {"mean": mean, "std": std}
     return {"per_case": per_case, "mean": means, "std": stds, "n_cases": len(per_case),
-            "present": present, "missed": missed}
+            "present": present, "missed": missed, "one_empty": one_empty, "metrics": list(metrics),
+            "per_case_metrics": per_case_metrics, "truth_present": truth_present, "aggregate": aggregate,
+            "tolerance_mm": float(tolerance_mm), "empty_convention": EMPTY_CONVENTION}
 
 
 def format_dice_table(result: dict[str, Any]) -> str:
-    """Plain-text table for a terminal: one row per target, Dice mean ± std in %, missed, present, n."""
-    header = ("target", "Dice % (mean ± std)", "missed", "present", "n")
-    rows = [(name,
-             f"{100 * result['mean'][name]:.2f} ± {100 * result['std'][name]:.2f}",
+    """Plain-text table for a terminal: one row per target with Dice % (and HD95 mm, NSD % when the result has
+    them) as mean ± std, then missed, present, n."""
+    metrics = [metric for metric in result.get("metrics", ["Dice"]) if metric in METRICS]
+    tolerance = result.get("tolerance_mm", DEFAULT_TOLERANCE_MM)
+    titles = {"Dice": "Dice % (mean ± std)", "HD95": "HD95 mm (mean ± std)",
+              "NSD": f"NSD@{tolerance:g}mm % (mean ± std)"}
+    header = ("target", *(titles[metric] for metric in metrics), "missed", "present", "n")
+
+    def cell(name: str, metric: str) -> str:
+        if metric == "Dice" or "aggregate" not in result:
+            mean, std = result["mean"][name], result["std"][name]
+        else:
+            mean, std = result["aggregate"][name][metric]["mean"], result["aggregate"][name][metric]["std"]
+        scale = 1.0 if metric == "HD95" else 100.0
+        return f"{scale * mean:.2f} ± {scale * std:.2f}"
+
+    rows = [(name, *(cell(name, metric) for metric in metrics),
              str(result["missed"][name]),
              str(result["present"][name]) if "present" in result else "-",
              str(result["n_cases"]))
@@ -173,20 +325,33 @@ def format_dice_table(result: dict[str, Any]) -> str:
     return "\n".join([line(header), rule, *(line(row) for row in rows)])
 
 
-def write_summary(result: dict[str, Any], path_json: Path) -> tuple[Path, Path]:
-    """Write ``result`` as JSON to ``path_json`` and the per-case Dice as CSV next to it (same stem, ``.csv``).
+def metric_column(metric: str, target: str) -> str:
+    """CSV column name of one metric of one target, e.g. ``Dice PDAC`` or ``HD95 mm duct``."""
+    unit = METRIC_UNITS.get(metric, "")
+    return f"{metric} {unit} {target}" if unit else f"{metric} {target}"
 
-    CSV columns: ``case`` then ``Dice <target>`` per target. Returns (json path, csv path).
+
+def write_summary(result: dict[str, Any], path_json: Path) -> tuple[Path, Path]:
+    """Write ``result`` as JSON to ``path_json`` and the per-case metrics as CSV next to it (same stem, ``.csv``).
+
+    CSV columns: ``case``, then per target ``Dice <target>`` and, when computed, ``HD95 mm <target>`` and
+    ``NSD <target>``. Returns (json path, csv path).
     """
     path_json = Path(path_json)
     path_json.parent.mkdir(parents=True, exist_ok=True)
     path_csv = path_json.with_suffix(".csv")
     write_text_atomically(path_json, json.dumps(result, indent=2) + "\n")
 
+    metrics = [metric for metric in result.get("metrics", ["Dice"]) if metric in METRICS]
     lines = io.StringIO()
     writer = csv.writer(lines, lineterminator="\n")
-    writer.writerow(["case", *(f"Dice {name}" for name in TARGETS)])
+    writer.writerow(["case", *(metric_column(metric, name) for name in TARGETS for metric in metrics)])
     for case, scores in result["per_case"].items():
-        writer.writerow([case, *(f"{scores[name]:.6f}" for name in TARGETS)])
+        values = []
+        for name in TARGETS:
+            for metric in metrics:
+                value = scores[name] if metric == "Dice" else result["per_case_metrics"][case][name][metric]
+                values.append(f"{value:.6f}")
+        writer.writerow([case, *values])
     write_text_atomically(path_csv, lines.getvalue())
     return path_json, path_csv

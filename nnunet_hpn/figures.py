@@ -1,11 +1,13 @@
-"""Overlay figures: one axial slice of both CT phases with truth and prediction label overlays, as a PNG.
+"""Figures as PNG: overlays of one axial slice of both CT phases with truth and prediction labels (one case, or a
+grid of cases × methods for reports), and box plots of per-case metrics per method.
 
 Uses matplotlib's Agg canvas directly (no pyplot, no display, no global backend change).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -145,3 +147,111 @@ def save_overlay_from_files(arterial_path: Path, venous_path: Path, truth_path: 
     return save_overlay_png(sitk.GetArrayFromImage(arterial_image).astype(np.float32),
                             arrays["venous"].astype(np.float32), arrays["truth"], arrays["prediction"],
                             out_png, title=title, spacing_zyx=spacing_zyx)
+
+
+# ------------------------------------------------------------------------------------- report figures
+
+#: Axis label per metric in box plots.
+METRIC_AXIS_LABELS: dict[str, str] = {"Dice": "Dice", "HD95": "HD95 (mm)", "NSD": "NSD"}
+
+
+def save_boxplot_png(values: Mapping[str, Mapping[str, Sequence[float]]], out_png: Path, title: str = "",
+                     axis_labels: Mapping[str, str] | None = None) -> Path:
+    """Box plots of per-case values, one panel per metric, methods on the x axis, cases drawn as dots.
+
+    ``values``: ``{metric: {method: per-case values}}`` (every metric lists the same methods). Written atomically;
+    returns ``out_png``.
+    """
+    out_png = Path(out_png)
+    labels = {**METRIC_AXIS_LABELS, **(axis_labels or {})}
+    metrics = list(values)
+    if not metrics:
+        raise ValueError("no metrics to plot")
+    methods = list(values[metrics[0]])
+    width = max(3.2, 0.9 * len(methods) + 1.2)
+    figure = Figure(figsize=(width * len(metrics), 3.8), dpi=DPI)
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    jitter = np.random.default_rng(0)
+    for ax, metric in zip(axes, metrics):
+        data = [np.asarray(values[metric][method], dtype=float) for method in methods]
+        ax.boxplot(data, tick_labels=methods, showmeans=True, medianprops={"color": "black"},
+                   meanprops={"marker": "^", "markerfacecolor": "white", "markeredgecolor": "black"})
+        for position, column in enumerate(data, start=1):
+            ax.scatter(position + jitter.uniform(-0.12, 0.12, column.size), column, s=10, alpha=0.6,
+                       color="tab:blue", zorder=3)
+        ax.set_ylabel(labels.get(metric, metric))
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    _write_figure_atomically(figure, out_png)
+    return out_png
+
+
+@dataclass
+class OverlayCase:
+    """One row of :func:`save_overlay_grid_png`: (z, y, x) arrays of one case on the same grid."""
+
+    title: str
+    arterial: np.ndarray
+    venous: np.ndarray
+    truth: np.ndarray
+    predictions: dict[str, np.ndarray]            # method name -> label map
+    spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)
+    captions: dict[str, str] = field(default_factory=dict)   # method name -> text under its title
+
+
+def save_overlay_grid_png(cases: Sequence[OverlayCase], out_png: Path, title: str = "") -> Path:
+    """Fig. 3/4-style grid: one row per case, columns arterial, venous, truth, then each method's prediction.
+
+    Each row shows the axial slice :func:`pick_slice` of its truth (largest PDAC area, else largest foreground);
+    labels are drawn on the venous phase with the colours of :data:`LABEL_COLOURS`. Pixel aspect follows each
+    case's spacing. Written atomically; returns ``out_png``.
+    """
+    out_png = Path(out_png)
+    if not cases:
+        raise ValueError("no cases to draw")
+    methods = list(cases[0].predictions)
+    for case in cases:
+        if list(case.predictions) != methods:
+            raise ValueError(f"{case.title}: methods {list(case.predictions)} differ from {methods}")
+        for name, array in (("venous", case.venous), ("truth", case.truth), *case.predictions.items()):
+            if array.shape != case.arterial.shape:
+                raise ValueError(f"{case.title}: {name} shape {array.shape} differs from arterial shape "
+                                 f"{case.arterial.shape}")
+
+    n_columns = 3 + len(methods)
+    panel_width = PANEL_WIDTH_INCHES * 0.8
+    row_heights = []
+    for case in cases:
+        aspect = float(case.spacing_zyx[1]) / float(case.spacing_zyx[2])
+        row_heights.append(panel_width * case.arterial.shape[1] * aspect / case.arterial.shape[2] + 0.55)
+    legend_inches, title_inches = 0.4, 0.45
+    height = sum(row_heights) + legend_inches + title_inches
+    figure = Figure(figsize=(panel_width * n_columns, height), dpi=DPI)
+    axes = figure.subplots(len(cases), n_columns, squeeze=False, gridspec_kw={"height_ratios": row_heights})
+    for row, case in zip(axes, cases):
+        z = pick_slice(case.truth)
+        aspect = float(case.spacing_zyx[1]) / float(case.spacing_zyx[2])
+        windows = {"arterial": display_window(case.arterial), "venous": display_window(case.venous)}
+        panels = [("arterial", case.arterial, None, ""), ("venous", case.venous, None, ""),
+                  ("truth", case.venous, case.truth, "")]
+        panels += [(method, case.venous, labels, case.captions.get(method, ""))
+                   for method, labels in case.predictions.items()]
+        for column, (ax, (name, ct, labels, caption)) in enumerate(zip(row, panels)):
+            low, high = windows["arterial" if ct is case.arterial else "venous"]
+            ax.imshow(ct[z], cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
+            if labels is not None:
+                ax.imshow(label_overlay_rgba(labels[z]), aspect=aspect, interpolation="nearest")
+            heading = f"{case.title} (z={z})\n{name}" if column == 0 else name
+            ax.set_title(f"{heading}\n{caption}" if caption else heading, fontsize=8)
+            ax.set_axis_off()
+    handles = [Patch(facecolor=colour, edgecolor="none", alpha=0.8, label=name)
+               for name, colour in LABEL_COLOURS.values()]
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout(rect=(0, legend_inches / height, 1, 1 - (title_inches / height if title else 0)))
+    _write_figure_atomically(figure, out_png)
+    return out_png

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from nnunet_hpn.cli import main
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.evaluation import (TARGETS, dice_per_target, evaluate_folders, format_dice_table,
-                                   write_summary)
+from nnunet_hpn.evaluation import (TARGETS, dice_per_target, evaluate_folders, format_dice_table, image_diagonal_mm,
+                                   surface_metrics, write_summary)
 from nnunet_hpn.figures import pick_slice, save_overlay_from_files, save_overlay_png
 
 SHAPE = (8, 10, 12)  # (z, y, x)
@@ -89,6 +90,105 @@ def test_shape_mismatch_is_an_error() -> None:
         dice_per_target(np.zeros((2, 3, 4)), np.zeros((2, 3, 5)))
 
 
+# ---------------------------------------------------------------- surface metrics (HD95, NSD) with known answers
+
+ANISOTROPIC_ZYX = (3.0, 0.7, 0.7)
+
+
+def brute_force_surface(truth: np.ndarray, pred: np.ndarray, spacing_zyx, tolerance_mm: float) -> tuple[float, float]:
+    """Independent HD95 / NSD: boundary = mask minus its 6-connected erosion (image border outside), all pairwise
+    physical distances, symmetric HD95 = max of the directed 95th percentiles, NSD = boundary fraction within
+    tolerance."""
+    from scipy.ndimage import binary_erosion
+
+    def boundary_mm(mask: np.ndarray) -> np.ndarray:
+        return np.argwhere(mask & ~binary_erosion(mask, border_value=0)) * np.asarray(spacing_zyx)
+
+    truth_points, pred_points = boundary_mm(truth), boundary_mm(pred)
+    distances = np.linalg.norm(pred_points[:, None, :] - truth_points[None, :, :], axis=-1)
+    pred_to_truth, truth_to_pred = distances.min(axis=1), distances.min(axis=0)
+    hd95 = max(np.percentile(pred_to_truth, 95), np.percentile(truth_to_pred, 95))
+    nsd = (np.sum(pred_to_truth <= tolerance_mm) + np.sum(truth_to_pred <= tolerance_mm)) / (
+        len(pred_to_truth) + len(truth_to_pred))
+    return float(hd95), float(nsd)
+
+
+def test_plates_offset_along_z_with_anisotropic_spacing() -> None:
+    """One-voxel-thick plates two slices apart: every boundary distance is 2 × 3.0 mm, so HD95 = 6 mm and NSD
+    jumps from 0 to 1 at a tolerance of 6 mm."""
+    truth = np.zeros(SHAPE, dtype=bool)
+    pred = np.zeros(SHAPE, dtype=bool)
+    truth[2, 2:8, 2:9] = True
+    pred[4, 2:8, 2:9] = True
+    hd95, nsd = surface_metrics(truth, pred, ANISOTROPIC_ZYX, tolerance_mm=2.0)
+    assert hd95 == pytest.approx(6.0, abs=1e-5)
+    assert nsd == 0.0
+    assert surface_metrics(truth, pred, ANISOTROPIC_ZYX, tolerance_mm=5.9)[1] == 0.0
+    assert surface_metrics(truth, pred, ANISOTROPIC_ZYX, tolerance_mm=6.0)[1] == pytest.approx(1.0)
+    # the same plates shifted in-plane by 3 voxels along x instead: 3 × 0.7 mm
+    pred_x = np.zeros(SHAPE, dtype=bool)
+    pred_x[:, :, 5] = True
+    truth_x = np.zeros(SHAPE, dtype=bool)
+    truth_x[:, :, 2] = True
+    hd95_x, nsd_x = surface_metrics(truth_x, pred_x, ANISOTROPIC_ZYX, tolerance_mm=2.0)
+    assert hd95_x == pytest.approx(2.1, abs=1e-5)
+    assert nsd_x == 0.0
+    assert surface_metrics(truth_x, pred_x, ANISOTROPIC_ZYX, tolerance_mm=2.2)[1] == pytest.approx(1.0)
+
+
+def test_single_voxels_distance_in_mm() -> None:
+    truth = np.zeros(SHAPE, dtype=bool)
+    pred = np.zeros(SHAPE, dtype=bool)
+    truth[1, 1, 1] = True
+    pred[3, 4, 6] = True                                     # offset (2, 3, 5) voxels
+    expected = math.sqrt((2 * 3.0) ** 2 + (3 * 0.7) ** 2 + (5 * 0.7) ** 2)
+    hd95, nsd = surface_metrics(truth, pred, ANISOTROPIC_ZYX, tolerance_mm=2.0)
+    assert hd95 == pytest.approx(expected, abs=1e-4)
+    assert nsd == 0.0
+    assert surface_metrics(truth, pred, ANISOTROPIC_ZYX, tolerance_mm=expected + 1e-3)[1] == pytest.approx(1.0)
+    assert surface_metrics(truth, truth, ANISOTROPIC_ZYX) == (pytest.approx(0.0), pytest.approx(1.0))
+
+
+@pytest.mark.parametrize("shift", [1, 2, 3])
+def test_cubes_offset_along_z_match_brute_force(shift: int) -> None:
+    shape = (12, 12, 12)
+    truth = np.zeros(shape, dtype=bool)
+    pred = np.zeros(shape, dtype=bool)
+    truth[2:7, 3:9, 2:10] = True
+    pred[2 + shift:7 + shift, 3:9, 2:10] = True
+    for tolerance in (1.0, 3.05, 6.5):
+        hd95, nsd = surface_metrics(truth, pred, ANISOTROPIC_ZYX, tolerance_mm=tolerance)
+        expected_hd95, expected_nsd = brute_force_surface(truth, pred, ANISOTROPIC_ZYX, tolerance)
+        assert hd95 == pytest.approx(expected_hd95, abs=1e-4)
+        assert nsd == pytest.approx(expected_nsd, abs=1e-6)
+        assert 0 < hd95 <= shift * 3.0 + 1e-5                # nothing is farther than the shift itself
+
+
+def test_surface_metrics_of_irregular_masks_match_brute_force() -> None:
+    rng = np.random.default_rng(1)
+    truth = np.zeros((8, 14, 14), dtype=bool)
+    truth[2:6, 3:11, 3:11] = True
+    pred = truth.copy()
+    pred[rng.random(pred.shape) < 0.15] ^= True              # noisy prediction
+    for tolerance in (0.5, 1.3, 2.1, 4.1):                   # no voxel distance within 0.004 mm of these
+        hd95, nsd = surface_metrics(truth, pred, (2.5, 0.8, 0.6), tolerance_mm=tolerance)
+        expected = brute_force_surface(truth, pred, (2.5, 0.8, 0.6), tolerance)
+        assert (hd95, nsd) == (pytest.approx(expected[0], abs=1e-4), pytest.approx(expected[1], abs=1e-6))
+
+
+def test_surface_metrics_empty_convention() -> None:
+    empty = np.zeros(SHAPE, dtype=bool)
+    some = empty.copy()
+    some[3, 3, 3] = True
+    diagonal = math.sqrt((7 * 3.0) ** 2 + (9 * 0.7) ** 2 + (11 * 0.7) ** 2)
+    assert image_diagonal_mm(SHAPE, ANISOTROPIC_ZYX) == pytest.approx(diagonal)
+    assert surface_metrics(empty, empty, ANISOTROPIC_ZYX) == (0.0, 1.0)
+    assert surface_metrics(some, empty, ANISOTROPIC_ZYX) == (pytest.approx(diagonal), 0.0)   # prediction empty
+    assert surface_metrics(empty, some, ANISOTROPIC_ZYX) == (pytest.approx(diagonal), 0.0)   # truth empty
+    with pytest.raises(ValueError, match="spacing"):
+        surface_metrics(some, some, (1.0, 1.0))
+
+
 # ---------------------------------------------------------------- evaluate_folders
 
 def make_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -155,6 +255,51 @@ def test_evaluate_folders_matches_numpy(case_folders: tuple[Path, Path]) -> None
     assert result["present"] == {"abnormal pancreas": 3, "PDAC": 2, "duct": 2}
     assert result["per_case"]["case_c"]["PDAC"] == 1.0
     assert result["per_case"]["case_c"]["abnormal pancreas"] == 0.0
+
+    # surface metrics: finite everywhere, empty-mask convention per case, aggregates never NaN
+    diagonal = image_diagonal_mm(SHAPE, tuple(reversed(SPACING_XYZ)))
+    case_c = result["per_case_metrics"]["case_c"]
+    assert case_c["abnormal pancreas"] == {"Dice": 0.0, "HD95": pytest.approx(diagonal), "NSD": 0.0}
+    assert case_c["PDAC"] == {"Dice": 1.0, "HD95": 0.0, "NSD": 1.0}
+    # case_b: PDAC in truth, none predicted; duct predicted elsewhere (both non-empty)
+    assert result["per_case_metrics"]["case_b"]["PDAC"]["HD95"] == pytest.approx(diagonal)
+    assert 0 < result["per_case_metrics"]["case_b"]["duct"]["HD95"] < diagonal
+    assert result["one_empty"] == {"abnormal pancreas": 1, "PDAC": 1, "duct": 0}
+    assert result["truth_present"]["case_c"] == {"abnormal pancreas": True, "PDAC": False, "duct": False}
+    for name in TARGETS:
+        for metric in ("Dice", "HD95", "NSD"):
+            values = [result["per_case_metrics"][case][name][metric] for case in cases]
+            assert result["aggregate"][name][metric]["mean"] == pytest.approx(np.mean(values))
+            assert result["aggregate"][name][metric]["std"] == pytest.approx(np.std(values))
+            assert all(math.isfinite(value) for value in values)
+        assert result["aggregate"][name]["Dice"]["mean"] == result["mean"][name]
+
+
+def test_evaluate_folders_uses_physical_spacing_in_zyx_order(tmp_path: Path) -> None:
+    """Spacing (x, y, z) = (0.8, 0.8, 2.5) on disk: a 2-slice shift is 5 mm, a 2-column shift 1.6 mm."""
+    (tmp_path / "truth").mkdir()
+    (tmp_path / "pred").mkdir()
+    truth = np.zeros(SHAPE, dtype=np.uint8)
+    truth[3, 2:8, 2:9] = 2
+    shifted_z = np.roll(truth, 2, axis=0)
+    shifted_x = np.roll(truth, 2, axis=2)
+    for case, pred in (("z", shifted_z), ("x", shifted_x)):
+        write_label_map(truth, tmp_path / "truth" / f"{case}.nii.gz")
+        write_label_map(pred, tmp_path / "pred" / f"{case}.nii.gz")
+    result = evaluate_folders(tmp_path / "pred", tmp_path / "truth", tolerance_mm=2.0)
+    assert result["per_case_metrics"]["z"]["PDAC"]["HD95"] == pytest.approx(5.0, abs=1e-5)
+    assert result["per_case_metrics"]["z"]["PDAC"]["NSD"] == 0.0
+    assert result["per_case_metrics"]["x"]["PDAC"]["HD95"] == pytest.approx(1.6, abs=1e-5)
+    assert result["per_case_metrics"]["x"]["PDAC"]["NSD"] == pytest.approx(1.0)
+    assert result["tolerance_mm"] == 2.0 and result["metrics"] == ["Dice", "HD95", "NSD"]
+
+
+def test_evaluate_folders_selected_cases(case_folders: tuple[Path, Path]) -> None:
+    truth_dir, pred_dir = case_folders
+    result = evaluate_folders(pred_dir, truth_dir, cases=["case_b"], surface=False)
+    assert list(result["per_case"]) == ["case_b"] and result["metrics"] == ["Dice"]
+    with pytest.raises(HPNInputError, match=r"extra_without_truth\.nii\.gz: missing truth"):
+        evaluate_folders(pred_dir, truth_dir, cases=["case_a", "extra_without_truth"])
 
 
 def test_geometry_mismatch_names_the_file(case_folders: tuple[Path, Path], tmp_path: Path) -> None:
@@ -223,6 +368,52 @@ def test_table_and_summary_files(case_folders: tuple[Path, Path], tmp_path: Path
         rows = list(csv.DictReader(file))
     assert [row["case"] for row in rows] == ["case_a", "case_b", "case_c"]
     assert float(rows[0]["Dice PDAC"]) == pytest.approx(result["per_case"]["case_a"]["PDAC"], abs=1e-6)
+    assert float(rows[1]["HD95 mm duct"]) == pytest.approx(result["per_case_metrics"]["case_b"]["duct"]["HD95"],
+                                                           abs=1e-6)
+    assert float(rows[2]["NSD PDAC"]) == 1.0
+    hd95_cell = f"{result['aggregate']['PDAC']['HD95']['mean']:.2f} ± {result['aggregate']['PDAC']['HD95']['std']:.2f}"
+    assert hd95_cell in pdac_row
+
+
+# ---------------------------------------------------------------- evaluate CLI
+
+def test_cli_evaluate_writes_json_csv_and_table(case_folders: tuple[Path, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    truth_dir, pred_dir = case_folders
+    out = tmp_path / "out" / "summary.json"
+    assert main(["evaluate", str(pred_dir), str(truth_dir), "-o", str(out), "--tolerance-mm", "1.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "NSD@1.5mm" in printed and "HD95 mm" in printed and f"wrote {out}" in printed
+    summary = json.loads(out.read_text())
+    assert summary["tolerance_mm"] == 1.5 and summary["n_cases"] == 3
+    assert out.with_suffix(".csv").is_file()
+
+
+@pytest.mark.parametrize("problem", ["geometry", "missing"])
+def test_cli_evaluate_error_is_one_line_and_writes_nothing(problem: str, case_folders: tuple[Path, Path],
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    truth_dir, pred_dir = copy_folders(case_folders, tmp_path)
+    if problem == "geometry":
+        write_label_map(make_cases()["case_b"][1], pred_dir / "case_b.nii.gz", spacing_xyz=(0.8, 0.8, 3.0))
+    else:
+        (pred_dir / "case_b.nii.gz").unlink()
+    out = tmp_path / "out" / "summary.json"
+    assert main(["evaluate", str(pred_dir), str(truth_dir), "-o", str(out)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and error.startswith("nnunet-hpn evaluate: error: ")
+    assert "case_b.nii.gz" in error and ("spacing" if problem == "geometry" else "missing") in error
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_evaluate_only_predicted(case_folders: tuple[Path, Path], tmp_path: Path,
+                                     capsys: pytest.CaptureFixture) -> None:
+    truth_dir, pred_dir = copy_folders(case_folders, tmp_path)
+    (pred_dir / "extra_without_truth.nii.gz").unlink()
+    (pred_dir / "case_c.nii.gz").unlink()
+    out = tmp_path / "summary.json"
+    assert main(["evaluate", str(pred_dir), str(truth_dir), "--only-predicted", "-o", str(out)]) == 0
+    assert json.loads(out.read_text())["n_cases"] == 2
+    capsys.readouterr()
 
 
 # ---------------------------------------------------------------- figures

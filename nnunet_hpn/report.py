@@ -1,0 +1,426 @@
+"""Table-1-style comparison of several methods' predictions against one truth folder (``nnunet-hpn report``).
+
+For each method (a folder of predicted label maps, e.g. the cross-validation outputs of one trainer), every case
+is evaluated with :func:`nnunet_hpn.evaluation.evaluate_folders` (Dice, HD95 in mm, NSD; empty masks as stated
+there). The report folder then holds:
+
+* ``report.md`` / ``report.csv``: mean ± population std per target and metric per method, missed counts, paired
+  Wilcoxon signed-rank p-values of each method against the reference method (``scipy.stats.wilcoxon(method,
+  reference)`` with SciPy's defaults: two-sided, zero differences dropped, exact or normal approximation chosen by
+  SciPy; p = 1.0 when all paired differences are zero, where the test is undefined);
+* "missed by both single-phase models / rescued by HPN": cases with PDAC in the truth where both single-phase
+  methods have PDAC Dice 0, and among those the cases where the HPN method has PDAC Dice > 0;
+* ``per_case.csv`` (case × method × target) and ``report.json`` (everything);
+* ``boxplot_<target>.png``: Dice, HD95 and NSD per method;
+* ``overlays_largest_gain.png`` (with an images folder): arterial, venous, truth and every method on the slice
+  with the largest truth PDAC area, for the cases where the reference gains most PDAC Dice over the best other
+  method (cases with PDAC in the truth; abnormal pancreas if no case has PDAC).
+
+Every method must hold predictions for exactly the same cases, each with a truth file of the same geometry.
+Everything is written into a staging folder and moved into place at the end.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_hpn.atomic_io import staging_dir
+from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.evaluation import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, TARGETS, _read_label_map,
+                                   evaluate_folders, predicted_cases)
+
+#: Column titles of the targets in report tables (the paper's Table 1 wording).
+TARGET_TITLES: dict[str, str] = {"abnormal pancreas": "Abnormal pancreas", "PDAC": "PDAC mass",
+                                 "duct": "Pancreatic duct"}
+#: Metrics where smaller is better.
+LOWER_IS_BETTER: frozenset[str] = frozenset({"HD95"})
+#: Single-phase method names assumed when none are given and both are among the methods.
+DEFAULT_SINGLE_PHASE: tuple[str, str] = ("arterial", "venous")
+#: Marker file of a report folder: an existing output folder is replaced only if it holds this file (or nothing).
+REPORT_MARKER: str = "report.md"
+WILCOXON_NOTE: str = ("paired two-sided Wilcoxon signed-rank test, scipy.stats.wilcoxon(method, reference) with "
+                      "SciPy's defaults (zero differences dropped); p = 1 when all paired differences are zero")
+
+
+def parse_method_args(specs: Sequence[str]) -> dict[str, Path]:
+    """``["NAME=DIR", "DIR", ...]`` -> ``{name: folder}``; a bare DIR is named after its folder."""
+    methods: dict[str, Path] = {}
+    for spec in specs:
+        name, separator, folder = spec.partition("=")
+        if not separator:
+            name, folder = Path(spec.rstrip("/")).name, spec
+        if not name or not folder:
+            raise HPNInputError(f"{spec}: expected NAME=PRED_DIR")
+        if name in methods:
+            raise HPNInputError(f"{spec}: method name {name!r} given twice")
+        methods[name] = Path(folder)
+    return methods
+
+
+def paired_wilcoxon(values: Sequence[float], reference: Sequence[float]) -> float:
+    """Two-sided p-value of SciPy's Wilcoxon signed-rank test on paired values; 1.0 if all differences are 0."""
+    from scipy.stats import wilcoxon
+
+    values, reference = np.asarray(values, dtype=float), np.asarray(reference, dtype=float)
+    if values.shape != reference.shape:
+        raise ValueError(f"paired samples differ in length: {values.shape} vs {reference.shape}")
+    if values.size == 0 or np.all(values - reference == 0):
+        return 1.0
+    return float(wilcoxon(values, reference).pvalue)
+
+
+def missed_and_rescued(results: Mapping[str, dict[str, Any]], single_phase: Sequence[str], hpn: str,
+                       target: str = "PDAC") -> dict[str, Any]:
+    """Cases with ``target`` in the truth missed (Dice 0) by every single-phase method, and those of them where
+    ``hpn`` has Dice > 0 (rescued)."""
+    first = results[single_phase[0]]
+    present = [case for case in first["per_case"] if first["truth_present"][case][target]]
+    missed = [case for case in present
+              if all(results[method]["per_case"][case][target] == 0.0 for method in single_phase)]
+    rescued = [case for case in missed if results[hpn]["per_case"][case][target] > 0.0]
+    return {"target": target, "single_phase": list(single_phase), "hpn": hpn, "n_present": len(present),
+            "missed_by_all_single_phase": missed, "rescued": rescued}
+
+
+def largest_gains(results: Mapping[str, dict[str, Any]], reference: str, n: int) -> tuple[str, list[dict]]:
+    """The ``n`` cases where ``reference`` gains most Dice over the best other method, largest gain first.
+
+    Target PDAC over the cases with PDAC in the truth; abnormal pancreas over all cases if none has PDAC.
+    Returns (target, [{"case", "gain", "reference_dice", "best_other", "best_other_dice"}]).
+    """
+    ref = results[reference]
+    target = "PDAC" if any(present["PDAC"] for present in ref["truth_present"].values()) else "abnormal pancreas"
+    others = [method for method in results if method != reference]
+    rows = []
+    for case, present in ref["truth_present"].items():
+        if target == "PDAC" and not present["PDAC"]:
+            continue
+        best_other = max(others, key=lambda method: results[method]["per_case"][case][target])
+        best_dice = results[best_other]["per_case"][case][target]
+        reference_dice = ref["per_case"][case][target]
+        rows.append({"case": case, "gain": reference_dice - best_dice, "reference_dice": reference_dice,
+                     "best_other": best_other, "best_other_dice": best_dice})
+    rows.sort(key=lambda row: (-row["gain"], row["case"]))
+    return target, rows[:n]
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """``out_dir`` may be absent, empty, or a previous report (holding :data:`REPORT_MARKER`)."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise HPNInputError(f"{out_dir}: output exists and is not a folder")
+        if any(out_dir.iterdir()) and not (out_dir / REPORT_MARKER).is_file():
+            raise HPNInputError(f"{out_dir}: output folder is not empty and holds no {REPORT_MARKER}; "
+                                f"refusing to replace it")
+
+
+def _common_cases(methods: Mapping[str, Path], file_ending: str) -> list[str]:
+    """The cases every method predicts; HPNInputError naming the first method whose cases differ."""
+    cases: dict[str, list[str]] = {name: predicted_cases(folder, file_ending) for name, folder in methods.items()}
+    first = next(iter(methods))
+    for name, folder in methods.items():
+        missing = sorted(set(cases[first]) - set(cases[name]))
+        extra = sorted(set(cases[name]) - set(cases[first]))
+        if missing or extra:
+            def listing(names: list[str]) -> str:
+                return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            parts = ([f"missing {listing(missing)}"] if missing else []) + ([f"extra {listing(extra)}"] if extra
+                                                                            else [])
+            raise HPNInputError(f"{folder}: cases of method {name!r} differ from those of {first!r} "
+                                f"({methods[first]}): {'; '.join(parts)}")
+    return cases[first]
+
+
+def _load_overlay_case(case: str, images_dir: Path, truth_dir: Path, methods: Mapping[str, Path],
+                       file_ending: str, caption_target: str, results: Mapping[str, dict[str, Any]]):
+    """Read both phases (``<case>_0000`` arterial, ``<case>_0001`` venous), truth and predictions of one case."""
+    from nnunet_hpn.figures import OverlayCase
+
+    truth, truth_image = _read_label_map(truth_dir / f"{case}{file_ending}")
+    phases = []
+    for channel in ("0000", "0001"):
+        path = images_dir / f"{case}_{channel}{file_ending}"
+        if not path.is_file():
+            raise HPNInputError(f"{path}: missing image for the overlay of case {case!r}")
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as error:
+            raise HPNInputError(f"{path}: cannot be read as an image "
+                                f"({str(error).strip().splitlines()[-1]})") from None
+        if image.GetSize() != truth_image.GetSize():
+            raise HPNInputError(f"{path}: size {image.GetSize()} differs from truth size {truth_image.GetSize()}")
+        phases.append(sitk.GetArrayFromImage(image).astype(np.float32))
+    predictions = {name: _read_label_map(folder / f"{case}{file_ending}")[0] for name, folder in methods.items()}
+    captions = {name: f"{caption_target} Dice {100 * results[name]['per_case'][case][caption_target]:.1f}%"
+                for name in methods}
+    return OverlayCase(title=case, arterial=phases[0], venous=phases[1], truth=truth, predictions=predictions,
+                       spacing_zyx=tuple(reversed(truth_image.GetSpacing())), captions=captions)
+
+
+def target_slug(target: str) -> str:
+    """File-name form of a target name: ``abnormal pancreas`` -> ``abnormal_pancreas``."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", target).strip("_")
+
+
+def _scaled(metric: str, value: float) -> float:
+    """Table units: Dice and NSD in %, HD95 in mm."""
+    return value if metric == "HD95" else 100.0 * value
+
+
+def format_report_markdown(report: dict[str, Any]) -> str:
+    """The ``report.md`` text of :func:`build_report`'s result."""
+    methods, reference = list(report["methods"]), report["reference"]
+    tolerance = report["tolerance_mm"]
+    summary = report["summary"]
+    titles = {"Dice": "Dice (%)", "HD95": "HD95 (mm)", "NSD": f"NSD at {tolerance:g} mm (%)"}
+    lines = [f"# Evaluation report: {len(methods)} methods, {report['n_cases']} cases", "",
+             f"Truth: `{report['truth_dir']}`; reference method: **{reference}**; NSD tolerance {tolerance:g} mm; "
+             f"generated {report['date']}.", "",
+             "| Method | Predictions |", "|---|---|"]
+    lines += [f"| {name} | `{folder}` |" for name, folder in report["methods"].items()]
+
+    header = "| Method | " + " | ".join(TARGET_TITLES[t] for t in TARGETS) + " |"
+    rule = "|---|" + "---:|" * len(TARGETS)
+    for metric in METRICS:
+        lines += ["", f"## {titles[metric]}, mean ± std over cases", "", header, rule]
+        best = {}
+        for target in TARGETS:
+            means = [summary[m][target][metric]["mean"] for m in methods]
+            best[target] = min(means) if metric in LOWER_IS_BETTER else max(means)
+        for method in methods:
+            cells = []
+            for target in TARGETS:
+                entry = summary[method][target][metric]
+                text = f"{_scaled(metric, entry['mean']):.2f} ± {_scaled(metric, entry['std']):.2f}"
+                tied = all(summary[m][target][metric]["mean"] == best[target] for m in methods)
+                cells.append(f"**{text}**" if entry["mean"] == best[target] and not tied else text)
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "Best mean per column in bold (none where all methods tie).", "",
+              "## Missed cases (target in the truth, Dice 0) / cases with the target", "", header, rule]
+    for method in methods:
+        lines.append(f"| {method} | " + " | ".join(
+            f"{summary[method][t]['missed']}/{summary[method][t]['present']}" for t in TARGETS) + " |")
+
+    lines += ["", f"## Paired Wilcoxon signed-rank p-values against {reference}", "",
+              "| Method | " + " | ".join(f"{TARGET_TITLES[t]} {m}" for t in TARGETS for m in METRICS) + " |",
+              "|---|" + "---:|" * (len(TARGETS) * len(METRICS))]
+    for method in methods:
+        if method == reference:
+            continue
+        lines.append(f"| {method} | " + " | ".join(
+            f"{report['wilcoxon'][method][t][m]:.4g}" for t in TARGETS for m in METRICS) + " |")
+    lines += ["", f"{WILCOXON_NOTE}; n = {report['n_cases']} paired cases.", ""]
+
+    rescue = report.get("missed_rescued")
+    lines += ["## Missed by both single-phase models / rescued by HPN", ""]
+    if rescue is None:
+        lines.append(report["missed_rescued_note"])
+    else:
+        missed, rescued = rescue["missed_by_all_single_phase"], rescue["rescued"]
+        lines += [f"Cases with {rescue['target']} in the truth: {rescue['n_present']}. Missed ({rescue['target']} "
+                  f"Dice 0) by both {' and '.join(rescue['single_phase'])}: **{len(missed)}**"
+                  + (f" ({', '.join(missed)})" if missed else "") + f". Of these, detected ({rescue['target']} "
+                  f"Dice > 0) by {rescue['hpn']}: **{len(rescued)}**" + (f" ({', '.join(rescued)})" if rescued
+                                                                           else "") + "."]
+    lines += ["", "## Box plots", ""]
+    lines += [f"![{target}]({name})" for target, name in report["boxplots"].items()]
+    gain_target = report["gain_target"]
+    lines += ["", f"## Cases with the largest {gain_target} Dice gain of {reference} over the best other method", "",
+              f"| Case | {reference} | best other | gain |", "|---|---:|---|---:|"]
+    lines += [f"| {row['case']} | {100 * row['reference_dice']:.1f} | {row['best_other']} "
+              f"{100 * row['best_other_dice']:.1f} | {100 * row['gain']:+.1f} |" for row in report["gains"]]
+    lines.append("")
+    if report.get("overlays"):
+        lines += [f"![largest gain]({report['overlays']})", "",
+                  "Columns: arterial, venous, truth, then each method (labels on the venous phase; yellow "
+                  "pancreas, green PDAC, purple duct), slice with the largest truth PDAC area.", ""]
+    else:
+        lines += ["No overlays: no images folder given (--images).", ""]
+    lines += ["## Conventions", "",
+              "- Dice and NSD in %, HD95 in mm; std is the population std over cases (ddof 0).",
+              f"- Empty masks: {EMPTY_CONVENTION}.",
+              "- HD95: MONAI compute_hausdorff_distance (95th percentile, symmetric); NSD: MONAI "
+              "compute_surface_dice (boundary voxels); distances in mm from the image spacing.",
+              "- Abnormal pancreas = labels 1∪2∪3, PDAC mass = 2, pancreatic duct = 3.", ""]
+    return "\n".join(lines)
+
+
+def format_report_csv(report: dict[str, Any]) -> str:
+    """``report.csv``: one row per method × target × metric (Dice and NSD as fractions, HD95 in mm)."""
+    stream = io.StringIO()
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(["method", "target", "metric", "unit", "mean", "std", "median", "n", "missed", "present",
+                     "reference", "wilcoxon_p"])
+    for method in report["methods"]:
+        for target in TARGETS:
+            for metric in METRICS:
+                entry = report["summary"][method][target][metric]
+                p_value = "" if method == report["reference"] else f"{report['wilcoxon'][method][target][metric]:.6g}"
+                writer.writerow([method, target, metric, "mm" if metric == "HD95" else "fraction",
+                                 f"{entry['mean']:.6f}", f"{entry['std']:.6f}", f"{entry['median']:.6f}",
+                                 report["n_cases"], report["summary"][method][target]["missed"],
+                                 report["summary"][method][target]["present"], report["reference"], p_value])
+    return stream.getvalue()
+
+
+def format_per_case_csv(results: Mapping[str, dict[str, Any]]) -> str:
+    """``per_case.csv``: case, method, target, Dice, HD95 (mm), NSD, truth_present."""
+    stream = io.StringIO()
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(["case", "method", "target", "Dice", "HD95_mm", "NSD", "truth_present"])
+    first = next(iter(results.values()))
+    for case in first["per_case"]:
+        for method, result in results.items():
+            for target in TARGETS:
+                values = result["per_case_metrics"][case][target]
+                writer.writerow([case, method, target, *(f"{values[m]:.6f}" for m in METRICS),
+                                 int(result["truth_present"][case][target])])
+    return stream.getvalue()
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` (absent, empty or a previous report) by ``staging``."""
+    backup = None
+    if out_dir.exists():
+        backup = out_dir.parent / f".{out_dir.name}.old.{os.getpid()}"
+        os.rename(out_dir, backup)
+    try:
+        os.rename(staging, out_dir)
+    except BaseException:
+        if backup is not None:
+            os.rename(backup, out_dir)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *, images_dir: Path | None = None,
+                 reference: str | None = None, single_phase: Sequence[str] | None = None, hpn: str | None = None,
+                 tolerance_mm: float = DEFAULT_TOLERANCE_MM, n_overlays: int = 3, file_ending: str = ".nii.gz",
+                 progress: bool | None = None) -> dict[str, Any]:
+    """Evaluate every method against ``truth_dir`` and write the report folder ``out_dir`` (see module docstring).
+
+    ``reference``: method the p-values and gains compare against (default ``hpn``, else the last method).
+    ``single_phase``: the two single-phase methods (default arterial and venous when both are named so).
+    ``hpn``: the method whose rescues are counted (default ``reference``). Returns the report as a dict (also
+    written as ``report.json``). Bad input -> HPNInputError before anything is written.
+    """
+    methods = {name: Path(folder) for name, folder in methods.items()}
+    truth_dir, out_dir = Path(truth_dir), Path(out_dir)
+    images_dir = Path(images_dir) if images_dir is not None else None
+    if len(methods) < 2:
+        raise HPNInputError(f"{out_dir}: a report compares at least 2 methods, got {len(methods)}")
+    reference = reference or hpn or list(methods)[-1]
+    hpn = hpn or reference
+    for role, name in (("reference", reference), ("HPN", hpn), *(("single-phase", s) for s in single_phase or ())):
+        if name not in methods:
+            raise HPNInputError(f"{name}: {role} method is not among the methods {list(methods)}")
+    note = ""
+    if single_phase is None:
+        if all(name in methods for name in DEFAULT_SINGLE_PHASE):
+            single_phase = DEFAULT_SINGLE_PHASE
+        else:
+            note = (f"Not computed: name the two single-phase methods with --single-phase (no methods named "
+                    f"{' and '.join(DEFAULT_SINGLE_PHASE)}).")
+    if single_phase is not None:
+        single_phase = tuple(single_phase)
+        if len(set(single_phase)) != 2:
+            raise HPNInputError(f"{' '.join(single_phase)}: give two different single-phase methods")
+        if hpn in single_phase:
+            raise HPNInputError(f"{hpn}: the HPN method cannot also be a single-phase method")
+    if tolerance_mm < 0 or not np.isfinite(tolerance_mm):
+        raise HPNInputError(f"{tolerance_mm}: NSD tolerance must be a finite number >= 0 mm")
+    if images_dir is not None and not images_dir.is_dir():
+        raise HPNInputError(f"{images_dir}: images folder does not exist")
+    _check_out_dir(out_dir)
+    cases = _common_cases(methods, file_ending)
+
+    results = {name: evaluate_folders(folder, truth_dir, file_ending, cases=cases, tolerance_mm=tolerance_mm,
+                                      progress=progress, description=f"evaluating {name}")
+               for name, folder in methods.items()}
+
+    summary: dict[str, dict[str, Any]] = {}
+    for name, result in results.items():
+        summary[name] = {}
+        for target in TARGETS:
+            summary[name][target] = {"missed": result["missed"][target], "present": result["present"][target]}
+            for metric in METRICS:
+                values = [result["per_case_metrics"][case][target][metric] for case in cases]
+                summary[name][target][metric] = {**result["aggregate"][target][metric],
+                                                 "median": float(np.median(values))}
+    wilcoxon = {name: {target: {metric: paired_wilcoxon(
+        [results[name]["per_case_metrics"][case][target][metric] for case in cases],
+        [results[reference]["per_case_metrics"][case][target][metric] for case in cases]) for metric in METRICS}
+        for target in TARGETS} for name in methods if name != reference}
+    rescue = missed_and_rescued(results, single_phase, hpn) if single_phase is not None else None
+    gain_target, gains = largest_gains(results, reference, max(0, n_overlays))
+
+    overlay_cases = []
+    if images_dir is not None and gains:
+        overlay_cases = [_load_overlay_case(row["case"], images_dir, truth_dir, methods, file_ending, gain_target,
+                                            results) for row in gains]
+
+    report: dict[str, Any] = {
+        "methods": {name: str(folder) for name, folder in methods.items()}, "truth_dir": str(truth_dir),
+        "images_dir": str(images_dir) if images_dir else None, "reference": reference, "hpn": hpn,
+        "single_phase": list(single_phase) if single_phase else None, "tolerance_mm": float(tolerance_mm),
+        "n_cases": len(cases), "cases": cases, "date": datetime.date.today().isoformat(),
+        "empty_convention": EMPTY_CONVENTION, "wilcoxon_note": WILCOXON_NOTE, "summary": summary,
+        "wilcoxon": wilcoxon, "missed_rescued": rescue, "missed_rescued_note": note, "gain_target": gain_target,
+        "gains": gains, "boxplots": {target: f"boxplot_{target_slug(target)}.png" for target in TARGETS},
+        "overlays": "overlays_largest_gain.png" if overlay_cases else None,
+        "per_method": results,
+    }
+
+    from nnunet_hpn.figures import save_boxplot_png, save_overlay_grid_png
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(out_dir.parent, prefix=f".{out_dir.name}.staging.")
+    try:
+        for target, file_name in report["boxplots"].items():
+            values = {metric: {name: [results[name]["per_case_metrics"][case][target][metric] for case in cases]
+                               for name in methods} for metric in METRICS}
+            save_boxplot_png(values, staging / file_name, title=f"{TARGET_TITLES[target]} (n = {len(cases)})",
+                             axis_labels={"NSD": f"NSD at {tolerance_mm:g} mm"})
+        if overlay_cases:
+            save_overlay_grid_png(overlay_cases, staging / report["overlays"],
+                                  title=f"Largest {gain_target} Dice gain of {reference}")
+        (staging / "report.csv").write_text(format_report_csv(report), encoding="utf-8")
+        (staging / "per_case.csv").write_text(format_per_case_csv(results), encoding="utf-8")
+        (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        (staging / REPORT_MARKER).write_text(format_report_markdown(report), encoding="utf-8")
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def format_report_summary(report: dict[str, Any]) -> str:
+    """A short terminal table: Dice % mean ± std per method and target, p against the reference, rescues."""
+    methods = list(report["methods"])
+    width = max(len("method"), *(len(name) for name in methods))
+    header = "method".ljust(width) + "".join(f"  {TARGET_TITLES[t]:>22}" for t in TARGETS) + "  p(PDAC Dice)"
+    lines = [f"Dice % (mean ± std) over {report['n_cases']} cases; p: Wilcoxon vs {report['reference']}",
+             header, "-" * len(header)]
+    for name in methods:
+        cells = "".join(f"  {100 * report['summary'][name][t]['Dice']['mean']:>10.2f} ± "
+                        f"{100 * report['summary'][name][t]['Dice']['std']:<9.2f}" for t in TARGETS)
+        p_value = "ref" if name == report["reference"] else f"{report['wilcoxon'][name]['PDAC']['Dice']:.4g}"
+        lines.append(name.ljust(width) + cells + f"  {p_value:>12}")
+    rescue = report.get("missed_rescued")
+    if rescue is not None:
+        lines.append(f"PDAC missed by both {' and '.join(rescue['single_phase'])}: "
+                     f"{len(rescue['missed_by_all_single_phase'])} of {rescue['n_present']}; rescued by "
+                     f"{rescue['hpn']}: {len(rescue['rescued'])}")
+    return "\n".join(lines)
