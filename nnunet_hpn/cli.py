@@ -53,13 +53,26 @@ def _split(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from nnunet_hpn.evaluation import evaluate_folders, format_dice_table, write_summary
+    from nnunet_hpn.evaluation import evaluate_folders, format_dice_table, predicted_cases, write_summary
 
-    result = evaluate_folders(Path(args.pred_dir), Path(args.gt_dir))
+    cases = predicted_cases(Path(args.pred_dir)) if args.only_predicted else None
+    result = evaluate_folders(Path(args.pred_dir), Path(args.gt_dir), cases=cases, tolerance_mm=args.tolerance_mm,
+                              progress=None)
     print(format_dice_table(result))
     if args.output:
         write_summary(result, Path(args.output))
         print(f"wrote {args.output}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from nnunet_hpn.report import build_report, format_report_summary, parse_method_args
+
+    report = build_report(parse_method_args(args.runs), Path(args.gt), Path(args.output),
+                          images_dir=Path(args.images) if args.images else None, reference=args.reference,
+                          single_phase=args.single_phase, hpn=args.hpn, tolerance_mm=args.tolerance_mm,
+                          n_overlays=args.overlays, progress=None)
+    print(format_report_summary(report))
+    print(f"wrote {Path(args.output) / 'report.md'} (+ report.csv, per_case.csv, report.json, PNGs)")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -109,11 +122,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a different existing splits_final.json")
     p.set_defaults(func=_split)
 
-    p = sub.add_parser("evaluate", help="Dice of abnormal pancreas (1∪2∪3), PDAC (2) and duct (3) per case and mean±std")
+    empty_rule = ("Empty masks: both empty -> Dice 1, HD95 0, NSD 1; one empty -> Dice 0, NSD 0, HD95 = image "
+                  "diagonal in mm; means never NaN.")
+    p = sub.add_parser("evaluate", help="Dice, HD95 (mm) and NSD of abnormal pancreas (1∪2∪3), PDAC (2) and duct "
+                                        "(3) per case and mean±std, missed cases",
+                       description="Dice (nnU-Net's helpers), HD95 and normalised surface Dice (MONAI, physical mm "
+                                   "from the image spacing) per case and target; mean ± population std; missed = "
+                                   "target in truth but Dice 0. " + empty_rule)
     p.add_argument("pred_dir")
     p.add_argument("gt_dir")
     p.add_argument("-o", "--output", help="summary .json (a per-case .csv is written next to it)")
+    p.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    p.add_argument("--only-predicted", action="store_true",
+                   help="evaluate only the cases in PRED_DIR (default: every case of GT_DIR needs a prediction)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("report", help="Table-1-style comparison of several methods: mean±std, Wilcoxon p-values, "
+                                      "missed/rescued PDAC, box plots, overlays of the largest gains",
+                       description="Evaluates every method's predictions (same cases in each) against GT_DIR and "
+                                   "writes report.md, report.csv, per_case.csv, report.json, a box plot PNG per "
+                                   "target and, with --images, overlays of the cases with the largest PDAC Dice "
+                                   "gain of the reference. p: paired two-sided scipy.stats.wilcoxon against the "
+                                   "reference (1 when all differences are 0). " + empty_rule)
+    p.add_argument("runs", nargs="+", metavar="NAME=PRED_DIR", help="prediction folder of each method")
+    p.add_argument("--gt", required=True, metavar="GT_DIR", help="ground-truth label maps")
+    p.add_argument("--images", metavar="IMAGES_DIR",
+                   help="imagesTr-style folder (<case>_0000 arterial, <case>_0001 venous) for the overlays")
+    p.add_argument("--reference", help="method to compare against (default: --hpn, else the last method)")
+    p.add_argument("--single-phase", nargs=2, metavar="NAME",
+                   help="the two single-phase methods (default: arterial venous, if so named)")
+    p.add_argument("--hpn", help="method whose rescues of PDAC missed by both single-phase methods are counted "
+                                 "(default: the reference)")
+    p.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    p.add_argument("--overlays", type=int, default=3, help="cases with the largest gain to draw (default 3)")
+    p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR",
+                   help="report folder (created, or replaced if it holds an earlier report.md)")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="phantoms -> convert -> plan -> short HPN training -> predict -> Dice + PNG (CPU)")
     p.add_argument("--workdir", default="hpn_demo")
