@@ -26,10 +26,11 @@ _EXT_TRAINER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nnu
 
 
 def _register_planners(module: ModuleType) -> None:
-    from nnunet_hpn.planners import HPNPlanner, HPNResDSNPlanner
+    from nnunet_hpn.planners.hpn_planner import HPNPlanner, HPNResDSNPlanner, HPNStarPlanner
 
     module.HPNPlanner = HPNPlanner
     module.HPNResDSNPlanner = HPNResDSNPlanner
+    module.HPNStarPlanner = HPNStarPlanner
 
 
 def _register_normalization(module: ModuleType) -> None:

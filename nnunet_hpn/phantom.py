@@ -1,10 +1,22 @@
-"""Synthetic dual-phase (arterial + venous) abdominal CT phantoms with pancreas, PDAC mass and duct labels.
+"""Synthetic multi-phase abdominal CT phantoms (default: arterial + venous) with pancreas, PDAC mass and duct labels.
 
 Each case is a small abdomen in HU: body with a subcutaneous fat layer, mesenteric fat, liver, spleen,
 kidneys, vertebra, aorta, portal/splenic vein and a curved pancreas (head to tail) holding a hypo-attenuating
 mass and a duct that is dilated upstream (tail side) of the mass. In about 30 % of the cases the mass is
-iso-attenuating in one phase, so only the pair reveals it. The venous phase is the same anatomy warped by a
-smooth random deformation, on the same voxel grid as the arterial phase.
+iso-attenuating in the arterial or the venous phase, so only the pair reveals it.
+
+Phases (:data:`KNOWN_PHASES`, any subset in any order, ``phases=``), each with its own enhancement:
+
+* ``noncontrast``: no contrast agent: vessels ~40 HU like soft tissue, parenchyma ~40 HU, mass nearly iso;
+* ``arterial``: bright aorta (250-350 HU) and bright pancreatic parenchyma, hypo-attenuating mass;
+* ``venous``: bright portal / splenic vein (170-190 HU), brighter liver, hypo-attenuating mass;
+* ``delayed``: washout: vessels ~120 HU, parenchyma ~70 HU, the fibrotic mass retains contrast and is nearly iso.
+
+The anatomy is painted in the space of the *reference phase* (default: the first phase; ``label.nii.gz``). Every
+other phase is the same anatomy warped by its own smooth random deformation, on the same voxel grid, with its
+labels in ``label_<phase>.nii.gz``. The default ``("arterial", "venous")`` output is bit-identical to the
+two-phase generator's for the same seed: arterial and venous draw from the same random streams as before, the
+other phases from streams of their own (keyed by phase name, so a phase looks the same in every phase list).
 """
 from __future__ import annotations
 
@@ -12,6 +24,7 @@ import json
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -24,6 +37,10 @@ from tqdm import tqdm
 from nnunet_hpn import LABELS, PHASES
 from nnunet_hpn.errors import HPNInputError
 
+#: Phases the phantom simulates, in acquisition order.
+KNOWN_PHASES: tuple = ("noncontrast", "arterial", "venous", "delayed")
+#: Spawn keys of the per-phase random streams of noncontrast / delayed (arterial and venous use the original ones).
+_PHASE_STREAM_KEY = 100
 #: Share of cases whose mass is iso-attenuating (within a few HU of the parenchyma) in one phase.
 ISO_ATTENUATING_SHARE = 0.3
 #: Samples per centre-line curve; dense enough that the distance to the samples is the distance to the curve.
@@ -57,15 +74,36 @@ TISSUE_TO_LABEL[Tissue.DUCT] = LABELS["duct"]
 
 @dataclass
 class PhantomCase:
-    """One generated case. Arrays are z, y, x; ``*_venous`` arrays live in the (deformed) venous space."""
+    """One generated case. Arrays are z, y, x; each phase's image, labels and tissue map live in that phase's space
+    (the reference phase's space is the painted, undeformed one)."""
 
-    arterial: np.ndarray  # int16 HU
-    venous: np.ndarray  # int16 HU
-    label: np.ndarray  # uint8 labels in arterial space
-    label_venous: np.ndarray  # uint8 labels in venous space
-    tissue: np.ndarray  # uint8 Tissue ids in arterial space
-    tissue_venous: np.ndarray  # uint8 Tissue ids in venous space
+    images: dict  # phase -> int16 HU
+    label: np.ndarray  # uint8 labels in the reference phase's space
+    labels: dict  # phase -> uint8 labels in that phase's space (the reference phase: ``label``)
+    tissue: np.ndarray  # uint8 Tissue ids in the reference phase's space
+    tissues: dict  # phase -> uint8 Tissue ids in that phase's space
     metadata: dict
+    reference_phase: str = "arterial"
+
+    @property
+    def phases(self) -> tuple:
+        return tuple(self.images)
+
+    @property
+    def arterial(self) -> np.ndarray:
+        return self.images["arterial"]
+
+    @property
+    def venous(self) -> np.ndarray:
+        return self.images["venous"]
+
+    @property
+    def label_venous(self) -> np.ndarray:
+        return self.labels["venous"]
+
+    @property
+    def tissue_venous(self) -> np.ndarray:
+        return self.tissues["venous"]
 
 
 class _Grid:
@@ -185,8 +223,29 @@ def _phase_hu(rng: np.random.Generator) -> tuple[dict[str, np.ndarray], str | No
     return hu, iso_phase
 
 
+def _other_phase_hu(phase: str, rng: np.random.Generator, arterial_hu: np.ndarray) -> tuple[np.ndarray, float]:
+    """HU of every tissue in ``noncontrast`` or ``delayed`` (tissues without contrast uptake as in ``arterial_hu``)
+    and the phase's noise sigma, drawn from the phase's own stream."""
+    hu = arterial_hu.copy()
+    if phase == "noncontrast":
+        per_tissue = {Tissue.LIVER: (50, 65), Tissue.SPLEEN: (40, 50), Tissue.KIDNEY: (28, 38), Tissue.AORTA: (35, 50),
+                      Tissue.PORTAL_VEIN: (35, 50), Tissue.PANCREAS: (35, 45)}
+        mass_offset = (-10, -3)  # barely hypo-attenuating without contrast
+    elif phase == "delayed":
+        per_tissue = {Tissue.LIVER: (75, 90), Tissue.SPLEEN: (80, 95), Tissue.KIDNEY: (120, 150),
+                      Tissue.AORTA: (110, 130), Tissue.PORTAL_VEIN: (110, 130), Tissue.PANCREAS: (65, 80)}
+        mass_offset = (-15, 5)  # parenchyma washes out, the fibrotic mass retains contrast
+    else:
+        raise ValueError(f"no enhancement model for phase {phase!r}")
+    for tissue, (low, high) in per_tissue.items():
+        hu[tissue] = rng.uniform(low, high)
+    hu[Tissue.MASS] = hu[Tissue.PANCREAS] + rng.uniform(*mass_offset)
+    return hu, float(rng.uniform(10, 20))
+
+
 def _paint_tissue(grid: _Grid, rng: np.random.Generator, texture_rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-    """Tissue map (uint8 Tissue ids) of one abdomen in arterial space, and its pancreas/mass/duct parameters.
+    """Tissue map (uint8 Tissue ids) of one abdomen in the reference phase's space, and its pancreas/mass/duct
+    parameters.
 
     Scalar anatomy comes from ``rng``, voxel-sized random fields from ``texture_rng``, so the anatomy's
     parameters do not depend on the grid size.
@@ -264,58 +323,117 @@ def _paint_tissue(grid: _Grid, rng: np.random.Generator, texture_rng: np.random.
     return tissue, parameters
 
 
+def check_phases(phases: Sequence[str], reference_phase: str | None, where: str) -> str:
+    """Validate a phase list (known, unique, non-empty); returns the reference phase (default: the first)."""
+    phases = tuple(phases)
+    unknown = [phase for phase in phases if phase not in KNOWN_PHASES]
+    if not phases or unknown or len(set(phases)) != len(phases):
+        raise HPNInputError(f"{where}: phases must be distinct names out of {', '.join(KNOWN_PHASES)}, got "
+                            f"{', '.join(phases) or 'none'}")
+    reference_phase = phases[0] if reference_phase is None else reference_phase
+    if reference_phase not in phases:
+        raise HPNInputError(f"{where}: reference phase {reference_phase!r} is not among {', '.join(phases)}")
+    return reference_phase
+
+
+def _phase_streams(seed: int, case_index: int, phase: str) -> tuple[np.random.Generator, ...]:
+    """(contrast, deformation, noise) streams of a phase without original streams, keyed by its name."""
+    phase_seed = np.random.SeedSequence([seed, case_index],
+                                        spawn_key=(_PHASE_STREAM_KEY + KNOWN_PHASES.index(phase),))
+    return tuple(np.random.default_rng(stream) for stream in phase_seed.spawn(3))
+
+
+def _warp(tissue: np.ndarray, grid: _Grid, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tissue map resampled through a smooth random deformation: (warped tissue, displacement mm, translation mm)."""
+    displacement_mm, translation_mm = _random_displacement_mm(grid.shape, rng)
+    sample_at = np.indices(grid.shape, dtype=float) + displacement_mm / grid.spacing[:, None, None, None]
+    return ndimage.map_coordinates(tissue, sample_at, order=0, mode="nearest"), displacement_mm, translation_mm
+
+
 def generate_phantom_case(seed: int, case_index: int, shape_zyx: tuple[int, int, int] = (48, 96, 96),
-                          spacing_zyx: tuple[float, float, float] = (2.5, 1.5, 1.5)) -> PhantomCase:
-    """Generate one case; its random streams depend only on (seed, case_index)."""
+                          spacing_zyx: tuple[float, float, float] = (2.5, 1.5, 1.5), phases: Sequence[str] = PHASES,
+                          reference_phase: str | None = None) -> PhantomCase:
+    """Generate one case with the given phases; its random streams depend only on (seed, case_index) and, for
+    noncontrast / delayed, the phase name. ``reference_phase`` (default: the first phase) is not deformed."""
+    phases = tuple(phases)
+    reference_phase = check_phases(phases, reference_phase, f"phantom case {case_index}")
+    case_seed = np.random.SeedSequence([seed, case_index])
     anatomy_rng, texture_rng, contrast_rng, deformation_rng, noise_rng = (
-        np.random.default_rng(stream) for stream in np.random.SeedSequence([seed, case_index]).spawn(5))
+        np.random.default_rng(stream) for stream in case_seed.spawn(5))
     grid = _Grid(tuple(int(n) for n in shape_zyx), np.asarray(spacing_zyx, dtype=float))
     tissue, parameters = _paint_tissue(grid, anatomy_rng, texture_rng)
     hu, iso_phase = _phase_hu(contrast_rng)
     noise_sigma = {phase: contrast_rng.uniform(10, 20) for phase in PHASES}
+    # the original noise stream, drawn in the original order: arterial and venous do not depend on the phase list
+    noise = {phase: noise_rng.standard_normal(grid.shape, dtype=np.float32) for phase in PHASES}
 
-    displacement_mm, translation_mm = _random_displacement_mm(grid.shape, deformation_rng)
-    sample_at = np.indices(grid.shape, dtype=float) + displacement_mm / grid.spacing[:, None, None, None]
-    tissue_venous = ndimage.map_coordinates(tissue, sample_at, order=0, mode="nearest")
+    tissues, deformations = {}, {}
+    for phase in phases:
+        own_streams = None if phase in PHASES else _phase_streams(seed, case_index, phase)
+        if own_streams is not None:
+            hu[phase], noise_sigma[phase] = _other_phase_hu(phase, own_streams[0], hu["arterial"])
+            noise[phase] = own_streams[2].standard_normal(grid.shape, dtype=np.float32)
+        if phase == reference_phase:
+            tissues[phase] = tissue
+            continue
+        if phase == "venous":
+            deformation_rng_of_phase = deformation_rng  # the original venous deformation
+        else:
+            deformation_rng_of_phase = (own_streams or _phase_streams(seed, case_index, phase))[1]
+        tissues[phase], displacement_mm, translation_mm = _warp(tissue, grid, deformation_rng_of_phase)
+        deformations[phase] = (float(np.linalg.norm(displacement_mm, axis=0).max()), translation_mm.tolist())
 
     images = {}
-    for phase, phase_tissue in zip(PHASES, (tissue, tissue_venous)):
-        noisy = hu[phase][phase_tissue] + noise_sigma[phase] * noise_rng.standard_normal(grid.shape, dtype=np.float32)
+    for phase in phases:
+        noisy = hu[phase][tissues[phase]] + noise_sigma[phase] * noise[phase]
         images[phase] = np.clip(np.rint(noisy), HU_MIN, HU_MAX).astype(np.int16)
 
+    first_deformed = next((phase for phase in phases if phase in deformations), None)
+    iso_phase = iso_phase if iso_phase in phases else None
     metadata = {
         "seed": seed,
         "case_index": case_index,
         "mass_iso_attenuating": iso_phase is not None,
         "iso_phase": iso_phase,
-        "deformation_max_mm": float(np.linalg.norm(displacement_mm, axis=0).max()),
-        "translation_mm_zyx": translation_mm.tolist(),
+        "deformation_max_mm": max((d[0] for d in deformations.values()), default=0.0),
+        "translation_mm_zyx": deformations[first_deformed][1] if first_deformed else [0.0, 0.0, 0.0],
         **{key: float(value) for key, value in parameters.items()},
-        "parenchyma_hu": {phase: float(hu[phase][Tissue.PANCREAS]) for phase in PHASES},
-        "mass_hu": {phase: float(hu[phase][Tissue.MASS]) for phase in PHASES},
-        "noise_sigma_hu": noise_sigma,
+        "parenchyma_hu": {phase: float(hu[phase][Tissue.PANCREAS]) for phase in phases},
+        "mass_hu": {phase: float(hu[phase][Tissue.MASS]) for phase in phases},
+        "noise_sigma_hu": {phase: noise_sigma[phase] for phase in phases},
     }
-    return PhantomCase(arterial=images["arterial"], venous=images["venous"], label=TISSUE_TO_LABEL[tissue],
-                       label_venous=TISSUE_TO_LABEL[tissue_venous], tissue=tissue, tissue_venous=tissue_venous,
-                       metadata=metadata)
+    if phases != PHASES:
+        metadata["reference_phase"] = reference_phase
+        metadata["deformation_per_phase"] = {phase: {"max_mm": d[0], "translation_mm_zyx": d[1]}
+                                             for phase, d in deformations.items()}
+    return PhantomCase(images=images, label=TISSUE_TO_LABEL[tissue],
+                       labels={phase: TISSUE_TO_LABEL[tissues[phase]] for phase in phases}, tissue=tissue,
+                       tissues=tissues, metadata=metadata, reference_phase=reference_phase)
 
 
-def _write_nifti(array: np.ndarray, spacing_zyx: tuple[float, float, float], path: Path) -> None:
-    """Write a z, y, x array as NIfTI on a grid centred at the origin with identity direction."""
+def phantom_image(array: np.ndarray, spacing_zyx: tuple[float, float, float] = (2.5, 1.5, 1.5)) -> sitk.Image:
+    """A (z, y, x) array as the image the phantom files hold: grid centred at the origin, identity direction."""
     image = sitk.GetImageFromArray(array)
     spacing_xyz = tuple(float(s) for s in reversed(spacing_zyx))
     image.SetSpacing(spacing_xyz)
     image.SetOrigin(tuple(-(n - 1) * s / 2 for n, s in zip(image.GetSize(), spacing_xyz)))
-    sitk.WriteImage(image, str(path), useCompression=True)
+    return image
+
+
+def _write_nifti(array: np.ndarray, spacing_zyx: tuple[float, float, float], path: Path) -> None:
+    """Write a z, y, x array as NIfTI on the phantom grid (:func:`phantom_image`)."""
+    sitk.WriteImage(phantom_image(array, spacing_zyx), str(path), useCompression=True)
 
 
 def write_phantom_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: tuple[int, int, int] = (48, 96, 96),
-                        spacing_zyx: tuple[float, float, float] = (2.5, 1.5, 1.5), progress: bool = True
-                        ) -> list[str]:
-    """Write ``out_dir/<case>/{arterial,venous,label,label_venous}.nii.gz`` and ``out_dir/phantoms.json``.
+                        spacing_zyx: tuple[float, float, float] = (2.5, 1.5, 1.5), progress: bool = True,
+                        phases: Sequence[str] = PHASES, reference_phase: str | None = None) -> list[str]:
+    """Write ``out_dir/<case>/<phase>.nii.gz`` for every phase, ``label.nii.gz`` (reference phase's space),
+    ``label_<phase>.nii.gz`` for every other phase, and ``out_dir/phantoms.json``.
 
-    Returns the case ids (``hpn_000``, ``hpn_001``, ...). ``label`` is in arterial space, ``label_venous``
-    is the same anatomy in the deformed venous space; all four images share one grid.
+    Returns the case ids (``hpn_000``, ``hpn_001``, ...). Default: ``arterial.nii.gz``, ``venous.nii.gz``,
+    ``label.nii.gz`` (arterial space), ``label_venous.nii.gz``. All images share one grid. For another phase list
+    phantoms.json also records ``phases`` and ``reference_phase`` (the default's file is unchanged).
     """
     if n_cases < 1:
         raise HPNInputError(f"{out_dir}: n_cases must be at least 1, got {n_cases}")
@@ -323,19 +441,25 @@ def write_phantom_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: t
         raise HPNInputError(f"{out_dir}: shape_zyx must be 3 sizes of at least 16 voxels, got {shape_zyx}")
     if len(spacing_zyx) != 3 or min(spacing_zyx) <= 0:
         raise HPNInputError(f"{out_dir}: spacing_zyx must be 3 positive values, got {spacing_zyx}")
+    phases = tuple(phases)
+    reference_phase = check_phases(phases, reference_phase, str(out_dir))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     case_ids, cases_metadata = [], []
     for case_index in tqdm(range(n_cases), desc="phantom cases", unit="case", disable=not progress):
         case_id = f"hpn_{case_index:03d}"
-        case = generate_phantom_case(seed, case_index, shape_zyx, spacing_zyx)
+        case = generate_phantom_case(seed, case_index, shape_zyx, spacing_zyx, phases, reference_phase)
         case_dir = out_dir / case_id
         case_dir.mkdir(exist_ok=True)
-        for file_stem, array in (("arterial", case.arterial), ("venous", case.venous), ("label", case.label),
-                                 ("label_venous", case.label_venous)):
+        files = [(phase, case.images[phase]) for phase in phases] + [("label", case.label)]
+        files += [(f"label_{phase}", case.labels[phase]) for phase in phases if phase != reference_phase]
+        for file_stem, array in files:
             _write_nifti(array, spacing_zyx, case_dir / f"{file_stem}.nii.gz")
         case_ids.append(case_id)
         cases_metadata.append({"case_id": case_id, **case.metadata})
-    summary = {"seed": seed, "shape_zyx": list(shape_zyx), "spacing_zyx": list(spacing_zyx), "cases": cases_metadata}
+    summary = {"seed": seed, "shape_zyx": list(shape_zyx), "spacing_zyx": list(spacing_zyx)}
+    if phases != PHASES:
+        summary.update({"phases": list(phases), "reference_phase": reference_phase})
+    summary["cases"] = cases_metadata
     (out_dir / "phantoms.json").write_text(json.dumps(summary, indent=2))
     return case_ids

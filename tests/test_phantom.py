@@ -1,4 +1,5 @@
-"""Tests of the synthetic dual-phase phantom generator."""
+"""Tests of the synthetic phantom generator: the dual-phase default (unchanged) and K phases."""
+import hashlib
 import json
 from pathlib import Path
 
@@ -7,8 +8,9 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_hpn import PHASES
+from nnunet_hpn.cli import main as cli_main
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.phantom import PhantomCase, Tissue, generate_phantom_case, write_phantom_cases
+from nnunet_hpn.phantom import KNOWN_PHASES, PhantomCase, Tissue, generate_phantom_case, write_phantom_cases
 
 SMALL_SHAPE = (24, 48, 48)
 SPACING = (2.5, 1.5, 1.5)
@@ -37,8 +39,7 @@ def _read(path: Path) -> sitk.Image:
 
 def _mean_hu(case: PhantomCase, phase: str, which: Tissue) -> float:
     """Mean HU of one tissue in one phase, using the tissue map of that phase's space."""
-    image, tissue = (case.arterial, case.tissue) if phase == "arterial" else (case.venous, case.tissue_venous)
-    return float(image[tissue == which].mean())
+    return float(case.images[phase][case.tissues[phase] == which].mean())
 
 
 def _mass_contrast(case: PhantomCase, phase: str) -> float:
@@ -125,3 +126,90 @@ def test_rejects_bad_arguments(tmp_path: Path) -> None:
         write_phantom_cases(tmp_path, 0, progress=False)
     with pytest.raises(HPNInputError, match="shape_zyx"):
         write_phantom_cases(tmp_path, 1, shape_zyx=(8, 48, 48), progress=False)
+
+
+# ---------------------------------------------------------------- K phases
+
+#: sha256 (first 16 hex digits) of generate_phantom_case(3, 0, SMALL_SHAPE, SPACING) from the two-phase generator
+#: before K phases existed: the default output must stay bit-identical.
+TWO_PHASE_SHA256 = {"arterial": "56481f415eaae2af", "venous": "1c8840347512b3ec", "label": "f432fd1c9f4c414f",
+                    "label_venous": "bcdb68db29545795"}
+
+
+@pytest.fixture(scope="module")
+def four_phase_cases() -> list[PhantomCase]:
+    return [generate_phantom_case(0, index, SMALL_SHAPE, SPACING, phases=KNOWN_PHASES) for index in range(6)]
+
+
+def test_default_two_phase_output_is_unchanged() -> None:
+    case = generate_phantom_case(3, 0, SMALL_SHAPE, SPACING)
+    assert case.phases == PHASES and case.reference_phase == "arterial"
+    for name, digest in TWO_PHASE_SHA256.items():
+        assert hashlib.sha256(getattr(case, name).tobytes()).hexdigest()[:16] == digest, name
+
+
+def test_four_phases_share_streams_with_the_default(four_phase_cases: list[PhantomCase]) -> None:
+    for index, case in enumerate(four_phase_cases[:2]):
+        two_phase = generate_phantom_case(0, index, SMALL_SHAPE, SPACING)
+        assert case.reference_phase == "noncontrast"
+        np.testing.assert_array_equal(case.label, two_phase.label)  # same anatomy in the reference space
+        np.testing.assert_array_equal(case.venous, two_phase.venous)  # venous: the original streams
+        np.testing.assert_array_equal(case.tissue_venous, two_phase.tissue_venous)
+        three = generate_phantom_case(0, index, SMALL_SHAPE, SPACING, phases=("noncontrast", "venous", "delayed"))
+        np.testing.assert_array_equal(three.images["delayed"], case.images["delayed"])  # keyed by phase name
+        np.testing.assert_array_equal(three.images["noncontrast"], case.images["noncontrast"])
+
+
+def test_every_phase_but_the_reference_is_deformed(four_phase_cases: list[PhantomCase]) -> None:
+    for case in four_phase_cases:
+        assert np.array_equal(case.labels["noncontrast"], case.label)
+        warped = [case.labels[phase] for phase in ("arterial", "venous", "delayed")]
+        for i, labels in enumerate(warped):
+            assert np.count_nonzero(labels != case.label) > 0
+            assert set(np.unique(labels)) == {0, 1, 2, 3}
+            for other in warped[i + 1:]:
+                assert not np.array_equal(labels, other)  # each phase has its own deformation
+        assert set(case.metadata["deformation_per_phase"]) == {"arterial", "venous", "delayed"}
+
+
+def test_phase_specific_enhancement(four_phase_cases: list[PhantomCase]) -> None:
+    for case in four_phase_cases:
+        hu = {phase: {tissue: _mean_hu(case, phase, tissue) for tissue in (Tissue.AORTA, Tissue.PORTAL_VEIN,
+                                                                          Tissue.PANCREAS, Tissue.LIVER)}
+              for phase in KNOWN_PHASES}
+        # no contrast: vessels like soft tissue, parenchyma darkest of all phases
+        assert hu["noncontrast"][Tissue.AORTA] < 70 and hu["noncontrast"][Tissue.PORTAL_VEIN] < 70
+        assert hu["noncontrast"][Tissue.PANCREAS] == min(hu[phase][Tissue.PANCREAS] for phase in KNOWN_PHASES)
+        # arterial: brightest aorta and pancreas; venous: brightest portal vein and liver
+        assert hu["arterial"][Tissue.AORTA] == max(hu[phase][Tissue.AORTA] for phase in KNOWN_PHASES)
+        assert hu["arterial"][Tissue.PANCREAS] == max(hu[phase][Tissue.PANCREAS] for phase in KNOWN_PHASES)
+        assert hu["venous"][Tissue.PORTAL_VEIN] == max(hu[phase][Tissue.PORTAL_VEIN] for phase in KNOWN_PHASES)
+        assert hu["venous"][Tissue.LIVER] == max(hu[phase][Tissue.LIVER] for phase in KNOWN_PHASES)
+        # delayed: washout of the parenchyma, the mass nearly iso-attenuating
+        assert hu["delayed"][Tissue.PANCREAS] < hu["venous"][Tissue.PANCREAS] - 5
+        assert abs(_mass_contrast(case, "delayed")) < 25 and abs(_mass_contrast(case, "noncontrast")) < 20
+        assert min(_mass_contrast(case, phase) for phase in PHASES) < -25
+
+
+def test_writes_k_phase_files_on_one_grid(tmp_path: Path) -> None:
+    assert cli_main([
+        "phantom", str(tmp_path), "--cases", "1", "--seed", "2", "--phases", "venous", "arterial", "delayed"]) == 0
+    case_dir = tmp_path / "hpn_000"
+    expected = {"venous", "arterial", "delayed", "label", "label_arterial", "label_delayed"}
+    assert {p.name.removesuffix(".nii.gz") for p in case_dir.iterdir()} == expected
+    reference = _read(case_dir / "venous.nii.gz")
+    for path in case_dir.iterdir():
+        image = _read(path)
+        assert image.GetSize() == reference.GetSize() and image.GetOrigin() == reference.GetOrigin()
+    summary = json.loads((tmp_path / "phantoms.json").read_text())
+    assert summary["phases"] == ["venous", "arterial", "delayed"] and summary["reference_phase"] == "venous"
+
+
+def test_rejects_unknown_or_repeated_phases(tmp_path: Path, capsys) -> None:
+    for phases in (("arterial", "portal"), ("venous", "venous"), ()):
+        with pytest.raises(HPNInputError, match="phases must be distinct names"):
+            write_phantom_cases(tmp_path, 1, phases=phases, progress=False)
+    with pytest.raises(HPNInputError, match="reference phase 'delayed'"):
+        write_phantom_cases(tmp_path, 1, phases=PHASES, reference_phase="delayed", progress=False)
+    assert cli_main(["phantom", str(tmp_path / "x"), "--cases", "1", "--phases", "arterial", "portal"]) == 1
+    assert "nnunet-hpn phantom: error:" in capsys.readouterr().err

@@ -1,4 +1,5 @@
-"""HPNPlanner on a realistic pancreas-CT fingerprint: the dual path fits the same memory target as nnU-Net's."""
+"""HPNPlanner on a realistic pancreas-CT fingerprint: the dual path fits the same memory target as nnU-Net's; K phases
+(K paths, hyper-connection patterns) and K = 2 unchanged."""
 import json
 import shutil
 from pathlib import Path
@@ -35,17 +36,26 @@ def _plan(planner_cls, dataset_id: int, env: dict, monkeypatch, **kwargs) -> dic
     return planner.plans["configurations"]["3d_fullres"]
 
 
-def _estimate(config: dict) -> float:
+def _estimate(config: dict, channels: int = 2) -> float:
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     arch = config["architecture"]
     with torch.device("meta"):
-        net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 2, 4,
-                                     allow_init=False)
+        net = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
+                                     channels, 4, allow_init=False)
     return float(net.compute_conv_feature_map_size(config["patch_size"]))
 
 
-def test_dual_path_fits_the_memory_target(realistic_dataset, planned_dataset, monkeypatch):
+@pytest.fixture(scope="module")
+def realistic_hpn_plan(realistic_dataset, planned_dataset) -> dict:
+    """HPNPlanner's 3d_fullres configuration of the realistic two-phase dataset (planned once per module)."""
+    from nnunet_hpn.planners import HPNPlanner
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return _plan(HPNPlanner, realistic_dataset, planned_dataset["env"], monkeypatch)
+
+
+def test_dual_path_fits_the_memory_target(realistic_dataset, realistic_hpn_plan, planned_dataset, monkeypatch):
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
     from nnunet_hpn.planners import HPNPlanner, HPNResDSNPlanner
@@ -53,7 +63,8 @@ def test_dual_path_fits_the_memory_target(realistic_dataset, planned_dataset, mo
     env = planned_dataset["env"]
     stock = _plan(ExperimentPlanner, realistic_dataset, env, monkeypatch)
     for planner_cls in (HPNPlanner, HPNResDSNPlanner):
-        hpn = _plan(planner_cls, realistic_dataset, env, monkeypatch)
+        hpn = realistic_hpn_plan if planner_cls is HPNPlanner else _plan(planner_cls, realistic_dataset, env,
+                                                                            monkeypatch)
         assert hpn["architecture"]["network_class_name"].startswith("nnunet_hpn.hyper_connections.")
         # nnU-Net's criterion: estimate / 2 * batch <= reference (up to rounding the batch size to an integer)
         assert hpn["batch_size"] >= 2
@@ -63,3 +74,98 @@ def test_dual_path_fits_the_memory_target(realistic_dataset, planned_dataset, mo
     larger = _plan(HPNPlanner, realistic_dataset, env, monkeypatch, gpu_memory_target_in_gb=24)
     assert np.prod(larger["patch_size"]) > np.prod(hpn["patch_size"])
     assert _estimate(larger) * (larger["batch_size"] - 0.5) / 2 <= REFERENCE_3D * 24 / 8
+
+
+def _as_saved(config: dict) -> dict:
+    """A configuration as the plans file stores it (lists, plain numbers)."""
+    return json.loads(json.dumps(config, default=lambda value: value.tolist()))
+
+
+PAPER_CONNECTIONS = ["enc0->enc1", "enc1->enc0", "enc0->dec1", "enc1->dec0", "dec0->dec1", "dec1->dec0"]
+
+
+@pytest.fixture(scope="module")
+def realistic_four_phase_dataset(realistic_dataset, planned_dataset) -> int:
+    """The realistic dataset with 4 phase channels (dataset.json and fingerprint; the images are not read)."""
+    env = planned_dataset["env"]
+    raw = Path(env["nnUNet_raw"]) / "Dataset992_HPNRealistic4"
+    shutil.copytree(Path(env["nnUNet_raw"]) / "Dataset991_HPNRealistic", raw)
+    dataset_json = json.loads((raw / "dataset.json").read_text())
+    dataset_json["channel_names"] = {"0": "noncontrast", "1": "arterial", "2": "venous", "3": "delayed"}
+    (raw / "dataset.json").write_text(json.dumps(dataset_json))
+    pre = Path(env["nnUNet_preprocessed"]) / raw.name
+    pre.mkdir()
+    fingerprint = json.loads((Path(env["nnUNet_preprocessed"]) / "Dataset991_HPNRealistic" /
+                              "dataset_fingerprint.json").read_text())
+    properties = fingerprint["foreground_intensity_properties_per_channel"]
+    fingerprint["foreground_intensity_properties_per_channel"] = {str(c): properties[str(c % 2)] for c in range(4)}
+    (pre / "dataset_fingerprint.json").write_text(json.dumps(fingerprint))
+    return 992
+
+
+def test_two_phases_plan_exactly_the_previous_network(planned_dataset, monkeypatch):
+    """K = 2: the plans name the paper's six connections (what the planner wrote before K phases), every pattern gives
+    them, and the network equals HyperPairedUNet's defaults: same state_dict keys and shapes."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    from nnunet_hpn.hyper_connections import HyperPairedUNet
+    from nnunet_hpn.planners.hpn_planner import HPNStarPlanner, hyper_connection_names
+
+    for pattern in ("all", "star", "ring"):
+        assert hyper_connection_names(2, pattern) == PAPER_CONNECTIONS
+    arch = planned_dataset["plans"]["configurations"]["3d_fullres"]["architecture"]
+    assert arch["arch_kwargs"]["path_channels"] == [0, 1]
+    assert arch["arch_kwargs"]["hyper_connections"] == PAPER_CONNECTIONS
+    star = _as_saved(_plan(HPNStarPlanner, 990, planned_dataset["env"], monkeypatch))
+    assert star["architecture"]["arch_kwargs"] == arch["arch_kwargs"]
+    assert star["patch_size"] == planned_dataset["plans"]["configurations"]["3d_fullres"]["patch_size"]
+    planned = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 2,
+                                     4, allow_init=False)
+    defaults = {k: v for k, v in arch["arch_kwargs"].items() if k not in ("path_channels", "hyper_connections")}
+    previous = get_network_from_plans(arch["network_class_name"], defaults, arch["_kw_requires_import"], 2, 4,
+                                      allow_init=False)
+    assert isinstance(previous, HyperPairedUNet)
+    shapes = {name: tuple(t.shape) for name, t in planned.state_dict().items()}
+    assert shapes == {name: tuple(t.shape) for name, t in previous.state_dict().items()}
+
+
+def test_memory_estimate_counts_k_paths_and_the_pattern(realistic_dataset, planned_dataset, monkeypatch):
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    from nnunet_hpn.planners import HPNPlanner
+    from nnunet_hpn.planners.hpn_planner import HPNStarPlanner
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, planned_dataset["env"][key])
+    arch = planned_dataset["plans"]["configurations"]["3d_fullres"]["architecture"]
+    kwargs = {k: v for k, v in arch["arch_kwargs"].items() if k not in ("path_channels", "hyper_connections")}
+    args = ((32, 64, 64), arch["network_class_name"], kwargs, arch["_kw_requires_import"])
+    two = HPNPlanner(realistic_dataset)
+    with torch.device("meta"):  # K = 2: nnU-Net's estimate of the default (dual-path, six connections) network
+        previous = ExperimentPlanner.static_estimate_VRAM_usage(args[0], 2, 4, *args[1:])
+    assert two.static_estimate_VRAM_usage(args[0], 2, 4, *args[1:]) == previous
+    estimates = {}
+    for planner_cls in (HPNPlanner, HPNStarPlanner):
+        planner = planner_cls(realistic_dataset)
+        planner.dataset_json = dict(planner.dataset_json, channel_names={str(c): f"phase{c}" for c in range(4)})
+        estimates[planner_cls.__name__] = planner.static_estimate_VRAM_usage(args[0], 4, 4, *args[1:])
+        with torch.device("meta"):
+            network = get_network_from_plans(args[1], dict(kwargs, hyper_connections=planner.hyper_connections()),
+                                             args[3], 4, 4, allow_init=False)
+        assert network.n_paths == 4
+        assert estimates[planner_cls.__name__] == network.compute_conv_feature_map_size(args[0])
+    assert estimates["HPNPlanner"] > estimates["HPNStarPlanner"] > 1.5 * previous
+
+
+def test_four_phases_fit_the_memory_target_with_smaller_patches(realistic_hpn_plan, realistic_four_phase_dataset,
+                                                                planned_dataset, monkeypatch):
+    """nnU-Net's patch search with the K-path estimate: 4 paths (36 connections) fit the same memory target with a
+    smaller patch than 2 (the star pattern's smaller estimate: test_memory_estimate_counts_k_paths_and_the_pattern)."""
+    from nnunet_hpn.planners import HPNPlanner
+
+    four = _plan(HPNPlanner, realistic_four_phase_dataset, planned_dataset["env"], monkeypatch)
+    assert np.prod(four["patch_size"]) < np.prod(realistic_hpn_plan["patch_size"])
+    assert four["architecture"]["arch_kwargs"]["path_channels"] == [0, 1, 2, 3]
+    assert len(four["architecture"]["arch_kwargs"]["hyper_connections"]) == 36
+    assert _estimate(four, channels=4) * (four["batch_size"] - 0.5) / 2 <= REFERENCE_3D

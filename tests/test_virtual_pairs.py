@@ -1,4 +1,5 @@
-"""Tests of nnunet_hpn.virtual_pairs: Beta draws, the interpolation formula, placement in nnU-Net's pipeline."""
+"""Tests of nnunet_hpn.virtual_pairs: Beta draws (two phases, unchanged), Dirichlet weights (K phases), the mixing
+formula, placement in nnU-Net's pipeline."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,14 +11,15 @@ from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from scipy.stats import beta as beta_distribution
 
-from nnunet_hpn.virtual_pairs import VirtualPairTransform, insert_virtual_pairs
+from nnunet_hpn.virtual_pairs import VirtualPairTransform, draw_mixing_weights, insert_virtual_pairs, mixing_matrix
 
 PATCH_SIZE = (16, 16, 16)
 ROTATION = (-np.pi / 6, np.pi / 6)  # nnU-Net's 3D default range
 
 
-def draw_many(transform: VirtualPairTransform, n: int) -> np.ndarray:
-    return np.array([transform.get_parameters()["l"] for _ in range(n)])
+def draw_many(transform: VirtualPairTransform, n: int, key: str = "l", n_channels: int = 2) -> np.ndarray:
+    image = torch.zeros((n_channels, 1, 1, 1))
+    return np.array([transform.get_parameters(image=image)[key] for _ in range(n)])
 
 
 def random_pair(n_channels: int = 2, seed: int = 0) -> torch.Tensor:
@@ -61,13 +63,64 @@ def test_draws_use_numpy_rng_not_torch() -> None:
 
 
 def test_fixed_l_is_returned_and_validated() -> None:
-    assert VirtualPairTransform(fixed_l=0.25).get_parameters()["l"] == 0.25
+    assert VirtualPairTransform(fixed_l=0.25, channels=(0, 1)).get_parameters()["l"] == 0.25
     with pytest.raises(ValueError):
         VirtualPairTransform(fixed_l=1.5)
     with pytest.raises(ValueError):
         VirtualPairTransform(alpha=0)
     with pytest.raises(ValueError):
         VirtualPairTransform(channels=(1, 1))
+
+
+def test_two_phases_draw_exactly_the_previous_beta_values():
+    """K = 2: the same np.random.beta(0.4, 0.4) draw per sample as before K phases, and the same image, bit for bit."""
+    image = random_pair(seed=5)
+    for seed in range(5):
+        np.random.seed(seed)
+        expected = [float(np.random.beta(0.4, 0.4)) for _ in range(6)]
+        np.random.seed(seed)
+        assert list(draw_many(VirtualPairTransform(), 6)) == expected
+        np.random.seed(seed)
+        assert list(draw_many(VirtualPairTransform(), 6, key="weights")[:, 1]) == [1.0 - l for l in expected]
+        np.random.seed(seed)
+        mixed = VirtualPairTransform()(image=image.clone())["image"]
+        l = expected[0]
+        assert torch.equal(mixed[0], l * image[0] + (1.0 - l) * image[1])
+        assert torch.equal(mixed[1], l * image[1] + (1.0 - l) * image[0])
+
+
+def test_three_phases_dirichlet_weights():
+    np.random.seed(0)
+    weights = draw_many(VirtualPairTransform(alpha=0.4), 6000, key="weights", n_channels=3)
+    assert weights.shape == (6000, 3) and np.all(weights >= 0)
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0)
+    np.testing.assert_allclose(weights.mean(axis=0), 1 / 3, atol=0.015)
+    # Dir(0.4, 0.4, 0.4): each weight is Beta(0.4, 0.8), mostly near 0 or 1
+    assert abs(np.mean(weights[:, 0] < 0.1) - beta_distribution.cdf(0.1, 0.4, 0.8)) < 0.02
+    matrix = mixing_matrix(weights[0])
+    np.testing.assert_allclose(matrix.sum(axis=0), 1.0)
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
+    with pytest.raises(ValueError):
+        draw_mixing_weights(0.4, 1)
+
+
+def test_three_phases_mixing_formula_labels_untouched():
+    image = random_pair(n_channels=3, seed=6)
+    segmentation = torch.randint(0, 4, (1, *PATCH_SIZE), dtype=torch.int16)
+    weights = (0.5, 0.3, 0.2)
+    out = VirtualPairTransform(fixed_weights=weights)(image=image.clone(), segmentation=segmentation)
+    assert out["segmentation"] is segmentation
+    expected = torch.einsum("kj,j...->k...", torch.tensor(mixing_matrix(weights), dtype=torch.float32), image)
+    torch.testing.assert_close(out["image"], expected)
+    torch.testing.assert_close(out["image"].sum(0), image.sum(0))  # the sum of the phases is kept
+    shifted = VirtualPairTransform(fixed_weights=(0, 1, 0))(image=image.clone())["image"]
+    torch.testing.assert_close(shifted, image[[1, 2, 0]], rtol=0, atol=0)  # a one-hot w relabels the phases
+    identity = VirtualPairTransform(fixed_weights=(1, 0, 0))(image=image.clone())["image"]
+    torch.testing.assert_close(identity, image, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="fixed_l is for two phases"):
+        VirtualPairTransform(fixed_l=0.5)(image=image)
+    with pytest.raises(ValueError, match="fixed_weights"):
+        VirtualPairTransform(fixed_weights=(0.5, 0.6))
 
 
 # ---------------------------------------------------------------- the interpolation
@@ -85,7 +138,7 @@ def test_exact_formula_sum_preserved_other_channels_untouched() -> None:
     image = random_pair(n_channels=3, seed=1)
     original = image.clone()
     weight = 0.3
-    mixed = VirtualPairTransform(fixed_l=weight)(image=image)["image"]
+    mixed = VirtualPairTransform(fixed_l=weight, channels=(0, 1))(image=image)["image"]
     torch.testing.assert_close(image, original, rtol=0, atol=0)  # input not modified
     torch.testing.assert_close(mixed[0], weight * original[0] + (1 - weight) * original[1])
     torch.testing.assert_close(mixed[1], weight * original[1] + (1 - weight) * original[0])
@@ -151,6 +204,20 @@ def test_labels_identical_through_full_pipeline() -> None:
         assert not torch.allclose(outputs[0]["image"], outputs[1]["image"])
 
 
+def test_three_phases_through_full_pipeline_labels_identical() -> None:
+    image = random_pair(n_channels=3, seed=7)
+    segmentation = torch.randint(0, 4, (1, *PATCH_SIZE), dtype=torch.int16)
+    stock = stock_training_pipeline()
+    outputs = []
+    for pipeline in (stock, insert_virtual_pairs(stock)):
+        torch.manual_seed(0)
+        np.random.seed(0)
+        outputs.append(pipeline(image=image.clone(), segmentation=segmentation.clone()))
+    torch.testing.assert_close(outputs[0]["segmentation"], outputs[1]["segmentation"], rtol=0, atol=0)
+    assert outputs[1]["image"].shape == (3, *PATCH_SIZE)
+    assert not torch.allclose(outputs[0]["image"], outputs[1]["image"])
+
+
 def test_phases_swap_through_spatial_block() -> None:
     """Spatial block then l = 0: the spatially augmented phases, swapped; labels as after the spatial block."""
     image = random_pair(seed=4)
@@ -158,8 +225,10 @@ def test_phases_swap_through_spatial_block() -> None:
     stock = stock_training_pipeline()
     spatial = [step for step in stock.transforms if isinstance(step, SpatialTransform)][0]
     torch.manual_seed(0)
+    np.random.seed(0)  # the spatial transform draws its parameters with NumPy
     reference = spatial(image=image.clone(), segmentation=segmentation.clone())
     torch.manual_seed(0)
+    np.random.seed(0)
     swapped = VirtualPairTransform(fixed_l=0.0)(**spatial(image=image.clone(), segmentation=segmentation.clone()))
     torch.testing.assert_close(swapped["image"], reference["image"][[1, 0]])
     torch.testing.assert_close(swapped["segmentation"], reference["segmentation"], rtol=0, atol=0)

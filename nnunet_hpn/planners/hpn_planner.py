@@ -1,4 +1,21 @@
-"""HPN planner: nnU-Net's default planning, with the dual-path network and the paper's per-phase normalization."""
+"""HPN planner: nnU-Net's default planning, with the K-path network and the paper's per-phase normalization.
+
+One path per phase channel of dataset.json (``channel_names`` in channel order, e.g. arterial, venous or
+noncontrast, arterial, venous, delayed). Which paths are hyper-connected is the planner's
+``hyper_connection_pattern`` (choose it with ``-pl``):
+
+* ``"all"`` (:class:`HPNPlanner`): every ordered pair of paths, all three kinds (enc->enc, enc->dec, dec->dec):
+  3·K·(K-1) connections; for two phases the paper's six.
+* ``"star"`` (:class:`HPNStarPlanner`): only between the reference phase's path (``reference_phase``; default the
+  first channel, the phase the others are registered to) and each other path, both directions: 6·(K-1)
+  connections, so every path's inputs grow by at most one other path's features, except the reference's. For
+  K = 4: 18 instead of 36 connections; for K = 2 the same network as ``"all"``.
+* ``"ring"`` (:func:`hyper_connection_names`, for a subclass): path i with paths i±1 (mod K): 6·K connections for
+  K >= 3 (= ``"all"`` for K = 3).
+
+The memory estimate behind nnU-Net's patch search builds the network with all K paths and exactly the connections
+of the pattern. The pairing loss averages over every pair of paths (``nnunet_hpn.pairing_loss``).
+"""
 from typing import List, Optional, Tuple, Union
 
 import numpy as np
@@ -11,21 +28,56 @@ from nnunet_hpn.normalization import CLIP_KEY, DEFAULT_CLIP_HU, HPNCTNormalizati
 
 HPN_PLANS_NAME = "nnUNetHPNPlans"
 HPN_RESDSN_PLANS_NAME = "nnUNetHPNResDSNPlans"
+HPN_STAR_PLANS_NAME = "nnUNetHPNStarPlans"
+HYPER_CONNECTION_PATTERNS: Tuple[str, ...] = ("all", "star", "ring")
+#: keys HPN's planners add to the plans (top level): phase names in channel order, pattern, reference phase
+PHASES_KEY, PATTERN_KEY, REFERENCE_KEY = "hpn_phases", "hpn_hyper_connection_pattern", "hpn_reference_phase"
+
+
+def hyper_connection_names(n_paths: int, pattern: str = "all", reference: int = 0) -> List[str]:
+    """Names of the hyper-connections of ``pattern`` for ``n_paths`` paths, in the network's canonical order.
+
+    ``"all"``: every ordered pair; ``"star"``: pairs of path ``reference`` with each other path, both directions;
+    ``"ring"``: path i with paths i-1 and i+1 (mod n). Each pair gets all three kinds (enc->enc, enc->dec, dec->dec).
+    For 2 paths every pattern gives the paper's six connections.
+    """
+    if pattern not in HYPER_CONNECTION_PATTERNS:
+        raise ValueError(f"unknown hyper-connection pattern {pattern!r}; known: {list(HYPER_CONNECTION_PATTERNS)}")
+    if not 0 <= reference < max(n_paths, 1):
+        raise ValueError(f"reference path {reference} outside 0..{n_paths - 1}")
+    if pattern == "all":
+        return all_hyper_connection_names(n_paths)
+    if pattern == "star":
+        pairs = {(reference, j) for j in range(n_paths) if j != reference}
+    else:
+        pairs = {(i, (i + 1) % n_paths) for i in range(n_paths) if (i + 1) % n_paths != i}
+    pairs |= {(j, i) for i, j in pairs}
+    names = []
+    for name in all_hyper_connection_names(n_paths):
+        source, target = name.split("->")
+        if (int(source[3:]), int(target[3:])) in pairs:
+            names.append(name)
+    return names
 
 
 class HPNPlanner(ExperimentPlanner):
-    """Plans the dual-path HyperPairedUNet (plain 3D U-Net backbone): one path per phase channel.
+    """Plans the K-path HyperPairedUNet (plain 3D U-Net backbone): one path per phase channel, every pair of paths
+    hyper-connected (``hyper_connection_pattern = "all"``).
 
     nnU-Net's own patch / batch search is kept: it shrinks the patch until the network's
-    ``compute_conv_feature_map_size`` (both paths plus the hyper-connection tensors) fits the same memory target as
-    nnU-Net's default planner (``-gpu_memory_target``, 8 GB by default). Every phase is clipped to [-100, 240] HU and
-    z-scored per case (:class:`~nnunet_hpn.normalization.HPNCTNormalization`).
+    ``compute_conv_feature_map_size`` (all K paths plus the hyper-connection tensors of the pattern) fits the same
+    memory target as nnU-Net's default planner (``-gpu_memory_target``, 8 GB by default). Every phase is clipped to
+    [-100, 240] HU and z-scored per case (:class:`~nnunet_hpn.normalization.HPNCTNormalization`).
     """
 
     network_class = HyperPairedUNet
     default_plans_name = HPN_PLANS_NAME
     #: encoder blocks per stage (None: nnU-Net's default of 2 convolutions)
     encoder_blocks_per_stage: Optional[int] = None
+    #: which pairs of paths are hyper-connected: one of HYPER_CONNECTION_PATTERNS
+    hyper_connection_pattern: str = "all"
+    #: hub of the "star" pattern, a dataset.json channel name (None: channel 0)
+    reference_phase: Optional[str] = None
 
     def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: Optional[str] = None,
@@ -41,20 +93,45 @@ class HPNPlanner(ExperimentPlanner):
             raise HPNInputError(
                 f"{self.raw_dataset_folder}/dataset.json: HPN needs at least 2 phase channels, found {self.n_phases} "
                 f"({self.dataset_json['channel_names']})")
+        if self.reference_phase is not None and self.reference_phase not in self.phase_names:
+            raise HPNInputError(
+                f"{self.raw_dataset_folder}/dataset.json: reference phase {self.reference_phase!r} of "
+                f"{type(self).__name__} is not among the channel names {self.phase_names}")
+        hyper_connection_names(self.n_phases, self.hyper_connection_pattern)  # unknown pattern -> ValueError
 
     @property
     def n_phases(self) -> int:
         return len(self.dataset_json["channel_names"])
 
+    @property
+    def phase_names(self) -> List[str]:
+        """dataset.json ``channel_names`` values in channel order (one path each)."""
+        channels = self.dataset_json["channel_names"]
+        return [channels[key] for key in sorted(channels, key=int)]
+
+    @property
+    def reference_path(self) -> int:
+        """Path of the reference phase (the "star" hub): ``reference_phase``'s channel, else 0."""
+        return 0 if self.reference_phase is None else self.phase_names.index(self.reference_phase)
+
+    def hyper_connections(self) -> List[str]:
+        """The connections of this planner's pattern for this dataset's phases."""
+        return hyper_connection_names(self.n_phases, self.hyper_connection_pattern, self.reference_path)
+
     def determine_normalization_scheme_and_whether_mask_is_used_for_norm(self) -> Tuple[List[str], List[bool]]:
         return [HPNCTNormalization.__name__] * self.n_phases, [False] * self.n_phases
 
-    @staticmethod
-    def static_estimate_VRAM_usage(patch_size: Tuple[int, ...], input_channels: int, output_channels: int,
+    def static_estimate_VRAM_usage(self, patch_size: Tuple[int, ...], input_channels: int, output_channels: int,
                                    arch_class_name: str, arch_kwargs: dict,
                                    arch_kwargs_req_import: Tuple[str, ...]) -> int:
-        """nnU-Net's estimate with the network built on the meta device: no weights are allocated or initialised,
-        which otherwise dominates planning time for two full-size paths (the estimate only needs shapes)."""
+        """nnU-Net's estimate for the network of these plans: one path per phase and the pattern's connections.
+
+        An instance method here (nnU-Net calls it on the planner): the estimate needs the dataset's phases and
+        the pattern. Built on the meta device: no weights are allocated or initialised, which otherwise dominates
+        planning time for K full-size paths (the estimate only needs shapes).
+        """
+        arch_kwargs = {**arch_kwargs, "path_channels": list(range(self.n_phases)),
+                       "hyper_connections": self.hyper_connections()}
         with torch.device("meta"):
             return ExperimentPlanner.static_estimate_VRAM_usage(patch_size, input_channels, output_channels,
                                                                 arch_class_name, arch_kwargs, arch_kwargs_req_import)
@@ -67,14 +144,17 @@ class HPNPlanner(ExperimentPlanner):
                                                    approximate_n_voxels_dataset, _cache)
         plan["architecture"]["arch_kwargs"].update({
             "path_channels": list(range(self.n_phases)),
-            "hyper_connections": all_hyper_connection_names(self.n_phases),
+            "hyper_connections": self.hyper_connections(),
         })
         return plan
 
     def save_plans(self, plans: dict) -> None:
-        """Stores the HU window per phase where the normalization reads it."""
+        """Stores the HU window per phase where the normalization reads it, and the phases / pattern (top level)."""
         for props in plans["foreground_intensity_properties_per_channel"].values():
             props[CLIP_KEY] = list(DEFAULT_CLIP_HU)
+        plans[PHASES_KEY] = self.phase_names
+        plans[PATTERN_KEY] = self.hyper_connection_pattern
+        plans[REFERENCE_KEY] = self.phase_names[self.reference_path]
         super().save_plans(plans)
 
 
@@ -88,6 +168,19 @@ class HPNResDSNPlanner(HPNPlanner):
     network_class = HyperPairedResDSN
     default_plans_name = HPN_RESDSN_PLANS_NAME
     encoder_blocks_per_stage = 1
+
+    def generate_data_identifier(self, configuration_name: str) -> str:
+        return f"{HPN_PLANS_NAME}_{configuration_name}"
+
+
+class HPNStarPlanner(HPNPlanner):
+    """HPNPlanner with the cheaper ``"star"`` pattern for many phases: hyper-connections only between the reference
+    phase's path (channel 0 unless ``reference_phase`` names another) and each other path. Plans
+    ``nnUNetHPNStarPlans``; preprocessing is identical to :class:`HPNPlanner`, so the data of ``nnUNetHPNPlans`` is
+    reused. For two phases it plans the same network as HPNPlanner."""
+
+    default_plans_name = HPN_STAR_PLANS_NAME
+    hyper_connection_pattern = "star"
 
     def generate_data_identifier(self, configuration_name: str) -> str:
         return f"{HPN_PLANS_NAME}_{configuration_name}"
