@@ -1,7 +1,9 @@
-"""``nnunet-hpn``: what nnU-Net lacks for dual-phase HPN work (phantoms, conversion, CPU configuration, evaluation,
-demo). Training and prediction use the stock ``nnUNetv2_*`` commands."""
+"""``nnunet-hpn``: what nnU-Net lacks for multi-phase HPN work (phantoms, conversion, registration, raw-to-label
+prediction, CPU configuration, union, evaluation, report, demo). Training and model prediction use the stock
+``nnUNetv2_*`` commands."""
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -11,16 +13,66 @@ from nnunet_hpn.errors import HPNInputError
 def _phantom(args: argparse.Namespace) -> None:
     from nnunet_hpn.phantom import write_phantom_cases
 
-    cases = write_phantom_cases(Path(args.out_dir), args.cases, seed=args.seed)
-    print(f"wrote {len(cases)} phantom cases to {args.out_dir}")
+    cases = write_phantom_cases(Path(args.out_dir), args.cases, seed=args.seed, phases=args.phases)
+    print(f"wrote {len(cases)} phantom cases ({', '.join(args.phases)}) to {args.out_dir}")
 
 
 def _convert(args: argparse.Namespace) -> None:
     from nnunet_hpn.convert import convert_cases
 
     raw_root = Path(args.raw_root) if args.raw_root else None
-    target = convert_cases(Path(args.in_dir), args.dataset_id, args.name, raw_root=raw_root, overwrite=args.overwrite)
+    target = convert_cases(Path(args.in_dir), args.dataset_id, args.name, raw_root=raw_root, overwrite=args.overwrite,
+                           phases=tuple(args.phases), reference_phase=args.reference_phase, register=args.register)
     print(f"wrote {target}")
+
+
+def _register(args: argparse.Namespace) -> None:
+    from nnunet_hpn.registration import register_files
+
+    result = register_files(Path(args.fixed), Path(args.moving), Path(args.output),
+                            moving_label_path=Path(args.moving_label) if args.moving_label else None,
+                            fixed_label_path=Path(args.fixed_label) if args.fixed_label else None, method=args.method)
+    similarity = result.qc["similarity"]
+    print(f"NMI {similarity['before']['nmi']} -> {similarity['after']['nmi']} ({args.method}, "
+          f"{result.qc['seconds']:.1f} s)")
+    if "pancreas" in result.qc:
+        before, after = result.qc["pancreas"]["before"], result.qc["pancreas"]["after"]
+        print(f"pancreas mean surface distance {before['mean_surface_distance_mm']} -> "
+              f"{after['mean_surface_distance_mm']} mm, Dice {before['dice']} -> {after['dice']}")
+    for warning in result.qc["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {args.output}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from nnunet_hpn.missing_phase import MissingPhaseWarning
+    from nnunet_hpn.predict import predict_case, predict_folder
+
+    phases = {name: path for name, path in (("arterial", args.arterial), ("venous", args.venous)) if path}
+    for item in args.phase:
+        name, _, path = item.partition("=")
+        if not name or not path:
+            raise HPNInputError(f"--phase {item}: expected NAME=PATH")
+        phases[name] = path
+    options = dict(folds=args.folds, device=args.device, disable_tta=args.disable_tta, checkpoint=args.checkpoint,
+                   registration=args.registration)
+    if args.input and phases:
+        raise HPNInputError(f"{args.input}: give either -i IN_DIR or the phases of one case, not both")
+    if not args.input and not phases:
+        raise HPNInputError(f"{args.output}: no input; give --arterial/--venous/--phase NAME=PATH or -i IN_DIR")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MissingPhaseWarning)
+        if args.input:
+            cases = predict_folder(Path(args.input), Path(args.output), Path(args.model), **options)
+        else:
+            predict_case({name: Path(path) for name, path in phases.items()}, Path(args.model), Path(args.output),
+                         qc_path=Path(args.qc) if args.qc else None, **options)
+    for warning in caught:
+        if issubclass(warning.category, MissingPhaseWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    print(f"wrote {len(cases)} label maps to {args.output}" if args.input else f"wrote {args.output}")
 
 
 def _cpu_config(args: argparse.Namespace) -> None:
@@ -85,10 +137,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-hpn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("phantom", help="write synthetic dual-phase abdominal CT cases with labels")
+    p = sub.add_parser("phantom", help="write synthetic multi-phase (default: arterial + venous) abdominal CT cases "
+                                        "with labels")
     p.add_argument("out_dir")
     p.add_argument("--cases", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--phases", nargs="+", default=["arterial", "venous"], metavar="PHASE",
+                   help="phases to simulate, out of noncontrast arterial venous delayed (default: arterial venous); "
+                        "the first is the reference (label.nii.gz), the others are deformed (label_<phase>.nii.gz)")
     p.set_defaults(func=_phantom)
 
     p = sub.add_parser("convert", help="IN_DIR/<case>/{arterial,venous,label}.nii.gz -> $nnUNet_raw/DatasetXXX_NAME")
@@ -97,7 +153,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--raw-root", help="defaults to $nnUNet_raw")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with the same id")
+    p.add_argument("--phases", nargs="+", default=["arterial", "venous"], metavar="PHASE",
+                   help="phase file names in channel order (default: arterial venous)")
+    p.add_argument("--reference-phase", help="grid of label.nii.gz and of the registered phases (default: arterial "
+                                             "if among the phases, else the first)")
+    p.add_argument("--register", action="store_true",
+                   help="register every other phase (and its label_<phase>.nii.gz, if any) onto the reference "
+                        "phase; QC per case in <dataset>/registration_qc/")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("register", help="register a moving phase onto a fixed one (affine + diffeomorphic demons): "
+                                        "warped image, displacement field, warped label, qc.json")
+    p.add_argument("--fixed", required=True, help="reference image (NIfTI file or DICOM series folder), e.g. arterial")
+    p.add_argument("--moving", required=True, help="image to warp onto the fixed grid, e.g. venous")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
+    p.add_argument("--moving-label", help="label on the moving grid, warped with nearest-neighbour interpolation")
+    p.add_argument("--fixed-label", help="label on the fixed grid: with --moving-label, pancreas surface distance and "
+                                         "Dice before/after in qc.json")
+    p.add_argument("--method", choices=["none", "affine", "demons"], default="demons")
+    p.set_defaults(func=_register)
+
+    p = sub.add_parser("predict", help="raw, unaligned phases -> registration -> trained nnU-Net model -> label map "
+                                       "in the arterial image's geometry; a missing phase is filled with a constant "
+                                       "0 image (0 after normalization, as phase dropout trains) and warned about")
+    p.add_argument("--arterial", help="arterial phase (NIfTI file or DICOM series folder)")
+    p.add_argument("--venous", help="venous phase (NIfTI file or DICOM series folder)")
+    p.add_argument("--phase", action="append", default=[], metavar="NAME=PATH",
+                   help="any phase of the model by name (repeatable)")
+    p.add_argument("-i", "--input", metavar="IN_DIR",
+                   help="folder mode: IN_DIR/<case>/<phase>.nii.gz (or <phase>/ DICOM folders)")
+    p.add_argument("-m", "--model", required=True, metavar="MODEL_DIR",
+                   help="nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>")
+    p.add_argument("-o", "--output", required=True, help="OUT.nii.gz (one case) or OUT_DIR (folder mode)")
+    p.add_argument("-f", "--folds", nargs="+", default=["0"], help="folds to ensemble (default: 0)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth")
+    p.add_argument("--registration", choices=["none", "affine", "demons"], default="demons")
+    p.add_argument("--qc", help="one case: write the registration QC (JSON) here")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("cpu-config", help="add a small-patch, narrow configuration to a plans file for CPU runs")
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
@@ -167,12 +261,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """Close progress bars an error interrupted, so that the error gets a line of its own."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", [])):
+            bar.close()
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
     except HPNInputError as e:
+        _close_progress_bars()
         print(f"nnunet-hpn {args.command}: error: {e}", file=sys.stderr)
         return 1
     return 0

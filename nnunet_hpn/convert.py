@@ -1,36 +1,41 @@
-"""Convert a folder of dual-phase cases into an nnU-Net v2 raw dataset (``Dataset{id:03d}_{name}``).
+"""Convert a folder of multi-phase cases into an nnU-Net v2 raw dataset (``Dataset{id:03d}_{name}``).
 
-Input layout: ``in_dir/<case>/arterial.nii.gz``, ``venous.nii.gz`` and optionally ``label.nii.gz``; every
-non-hidden sub-folder of ``in_dir`` is a case, other files are ignored. Everything is validated while the dataset is
-built in a hidden temporary folder inside the raw root, which is renamed into place only when complete.
+Input layout: ``in_dir/<case>/<phase>.nii.gz`` for each phase (default ``arterial``, ``venous``) and optionally
+``label.nii.gz`` (on the reference phase's grid), ``label_<phase>.nii.gz`` (optional, for registration QC); every
+non-hidden sub-folder of ``in_dir`` is a case, other files in a case folder (hidden files aside) are refused.
+Unaligned phases are registered onto the reference phase first with ``register=True``. Everything is validated while
+the dataset is built in a hidden temporary folder inside the raw root, which is renamed into place only when
+complete.
 """
 from __future__ import annotations
 
-import gzip
+import json
 import os
 import re
 import shutil
 import tempfile
-import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel
 import numpy as np
 import SimpleITK as sitk
-from nibabel.filebasedimages import ImageFileError
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 from tqdm import tqdm
 
 from nnunet_hpn.atomic_io import staging_dir
 from nnunet_hpn import LABELS, PHASES
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.image_io import check_finite as _check_finite
+from nnunet_hpn.image_io import read_header as _read_header
+from nnunet_hpn.image_io import read_voxels_verified as _read_voxels
+from nnunet_hpn.registration import check_overlap, register_to_reference
 
 #: Relative and absolute tolerance for spacing, origin and direction comparisons.
 GEOMETRY_TOLERANCE = 1e-4
 FILE_ENDING = ".nii.gz"
 LABEL_FILE = "label" + FILE_ENDING
-GZIP_MAGIC = b"\x1f\x8b"
-GZIP_CHUNK_BYTES = 1 << 24
+#: Folder of the per-case registration QC inside a dataset converted with ``register=True``.
+QC_FOLDER = "registration_qc"
 DATASET_DESCRIPTION = ("Dual-phase pancreas CT for the Hyper-Pairing Network: channel 0 arterial, channel 1 venous; "
                        "labels pancreas, PDAC mass and pancreatic duct. Converted by nnunet_hpn.convert.")
 
@@ -55,47 +60,6 @@ def check_same_geometry(img_a: sitk.Image | sitk.ImageFileReader, path_a: Path |
             raise HPNInputError(f"{path_b}: {what} differs from {path_a}: {_rounded(value_b)} vs {_rounded(value_a)}")
 
 
-def _read_header(path: Path) -> sitk.ImageFileReader:
-    """Reader holding the header of a 3D single-component image, or HPNInputError."""
-    if not path.is_file():
-        raise HPNInputError(f"{path}: file is missing")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise HPNInputError(f"{path}: unreadable or corrupt image file") from None
-    if reader.GetDimension() != 3:
-        raise HPNInputError(f"{path}: {reader.GetDimension()}D image, expected a 3D image")
-    if reader.GetNumberOfComponents() != 1:
-        raise HPNInputError(f"{path}: {reader.GetNumberOfComponents()} components per voxel, expected 1")
-    return reader
-
-
-def _read_voxels(path: Path) -> np.ndarray:
-    """Voxel values exactly as stored, or HPNInputError for a damaged file.
-
-    SimpleITK's NIfTI reader zero-fills truncated data and reads NaN as 0, so the gzip stream is verified up to
-    its checksum and the values are read with nibabel.
-    """
-    with path.open("rb") as file:
-        if file.read(2) != GZIP_MAGIC:
-            raise HPNInputError(f"{path}: not gzip-compressed although named *{FILE_ENDING}")
-    try:
-        with gzip.open(path, "rb") as stream:
-            while stream.read(GZIP_CHUNK_BYTES):
-                pass
-        return np.asanyarray(nibabel.load(path).dataobj)
-    except (OSError, EOFError, zlib.error, ValueError, ImageFileError):
-        raise HPNInputError(f"{path}: unreadable or corrupt image data (truncated or damaged)") from None
-
-
-def _check_finite(voxels: np.ndarray, path: str) -> None:
-    """Refuse NaN or Inf voxels."""
-    if np.issubdtype(voxels.dtype, np.floating) and not np.isfinite(voxels).all():
-        raise HPNInputError(f"{path}: {int(np.count_nonzero(~np.isfinite(voxels)))} NaN/Inf voxels")
-
-
 def _check_label_values(voxels: np.ndarray, path: str) -> None:
     """Refuse label values outside the HPN label convention."""
     bad_values = np.setdiff1d(np.unique(voxels), list(LABELS.values()))
@@ -104,30 +68,120 @@ def _check_label_values(voxels: np.ndarray, path: str) -> None:
         raise HPNInputError(f"{path}: label values {{{shown}}} outside {sorted(LABELS.values())}")
 
 
-def _case_files(case_dir: Path) -> tuple[list[Path], Path | None]:
+@dataclass(frozen=True)
+class _Layout:
+    """Which phases make the channels (in order), which one is the reference grid, and whether the others are
+    registered onto it."""
+
+    phases: tuple[str, ...]
+    reference: str
+    register: bool
+
+    @property
+    def reference_index(self) -> int:
+        return self.phases.index(self.reference)
+
+
+def _layout(in_dir: Path, phases, reference_phase: str | None, register: bool) -> _Layout:
+    """Checked phase names; the reference defaults to "arterial" if present, else the first phase."""
+    phases = tuple(phases)
+    if not phases:
+        raise HPNInputError(f"{in_dir}: at least one phase is needed")
+    for phase in phases:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", phase) or phase.startswith("label"):
+            raise HPNInputError(f"{in_dir}: phase name {phase!r} must be letters, digits, '_' or '-' and not label*")
+    if len(set(phases)) != len(phases):
+        raise HPNInputError(f"{in_dir}: phase names {list(phases)} repeat")
+    reference = reference_phase or ("arterial" if "arterial" in phases else phases[0])
+    if reference not in phases:
+        raise HPNInputError(f"{in_dir}: reference phase {reference!r} is not one of the phases {list(phases)}")
+    return _Layout(phases, reference, register)
+
+
+def _case_files(case_dir: Path, layout: _Layout = _Layout(PHASES, PHASES[0], False)) -> tuple[list[Path], Path | None]:
     """Phase image paths (in channel order) and the label path, if any, of one case folder."""
     label = case_dir / LABEL_FILE
-    return [case_dir / f"{phase}{FILE_ENDING}" for phase in PHASES], (label if label.exists() else None)
+    return [case_dir / f"{phase}{FILE_ENDING}" for phase in layout.phases], (label if label.exists() else None)
 
 
-def _check_headers(case_dir: Path) -> None:
-    """Cheap header checks of one case: files present, readable, 3D and on one grid."""
-    phase_paths, label_path = _case_files(case_dir)
+def _phase_label(case_dir: Path, phase: str) -> Path | None:
+    """``label_<phase>.nii.gz``: an optional label on a non-reference phase's own grid, used for registration QC."""
+    path = case_dir / f"label_{phase}{FILE_ENDING}"
+    return path if path.exists() else None
+
+
+def _check_file_names(case_dir: Path, layout: _Layout) -> None:
+    """Refuse a case folder holding anything but ``<phase>.nii.gz``, ``label.nii.gz`` and ``label_<phase>.nii.gz``
+    (hidden files aside): a misnamed or extra file is more often a mistake than something to ignore. (The label of
+    the reference phase is ``label.nii.gz``; a ``label_<reference>.nii.gz`` is allowed and not used.)"""
+    expected = ({f"{phase}{FILE_ENDING}" for phase in layout.phases} | {LABEL_FILE}
+                | {f"label_{phase}{FILE_ENDING}" for phase in layout.phases})
+    unexpected = sorted(path.name for path in case_dir.iterdir()
+                        if not path.name.startswith(".") and path.name not in expected)
+    if unexpected:
+        raise HPNInputError(f"{case_dir / unexpected[0]}: unexpected file in a case folder (expected "
+                            f"{', '.join(sorted(expected))}; --phases sets the phase names)")
+
+
+def _check_headers(case_dir: Path, layout: _Layout = _Layout(PHASES, PHASES[0], False)) -> None:
+    """Cheap header checks of one case: only expected file names; files present, readable, 3D; on the reference
+    grid, or (when registering) overlapping it in physical space. The label is always on the reference phase's
+    grid."""
+    _check_file_names(case_dir, layout)
+    phase_paths, label_path = _case_files(case_dir, layout)
     headers = [_read_header(path) for path in phase_paths]
-    for path, header in zip(phase_paths[1:], headers[1:]):
-        check_same_geometry(headers[0], phase_paths[0], header, path)
+    reference_path, reference = phase_paths[layout.reference_index], headers[layout.reference_index]
+    for phase, path, header in zip(layout.phases, phase_paths, headers):
+        if path == reference_path:
+            continue
+        if layout.register:
+            check_overlap(reference, header, str(reference_path), str(path))
+            phase_label = _phase_label(case_dir, phase)
+            if phase_label is not None:
+                check_same_geometry(header, path, _read_header(phase_label), phase_label)
+        else:
+            check_same_geometry(reference, reference_path, header, path)
     if label_path is not None:
-        check_same_geometry(headers[0], phase_paths[0], _read_header(label_path), label_path)
+        check_same_geometry(reference, reference_path, _read_header(label_path), label_path)
 
 
-def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path) -> bool:
-    """Check the voxels of one case and copy its files into ``dataset_dir``; True if it has a label."""
-    phase_paths, label_path = _case_files(case_dir)
+def _register_phase(case_dir: Path, phase: str, path: Path, reference_path: Path, label_path: Path | None,
+                    target: Path, progress: bool) -> dict:
+    """Register one phase onto the reference grid, write the warped image to ``target``; its QC."""
+    phase_label = _phase_label(case_dir, phase)
+    result = register_to_reference(
+        sitk.ReadImage(str(reference_path)), sitk.ReadImage(str(path)),
+        moving_label=None if phase_label is None else sitk.ReadImage(str(phase_label)),
+        fixed_label=None if label_path is None or phase_label is None else sitk.ReadImage(str(label_path)),
+        method="demons", progress=progress, fixed_name=str(reference_path), moving_name=str(path))
+    sitk.WriteImage(result.warped, str(target), useCompression=True)
+    return result.qc
+
+
+def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = _Layout(PHASES, PHASES[0], False),
+                           progress: bool = False) -> bool:
+    """Check the voxels of one case and copy its files into ``dataset_dir`` (registering the non-reference phases
+    first when ``layout.register``, QC into ``dataset_dir/registration_qc/<case>.json``); True if it has a label."""
+    phase_paths, label_path = _case_files(case_dir, layout)
+    reference_path = phase_paths[layout.reference_index]
     images_dir = dataset_dir / ("imagesTr" if label_path is not None else "imagesTs")
-    for channel, path in enumerate(phase_paths):
-        _check_finite(_read_voxels(path), str(path))
+    case_qc = {}
+    for channel, (phase, path) in enumerate(zip(layout.phases, phase_paths)):
+        voxels = _read_voxels(path)
+        _check_finite(voxels, str(path))
+        if voxels.min() == voxels.max():
+            raise HPNInputError(f"{path}: image is empty (every voxel is {voxels.min():g})")
         images_dir.mkdir(exist_ok=True)
-        shutil.copyfile(path, images_dir / f"{case_dir.name}_{channel:04d}{FILE_ENDING}")
+        target = images_dir / f"{case_dir.name}_{channel:04d}{FILE_ENDING}"
+        if layout.register and path != reference_path:
+            case_qc[phase] = _register_phase(case_dir, phase, path, reference_path, label_path, target, progress)
+        else:
+            shutil.copyfile(path, target)
+    if layout.register:
+        qc_dir = dataset_dir / QC_FOLDER
+        qc_dir.mkdir(exist_ok=True)
+        (qc_dir / f"{case_dir.name}.json").write_text(json.dumps(
+            {"case": case_dir.name, "reference_phase": layout.reference, "phases": case_qc}, indent=2))
     if label_path is None:
         return False
     label_voxels = _read_voxels(label_path)
@@ -138,11 +192,55 @@ def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path) -> bool:
     return True
 
 
-def _write_dataset_json(dataset_dir: Path, name: str, num_training: int) -> None:
+def _mean_sd(values: list) -> dict | None:
+    values = [v for v in values if v is not None]
+    return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4),
+            "n": len(values)} if values else None
+
+
+def _write_qc_summary(qc_dir: Path) -> None:
+    """``registration_qc/summary.json``: per case and phase the key numbers, and their mean ± std per phase."""
+    rows = []
+    for path in sorted(qc_dir.glob("*.json")):
+        case = json.loads(path.read_text())
+        for phase, qc in case["phases"].items():
+            pancreas = qc.get("pancreas", {})
+            rows.append({
+                "case": case["case"], "phase": phase, "seconds": qc["seconds"],
+                "nmi_before": qc["similarity"]["before"]["nmi"], "nmi_after": qc["similarity"]["after"]["nmi"],
+                "msd_before_mm": pancreas.get("before", {}).get("mean_surface_distance_mm"),
+                "msd_after_mm": pancreas.get("after", {}).get("mean_surface_distance_mm"),
+                "dice_before": pancreas.get("before", {}).get("dice"),
+                "dice_after": pancreas.get("after", {}).get("dice"),
+                "warnings": qc["warnings"]})
+    per_phase = {}
+    for phase in dict.fromkeys(row["phase"] for row in rows):
+        chosen = [row for row in rows if row["phase"] == phase]
+        per_phase[phase] = {key: _mean_sd([row[key] for row in chosen])
+                            for key in ("seconds", "nmi_before", "nmi_after", "msd_before_mm", "msd_after_mm",
+                                        "dice_before", "dice_after")}
+        per_phase[phase]["cases_with_warnings"] = sorted(row["case"] for row in chosen if row["warnings"])
+    (qc_dir / "summary.json").write_text(json.dumps({"per_phase": per_phase, "cases": rows}, indent=2))
+
+
+def _description(layout: _Layout) -> str:
+    if layout.phases == PHASES and not layout.register:
+        return DATASET_DESCRIPTION
+    channels = ", ".join(f"channel {i} {phase}" for i, phase in enumerate(layout.phases))
+    text = (f"Multi-phase pancreas CT for the Hyper-Pairing Network: {channels}; labels pancreas, PDAC mass and "
+            "pancreatic duct. Converted by nnunet_hpn.convert.")
+    if layout.register:
+        text += (f" Every other phase registered onto the {layout.reference} grid (diffeomorphic demons, "
+                 f"nnunet_hpn.registration); QC in {QC_FOLDER}/.")
+    return text
+
+
+def _write_dataset_json(dataset_dir: Path, name: str, num_training: int,
+                        layout: _Layout = _Layout(PHASES, PHASES[0], False)) -> None:
     """dataset.json written by nnU-Net's own helper."""
-    generate_dataset_json(str(dataset_dir), channel_names={str(i): phase for i, phase in enumerate(PHASES)},
+    generate_dataset_json(str(dataset_dir), channel_names={str(i): phase for i, phase in enumerate(layout.phases)},
                           labels=dict(LABELS), num_training_cases=num_training, file_ending=FILE_ENDING,
-                          dataset_name=name, description=DATASET_DESCRIPTION, converted_by="nnunet_hpn.convert",
+                          dataset_name=name, description=_description(layout), converted_by="nnunet_hpn.convert",
                           license="see the source data")
 
 
@@ -159,13 +257,20 @@ def _replace_dataset(built_dir: Path, target: Path, existing: list[Path]) -> Non
 
 
 def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | None = None, overwrite: bool = False,
-                  progress: bool = True) -> Path:
+                  progress: bool = True, phases=PHASES, reference_phase: str | None = None,
+                  register: bool = False) -> Path:
     """Build ``raw_root/Dataset{id:03d}_{name}`` (raw_root defaults to ``$nnUNet_raw``) and return its path.
 
-    Cases with ``label.nii.gz`` go to imagesTr/labelsTr, the others to imagesTs. Nothing is left in the raw
-    root when any input is invalid (HPNInputError).
+    Channel i is ``phases[i]`` (``channel_names`` of dataset.json = the phase names in order). Cases with
+    ``label.nii.gz`` go to imagesTr/labelsTr, the others to imagesTs. The label is defined on the reference phase's
+    grid (``reference_phase``, default "arterial" if among the phases, else the first). Without ``register`` all
+    phases must share that grid; with it, every other phase is registered onto it (diffeomorphic demons, see
+    :mod:`nnunet_hpn.registration`; an optional ``label_<phase>.nii.gz`` on that phase's grid is warped along for
+    the surface-distance QC) and the QC of every case goes to ``<dataset>/registration_qc/<case>.json`` with a
+    ``summary.json``. Nothing is left in the raw root when any input is invalid (HPNInputError).
     """
     in_dir = Path(in_dir)
+    layout = _layout(in_dir, phases, reference_phase, register)
     if raw_root is None:
         if not os.environ.get("nnUNet_raw"):
             raise HPNInputError("nnUNet_raw: environment variable not set and no raw_root given")
@@ -183,19 +288,21 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     target = raw_root / f"Dataset{dataset_id:03d}_{name}"
     existing = sorted(path for path in raw_root.glob(f"Dataset{dataset_id:03d}_*") if path.is_dir())
     if existing and not overwrite:
-        raise HPNInputError(f"{existing[0]}: dataset id {dataset_id} already exists (use overwrite to replace it)")
+        raise HPNInputError(f"{existing[0]}: dataset id {dataset_id} already exists (--overwrite replaces it)")
 
     for case_dir in case_dirs:
-        _check_headers(case_dir)
-    if all(_case_files(case_dir)[1] is None for case_dir in case_dirs):
+        _check_headers(case_dir, layout)
+    if all(_case_files(case_dir, layout)[1] is None for case_dir in case_dirs):
         raise HPNInputError(f"{in_dir}: no case has a {LABEL_FILE}, nothing to train on")
 
     raw_root.mkdir(parents=True, exist_ok=True)
     built_dir = staging_dir(raw_root, prefix=f".{target.name}.")
     try:
-        num_training = sum(_check_voxels_and_copy(case_dir, built_dir)
+        num_training = sum(_check_voxels_and_copy(case_dir, built_dir, layout, progress)
                            for case_dir in tqdm(case_dirs, desc="converting cases", unit="case", disable=not progress))
-        _write_dataset_json(built_dir, name, num_training)
+        if layout.register:
+            _write_qc_summary(built_dir / QC_FOLDER)
+        _write_dataset_json(built_dir, name, num_training, layout)
         _replace_dataset(built_dir, target, existing)
     finally:
         shutil.rmtree(built_dir, ignore_errors=True)

@@ -25,7 +25,8 @@ def nnunet_env(root: Path) -> Dict[str, str]:
 
 def run_stock(args: List[str], env: Dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
     """Runs a console script of this environment; fails the test with its output if it exits non-zero."""
-    proc = subprocess.run([str(BIN / args[0])] + args[1:], env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([str(BIN / args[0])] + args[1:], env=env, capture_output=True, text=True, timeout=timeout,
+                          encoding="utf-8", errors="replace")  # progress bars print non-ASCII blocks
     if proc.returncode != 0:
         pytest.fail(f"{' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
                     f"STDERR:\n{proc.stderr[-4000:]}")
@@ -58,3 +59,22 @@ def planned_dataset(tmp_path_factory) -> dict:
     return {"root": root, "env": env, "raw": raw, "plans_file": plans_file, "test_cases": cases[-2:],
             "test_labels": truth, "plan_output": plan.stdout + plan.stderr,
             "plans": json.loads(plans_file.read_text())}
+
+
+PREDICT_TRAINER = "HPNTrainer_cpu_smoke"
+PREDICT_PLANS = "nnUNetHPNPlans"
+
+
+@pytest.fixture(scope="session")
+def predict_model(planned_dataset, tmp_path_factory) -> Path:
+    """``nnUNetv2_train 990 3d_tiny 0 -tr HPNTrainer_cpu_smoke`` (1 epoch × 3 iterations, no TTA) into a results
+    folder of its own, so other tests' models are not touched."""
+    env = dict(planned_dataset["env"])
+    env.update({"nnUNet_results": str(tmp_path_factory.mktemp("predict_results")), "HPN_NUM_EPOCHS": "1",
+                "HPN_ITERATIONS_PER_EPOCH": "3", "HPN_VAL_ITERATIONS_PER_EPOCH": "1", "HPN_NO_TTA": "1"})
+    run_stock(["nnUNetv2_train", str(DATASET_ID), TINY_CONFIGURATION, "0", "-tr", PREDICT_TRAINER,
+               "-p", PREDICT_PLANS, "-device", "cpu"], env)
+    model_dir = (Path(env["nnUNet_results"]) / planned_dataset["raw"].name
+                 / f"{PREDICT_TRAINER}__{PREDICT_PLANS}__{TINY_CONFIGURATION}")
+    assert (model_dir / "fold_0" / "checkpoint_final.pth").is_file()
+    return model_dir

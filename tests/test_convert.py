@@ -234,3 +234,120 @@ def test_check_same_geometry_on_images() -> None:
     shifted = _image(np.zeros(SIZE_ZYX, dtype=np.int16), origin=(0.0, 0.0, 0.0))
     with pytest.raises(HPNInputError, match=r"^b\.nii\.gz: origin differs from a\.nii\.gz"):
         check_same_geometry(image, "a.nii.gz", shifted, "b.nii.gz")
+
+
+# ------------------------------------------------------------------ K phases, reference phase, registration
+
+
+def _add_phase(case_dir: Path, phase: str, **geometry) -> Path:
+    path = case_dir / f"{phase}.nii.gz"
+    values = np.random.default_rng(len(phase)).normal(40, 10, SIZE_ZYX).astype(np.int16)
+    sitk.WriteImage(_image(values, **geometry), str(path))
+    return path
+
+
+def test_k_phases_become_channels_in_the_given_order(in_dir: Path, raw_root: Path) -> None:
+    phases = ("noncontrast", "arterial", "venous", "delayed")
+    for case in ("case_a", "case_b"):
+        _add_phase(in_dir / case, "noncontrast")
+        _add_phase(in_dir / case, "delayed")
+
+    dataset_dir = convert_cases(in_dir, 21, "FourPhase", raw_root=raw_root, progress=False, phases=phases)
+
+    dataset_json = json.loads((dataset_dir / "dataset.json").read_text())
+    assert dataset_json["channel_names"] == {str(i): phase for i, phase in enumerate(phases)}
+    assert sorted(p.name for p in (dataset_dir / "imagesTr").iterdir() if p.name.startswith("case_a")) == [
+        f"case_a_{channel:04d}.nii.gz" for channel in range(4)]
+    for channel, phase in enumerate(phases):
+        expected = sitk.GetArrayFromImage(sitk.ReadImage(str(in_dir / "case_b" / f"{phase}.nii.gz")))
+        actual = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset_dir / "imagesTr" / f"case_b_{channel:04d}.nii.gz")))
+        assert np.array_equal(actual, expected)
+    assert not (dataset_dir / "registration_qc").exists()
+
+
+def test_grids_are_checked_against_the_reference_phase(in_dir: Path, raw_root: Path) -> None:
+    phases = ("noncontrast", "arterial", "venous")
+    bad = _add_phase(in_dir / "case_a", "noncontrast", spacing=(0.8, 0.8, 2.5))
+    _add_phase(in_dir / "case_b", "noncontrast")
+    with pytest.raises(HPNInputError) as error:
+        convert_cases(in_dir, 22, "Ref", raw_root=raw_root, progress=False, phases=phases)
+    assert str(error.value).startswith(f"{bad}: spacing differs from {in_dir / 'case_a' / 'arterial.nii.gz'}")
+    assert list(raw_root.iterdir()) == []
+
+
+@pytest.mark.parametrize("phases, reference, message", [
+    (("arterial", "venous"), "delayed", "reference phase 'delayed' is not one of the phases"),
+    (("arterial", "arterial"), None, "repeat"),
+    (("arterial", "label"), None, "phase name 'label'"),
+    ((), None, "at least one phase"),
+])
+def test_refuses_bad_phase_arguments(in_dir: Path, raw_root: Path, phases, reference, message: str) -> None:
+    with pytest.raises(HPNInputError, match=message):
+        convert_cases(in_dir, 23, "Bad", raw_root=raw_root, progress=False, phases=phases, reference_phase=reference)
+    assert list(raw_root.iterdir()) == []
+
+
+def test_missing_extra_phase_is_named(in_dir: Path, raw_root: Path) -> None:
+    _add_phase(in_dir / "case_a", "delayed")
+    missing = in_dir / "case_b" / "delayed.nii.gz"
+    with pytest.raises(HPNInputError, match="missing") as error:
+        convert_cases(in_dir, 24, "Missing", raw_root=raw_root, progress=False,
+                      phases=("arterial", "venous", "delayed"))
+    assert str(error.value).startswith(str(missing))
+
+
+@pytest.fixture()
+def unaligned_phantoms(tmp_path: Path) -> Path:
+    """Three phantom cases (the last unlabelled) whose venous phase (and label_venous) sits on another grid: the
+    phantom's own deformation plus a known smooth field, a 3 mm shift and a 2° rotation."""
+    from nnunet_hpn.registration import misaligned_copy
+
+    in_dir = tmp_path / "unaligned"
+    cases = write_phantom_cases(in_dir, 3, seed=5, shape_zyx=(24, 48, 48), progress=False)
+    for index, case in enumerate(cases):
+        venous_path, label_path = in_dir / case / "venous.nii.gz", in_dir / case / "label_venous.nii.gz"
+        moving, moving_label, _ = misaligned_copy(sitk.ReadImage(str(venous_path)), sitk.ReadImage(str(label_path)),
+                                                  seed=index, max_deformation_mm=3.0)
+        sitk.WriteImage(moving, str(venous_path), useCompression=True)
+        sitk.WriteImage(moving_label, str(label_path), useCompression=True)
+    (in_dir / cases[-1] / "label.nii.gz").unlink()
+    return in_dir
+
+
+def test_register_option_aligns_phases_and_keeps_qc(unaligned_phantoms: Path, raw_root: Path) -> None:
+    from nnunet_hpn.cli import main
+
+    venous = unaligned_phantoms / "hpn_000" / "venous.nii.gz"
+    _assert_refused(unaligned_phantoms, raw_root, venous, "differs from")
+
+    assert main(["convert", str(unaligned_phantoms), "--dataset-id", "31", "--name", "Registered",
+                 "--raw-root", str(raw_root), "--register"]) == 0
+
+    dataset_dir = raw_root / "Dataset031_Registered"
+    for folder, case in (("imagesTr", "hpn_000"), ("imagesTr", "hpn_001"), ("imagesTs", "hpn_002")):
+        arterial = sitk.ReadImage(str(unaligned_phantoms / case / "arterial.nii.gz"))
+        registered = sitk.ReadImage(str(dataset_dir / folder / f"{case}_0001.nii.gz"))
+        check_same_geometry(arterial, "arterial", registered, "registered venous")
+        copied = sitk.ReadImage(str(dataset_dir / folder / f"{case}_0000.nii.gz"))
+        assert np.array_equal(sitk.GetArrayFromImage(copied), sitk.GetArrayFromImage(arterial))
+    assert sorted(p.name for p in (dataset_dir / "registration_qc").iterdir()) == [
+        "hpn_000.json", "hpn_001.json", "hpn_002.json", "summary.json"]
+    qc = json.loads((dataset_dir / "registration_qc" / "hpn_000.json").read_text())
+    assert qc["reference_phase"] == "arterial" and list(qc["phases"]) == ["venous"]
+    venous_qc = qc["phases"]["venous"]
+    before = venous_qc["pancreas"]["before"]["mean_surface_distance_mm"]
+    after = venous_qc["pancreas"]["after"]["mean_surface_distance_mm"]
+    assert before > 0 and after >= 0 and venous_qc["moving"] == str(unaligned_phantoms / "hpn_000" / "venous.nii.gz")
+    if after > before:  # these phantoms are tiny; accuracy is tested in test_registration.py. Worse is never silent:
+        assert any("got worse" in warning for warning in venous_qc["warnings"])
+    assert "pancreas" not in json.loads((dataset_dir / "registration_qc" / "hpn_002.json").read_text())["phases"][
+        "venous"]  # no label.nii.gz: nothing to compare the warped label_venous with
+    summary = json.loads((dataset_dir / "registration_qc" / "summary.json").read_text())
+    assert [row["case"] for row in summary["cases"]] == ["hpn_000", "hpn_001", "hpn_002"]
+    venous_summary = summary["per_phase"]["venous"]
+    assert venous_summary["msd_after_mm"]["n"] == 2 and venous_summary["seconds"]["n"] == 3
+    assert venous_summary["msd_before_mm"]["mean"] == pytest.approx(np.mean(
+        [row["msd_before_mm"] for row in summary["cases"] if row["msd_before_mm"] is not None]), abs=1e-4)
+    dataset_json = json.loads((dataset_dir / "dataset.json").read_text())
+    assert dataset_json["channel_names"] == {"0": "arterial", "1": "venous"}
+    assert "registered" in dataset_json["description"]

@@ -1,0 +1,265 @@
+"""``nnunet-hpn predict``: raw, unaligned phases of a case -> registration -> the trained nnU-Net model -> label map in
+the reference (arterial) image's original space and geometry.
+
+The model folder (``nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>``) decides which phases are
+needed: its dataset.json ``channel_names`` in channel order. The reference phase is "arterial" when the model has
+it, else its first channel; every other phase is registered onto the reference image's grid
+(:func:`nnunet_hpn.registration.register_to_reference`), the channels are put in model order
+(:func:`nnunet_hpn.missing_phase.fill_missing_phases`) and handed to nnU-Net's own
+``nnUNetPredictor.predict_single_npy_array`` with the properties nnU-Net's ``SimpleITKIO`` would have read from the
+reference image, so nnU-Net's preprocessing and its export (resampling back, un-cropping) put the result on exactly
+the reference image's grid.
+
+A phase the model has but the input lacks is filled by the documented missing-phase policy of
+:mod:`nnunet_hpn.missing_phase` (a constant 0 image on the reference grid, exactly 0 after HPN's normalization, as
+phase dropout trains with): the prediction goes ahead, a :class:`~nnunet_hpn.missing_phase.MissingPhaseWarning`
+says so, and the QC file records the missing phases. At least one of the model's phases must be given.
+
+Folder mode stages every output in a hidden folder next to ``OUT_DIR`` and moves the files in only when every case
+succeeded: a bad case leaves ``OUT_DIR`` as it was.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnunet_hpn.atomic_io import atomic_file, staging_dir, write_text_atomically
+from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.image_io import IMAGE_FILE_ENDINGS, find_phase_input, read_image
+from nnunet_hpn.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
+from nnunet_hpn.registration import METHODS, register_to_reference
+
+#: Sub-folder of a folder-mode output that holds the registration QC of every case.
+QC_FOLDER = "registration_qc"
+
+
+def model_channel_names(model_dir: Path) -> list[str]:
+    """Phase names of the model's input channels, in channel order (dataset.json ``channel_names``)."""
+    dataset_json = Path(model_dir) / "dataset.json"
+    if not dataset_json.is_file():
+        raise HPNInputError(f"{dataset_json}: missing; -m must be a trained model folder "
+                            "(nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>)")
+    try:
+        channels = json.loads(dataset_json.read_text())["channel_names"]
+        return [channels[key] for key in sorted(channels, key=int)]
+    except (ValueError, KeyError, TypeError):
+        raise HPNInputError(f"{dataset_json}: no readable channel_names") from None
+
+
+def reference_phase(channel_names: Sequence[str], available: Sequence[str]) -> str:
+    """The phase whose grid the prediction is made on: "arterial" if the model has it and it is given, else the
+    first given phase in channel order."""
+    if "arterial" in channel_names and "arterial" in available:
+        return "arterial"
+    for phase in channel_names:
+        if phase in available:
+            return phase
+    raise HPNInputError(f"none of the model's phases ({', '.join(channel_names)}) was given")
+
+
+def align_phases(phases: Mapping[str, sitk.Image], reference: str, method: str = "demons",
+                 names: Mapping[str, str] | None = None, progress: bool = True) -> tuple[dict[str, sitk.Image], dict]:
+    """Every phase on the ``reference`` phase's grid: the reference as is, the others registered onto it.
+    Returns the images and the registration QC per registered phase."""
+    names = dict(names or {})
+    fixed = phases[reference]
+    aligned, qc = {reference: fixed}, {}
+    for phase, image in phases.items():
+        if phase == reference:
+            continue
+        result = register_to_reference(fixed, image, method=method, progress=progress,
+                                       fixed_name=names.get(reference, reference), moving_name=names.get(phase, phase))
+        aligned[phase], qc[phase] = result.warped, result.qc
+    return aligned, qc
+
+
+def nnunet_properties(reference: sitk.Image) -> dict:
+    """The properties dict nnU-Net's ``SimpleITKIO.read_images`` returns for a 3D image."""
+    return {"sitk_stuff": {"spacing": reference.GetSpacing(), "origin": reference.GetOrigin(),
+                           "direction": reference.GetDirection()},
+            "spacing": [abs(s) for s in list(reference.GetSpacing())[::-1]]}
+
+
+def _image_suffix(path: Path) -> str:
+    for ending in IMAGE_FILE_ENDINGS:
+        if path.name.endswith(ending):
+            return ending
+    raise HPNInputError(f"{path}: output must end with one of {', '.join(IMAGE_FILE_ENDINGS)}")
+
+
+def write_image_atomically(image: sitk.Image, path: Path) -> None:
+    """``image`` written to ``path`` (compressed where the format allows), complete or not at all."""
+    with atomic_file(Path(path), suffix=_image_suffix(Path(path))) as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=True)
+
+
+def check_phase_names(phases: Sequence[str] | Mapping[str, Path], channel_names: Sequence[str]) -> None:
+    """HPNInputError for a phase the model does not have (more or other channels than the model was trained on),
+    naming its file where ``phases`` maps names to paths."""
+    unknown = [phase for phase in phases if phase not in channel_names]
+    if unknown:
+        where = f"{phases[unknown[0]]}: " if isinstance(phases, Mapping) else ""
+        raise HPNInputError(f"{where}phase {unknown[0]!r} is not a channel of the model, which takes "
+                            f"{len(channel_names)} phases ({', '.join(channel_names)})")
+    if not phases:
+        raise HPNInputError(f"no phase given; the model takes {', '.join(channel_names)}")
+
+
+def read_phase_images(phase_paths: Mapping[str, Path], channel_names: Sequence[str], out_path: Path
+                      ) -> dict[str, sitk.Image]:
+    """The phase images of one case, checked (names against the model's channels, readable 3D finite non-constant
+    images, ``out_path`` an image file name), keyed by phase."""
+    check_phase_names(phase_paths, channel_names)
+    _image_suffix(Path(out_path))
+    return {phase: read_image(path) for phase, path in phase_paths.items()}
+
+
+def _case_inputs(case_dir: Path, channel_names: Sequence[str]) -> dict[str, Path]:
+    """Phase name -> input of one folder-mode case; HPNInputError for a file or folder that is neither a model
+    phase (``<phase>.nii.gz`` etc. or a ``<phase>/`` DICOM folder) nor a label (``label*``, ignored)."""
+    known = {f"{phase}{ending}" for phase in channel_names for ending in IMAGE_FILE_ENDINGS} | set(channel_names)
+    unexpected = sorted(path.name for path in case_dir.iterdir() if not path.name.startswith(".")
+                        and not path.name.startswith("label") and path.name not in known)
+    if unexpected:
+        raise HPNInputError(f"{case_dir / unexpected[0]}: unexpected file in a case folder (the model's phases: "
+                            f"{', '.join(channel_names)}, as <phase>.nii.gz or <phase>/ DICOM folders)")
+    found = {phase: find_phase_input(case_dir, phase) for phase in channel_names}
+    inputs = {phase: path for phase, path in found.items() if path is not None}
+    if not inputs:
+        raise HPNInputError(f"{case_dir}: none of the model's phases ({', '.join(channel_names)}) found")
+    return inputs
+
+
+@dataclass
+class CasePrediction:
+    """A label map on the reference image's grid, the reference phase, the registration QC per phase and the
+    model phases that were missing from the input (filled by the missing-phase policy)."""
+
+    label: sitk.Image
+    reference_phase: str
+    qc: dict
+    missing_phases: list[str] = field(default_factory=list)
+
+
+class HPNPredictor:
+    """nnU-Net's ``nnUNetPredictor`` for one trained model folder, fed with registered phase images."""
+
+    def __init__(self, model_dir: Path, folds: Sequence[int | str] = (0,), device: str = "cpu",
+                 disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth", registration: str = "demons",
+                 progress: bool = True) -> None:
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        from nnunet_hpn import _startup_hook
+
+        _startup_hook.install()  # idempotent: HPNCTNormalization findable by nnU-Net's in-process preprocessing
+
+        model_dir = Path(model_dir)
+        if not model_dir.is_dir():
+            raise HPNInputError(f"{model_dir}: model folder does not exist")
+        self.channel_names = model_channel_names(model_dir)
+        for fold in folds:
+            checkpoint_path = model_dir / f"fold_{fold}" / checkpoint
+            if not checkpoint_path.is_file():
+                raise HPNInputError(f"{checkpoint_path}: missing (train fold {fold} first, or pick other folds "
+                                    "with -f)")
+        if registration not in METHODS:
+            raise HPNInputError(f"{model_dir}: registration {registration!r} is not one of {list(METHODS)}")
+        if device not in ("cpu", "cuda"):
+            raise HPNInputError(f"{device}: device must be cpu or cuda")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise HPNInputError("cuda: no CUDA device available (use --device cpu)")
+        self.registration = registration
+        self.progress = progress
+        self.predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=not disable_tta,
+                                         perform_everything_on_device=device == "cuda", device=torch.device(device),
+                                         verbose=False, allow_tqdm=progress)
+        self.predictor.initialize_from_trained_model_folder(
+            str(model_dir), use_folds=tuple(int(f) if str(f).isdigit() else f for f in folds),
+            checkpoint_name=checkpoint)
+
+    def predict_images(self, phases: Mapping[str, sitk.Image], names: Mapping[str, str] | None = None
+                       ) -> CasePrediction:
+        """Label map (uint8) of one case given its phase images (any grids that overlap in physical space)."""
+        check_phase_names(list(phases), self.channel_names)
+        reference = reference_phase(self.channel_names, list(phases))
+        aligned, qc = align_phases(phases, reference, self.registration, names, self.progress)
+        # the reference phase first: a filled channel takes its grid
+        ordered = {reference: aligned[reference], **aligned}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MissingPhaseWarning)  # warned once below, with the case's file names
+            channels, missing = fill_missing_phases(ordered, self.channel_names)
+        if missing:
+            where = names.get(reference, reference) if names else reference
+            warnings.warn(f"{where}: {missing_phase_message(missing, self.channel_names)}", MissingPhaseWarning,
+                          stacklevel=2)
+        data = np.stack([sitk.GetArrayFromImage(channel).astype(np.float32) for channel in channels])
+        segmentation = self.predictor.predict_single_npy_array(data, nnunet_properties(aligned[reference]))
+        label = sitk.GetImageFromArray(np.asarray(segmentation).astype(np.uint8))
+        label.CopyInformation(aligned[reference])
+        return CasePrediction(label=label, reference_phase=reference, qc=qc, missing_phases=missing)
+
+    def predict_files(self, phase_paths: Mapping[str, Path], out_path: Path, qc_path: Path | None = None
+                      ) -> CasePrediction:
+        """Read the phases (NIfTI files or DICOM series folders), predict, write ``out_path`` (and ``qc_path``)."""
+        result = self.predict_images(read_phase_images(phase_paths, self.channel_names, out_path),
+                                     {phase: str(path) for phase, path in phase_paths.items()})
+        write_image_atomically(result.label, Path(out_path))
+        if qc_path is not None:
+            record = {"reference_phase": result.reference_phase,
+                      "inputs": {phase: str(path) for phase, path in phase_paths.items()},
+                      "missing_phases": result.missing_phases, "phases": result.qc}
+            if result.missing_phases:
+                record["missing_phase_policy"] = missing_phase_message(result.missing_phases, self.channel_names)
+            write_text_atomically(Path(qc_path), json.dumps(record, indent=2))
+        return result
+
+
+def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Path, folds: Sequence[int | str] = (0,),
+                 device: str = "cpu", disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth",
+                 registration: str = "demons", qc_path: Path | None = None, progress: bool = True) -> CasePrediction:
+    """One case: ``phase_paths`` (phase name -> NIfTI file or DICOM folder) -> label map at ``out_path``. The inputs
+    are read and checked before the model is loaded."""
+    read_phase_images(phase_paths, model_channel_names(Path(model_dir)), out_path)  # fail before the model loads
+    predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress)
+    return predictor.predict_files(phase_paths, out_path, qc_path)
+
+
+def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence[int | str] = (0,),
+                   device: str = "cpu", disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth",
+                   registration: str = "demons", progress: bool = True) -> list[str]:
+    """Every case folder ``in_dir/<case>/`` (``<phase>.nii.gz`` files or ``<phase>/`` DICOM folders, like
+    ``convert``'s input) -> ``out_dir/<case>.nii.gz``, QC in ``out_dir/registration_qc/<case>.json``. The model is
+    loaded once. Returns the case names."""
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if not in_dir.is_dir():
+        raise HPNInputError(f"{in_dir}: input folder does not exist")
+    case_dirs = sorted(path for path in in_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
+    if not case_dirs:
+        raise HPNInputError(f"{in_dir}: no case folders found")
+    channel_names = model_channel_names(Path(model_dir))
+    inputs = {case_dir.name: _case_inputs(case_dir, channel_names) for case_dir in case_dirs}
+    predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HPNInputError(f"{out_dir}: output path exists and is not a folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(out_dir.parent, f".{out_dir.name}.predict-")
+    try:
+        for case, phase_paths in tqdm(inputs.items(), desc="predicting cases", unit="case", disable=not progress):
+            predictor.predict_files(phase_paths, staging / f"{case}.nii.gz", staging / QC_FOLDER / f"{case}.json")
+        (out_dir / QC_FOLDER).mkdir(parents=True, exist_ok=True)
+        for case in inputs:
+            os.replace(staging / f"{case}.nii.gz", out_dir / f"{case}.nii.gz")
+            os.replace(staging / QC_FOLDER / f"{case}.json", out_dir / QC_FOLDER / f"{case}.json")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return list(inputs)

@@ -1,0 +1,646 @@
+"""Register one contrast phase onto another (venous onto arterial) before the two are used as channels.
+
+nnU-Net assumes co-registered channels; the paper aligns the venous phase to the arterial phase with diffeomorphic
+demons (pancreas surface distance 1.01 ± 0.52 mm). :func:`register_to_reference` does this with SimpleITK:
+
+1. overlap check of the two images' physical bounding boxes (``HPNInputError`` naming both when they are
+   disjoint);
+2. a *working grid*: the fixed grid cropped to the body and to the moving image's box, coarsened to at least
+   ``working_spacing_mm`` and to at most ``max_working_voxels`` voxels; both images windowed, rescaled to [0, 1],
+   anti-aliased and resampled onto it;
+3. ``method="affine"`` / ``"demons"``: initial alignment (the better, by Mattes mutual information, of the scanner's
+   own physical alignment and ``CenteredTransformInitializer`` on moments), then rigid and affine registration with
+   Mattes MI in a multi-resolution pyramid, on images windowed to [-100, 240] HU;
+4. ``method="demons"``: multi-resolution symmetric-forces demons (``FastSymmetricForcesDemonsRegistrationFilter``;
+   ``DiffeomorphicDemonsRegistrationFilter`` with ``demons_filter="diffeomorphic"``), Gaussian smoothing of the
+   displacement field, on the affinely aligned images windowed to [-100, 60] HU (fat to parenchyma: organs whose
+   enhancement differs between the phases look alike, the fat/organ borders drive it);
+5. the transforms composed into one transform, the moving image warped onto the fixed grid with linear, its label
+   with nearest-neighbour interpolation, and the displacement field written on the fixed grid.
+
+A stage that lowers the normalised mutual information (NMI, [-100, 240] HU window) is dropped with a
+:class:`RegistrationWarning`; every warning is also in ``qc["warnings"]``. With both labels the QC holds the
+pancreas (label > 0) mean surface distance, HD95 and Dice, in mm, before and after.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnunet_hpn.errors import HPNInputError
+
+METHODS = ("none", "affine", "demons")
+#: HU window of the paper's preprocessing: the affine stage and the similarity QC use it.
+DEFAULT_WINDOW_HU = (-100.0, 240.0)
+#: A stage must not lower the NMI by more than this to be kept.
+SIMILARITY_TOLERANCE = 1e-3
+#: Voxels above this HU belong to the body (for cropping the working grid).
+BODY_THRESHOLD_HU = -500.0
+
+
+class RegistrationWarning(UserWarning):
+    """A registration result that needs a look (worse similarity or surface distance, little overlap, folding)."""
+
+
+@dataclass
+class RegistrationSettings:
+    """Parameters of :func:`register_to_reference`; the defaults are the benchmarked ones (docs/BENCHMARKS.md)."""
+
+    window_hu: tuple[float, float] = DEFAULT_WINDOW_HU
+    #: Finest spacing (mm) of the working grid, and its largest number of voxels (coarser spacing beyond).
+    working_spacing_mm: float = 1.5
+    max_working_voxels: int = 1_000_000
+    #: Gaussian pre-smoothing of the working images (mm), against CT noise.
+    image_sigma_mm: float = 1.0
+    #: Rigid and affine stages: pyramid shrink factors of the working grid, iterations per level, sampled share.
+    affine_shrink_factors: tuple[int, ...] = (4, 2)
+    affine_iterations: int = 100
+    affine_sampling: float = 0.15
+    #: "symmetric" (FastSymmetricForcesDemonsRegistrationFilter) or "diffeomorphic"
+    #: (DiffeomorphicDemonsRegistrationFilter, symmetric gradient): equally accurate on the benchmark pairs, the
+    #: diffeomorphic one costs about 2.7x the CPU time.
+    demons_filter: str = "symmetric"
+    #: HU window of the demons images: fat (-100 HU -> 0) to parenchyma (60 HU -> 1), so organs whose enhancement
+    #: differs between the phases look alike and the fat/organ borders drive the deformation.
+    demons_window_hu: tuple[float, float] = (-100.0, 60.0)
+    #: Demons pyramid (shrink factors of the working grid, coarse to fine) and iterations per level.
+    demons_shrink_factors: tuple[int, ...] = (4, 2, 1)
+    demons_iterations: tuple[int, ...] = (60, 40, 10)
+    #: Gaussian smoothing of the displacement field (voxels of each level) and the largest update step (voxels).
+    demons_field_sigma: float = 2.0
+    demons_max_step: float = 2.0
+    seed: int = 12345
+
+
+@dataclass
+class RegistrationResult:
+    """The moving image and label on the fixed grid, the displacement field and the quality record.
+
+    ``warped``: the moving image's pixel type on the fixed grid. ``warped_label``: uint8 on the fixed grid (None
+    without a moving label). ``displacement``: ``sitkVectorFloat32`` (3 components, mm, physical x y z) on the fixed
+    grid; a fixed point ``p`` is sampled in the moving image at ``p + displacement(p)`` (cast to
+    ``sitkVectorFloat64`` for ``sitk.DisplacementFieldTransform``). ``qc``: JSON-serialisable dict. ``transform``:
+    the same mapping as a SimpleITK transform (fixed → moving physical points).
+    """
+
+    warped: sitk.Image
+    warped_label: sitk.Image | None
+    displacement: sitk.Image
+    qc: dict = field(default_factory=dict)
+    transform: sitk.Transform | None = None
+
+
+# --------------------------------------------------------------------------------------------------- geometry
+
+
+def physical_bounds(image: sitk.Image | sitk.ImageFileReader) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest physical coordinates (mm, x y z) of the image's voxel boxes (half a voxel around the
+    centres), over all 8 corners, so any direction matrix works. Accepts a reader after ``ReadImageInformation``."""
+    corners = np.array(np.meshgrid(*[[-0.5, n - 0.5] for n in image.GetSize()], indexing="ij")).reshape(3, -1)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    points = np.asarray(image.GetOrigin())[:, None] + direction @ (np.asarray(image.GetSpacing())[:, None] * corners)
+    return points.min(axis=1), points.max(axis=1)
+
+
+def overlap_fraction(fixed: sitk.Image | sitk.ImageFileReader, moving: sitk.Image | sitk.ImageFileReader) -> float:
+    """Volume of the intersection of the two bounding boxes over the fixed image's bounding-box volume."""
+    low_f, high_f = physical_bounds(fixed)
+    low_m, high_m = physical_bounds(moving)
+    extent = np.clip(np.minimum(high_f, high_m) - np.maximum(low_f, low_m), 0, None)
+    return float(np.prod(extent) / np.prod(high_f - low_f))
+
+
+def check_overlap(fixed: sitk.Image | sitk.ImageFileReader, moving: sitk.Image | sitk.ImageFileReader,
+                  fixed_name: str, moving_name: str) -> float:
+    """HPNInputError naming both images when their physical bounding boxes do not intersect; else the overlap
+    fraction (see :func:`overlap_fraction`)."""
+    fraction = overlap_fraction(fixed, moving)
+    if fraction <= 0:
+        low_f, high_f = physical_bounds(fixed)
+        low_m, high_m = physical_bounds(moving)
+        box = lambda low, high: f"{np.round(low, 1).tolist()}..{np.round(high, 1).tolist()} mm"  # noqa: E731
+        raise HPNInputError(f"{moving_name}: does not overlap {fixed_name} in physical space (bounding box "
+                            f"{box(low_m, high_m)} vs {box(low_f, high_f)}); check the origin/direction in the headers")
+    return fraction
+
+
+def _check_image(image: sitk.Image, name: str) -> None:
+    if image.GetDimension() != 3:
+        raise HPNInputError(f"{name}: {image.GetDimension()}D image, expected a 3D image")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise HPNInputError(f"{name}: {image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1")
+
+
+def _check_same_grid(reference: sitk.Image, image: sitk.Image, reference_name: str, name: str) -> None:
+    same = (reference.GetSize() == image.GetSize()
+            and np.allclose(reference.GetSpacing(), image.GetSpacing(), atol=1e-4, rtol=1e-4)
+            and np.allclose(reference.GetOrigin(), image.GetOrigin(), atol=1e-3, rtol=1e-4)
+            and np.allclose(reference.GetDirection(), image.GetDirection(), atol=1e-4))
+    if not same:
+        raise HPNInputError(f"{name}: not on the voxel grid of {reference_name} (size, spacing, origin or direction)")
+
+
+def _body_index_box(image: sitk.Image, margin_mm: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive index range (x y z) of the voxels above BODY_THRESHOLD_HU, widened by ``margin_mm``; the whole
+    image when there are none."""
+    size = np.asarray(image.GetSize())
+    body = sitk.GetArrayFromImage(image) > BODY_THRESHOLD_HU  # z y x
+    if not body.any():
+        return np.zeros(3, dtype=int), size - 1
+    low, high = [], []
+    for axis in (2, 1, 0):  # x, y, z
+        occupied = np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis)))
+        low.append(occupied[0])
+        high.append(occupied[-1])
+    margin = np.ceil(margin_mm / np.asarray(image.GetSpacing())).astype(int)
+    return np.maximum(np.array(low) - margin, 0), np.minimum(np.array(high) + margin, size - 1)
+
+
+def working_grid(image: sitk.Image, other: sitk.Image | None, settings: "RegistrationSettings") -> sitk.Image:
+    """Empty float image on ``image``'s axes: cropped to its body and to ``other``'s bounding box (+10 mm), spacing
+    at least ``working_spacing_mm`` and coarse enough for ``max_working_voxels``."""
+    size = np.asarray(image.GetSize())
+    low, high = _body_index_box(image)
+    if other is not None:
+        low_o, high_o = physical_bounds(other)
+        corners = np.array(np.meshgrid(*zip(low_o - 10, high_o + 10), indexing="ij")).reshape(3, -1).T
+        index = np.array([image.TransformPhysicalPointToContinuousIndex(c.tolist()) for c in corners])
+        low = np.maximum(low, np.clip(np.floor(index.min(axis=0)), 0, size - 1).astype(int))
+        high = np.minimum(high, np.clip(np.ceil(index.max(axis=0)), 0, size - 1).astype(int))
+        high = np.maximum(high, low)
+    image_spacing = np.asarray(image.GetSpacing())
+    start_mm, length_mm = (low - 0.5) * image_spacing, (high - low + 1) * image_spacing
+    spacing = np.maximum(image_spacing, settings.working_spacing_mm)
+    n_voxels = np.prod(np.maximum(length_mm / spacing, 1))
+    if n_voxels > settings.max_working_voxels:
+        spacing = np.maximum(spacing, spacing * (n_voxels / settings.max_working_voxels) ** (1 / 3))
+    grid_size = np.maximum(np.round(length_mm / spacing).astype(int), 1)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    grid = sitk.Image([int(n) for n in grid_size], sitk.sitkFloat32)
+    grid.SetSpacing(spacing.tolist())
+    grid.SetDirection(image.GetDirection())
+    grid.SetOrigin((np.asarray(image.GetOrigin()) + direction @ (start_mm + spacing / 2)).tolist())
+    return grid
+
+
+def _prepared(image: sitk.Image, window: tuple[float, float], grid: sitk.Image, sigma_mm: float) -> sitk.Image:
+    """``image`` clipped to ``window`` and rescaled to [0, 1] (float32), block-averaged and smoothed down to the
+    grid's spacing (plus ``sigma_mm`` of denoising) and resampled onto ``grid``; 0 outside the image."""
+    work = sitk.IntensityWindowing(sitk.Cast(image, sitk.sitkFloat32), window[0], window[1], 0.0, 1.0)
+    spacing = np.asarray(image.GetSpacing())
+    # grid spacing along the grid axis closest to each image axis
+    alignment = np.abs(np.asarray(image.GetDirection()).reshape(3, 3).T @ np.asarray(grid.GetDirection()).reshape(3, 3))
+    target = np.asarray(grid.GetSpacing())[alignment.argmax(axis=1)]
+    factors = np.maximum(np.floor(target / spacing).astype(int), 1)
+    if factors.max() > 1:
+        work = sitk.BinShrink(work, factors.tolist())
+        spacing = np.asarray(work.GetSpacing())
+    sigma = np.sqrt(np.maximum(target ** 2 - spacing ** 2, 0) / 4 + sigma_mm ** 2)
+    if sigma.max() > 0:
+        work = sitk.SmoothingRecursiveGaussian(work, sigma.tolist())
+    return sitk.Resample(work, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+
+
+def _domain_mask(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform | None = None) -> np.ndarray:
+    """Boolean z, y, x array on ``grid``: voxels whose (transformed) position lies inside ``image``."""
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    inside = sitk.Resample(ones, grid, transform or sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(inside) > 0
+
+
+# ------------------------------------------------------------------------------------------------- similarity
+
+
+def normalized_mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 64) -> float:
+    """(H(a) + H(b)) / H(a, b) of two equally shaped value arrays in [0, 1]; 1 = independent, 2 = identical."""
+    joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=bins, range=[[0, 1], [0, 1]])
+    joint = joint / max(joint.sum(), 1)
+
+    def entropy(p: np.ndarray) -> float:
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+
+    joint_entropy = entropy(joint.ravel())
+    return (entropy(joint.sum(axis=1)) + entropy(joint.sum(axis=0))) / joint_entropy if joint_entropy > 0 else 1.0
+
+
+def _similarity(fixed_w: sitk.Image, moving_w: sitk.Image, mask: np.ndarray) -> dict:
+    """NMI and normalised cross-correlation of two working images inside ``mask`` (z, y, x)."""
+    a = sitk.GetArrayFromImage(fixed_w)[mask]
+    b = sitk.GetArrayFromImage(moving_w)[mask]
+    if a.size < 10:
+        return {"nmi": float("nan"), "ncc": float("nan"), "voxels": int(a.size)}
+    ncc = float(np.corrcoef(a, b)[0, 1]) if a.std() > 0 and b.std() > 0 else 0.0
+    return {"nmi": round(normalized_mutual_information(a, b), 5), "ncc": round(ncc, 5), "voxels": int(a.size)}
+
+
+# ----------------------------------------------------------------------------------------------- label metrics
+
+
+def surface_metrics(reference: sitk.Image, test: sitk.Image) -> dict:
+    """Dice, symmetric mean surface distance and 95 % Hausdorff distance (mm) of two masks (> 0) on one grid.
+
+    Surfaces are the masks' boundary voxels (``LabelContour``, face connectivity); the distances of each boundary
+    voxel of one mask to the nearest boundary voxel of the other are pooled over both masks. Distances are None where
+    a mask is empty.
+    """
+    ref = sitk.Cast(reference > 0, sitk.sitkUInt8)
+    tst = sitk.Cast(test > 0, sitk.sitkUInt8)
+    ref_array, tst_array = sitk.GetArrayFromImage(ref), sitk.GetArrayFromImage(tst)
+    n_ref, n_tst = int(ref_array.sum()), int(tst_array.sum())
+    dice = round(2 * int(np.logical_and(ref_array, tst_array).sum()) / (n_ref + n_tst), 5) if n_ref + n_tst else None
+    if not n_ref or not n_tst:
+        return {"dice": dice, "mean_surface_distance_mm": None, "hd95_mm": None}
+    # distances only involve boundary voxels: crop both masks to their joint bounding box plus one voxel (no more
+    # than the image, so a mask touching the image border keeps ITK's border semantics)
+    occupied = np.logical_or(ref_array, tst_array)
+    box = [np.flatnonzero(occupied.any(axis=tuple(a for a in range(3) if a != axis))) for axis in (2, 1, 0)]
+    low = [max(int(b[0]) - 1, 0) for b in box]
+    size = [min(int(b[-1]) + 2, n) - lo for b, lo, n in zip(box, low, ref.GetSize())]
+    ref, tst = sitk.RegionOfInterest(ref, size, low), sitk.RegionOfInterest(tst, size, low)
+    distances = []
+    for a, b in ((ref, tst), (tst, ref)):
+        contour_a = sitk.GetArrayFromImage(sitk.LabelContour(a, fullyConnected=False)) > 0
+        distance_to_b = sitk.SignedMaurerDistanceMap(sitk.LabelContour(b, fullyConnected=False), insideIsPositive=False,
+                                                     squaredDistance=False, useImageSpacing=True)
+        distances.append(np.abs(sitk.GetArrayFromImage(distance_to_b)[contour_a]))
+    pooled = np.concatenate(distances)
+    return {"dice": dice, "mean_surface_distance_mm": round(float(pooled.mean()), 4),
+            "hd95_mm": round(float(np.percentile(pooled, 95)), 4)}
+
+
+def label_on_grid(label: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None = None) -> sitk.Image:
+    """``label`` (uint8) resampled onto ``reference``'s grid with nearest-neighbour interpolation, 0 outside."""
+    return sitk.Resample(sitk.Cast(label, sitk.sitkUInt8), reference, transform or sitk.Transform(),
+                         sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+
+
+# -------------------------------------------------------------------------------------------------- stages
+
+
+class _LevelProgress:
+    """One tqdm bar per pyramid level, fed by SimpleITK iteration events."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+
+    def start(self, description: str, total: int) -> None:
+        self.close()
+        self.bar = tqdm(total=total, desc=description, unit="it", leave=False, disable=not self.enabled)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _mattes(fixed_w: sitk.Image, moving_w: sitk.Image, transform: sitk.Transform, seed: int) -> float:
+    """Mattes mutual information (SimpleITK's sign: lower is better) of the pair under ``transform``."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.REGULAR)
+    method.SetMetricSamplingPercentage(0.2, seed)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetInitialTransform(transform)
+    try:
+        return float(method.MetricEvaluate(fixed_w, moving_w))
+    except RuntimeError:  # too few samples inside the moving image
+        return float("inf")
+
+
+def _initial_transform(fixed_w: sitk.Image, moving_w: sitk.Image, seed: int) -> tuple[sitk.Euler3DTransform, str]:
+    """The better (Mattes MI) of the scanner alignment (identity about the working grid's centre) and
+    ``CenteredTransformInitializer`` on intensity moments."""
+    centre = fixed_w.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in fixed_w.GetSize()])
+    identity = sitk.Euler3DTransform()
+    identity.SetCenter(centre)
+    candidates = {"physical": identity}
+    try:
+        candidates["moments"] = sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
+            fixed_w, moving_w, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS))
+    except RuntimeError:
+        pass
+    scores = {name: _mattes(fixed_w, moving_w, transform, seed) for name, transform in candidates.items()}
+    best = min(scores, key=scores.get)
+    return candidates[best], best
+
+
+def _run_linear(fixed_w: sitk.Image, moving_w: sitk.Image, transform: sitk.Transform, settings: RegistrationSettings,
+                progress: _LevelProgress, name: str) -> None:
+    """Mattes-MI registration of ``transform`` (optimised in place) over the affine pyramid."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(settings.affine_sampling, settings.seed)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3,
+                                                    numberOfIterations=settings.affine_iterations,
+                                                    relaxationFactor=0.5)
+    method.SetOptimizerScalesFromPhysicalShift()
+    shrink = [max(1, int(s)) for s in settings.affine_shrink_factors]
+    method.SetShrinkFactorsPerLevel(shrink)
+    method.SetSmoothingSigmasPerLevel([s / 2 for s in shrink])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    method.SetInitialTransform(transform, inPlace=True)
+    level = [0]
+
+    def new_level() -> None:
+        level[0] += 1
+        progress.start(f"{name} level {level[0]}/{len(shrink)} (1/{shrink[level[0] - 1]})", settings.affine_iterations)
+
+    method.AddCommand(sitk.sitkMultiResolutionIterationEvent, new_level)
+    method.AddCommand(sitk.sitkIterationEvent, progress.step)
+    method.Execute(fixed_w, moving_w)
+    progress.close()
+
+
+def _affine_stage(fixed_w: sitk.Image, moving_w: sitk.Image, settings: RegistrationSettings,
+                  progress: _LevelProgress) -> tuple[sitk.AffineTransform, str]:
+    """Initial alignment, rigid, then affine registration; the affine transform (fixed → moving points) and the
+    name of the initialisation."""
+    rigid, init = _initial_transform(fixed_w, moving_w, settings.seed)
+    _run_linear(fixed_w, moving_w, rigid, settings, progress, "rigid")
+    affine = sitk.AffineTransform(3)
+    affine.SetCenter(rigid.GetCenter())
+    affine.SetMatrix(rigid.GetMatrix())
+    affine.SetTranslation(rigid.GetTranslation())
+    _run_linear(fixed_w, moving_w, affine, settings, progress, "affine")
+    return affine, init
+
+
+def _demons_stage(fixed_d: sitk.Image, moving_d: sitk.Image, settings: RegistrationSettings,
+                  progress: _LevelProgress) -> sitk.Image:
+    """Multi-resolution demons of ``moving_d`` onto ``fixed_d`` (both on the working grid); the displacement field
+    (``sitkVectorFloat64``, mm) on the working grid."""
+    if len(settings.demons_shrink_factors) != len(settings.demons_iterations):
+        raise ValueError("demons_shrink_factors and demons_iterations need the same length")
+    if settings.demons_filter not in ("diffeomorphic", "symmetric"):
+        raise ValueError(f"demons_filter {settings.demons_filter!r} is not 'diffeomorphic' or 'symmetric'")
+    displacement: sitk.Image | None = None
+    n_levels = len(settings.demons_shrink_factors)
+    for level, (shrink, iterations) in enumerate(zip(settings.demons_shrink_factors, settings.demons_iterations)):
+        factors = [max(1, min(int(shrink), n // 8)) for n in fixed_d.GetSize()]
+        fixed_l = sitk.BinShrink(fixed_d, factors) if max(factors) > 1 else fixed_d
+        moving_l = sitk.BinShrink(moving_d, factors) if max(factors) > 1 else moving_d
+        if displacement is None:
+            initial = sitk.Image(fixed_l.GetSize(), sitk.sitkVectorFloat64, 3)
+            initial.CopyInformation(fixed_l)
+        else:
+            initial = sitk.Resample(displacement, fixed_l, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                    sitk.sitkVectorFloat64)
+        if settings.demons_filter == "diffeomorphic":
+            demons = sitk.DiffeomorphicDemonsRegistrationFilter()
+            demons.SetUseGradientType(demons.Symmetric)
+        else:
+            demons = sitk.FastSymmetricForcesDemonsRegistrationFilter()
+        demons.SetNumberOfIterations(int(iterations))
+        demons.SetSmoothDisplacementField(True)
+        demons.SetStandardDeviations(settings.demons_field_sigma)
+        demons.SetMaximumUpdateStepLength(settings.demons_max_step)
+        demons.SetUseImageSpacing(True)
+        progress.start(f"demons level {level + 1}/{n_levels} (1/{shrink})", int(iterations))
+        demons.AddCommand(sitk.sitkIterationEvent, progress.step)
+        displacement = demons.Execute(fixed_l, moving_l, initial)
+        progress.close()
+    if displacement.GetSize() != fixed_d.GetSize():
+        displacement = sitk.Resample(displacement, fixed_d, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                     sitk.sitkVectorFloat64)
+    return displacement
+
+
+def _field_qc(displacement_w: sitk.Image) -> dict:
+    """Size of the displacements, smallest Jacobian determinant of ``p -> p + d(p)`` and the folded (≤ 0) share."""
+    magnitude = np.linalg.norm(sitk.GetArrayFromImage(displacement_w), axis=-1)
+    jacobian = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(displacement_w))
+    return {"displacement_mm": {"mean": round(float(magnitude.mean()), 3), "max": round(float(magnitude.max()), 3)},
+            "jacobian_min": round(float(jacobian.min()), 4), "folded_fraction": round(float((jacobian <= 0).mean()), 6)}
+
+
+# ----------------------------------------------------------------------------------------------------- main
+
+
+def _not_worse(nmi_after: float, nmi_before: float) -> bool:
+    """A finite NMI that is not lower than before (by more than SIMILARITY_TOLERANCE)."""
+    return bool(np.isfinite(nmi_after) and (not np.isfinite(nmi_before)
+                                            or nmi_after >= nmi_before - SIMILARITY_TOLERANCE))
+
+
+def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label: sitk.Image | None = None,
+                          fixed_label: sitk.Image | None = None, method: str = "demons", progress: bool = True,
+                          fixed_name: str = "fixed image", moving_name: str = "moving image",
+                          settings: RegistrationSettings | None = None) -> RegistrationResult:
+    """Register ``moving`` onto ``fixed``'s grid; ``method`` in {"none", "affine", "demons"} ("none": resample in
+    physical space only).
+
+    ``moving_label`` (on the moving grid) is warped with nearest-neighbour interpolation; with ``fixed_label`` (on
+    the fixed grid) as well, ``qc["pancreas"]`` holds the label > 0 surface distance and Dice before and after.
+    Disjoint bounding boxes raise HPNInputError naming ``moving_name`` and ``fixed_name``; a stage that lowers the
+    similarity is dropped, and a result worse than before is flagged, with a :class:`RegistrationWarning` (also in
+    ``qc["warnings"]``).
+    """
+    if method not in METHODS:
+        raise HPNInputError(f"{moving_name}: registration method {method!r} is not one of {list(METHODS)}")
+    settings = settings or RegistrationSettings()
+    started = time.perf_counter()
+    _check_image(fixed, fixed_name)
+    _check_image(moving, moving_name)
+    if moving_label is not None:
+        _check_same_grid(moving, moving_label, moving_name, f"label of {moving_name}")
+    if fixed_label is not None:
+        _check_same_grid(fixed, fixed_label, fixed_name, f"label of {fixed_name}")
+    overlap = check_overlap(fixed, moving, fixed_name, moving_name)
+    qc: dict = {"method": method, "fixed": fixed_name, "moving": moving_name, "overlap_fraction": round(overlap, 4),
+                "settings": asdict(settings), "stages": [], "warnings": []}
+
+    def warn(message: str) -> None:
+        qc["warnings"].append(message)
+        warnings.warn(f"{moving_name}: {message}", RegistrationWarning, stacklevel=3)
+
+    if overlap < 0.5:
+        warn(f"the moving image covers only {overlap:.0%} of the fixed image's bounding box")
+
+    grid = working_grid(fixed, moving, settings)
+    moving_grid = working_grid(moving, fixed, settings)
+    qc["working_grid"] = {"size": list(grid.GetSize()), "spacing_mm": [round(s, 4) for s in grid.GetSpacing()]}
+    fixed_w = _prepared(fixed, settings.window_hu, grid, settings.image_sigma_mm)
+    moving_own = _prepared(moving, settings.window_hu, moving_grid, settings.image_sigma_mm)
+
+    def similarity(transform: sitk.Transform) -> dict:
+        """NMI/NCC over the working grid's voxels that map into the moving image's (body-cropped) region."""
+        resampled = sitk.Resample(moving_own, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        return _similarity(fixed_w, resampled, _domain_mask(moving_grid, grid, transform))
+
+    identity = sitk.Transform()
+    transform: sitk.Transform = identity
+    similarity_before = similarity(identity)
+    similarity_now = similarity_before
+    bar = _LevelProgress(progress)
+    if method in ("affine", "demons"):
+        stage_start = time.perf_counter()
+        affine, init = _affine_stage(fixed_w, moving_own, settings, bar)
+        after = similarity(affine)
+        kept = _not_worse(after["nmi"], similarity_now["nmi"])
+        qc["stages"].append({"stage": "affine", "initialisation": init, "similarity": after, "kept": kept,
+                             "seconds": round(time.perf_counter() - stage_start, 2),
+                             "matrix": [round(v, 6) for v in affine.GetMatrix()],
+                             "translation_mm": [round(v, 4) for v in affine.GetTranslation()]})
+        if kept:
+            transform, similarity_now = affine, after
+        else:
+            warn(f"the affine stage lowered the similarity (NMI {similarity_now['nmi']} -> {after['nmi']}); "
+                 "kept the scanner alignment")
+    if method == "demons":
+        stage_start = time.perf_counter()
+        fixed_d = _prepared(fixed, settings.demons_window_hu, grid, settings.image_sigma_mm)
+        moving_d = sitk.Resample(_prepared(moving, settings.demons_window_hu, moving_grid, settings.image_sigma_mm),
+                                 grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        displacement_w = _demons_stage(fixed_d, moving_d, settings, bar)
+        field_qc = _field_qc(displacement_w)
+        candidate = sitk.CompositeTransform([transform, sitk.DisplacementFieldTransform(displacement_w)])
+        after = similarity(candidate)
+        kept = _not_worse(after["nmi"], similarity_now["nmi"])
+        qc["stages"].append({"stage": "demons", "similarity": after, "kept": kept,
+                             "seconds": round(time.perf_counter() - stage_start, 2), **field_qc})
+        if kept:
+            transform, similarity_now = candidate, after
+        else:
+            warn(f"the demons stage lowered the similarity (NMI {similarity_now['nmi']} -> {after['nmi']}); "
+                 "kept the previous stage")
+        if kept and field_qc["folded_fraction"] > 0:
+            warn(f"the demons displacement folds in {field_qc['folded_fraction']:.3%} of the working grid")
+    bar.close()
+    qc["similarity"] = {"before": similarity_before, "after": similarity_now}
+
+    extrema = sitk.MinimumMaximumImageFilter()
+    extrema.Execute(moving)
+    air = float(extrema.GetMinimum())
+    warped = sitk.Resample(moving, fixed, transform, sitk.sitkLinear, air, moving.GetPixelID())
+    warped_label = None if moving_label is None else label_on_grid(moving_label, fixed, transform)
+    displacement = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat32, fixed.GetSize(),
+                                                     fixed.GetOrigin(), fixed.GetSpacing(), fixed.GetDirection())
+    if moving_label is not None and fixed_label is not None:
+        before = surface_metrics(fixed_label, label_on_grid(moving_label, fixed))
+        after = surface_metrics(fixed_label, warped_label)
+        qc["pancreas"] = {"before": before, "after": after}
+        msd_before, msd_after = before["mean_surface_distance_mm"], after["mean_surface_distance_mm"]
+        if msd_before is not None and msd_after is not None and msd_after > msd_before:
+            warn(f"the pancreas mean surface distance got worse ({msd_before} -> {msd_after} mm)")
+    qc["worse_than_before"] = not _not_worse(similarity_now["nmi"], similarity_before["nmi"])
+    if qc["worse_than_before"]:
+        warn(f"the similarity after registration is worse than before (NMI {similarity_before['nmi']} -> "
+             f"{similarity_now['nmi']})")
+    qc["seconds"] = round(time.perf_counter() - started, 2)
+    return RegistrationResult(warped=warped, warped_label=warped_label, displacement=displacement, qc=qc,
+                              transform=transform)
+
+
+# ------------------------------------------------------------------------------------- synthetic misalignment
+
+
+def smooth_random_displacement(reference: sitk.Image, max_mm: float, seed: int, control_points: int = 4) -> sitk.Image:
+    """A smooth random displacement field (``sitkVectorFloat64``, mm) on ``reference``'s grid whose largest vector is
+    ``max_mm`` long: a ``control_points``³ grid of normal random vectors, B-spline-interpolated."""
+    rng = np.random.default_rng(seed)
+    coarse = sitk.GetImageFromArray(rng.standard_normal((control_points,) * 3 + (3,)), isVector=True)
+    size = np.asarray(reference.GetSize())
+    coarse.SetSpacing(((size - 1) / (control_points - 1)).tolist())  # in the reference's index space
+    dense_index_grid = sitk.Image(reference.GetSize(), sitk.sitkFloat32)
+    dense = sitk.Resample(sitk.Cast(coarse, sitk.sitkVectorFloat64), dense_index_grid, sitk.Transform(),
+                          sitk.sitkBSpline, 0.0, sitk.sitkVectorFloat64)
+    values = sitk.GetArrayFromImage(dense)
+    values *= max_mm / max(np.linalg.norm(values, axis=-1).max(), 1e-9)
+    field = sitk.GetImageFromArray(values, isVector=True)
+    field.CopyInformation(reference)
+    return field
+
+
+def misaligned_copy(image: sitk.Image, label: sitk.Image | None, *, seed: int, max_deformation_mm: float = 4.0,
+                    shift_mm: float = 3.0, rotation_deg: float = 2.0, spacing_factors=(1.1, 1.1, 0.8),
+                    flip_y: bool = True, extra_transform: sitk.Transform | None = None
+                    ) -> tuple[sitk.Image, sitk.Image | None, sitk.Transform]:
+    """``image`` (and ``label``) seen through a known misalignment, for tests and benchmarks: a smooth random
+    deformation of at most ``max_deformation_mm``, a rigid shift of ``shift_mm`` and rotation of ``rotation_deg`` about
+    the centre, resampled onto a different grid (spacing × ``spacing_factors``, y axis flipped in the direction matrix
+    if ``flip_y``, same physical box). ``extra_transform`` (physical, applied first) may add a known deformation that
+    is already present, e.g. a phantom's own. Returns (moving image, moving label, the transform ``S`` with
+    ``moving(y) = image(S(y))``)."""
+    rng = np.random.default_rng(seed)
+    deformation = sitk.DisplacementFieldTransform(smooth_random_displacement(image, max_deformation_mm, seed))
+    centre = image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()])
+    rigid = sitk.Euler3DTransform()
+    rigid.SetCenter(centre)
+    angles = rng.standard_normal(3)
+    rigid.SetRotation(*(np.deg2rad(rotation_deg) * angles / np.linalg.norm(angles)).tolist())
+    shift = rng.standard_normal(3)
+    rigid.SetTranslation((shift_mm * shift / np.linalg.norm(shift)).tolist())
+    transforms = [deformation, rigid] if extra_transform is None else [extra_transform, deformation, rigid]
+    composite = sitk.CompositeTransform(transforms)
+
+    low, high = physical_bounds(image)
+    spacing = np.asarray(image.GetSpacing()) * np.asarray(spacing_factors)
+    direction = np.asarray(image.GetDirection()).reshape(3, 3).copy()
+    if flip_y:
+        direction[:, 1] *= -1
+    # the grid covering the same physical box: voxel centres half a voxel inside the box
+    size = np.maximum(np.round((high - low) / spacing).astype(int), 1)
+    grid = sitk.Image([int(n) for n in size], sitk.sitkUInt8)
+    grid.SetSpacing(spacing.tolist())
+    grid.SetDirection(direction.ravel().tolist())
+    box_centre = (low + high) / 2
+    grid.SetOrigin((box_centre - direction @ ((size - 1) * spacing / 2)).tolist())
+    air = float(np.min(sitk.GetArrayViewFromImage(image)))
+    moving = sitk.Resample(image, grid, composite, sitk.sitkLinear, air, image.GetPixelID())
+    moving_label = None if label is None else sitk.Resample(label, grid, composite, sitk.sitkNearestNeighbor, 0,
+                                                            label.GetPixelID())
+    return moving, moving_label, composite
+
+
+# ----------------------------------------------------------------------------------------------------- files
+
+#: Files written by :func:`register_files` into its output folder.
+OUTPUT_FILES = {"warped": "warped.nii.gz", "displacement": "displacement.nii.gz", "warped_label": "warped_label.nii.gz",
+                "qc": "qc.json"}
+
+
+def register_files(fixed_path: Path, moving_path: Path, out_dir: Path, *, moving_label_path: Path | None = None,
+                   fixed_label_path: Path | None = None, method: str = "demons", progress: bool = True
+                   ) -> RegistrationResult:
+    """``nnunet-hpn register``: read the images (NIfTI files or DICOM series folders), register the moving one onto
+    the fixed grid, write ``out_dir/{warped,displacement,warped_label}.nii.gz`` and ``qc.json`` (each complete or
+    not at all; nothing is written when registration fails)."""
+    import json
+
+    from nnunet_hpn.atomic_io import atomic_file, write_text_atomically
+    from nnunet_hpn.image_io import read_image, read_label
+
+    fixed, moving = read_image(fixed_path), read_image(moving_path)
+    labels = {}
+    for key, path, image, image_path in (("moving", moving_label_path, moving, moving_path),
+                                         ("fixed", fixed_label_path, fixed, fixed_path)):
+        if path is not None:
+            labels[key] = read_label(path)[1]
+            _check_same_grid(image, labels[key], str(image_path), str(path))
+    result = register_to_reference(fixed, moving, moving_label=labels.get("moving"), fixed_label=labels.get("fixed"),
+                                   method=method, progress=progress, fixed_name=str(fixed_path),
+                                   moving_name=str(moving_path))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for key in ("warped", "displacement", "warped_label"):
+        image = getattr(result, key)
+        if image is not None:
+            with atomic_file(out_dir / OUTPUT_FILES[key], suffix=".nii.gz") as temporary:
+                sitk.WriteImage(image, str(temporary), useCompression=True)
+    write_text_atomically(out_dir / OUTPUT_FILES["qc"], json.dumps(result.qc, indent=2))
+    return result

@@ -1,0 +1,213 @@
+#!/usr/bin/env python
+"""Registration accuracy and time: no registration / affine only / demons, on pairs with a known misalignment.
+
+Pairs (fixed = the arterial-like image with its pancreas label; moving = the same anatomy misaligned):
+
+* ``phantom``: ``nnunet_hpn.phantom`` cases; moving = the venous phase (already deformed by the phantom's own smooth
+  field, different contrast per organ) with its ``label_venous``, further deformed by a known smooth field (max
+  ``--deformation-mm``), shifted by ``--shift-mm``, rotated by ``--rotation-deg`` and resampled onto a grid with
+  other spacing, y-flipped direction (``registration.misaligned_copy``).
+* ``real-ct``: the TotalSegmentator example CT (``example_ct.nii.gz``, native, 3 mm) with the pancreas of
+  ``example_seg_fast_force_split.nii.gz`` (label 7, a model output); moving = the same CT through the same kind of
+  known misalignment, plus Gaussian noise (``--noise-hu``) so the two are not the same samples.
+* ``real-ct-clinical``: as ``real-ct`` but the CT first resampled to a clinical grid (0.8 x 0.8 x 2.5 mm) - the
+  size the 20 s target is about.
+
+Reported per set and method: pancreas (label > 0) mean surface distance, HD95 and Dice before/after (mm), and the
+wall-clock and CPU seconds of ``register_to_reference`` per case (SimpleITK on ``--threads`` threads).
+
+    python scripts/benchmark_registration.py --append-to docs/BENCHMARKS.md
+    python scripts/benchmark_registration.py --phantoms 1 --real-pairs 0 --clinical-pairs 0   # smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from nnunet_hpn.atomic_io import write_text_atomically  # noqa: E402
+from nnunet_hpn.phantom import generate_phantom_case, phantom_image  # noqa: E402
+from nnunet_hpn.registration import METHODS, RegistrationWarning, misaligned_copy, register_to_reference  # noqa: E402
+
+REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "totalsegmentator"
+PANCREAS_TOTALSEG = 7
+CLINICAL_SPACING = (0.8, 0.8, 2.5)
+PHANTOM_SPACING_ZYX = (2.5, 1.5, 1.5)
+
+
+def _phantom_image(array: np.ndarray) -> sitk.Image:
+    return phantom_image(array, PHANTOM_SPACING_ZYX)
+
+
+def _misalign(image: sitk.Image, label: sitk.Image, seed: int, args: argparse.Namespace, noise_hu: float = 0.0):
+    moving, moving_label, _ = misaligned_copy(image, label, seed=seed, max_deformation_mm=args.deformation_mm,
+                                              shift_mm=args.shift_mm, rotation_deg=args.rotation_deg)
+    if noise_hu > 0:
+        noise = np.random.default_rng(seed).normal(0, noise_hu, moving.GetSize()[::-1])
+        noisy = sitk.GetImageFromArray(np.rint(sitk.GetArrayFromImage(moving) + noise).astype(np.int16))
+        noisy.CopyInformation(moving)
+        moving = noisy
+    return moving, moving_label
+
+
+def phantom_pairs(args: argparse.Namespace):
+    for index in range(args.phantoms):
+        case = generate_phantom_case(args.seed, index, tuple(args.phantom_shape))
+        moving, moving_label = _misalign(_phantom_image(case.venous), _phantom_image(case.label_venous),
+                                         args.seed * 1000 + index, args)
+        yield f"phantom_{index:03d}", _phantom_image(case.arterial), _phantom_image(case.label), moving, moving_label
+
+
+def _real_ct() -> tuple[sitk.Image, sitk.Image]:
+    image = sitk.ReadImage(str(REAL_DIR / "example_ct.nii.gz"), sitk.sitkInt16)
+    label = sitk.ReadImage(str(REAL_DIR / "example_seg_fast_force_split.nii.gz"))
+    return image, sitk.Cast(label == PANCREAS_TOTALSEG, sitk.sitkUInt8)
+
+
+def real_pairs(args: argparse.Namespace):
+    if args.real_pairs == 0:
+        return
+    image, label = _real_ct()
+    for index in range(args.real_pairs):
+        moving, moving_label = _misalign(image, label, 100 + index, args, noise_hu=args.noise_hu)
+        yield f"real_ct_{index}", image, label, moving, moving_label
+
+
+def clinical_pairs(args: argparse.Namespace):
+    if args.clinical_pairs == 0:
+        return
+    image, label = _real_ct()
+    size = [int(round(n * s / c)) for n, s, c in zip(image.GetSize(), image.GetSpacing(), CLINICAL_SPACING)]
+    grid = sitk.Image(size, sitk.sitkUInt8)
+    grid.SetSpacing(CLINICAL_SPACING)
+    grid.SetDirection(image.GetDirection())
+    # same physical box as the 3 mm image
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    corner = np.asarray(image.GetOrigin()) - direction @ (np.asarray(image.GetSpacing()) / 2)
+    grid.SetOrigin((corner + direction @ (np.asarray(CLINICAL_SPACING) / 2)).tolist())
+    fine = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1024, sitk.sitkInt16)
+    # smooth label on the fine grid: linear interpolation of the mask, thresholded at 0.5
+    fine_label = sitk.Cast(sitk.Resample(sitk.Cast(label, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear,
+                                         0.0) > 0.5, sitk.sitkUInt8)
+    for index in range(args.clinical_pairs):
+        moving, moving_label = _misalign(fine, fine_label, 200 + index, args, noise_hu=args.noise_hu)
+        yield f"real_ct_clinical_{index}", fine, fine_label, moving, moving_label
+
+
+def run_pair(fixed, fixed_label, moving, moving_label, method: str) -> dict:
+    started, cpu_started = time.perf_counter(), time.process_time()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RegistrationWarning)
+        result = register_to_reference(fixed, moving, moving_label=moving_label, fixed_label=fixed_label,
+                                       method=method, progress=False)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    return {"method": method, "seconds": seconds, "cpu_seconds": cpu_seconds, "qc": result.qc,
+            "warnings": [str(w.message) for w in caught], "fixed_size": list(fixed.GetSize()),
+            "fixed_spacing": list(fixed.GetSpacing())}
+
+
+def _mean_sd(values: list[float], digits: int = 2) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def summarise(rows: list[dict]) -> list[str]:
+    lines = ["| pairs | method | n | grid (x,y,z) | MSD before mm | MSD after mm | ≤ 1 mm | HD95 after mm | "
+             "Dice before | Dice after | wall s/case (max) | CPU s/case |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for pair_set in dict.fromkeys(r["set"] for r in rows):
+        for method in METHODS:
+            chosen = [r for r in rows if r["set"] == pair_set and r["method"] == method]
+            if not chosen:
+                continue
+            before = [r["qc"]["pancreas"]["before"] for r in chosen]
+            after = [r["qc"]["pancreas"]["after"] for r in chosen]
+            msd_after = [a["mean_surface_distance_mm"] for a in after]
+            within = sum(m is not None and m <= 1.0 for m in msd_after)
+            size = "x".join(str(n) for n in chosen[0]["fixed_size"])
+            lines.append(
+                f"| {pair_set} | {method} | {len(chosen)} | {size} | "
+                f"{_mean_sd([b['mean_surface_distance_mm'] for b in before])} | {_mean_sd(msd_after)} | "
+                f"{within}/{len(chosen)} | {_mean_sd([a['hd95_mm'] for a in after])} | "
+                f"{_mean_sd([b['dice'] for b in before], 3)} | {_mean_sd([a['dice'] for a in after], 3)} | "
+                f"{np.mean([r['seconds'] for r in chosen]):.1f} ({max(r['seconds'] for r in chosen):.1f}) | "
+                f"{np.mean([r['cpu_seconds'] for r in chosen]):.1f} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phantoms", type=int, default=6)
+    parser.add_argument("--phantom-shape", type=int, nargs=3, default=(48, 96, 96), metavar=("Z", "Y", "X"))
+    parser.add_argument("--real-pairs", type=int, default=3, help="misaligned pairs made from the 3 mm real CT")
+    parser.add_argument("--clinical-pairs", type=int, default=2, help="pairs from the real CT on a 0.8x0.8x2.5 grid")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--deformation-mm", type=float, default=4.0)
+    parser.add_argument("--shift-mm", type=float, default=3.0)
+    parser.add_argument("--rotation-deg", type=float, default=2.0)
+    parser.add_argument("--noise-hu", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="write every pair's QC here")
+    parser.add_argument("--append-to", help="append the markdown section to this file")
+    args = parser.parse_args(argv)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
+
+    sources = [("phantom", phantom_pairs(args))]
+    if (args.real_pairs or args.clinical_pairs) and not REAL_DIR.is_dir():
+        print(f"skipping the real-CT pairs: {REAL_DIR} is absent", file=sys.stderr)
+    else:
+        sources += [("real CT 3 mm", real_pairs(args)), ("real CT 0.8x0.8x2.5 mm", clinical_pairs(args))]
+    rows = []
+    for pair_set, pairs in sources:
+        for name, fixed, fixed_label, moving, moving_label in pairs:
+            for method in args.methods:
+                row = {"set": pair_set, "case": name, **run_pair(fixed, fixed_label, moving, moving_label, method)}
+                rows.append(row)
+                pancreas = row["qc"]["pancreas"]
+                print(f"{pair_set:24s} {name:20s} {method:7s} MSD {pancreas['before']['mean_surface_distance_mm']} -> "
+                      f"{pancreas['after']['mean_surface_distance_mm']} mm, Dice {pancreas['before']['dice']} -> "
+                      f"{pancreas['after']['dice']}, {row['seconds']:.1f} s (CPU {row['cpu_seconds']:.1f} s)"
+                      + (f"  warnings: {row['warnings']}" if row["warnings"] else ""), flush=True)
+
+    load = os.getloadavg()
+    command = "python " + " ".join(shlex.quote(a) for a in [f"scripts/{Path(__file__).name}", *sys.argv[1:]])
+    section = [
+        f"\n### {datetime.date.today().isoformat()}: registration, {platform.processor() or platform.machine()}\n",
+        f"- device: CPU ({os.cpu_count()} logical CPUs), SimpleITK {sitk.Version.VersionString()} on "
+        f"{args.threads} threads, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1 / 5 / 15 min) at "
+        "the end",
+        f"- command: `{command}`",
+        f"- misalignment: smooth field max {args.deformation_mm} mm + shift {args.shift_mm} mm + rotation "
+        f"{args.rotation_deg}°, other spacing and y-flipped direction; real-CT moving images + {args.noise_hu} HU "
+        "noise",
+        "",
+        *summarise(rows),
+        "",
+    ]
+    text = "\n".join(section)
+    print(text)
+    if args.json:
+        write_text_atomically(Path(args.json), json.dumps(rows, indent=1, default=str))
+    if args.append_to:
+        path = Path(args.append_to)
+        write_text_atomically(path, path.read_text(encoding="utf-8") + text)
+        print(f"appended to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
