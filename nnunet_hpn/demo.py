@@ -31,17 +31,20 @@ def nnunet_env(workdir: Path) -> Dict[str, str]:
     return env
 
 
-def _command(name: str) -> str:
+def console_command(name: str) -> str:
     """A console script of this environment (next to the running interpreter), else from PATH."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else name
 
 
-def _run(step: str, args: List[str], env: Dict[str, str]) -> None:
+def run_step(step: str, args: List[str], env: Dict[str, str]) -> float:
+    """Runs a stock command, printed first and timed ("=== <step>: done in N s"); returns its wall time (s)."""
     print(f"\n=== {step}\n$ {' '.join(args)}", flush=True)
     start = time.time()
     subprocess.run(args, env=env, check=True)
-    print(f"=== {step}: done in {time.time() - start:.0f} s", flush=True)
+    seconds = time.time() - start
+    print(f"=== {step}: done in {seconds:.0f} s", flush=True)
+    return seconds
 
 
 def run_demo(workdir: Path, n_cases: int = 10, seed: int = 0) -> dict:
@@ -74,23 +77,23 @@ def run_demo(workdir: Path, n_cases: int = 10, seed: int = 0) -> dict:
     raw_dataset = convert_cases(workdir / "phantoms", DEMO_DATASET_ID, DEMO_DATASET_NAME,
                                 raw_root=Path(env["nnUNet_raw"]))
 
-    _run("3/6 planning and preprocessing with HPNPlanner",
-         [_command("nnUNetv2_plan_and_preprocess"), "-d", str(DEMO_DATASET_ID), "-pl", "HPNPlanner",
-          "-c", "3d_fullres", "-np", "2", "-npfp", "2"], env)
+    run_step("3/6 planning and preprocessing with HPNPlanner",
+             [console_command("nnUNetv2_plan_and_preprocess"), "-d", str(DEMO_DATASET_ID), "-pl", "HPNPlanner",
+              "-c", "3d_fullres", "-np", "2", "-npfp", "2"], env)
     entry = add_small_configuration(Path(env["nnUNet_preprocessed"]) / dataset / f"{HPN_PLANS_NAME}.json",
                                     DEMO_CONFIGURATION, patch_size=DEMO_PATCH_SIZE)
     print(f"added CPU configuration '{DEMO_CONFIGURATION}': patch {entry['patch_size']}, features "
           f"{entry['architecture']['arch_kwargs']['features_per_stage']}, batch {entry['batch_size']}")
 
-    _run(f"4/6 training {DEMO_TRAINER} (fold 0, CPU)",
-         [_command("nnUNetv2_train"), str(DEMO_DATASET_ID), DEMO_CONFIGURATION, "0", "-tr", DEMO_TRAINER,
-          "-p", HPN_PLANS_NAME, "-device", "cpu"], env)
+    run_step(f"4/6 training {DEMO_TRAINER} (fold 0, CPU)",
+             [console_command("nnUNetv2_train"), str(DEMO_DATASET_ID), DEMO_CONFIGURATION, "0", "-tr", DEMO_TRAINER,
+              "-p", HPN_PLANS_NAME, "-device", "cpu"], env)
 
     prediction_dir = workdir / "predictions"
-    _run("5/6 prediction of the held-out cases",
-         [_command("nnUNetv2_predict"), "-i", str(raw_dataset / "imagesTs"), "-o", str(prediction_dir),
-          "-d", str(DEMO_DATASET_ID), "-c", DEMO_CONFIGURATION, "-tr", DEMO_TRAINER, "-p", HPN_PLANS_NAME,
-          "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+    run_step("5/6 prediction of the held-out cases",
+             [console_command("nnUNetv2_predict"), "-i", str(raw_dataset / "imagesTs"), "-o", str(prediction_dir),
+              "-d", str(DEMO_DATASET_ID), "-c", DEMO_CONFIGURATION, "-tr", DEMO_TRAINER, "-p", HPN_PLANS_NAME,
+              "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
 
     print("\n=== 6/6 evaluation of the held-out cases")
     result = evaluate_folders(prediction_dir, truth_dir)

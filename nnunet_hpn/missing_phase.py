@@ -1,0 +1,152 @@
+"""A missing phase at prediction time: one documented policy, the same one phase dropout trains with.
+
+Policy ``"zero"`` (the only one): the missing phase becomes a **constant image of 0** on the grid of the first present
+phase (channel order). HPN's normalization (:class:`~nnunet_hpn.normalization.HPNCTNormalization`: clip, then z-score
+per case) maps a constant image to exactly 0 (its std is 0, so ``(x - mean) / max(std, 1e-8) = 0``), and resampling
+keeps an all-zero image all-zero, so the network sees the missing channel as exactly 0 everywhere. That is what
+:class:`~nnunet_hpn.phase_dropout.PhaseDropoutTransform` writes into a dropped channel during training (as the last
+step of the training pipeline, after every augmentation), so a model trained with phase dropout sees at prediction
+exactly the input it was trained to handle. A 0-valued channel adds nothing to nnU-Net's non-zero crop mask
+(``crop_to_nonzero`` takes the union over channels), so the crop comes from the present phases alone.
+
+A model trained without phase dropout still predicts with this input, but it never saw it during training: expect
+lower Dice (docs/RESULTS.md, "Missing phase").
+
+``fill_missing_phases`` is the function behind ``nnunet-hpn predict`` with some phases absent;
+``write_input_folder_with_missing_phases`` writes an nnU-Net input folder with chosen channels filled by the same
+policy, for the stock ``nnUNetv2_predict`` (how docs/RESULTS.md measures Dice with a phase missing).
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnunet_hpn.atomic_io import staging_dir
+from nnunet_hpn.errors import HPNInputError
+
+#: Fill policies (name -> value of the missing channel after normalization). One policy: see the module docstring.
+FILL_POLICIES: dict[str, float] = {"zero": 0.0}
+DEFAULT_POLICY = "zero"
+
+
+class MissingPhaseWarning(UserWarning):
+    """A phase the model was trained with is absent from the input and was filled by the documented policy."""
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in FILL_POLICIES:
+        raise ValueError(f"unknown missing-phase policy {policy!r}; known: {sorted(FILL_POLICIES)}")
+
+
+def missing_phase_message(missing: Sequence[str], channel_names: Sequence[str], policy: str = DEFAULT_POLICY) -> str:
+    """One line saying which phases are missing and how they were filled (for warnings and prediction logs)."""
+    _check_policy(policy)
+    present = [name for name in channel_names if name not in set(missing)]
+    return (f"phase(s) {', '.join(missing)} missing (model phases: {', '.join(channel_names)}); predicting from "
+            f"{', '.join(present)} with the missing channel(s) set to a constant 0 image, i.e. exactly 0 after "
+            f"normalization (policy '{policy}', as trained by phase dropout); expect lower accuracy than with all "
+            f"phases")
+
+
+def fill_missing_phases(phases: Mapping[str, sitk.Image], channel_names: Sequence[str],
+                        policy: str = DEFAULT_POLICY) -> tuple[list[sitk.Image], list[str]]:
+    """The channel images in model order, missing ones filled by ``policy``, and the names of the missing phases.
+
+    ``phases``: phase name -> 3D image, a non-empty subset of ``channel_names`` (the model's dataset.json
+    ``channel_names`` values in channel order). A filled channel is a 0-valued image of the first present phase's
+    pixel type and geometry (size, spacing, origin, direction). Warns :class:`MissingPhaseWarning` (one line) when a
+    phase is missing. Raises :class:`HPNInputError` when no model phase is present or a phase is not a model phase.
+    """
+    _check_policy(policy)
+    channel_names = list(channel_names)
+    unknown = [name for name in phases if name not in channel_names]
+    if unknown:
+        raise HPNInputError(f"phase(s) {', '.join(unknown)}: not phases of the model (its phases, in channel order: "
+                            f"{', '.join(channel_names)})")
+    present = [name for name in channel_names if name in phases]
+    if not present:
+        raise HPNInputError(f"no phase given; the model needs at least one of {', '.join(channel_names)}")
+    missing = [name for name in channel_names if name not in phases]
+    template = phases[present[0]]
+    channels: list[sitk.Image] = []
+    for name in channel_names:
+        if name in phases:
+            channels.append(phases[name])
+            continue
+        filled = sitk.Image(template.GetSize(), template.GetPixelID(), template.GetNumberOfComponentsPerPixel())
+        filled.CopyInformation(template)  # a new sitk.Image is all 0 already
+        if FILL_POLICIES[policy] != 0:
+            filled = filled + FILL_POLICIES[policy]
+        channels.append(filled)
+    if missing:
+        warnings.warn(missing_phase_message(missing, channel_names, policy), MissingPhaseWarning, stacklevel=2)
+    return channels, missing
+
+
+def _channel_files(images_dir: Path, n_channels: int, file_ending: str) -> dict[str, list[Path]]:
+    """case id -> its channel files ``<case>_0000<ending>`` ... in channel order, for every case in ``images_dir``."""
+    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
+    found: dict[str, dict[int, Path]] = {}
+    for path in sorted(images_dir.iterdir()):
+        match = pattern.match(path.name)
+        if match:
+            found.setdefault(match.group(1), {})[int(match.group(2))] = path
+    if not found:
+        raise HPNInputError(f"{images_dir}: no nnU-Net image files <case>_0000{file_ending}")
+    cases = {}
+    for case, by_channel in found.items():
+        if sorted(by_channel) != list(range(n_channels)):
+            raise HPNInputError(f"{images_dir}: case {case} has channels {sorted(by_channel)}, expected "
+                                f"0..{n_channels - 1}")
+        cases[case] = [by_channel[c] for c in range(n_channels)]
+    return cases
+
+
+def write_input_folder_with_missing_phases(images_dir: Path, out_dir: Path, channel_names: Sequence[str],
+                                           missing: Sequence[str], policy: str = DEFAULT_POLICY,
+                                           file_ending: str = ".nii.gz", progress: bool = True) -> list[str]:
+    """Copy of an nnU-Net input folder with the ``missing`` phases' files replaced as :func:`fill_missing_phases`
+    fills them; for ``nnUNetv2_predict -i out_dir`` (Dice with a phase missing without a dedicated predict command).
+
+    ``images_dir`` holds ``<case>_000k<file_ending>`` for every channel k of ``channel_names``; ``out_dir`` must not
+    exist (it is built in a hidden folder next to it and renamed into place when complete). Returns the case ids.
+    """
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    channel_names = list(channel_names)
+    unknown = [name for name in missing if name not in channel_names]
+    if unknown:
+        raise HPNInputError(f"{images_dir}: phase(s) {', '.join(unknown)} to leave out are not among "
+                            f"{', '.join(channel_names)}")
+    if out_dir.exists():
+        raise HPNInputError(f"{out_dir}: already exists")
+    cases = _channel_files(images_dir, len(channel_names), file_ending)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(out_dir.parent, f".{out_dir.name}.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MissingPhaseWarning)  # one warning for the folder, below
+            for case, files in tqdm(cases.items(), desc="filling missing phases", unit="case", disable=not progress):
+                present = {name: sitk.ReadImage(str(path)) for name, path in zip(channel_names, files)
+                           if name not in set(missing)}
+                channels, _ = fill_missing_phases(present, channel_names, policy)
+                for channel, (name, image, source) in enumerate(zip(channel_names, channels, files)):
+                    target = staging / f"{case}_{channel:04d}{file_ending}"
+                    if name in present:
+                        shutil.copyfile(source, target)
+                    else:
+                        sitk.WriteImage(image, str(target), useCompression=True)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if missing:
+        warnings.warn(f"{out_dir}: {missing_phase_message(list(missing), channel_names, policy)}",
+                      MissingPhaseWarning, stacklevel=2)
+    return list(cases)
+
