@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import TINY_CONFIGURATION
+import nnunet_hpn.trainers as trainers
 from nnunet_hpn.trainers import __all__ as TRAINER_NAMES
 from nnunet_hpn.trainers import hpn_trainer
 from nnunet_hpn.virtual_pairs import VirtualPairTransform
@@ -25,7 +26,7 @@ def test_every_trainer_is_found_by_the_stock_lookup_in_a_fresh_interpreter():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for name in TRAINER_NAMES:
-        assert f"FOUND {name} nnunet_hpn.trainers.hpn_trainer" in proc.stdout
+        assert f"FOUND {name} {getattr(trainers, name).__module__}" in proc.stdout
 
 
 @pytest.fixture()
@@ -35,7 +36,7 @@ def make_trainer(planned_dataset, monkeypatch):
     dataset_json = json.loads((planned_dataset["raw"] / "dataset.json").read_text())
 
     def make(name: str):
-        cls = getattr(hpn_trainer, name)
+        cls = getattr(trainers, name)
         plans = dict(copy.deepcopy(planned_dataset["plans"]), continue_training=False)  # as nnUNetv2_train passes it
         trainer = cls(plans=plans, configuration=TINY_CONFIGURATION, fold=0,
                       dataset_json=dataset_json, device=torch.device("cpu"))
@@ -73,7 +74,7 @@ def test_trainer_runs_cpu_training_steps(make_trainer, name):
     expected_paths = {"SinglePhaseTrainer_arterial": [0], "SinglePhaseTrainer_venous": [1]}.get(name, [0, 1])
     assert network.path_channels == expected_paths
     assert (len(network.hyper_connections) == 6) == (len(expected_paths) == 2)
-    uses_pairing = getattr(hpn_trainer, name).pairing_loss_weight > 0 and len(expected_paths) == 2
+    uses_pairing = getattr(trainers, name).pairing_loss_weight > 0 and len(expected_paths) == 2
     assert isinstance(trainer.loss, hpn_trainer.SegmentationPlusPairingLoss) == uses_pairing
 
 
@@ -100,7 +101,7 @@ def test_virtual_pairs_only_in_training_pipeline(make_trainer, name):
     training = trainer.get_training_transforms(patch, ((0, 0),) * 3, None, (0, 1, 2), False)
     validation = trainer.get_validation_transforms(None)
     has_virtual = any(isinstance(t, VirtualPairTransform) for t in training.transforms)
-    assert has_virtual == (getattr(hpn_trainer, name).virtual_pair_alpha is not None)
+    assert has_virtual == (getattr(trainers, name).virtual_pair_alpha is not None)
     assert not any(isinstance(t, VirtualPairTransform) for t in validation.transforms)
 
 

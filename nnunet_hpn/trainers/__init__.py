@@ -1,7 +1,9 @@
 """HPN trainers; ``nnUNetv2_train … -tr NAME`` finds them through the shim in ``nnunet_hpn/nnunet_ext``."""
+from nnunet_hpn.trainers.equal_cost import HPNTrainer_equalcost, HPNTrainer_equalcost_demo
 from nnunet_hpn.trainers.hpn_trainer import (
     EarlyFusionTrainer,
     HPNTrainer,
+    HPNTrainer_cpu_resume,
     HPNTrainer_cpu_smoke,
     HPNTrainer_demo,
     HPNTrainer_virtual,
@@ -10,7 +12,14 @@ from nnunet_hpn.trainers.hpn_trainer import (
     SinglePhaseTrainer_arterial,
     SinglePhaseTrainer_venous,
 )
+from nnunet_hpn.trainers.phase_dropout import (
+    HPNTrainer_phasedropout,
+    HPNTrainer_phasedropout_cpu_smoke,
+    HPNTrainer_phasedropout_demo,
+)
 
 __all__ = ["HPNTrainer", "HPNTrainer_virtual", "HyperNetTrainer", "HyperNetTrainer_virtual",
            "SinglePhaseTrainer_arterial", "SinglePhaseTrainer_venous", "EarlyFusionTrainer",
-           "HPNTrainer_cpu_smoke", "HPNTrainer_demo"]
+           "HPNTrainer_cpu_smoke", "HPNTrainer_cpu_resume", "HPNTrainer_demo", "HPNTrainer_phasedropout",
+           "HPNTrainer_phasedropout_cpu_smoke", "HPNTrainer_phasedropout_demo", "HPNTrainer_equalcost",
+           "HPNTrainer_equalcost_demo"]

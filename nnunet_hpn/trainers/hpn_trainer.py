@@ -3,20 +3,29 @@ virtual pairs. Each row of the paper's Table 1 is a small subclass that changes 
 
 The backbone comes from the plans: ``-p nnUNetHPNPlans`` (plain 3D U-Net, ``HPNPlanner``) or
 ``-p nnUNetHPNResDSNPlans`` (3D-ResDSN, ``HPNResDSNPlanner``); every trainer trains on the same dual-phase data.
+
+Checkpoints are nnU-Net's, written atomically, plus an ``"hpn"`` entry with the trainer's settings (network class and
+kwargs, pairing weight and warm-up, virtual pairs, test-time mirroring, training length): ``--c`` checks it against
+the trainer and continues with the same settings; ``nnUNetv2_predict`` needs nothing but the model folder.
 """
+import copy
 import os
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
+from nnunet_hpn.atomic_io import atomic_file
+from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.pairing_loss import pairing_loss
 from nnunet_hpn.virtual_pairs import insert_virtual_pairs
 
@@ -27,6 +36,10 @@ BUDGET_ENV = {"HPN_NUM_EPOCHS": "num_epochs", "HPN_ITERATIONS_PER_EPOCH": "num_i
               "HPN_VAL_ITERATIONS_PER_EPOCH": "num_val_iterations_per_epoch"}
 #: ``HPN_NO_TTA=1``: no test-time mirroring in the final validation (and in later predictions of the model).
 NO_TTA_ENV = "HPN_NO_TTA"
+#: checkpoint entry with the HPN settings (nnU-Net's own loaders ignore unknown entries)
+CHECKPOINT_KEY = "hpn"
+#: settings of the ``"hpn"`` entry that define the model: a checkpoint continues only in a trainer with the same ones
+MODEL_SETTINGS = ("network", "pairing_loss_weight", "pairing_warmup_epochs", "virtual_pairs")
 
 
 def apply_budget_environment(trainer: nnUNetTrainer) -> None:
@@ -34,6 +47,16 @@ def apply_budget_environment(trainer: nnUNetTrainer) -> None:
     for variable, attribute in BUDGET_ENV.items():
         if os.environ.get(variable):
             setattr(trainer, attribute, int(os.environ[variable]))
+
+
+def _differences(ours: Any, theirs: Any, prefix: str = "") -> List[str]:
+    """``"key: a (checkpoint) vs b (this trainer)"`` for every leaf where two nested dicts differ."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        return [line for key in sorted(set(ours) | set(theirs), key=str)
+                for line in _differences(ours.get(key), theirs.get(key), f"{prefix}{key}.")]
+    if ours == theirs:
+        return []
+    return [f"{prefix.rstrip('.')}: {theirs!r} (checkpoint) vs {ours!r} (this trainer)"]
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -98,11 +121,14 @@ class HPNTrainer(nnUNetTrainer):
     virtual_pair_alpha: Optional[float] = None
     #: epochs over which λ ramps linearly from 0 to ``pairing_loss_weight`` (0: the paper's constant λ)
     pairing_warmup_epochs: int = 0
+    #: False: no test-time mirroring in the final validation and later predictions (``HPN_NO_TTA=1`` also sets it)
+    test_time_mirroring: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_budget_environment(self)
+        self.test_time_mirroring = self.test_time_mirroring and os.environ.get(NO_TTA_ENV) != "1"
 
     @classmethod
     def network_kwargs(cls, configuration_manager: ConfigurationManager) -> dict:
@@ -120,12 +146,21 @@ class HPNTrainer(nnUNetTrainer):
         return kwargs
 
     @classmethod
+    def network_class_and_kwargs(cls, configuration_manager: ConfigurationManager, num_input_channels: int,
+                                 num_output_channels: int) -> Tuple[str, dict]:
+        """Dotted class name and keyword arguments of this row's network: ``build_network_architecture`` builds it
+        and the checkpoint records it, so a variant with another network overrides this method."""
+        return configuration_manager.network_arch_class_name, cls.network_kwargs(configuration_manager)
+
+    @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = True) -> nn.Module:
-        return get_network_from_plans(configuration_manager.network_arch_class_name, cls.network_kwargs(
-            configuration_manager), configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
-            num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
+        class_name, kwargs = cls.network_class_and_kwargs(configuration_manager, num_input_channels,
+                                                          num_output_channels)
+        return get_network_from_plans(class_name, kwargs, configuration_manager.network_arch_init_kwargs_req_import,
+                                      num_input_channels, num_output_channels, allow_init=True,
+                                      deep_supervision=enable_deep_supervision)
 
     @classmethod
     def get_training_transforms(cls, patch_size: Union[np.ndarray, Tuple[int]], rotation_for_DA,
@@ -150,9 +185,89 @@ class HPNTrainer(nnUNetTrainer):
         return SegmentationPlusPairingLoss(segmentation_loss, lambda: unwrap_network(self.network),
                                            self.pairing_loss_weight)
 
+    def hpn_settings(self) -> Dict[str, Any]:
+        """The ``"hpn"`` checkpoint entry: plain Python values (JSON-compatible)."""
+        class_name, kwargs = self.network_class_and_kwargs(
+            self.configuration_manager,
+            determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json),
+            self.label_manager.num_segmentation_heads)
+        backbone = kwargs.get("backbone") or ("resdsn" if class_name.endswith("ResDSN") or "n_blocks_per_stage" in
+                                              kwargs else "unet")
+        return {
+            "trainer": type(self).__name__,
+            "network": {"class_name": class_name, "kwargs": copy.deepcopy(kwargs)},
+            "backbone": backbone,
+            "path_channels": kwargs.get("path_channels"),  # None: one path on every channel (early fusion)
+            "hyper_connections": list(kwargs.get("hyper_connections", [])),
+            "pairing_loss_weight": float(self.pairing_loss_weight),
+            "pairing_warmup_epochs": int(self.pairing_warmup_epochs),
+            "virtual_pairs": {"on": self.virtual_pair_alpha is not None,
+                              "alpha": None if self.virtual_pair_alpha is None else float(self.virtual_pair_alpha)},
+            "test_time_mirroring": bool(self.test_time_mirroring),
+            "budget": {attribute: int(getattr(self, attribute)) for attribute in BUDGET_ENV.values()},
+        }
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint plus the ``"hpn"`` entry, written to a temporary file and renamed into place, so that
+        a training killed while saving leaves the previous checkpoint intact."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            super().save_checkpoint(filename)
+            return
+        with atomic_file(Path(filename)) as temporary:
+            plain = temporary.with_name(f"{temporary.name}.nnunet")
+            try:
+                super().save_checkpoint(str(plain))
+                # memory-mapped: the tensors are copied file to file, not read into memory first
+                checkpoint = torch.load(plain, map_location="cpu", weights_only=False, mmap=True)
+                checkpoint[CHECKPOINT_KEY] = self.hpn_settings()
+                torch.save(checkpoint, temporary)
+            finally:
+                plain.unlink(missing_ok=True)
+
+    def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
+        """nnU-Net's loading, after checking that the checkpoint's model settings are this trainer's
+        (:class:`HPNInputError` otherwise); a continued training keeps the checkpoint's length and test-time
+        mirroring unless the ``HPN_*`` variables set them now."""
+        if isinstance(filename_or_checkpoint, dict):
+            checkpoint, source = filename_or_checkpoint, "checkpoint"
+        else:
+            source = str(filename_or_checkpoint)
+            checkpoint = torch.load(source, map_location="cpu", weights_only=False, mmap=True)
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved is None:
+            self.print_to_log_file(f"{source}: no HPN settings in the checkpoint (written before nnunet-hpn stored "
+                                   f"them); not checked")
+        else:
+            ours = self.hpn_settings()
+            differences = _differences({k: ours[k] for k in MODEL_SETTINGS},
+                                       {k: saved.get(k) for k in MODEL_SETTINGS})
+            if differences:
+                raise HPNInputError(
+                    f"{source}: checkpoint of {saved.get('trainer')} does not fit {type(self).__name__}: "
+                    f"{'; '.join(differences)} (continue it with -tr {saved.get('trainer')}, or start anew)")
+        restored = self._restore_run_settings(saved) if saved is not None else []  # before the LR schedule is built
+        super().load_checkpoint(filename_or_checkpoint)
+        if saved is not None:
+            self.print_to_log_file(f"continuing {saved.get('trainer')} from epoch {self.current_epoch} with the "
+                                   f"checkpoint's settings: {', '.join(restored) or 'none to restore'}")
+
+    def _restore_run_settings(self, saved: Dict[str, Any]) -> List[str]:
+        """Training length and test-time mirroring of the checkpoint, where no environment variable sets them."""
+        restored = []
+        for variable, attribute in BUDGET_ENV.items():
+            if not os.environ.get(variable) and attribute in saved.get("budget", {}):
+                setattr(self, attribute, int(saved["budget"][attribute]))
+                restored.append(f"{attribute} {getattr(self, attribute)}")
+        if self.was_initialized and hasattr(self.lr_scheduler, "max_steps"):  # nnU-Net's poly schedule, built already
+            self.lr_scheduler.max_steps = self.num_epochs
+        if NO_TTA_ENV not in os.environ and "test_time_mirroring" in saved:
+            self.test_time_mirroring = bool(saved["test_time_mirroring"])
+            restored.append(f"test-time mirroring {'on' if self.test_time_mirroring else 'off'}")
+        return restored
+
     def on_train_start(self) -> None:
         super().on_train_start()
-        if os.environ.get(NO_TTA_ENV) == "1":
+        if not self.test_time_mirroring:
             self.inference_allowed_mirroring_axes = None
         network = unwrap_network(self.network)
         virtual = f"Beta({self.virtual_pair_alpha}, {self.virtual_pair_alpha})" if self.virtual_pair_alpha else "off"
@@ -221,9 +336,8 @@ class EarlyFusionTrainer(HPNTrainer):
     pairing_loss_weight = 0.0
 
     @classmethod
-    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
+    def network_class_and_kwargs(cls, configuration_manager: ConfigurationManager, num_input_channels: int,
+                                 num_output_channels: int) -> Tuple[str, dict]:
         kwargs = cls.network_kwargs(configuration_manager)
         for hpn_only in ("path_channels", "hyper_connections", "backbone"):
             kwargs.pop(hpn_only, None)
@@ -232,15 +346,14 @@ class EarlyFusionTrainer(HPNTrainer):
             kwargs["n_blocks_per_stage"] = kwargs.pop("n_conv_per_stage")
         else:
             class_name = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
-        return get_network_from_plans(class_name, kwargs, configuration_manager.network_arch_init_kwargs_req_import,
-                                      num_input_channels, num_output_channels, allow_init=True,
-                                      deep_supervision=enable_deep_supervision)
+        return class_name, kwargs
 
 
 class _ShortTraining:
     """Mixin: a short budget and no test-time mirroring in the final validation (CPU runs)."""
 
     short_budget = (2, 10, 2)  # epochs, iterations per epoch, validation iterations per epoch
+    test_time_mirroring = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
@@ -248,13 +361,20 @@ class _ShortTraining:
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.short_budget
         apply_budget_environment(self)
 
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        self.inference_allowed_mirroring_axes = None
-
 
 class HPNTrainer_cpu_smoke(_ShortTraining, HPNTrainer):
     """2 epochs × 10 iterations, no test-time mirroring: a plumbing check on CPU."""
+
+
+class HPNTrainer_cpu_resume(_ShortTraining, HPNTrainer):
+    """For tests of ``--c``: 3 epochs × 4 iterations with a checkpoint after every epoch (nnU-Net: every 50)."""
+
+    short_budget = (3, 4, 1)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")) -> None:
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.save_every = 1
 
 
 class HPNTrainer_demo(_ShortTraining, HPNTrainer):
