@@ -8,6 +8,19 @@ from nnunetv2.experiment_planning.experiment_planners.network_topology import ge
 
 from nnunet_hpn.errors import HPNInputError
 
+#: The operation entries nnU-Net's 3D plans hold in ``arch_kwargs`` (3D convolution with bias, InstanceNorm, no
+#: dropout, LeakyReLU), for building plans entries by hand (benchmarks, tests); ``deepcopy`` before changing them.
+NNUNET_3D_OPERATIONS: dict = {
+    "conv_op": "torch.nn.modules.conv.Conv3d",
+    "conv_bias": True,
+    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+    "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+    "dropout_op": None,
+    "dropout_op_kwargs": None,
+    "nonlin": "torch.nn.LeakyReLU",
+    "nonlin_kwargs": {"inplace": True},
+}
+
 
 def add_small_configuration(plans_file: Path, name: str = "3d_cpu", patch_size: Sequence[int] = (32, 48, 48),
                             base_features: int = 8, max_features: int = 64, batch_size: int = 2,

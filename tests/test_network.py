@@ -1,6 +1,7 @@
 """HyperPairedUNet: shapes, hyper-connection semantics, gradients, nnU-Net integration, benchmark smoke test."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 import itertools
 import sys
@@ -15,6 +16,7 @@ from torch import nn
 
 from nnunet_hpn.hyper_connections import HyperPairedResDSN, HyperPairedUNet, all_hyper_connection_names
 from nnunet_hpn.pairing_loss import pairing_loss
+from nnunet_hpn.plans_tools import NNUNET_3D_OPERATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PATCH = (16, 16, 16)
@@ -267,17 +269,10 @@ def _plans_arch_kwargs(**extra) -> dict:
     kwargs = {
         "n_stages": 3,
         "features_per_stage": [4, 8, 16],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
         "kernel_sizes": [[3, 3, 3]] * 3,
         "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
         "n_conv_per_stage_decoder": [1, 1],
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
+        **copy.deepcopy(NNUNET_3D_OPERATIONS),
     }
     kwargs.update(extra)
     return kwargs
