@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml setup.py nnunet_hpn_startup.pth
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/nnunet-hpn demo --workdir demo_output
+	PYTHONUTF8=1 $(VENV)/bin/nnunet-hpn demo --workdir demo_output
 
+# UTF-8 whatever the machine's locale (progress bars, ± and ∪ in reports)
 test: $(STAMP)
-	$(PY) -m pytest -q -ra --durations=15
+	PYTHONUTF8=1 $(PY) -m pytest -q -ra --durations=15
 
 clean:
 	rm -rf demo_output .pytest_cache

@@ -143,23 +143,11 @@ def metrics_per_target(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequenc
 
 
 def _read_label_map(path: Path) -> tuple[np.ndarray, sitk.Image]:
-    """Read a label map as an integer (z, y, x) array plus its image (for geometry)."""
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise HPNInputError(f"{path}: cannot be read as an image ({str(error).strip().splitlines()[-1]})") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise HPNInputError(f"{path}: label map must have one component per voxel, "
-                            f"found {image.GetNumberOfComponentsPerPixel()}")
-    array = sitk.GetArrayFromImage(image)
-    if not np.issubdtype(array.dtype, np.integer):
-        if not np.array_equal(array, np.round(array)):
-            raise HPNInputError(f"{path}: label map contains non-integer values")
-        array = array.astype(np.int16)
-    unexpected = sorted(set(np.unique(array).tolist()) - set(LABELS.values()))
-    if unexpected:
-        raise HPNInputError(f"{path}: unexpected labels {unexpected}, expected only {sorted(LABELS.values())}")
-    return array, image
+    """Read a label map as an integer (z, y, x) array plus its image (for geometry); HPNInputError for a missing,
+    damaged, non-3D, NaN, non-integer or out-of-convention file (:func:`nnunet_hpn.image_io.read_label`)."""
+    from nnunet_hpn.image_io import read_label
+
+    return read_label(path)
 
 
 def _geometry_difference(truth: sitk.Image, pred: sitk.Image) -> str | None:

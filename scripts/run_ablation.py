@@ -664,14 +664,14 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
     wall = progress.elapsed()
     header = budget_line(args, budget, wall, sum(entry.get("seconds", 0.0) for entry in all_trainings.values()))
     records = table_records(results, args.backbones, rows)
-    (out_dir / "table1.md").write_text(format_markdown(records, header))
-    (out_dir / "table1.csv").write_text(format_csv(records, header))
+    (out_dir / "table1.md").write_text(format_markdown(records, header), encoding="utf-8")
+    (out_dir / "table1.csv").write_text(format_csv(records, header), encoding="utf-8")
     run_info = {"command": [sys.argv[0], *argv], "args": {k: v for k, v in vars(args).items()},
                 "dataset": dataset.name, "rows": rows, "budget": budget, "started": started,
                 "finished": datetime.datetime.now().isoformat(timespec="seconds"), "wall_seconds": round(wall, 1),
                 "step_seconds": progress.steps, "trainings_this_run": sorted(trainings), "trainings": all_trainings}
     run_info_path.write_text(json.dumps(run_info, indent=2, default=str) + "\n")
-    print((out_dir / "table1.md").read_text(), flush=True)
+    print((out_dir / "table1.md").read_text(encoding="utf-8"), flush=True)
     progress.log(f"done: {out_dir / 'table1.md'}, {out_dir / 'table1.csv'}, {run_info_path}")
 
 

@@ -1,0 +1,384 @@
+"""Every bad input of the reliability list, for every command that reads it: exit status 1, one line on stderr that
+names the file and the problem, and the output location exactly as before (nothing half-written).
+
+``SCENARIOS`` is the table; docs/BAD_INPUTS.md lists the same ids with their messages (checked below)."""
+import gzip
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_hpn.cli import main
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "BAD_INPUTS.md"
+SHAPE_ZYX = (12, 24, 24)
+SPACING_XYZ = (1.5, 1.5, 3.0)
+PROGRESS_BAR = re.compile(r"\d+%\|.*\|")
+
+
+# ------------------------------------------------------------------------------------------------ writing inputs
+
+def _image(array: np.ndarray, spacing=SPACING_XYZ, direction=None) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    image.SetOrigin((-10.0, 20.0, 5.0))
+    if direction is not None:
+        image.SetDirection(direction)
+    return image
+
+
+def _ct(seed: int, shape=SHAPE_ZYX) -> np.ndarray:
+    """A CT-like int16 volume: soft tissue with a bright organ, noise."""
+    rng = np.random.default_rng(seed)
+    volume = rng.normal(40, 20, shape)
+    volume[shape[0] // 4: 3 * shape[0] // 4, 6:18, 6:18] += 120
+    return volume.astype(np.int16)
+
+
+def _label(shape=SHAPE_ZYX) -> np.ndarray:
+    label = np.zeros(shape, dtype=np.uint8)
+    label[3:9, 8:16, 8:16] = 1
+    label[5:7, 10:13, 10:13] = 2
+    label[4:8, 14, 9:15] = 3
+    return label
+
+
+def _write(image: sitk.Image, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return path
+
+
+def _write_case(case_dir: Path, seed: int = 0, with_label: bool = True) -> Dict[str, Path]:
+    files = {"arterial": _write(_image(_ct(seed)), case_dir / "arterial.nii.gz"),
+             "venous": _write(_image(_ct(seed + 100)), case_dir / "venous.nii.gz")}
+    if with_label:
+        files["label"] = _write(_image(_label()), case_dir / "label.nii.gz")
+    return files
+
+
+def _with_nan(path: Path, value: float = np.nan) -> None:
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
+    array[2, 3, 4] = value
+    _write(_image(array), path)
+
+
+def _constant(path: Path) -> None:
+    _write(_image(np.full(SHAPE_ZYX, -1000, dtype=np.int16)), path)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _four_d(path: Path) -> None:
+    volume = sitk.ReadImage(str(path))
+    _write(sitk.JoinSeries([volume, volume]), path)
+
+
+def _label_values(path: Path, value: int = 7) -> None:
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    array[0, 0, 0] = value
+    _write(_image(array), path)
+
+
+def _regrid(path: Path, spacing=SPACING_XYZ, direction=None, shape=None) -> None:
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    if shape is not None:
+        array = np.resize(array, shape)
+    _write(_image(array, spacing=spacing, direction=direction), path)
+
+
+def _garbage_dicom_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for index in range(3):
+        (folder / f"IM{index:04d}.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"not a data set" * 10)
+    return folder
+
+
+def _snapshot(path: Path) -> Optional[Dict[str, Tuple[int, bytes]]]:
+    """Every file below ``path`` (or ``path`` itself) with its size and content: None when absent."""
+    if not path.exists():
+        return None
+    if path.is_file():
+        return {".": (path.stat().st_size, path.read_bytes())}
+    return {str(item.relative_to(path)): (item.stat().st_size, item.read_bytes() if item.is_file() else b"")
+            for item in sorted(path.rglob("*"))}
+
+
+# ------------------------------------------------------------------------------------------------ the table
+
+@dataclass
+class Scenario:
+    """A bad input: ``build(tmp, model)`` writes it and returns (argv, output location, file named in the message);
+    ``problem`` is a regex the message must contain."""
+
+    command: str
+    problem: str
+    build: Callable[[Path, Optional[Path]], Tuple[List[str], Path, Path]]
+    needs_model: bool = False
+
+
+def _convert(corrupt: Callable[[Dict[str, Path]], Path], two_cases: bool = False):
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        cases = tmp / "cases"
+        files = _write_case(cases / "case_a")
+        if two_cases:
+            _write_case(cases / "case_b", seed=1)
+        named = corrupt(files)
+        raw = tmp / "raw"
+        raw.mkdir()
+        (raw / "Dataset123_Other").mkdir()  # an unrelated dataset that must stay as it is
+        (raw / "Dataset123_Other" / "dataset.json").write_text("{}")
+        return ["convert", str(cases), "--dataset-id", "7", "--name", "Bad", "--raw-root", str(raw)], raw, named
+    return build
+
+
+def _existing_dataset(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    argv, raw, _ = _convert(lambda files: files["arterial"])(tmp, model)
+    assert main(argv) == 0
+    return argv, raw, raw / "Dataset007_Bad"
+
+
+def _register(corrupt: Callable[[Dict[str, Path]], Path], with_labels: bool = False):
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        files = _write_case(tmp / "case")
+        moving_label = shutil.copyfile(files["label"], tmp / "case" / "label_venous.nii.gz")
+        files["moving_label"] = Path(moving_label)
+        named = corrupt(files)
+        out = tmp / "registered"
+        argv = ["register", "--fixed", str(files["arterial"]), "--moving", str(files["venous"]), "-o", str(out),
+                "--method", "affine"]
+        if with_labels:
+            argv += ["--moving-label", str(files["moving_label"]), "--fixed-label", str(files["label"])]
+        return argv, out, named
+    return build
+
+
+def _predict(corrupt: Callable[[Dict[str, Path]], Path]):
+    """One case; ``corrupt`` may also replace or add phases in the dict (every one becomes ``--phase NAME=PATH``)."""
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        files = _write_case(tmp / "case", with_label=False)
+        named = corrupt(files)
+        out = tmp / "predictions" / "case.nii.gz"
+        out.parent.mkdir()
+        (out.parent / "earlier.nii.gz").write_bytes(b"an earlier result")
+        phases = [argument for phase, path in files.items() for argument in ("--phase", f"{phase}={path}")]
+        return ["predict", *phases, "-m", str(model), "-o", str(out), "--disable-tta", "--registration", "none"], \
+            out.parent, named
+    return build
+
+
+def _predict_folder(corrupt: Callable[[Path], Path]):
+    """Folder mode: case_a is good, case_b is bad; case_a's prediction must not appear either."""
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        cases = tmp / "cases"
+        _write_case(cases / "case_a", with_label=False)
+        _write_case(cases / "case_b", seed=1, with_label=False)
+        named = corrupt(cases / "case_b")
+        out = tmp / "predictions"
+        out.mkdir()
+        (out / "earlier.nii.gz").write_bytes(b"an earlier result")
+        return ["predict", "-i", str(cases), "-m", str(model), "-o", str(out), "--disable-tta",
+                "--registration", "none"], out, named
+    return build
+
+
+def _label_folders(tmp: Path, names: Tuple[str, str] = ("original", "virtual")) -> Tuple[Path, Path]:
+    first, second = tmp / names[0], tmp / names[1]
+    for folder in (first, second):
+        for case in ("case_a", "case_b"):
+            _write(_image(_label()), folder / f"{case}.nii.gz")
+    return first, second
+
+
+def _union(corrupt: Callable[[Path, Path], Path]):
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        first, second = _label_folders(tmp)
+        named = corrupt(first, second)
+        out = tmp / "union"
+        out.mkdir()
+        (out / "earlier.nii.gz").write_bytes(b"an earlier result")
+        return ["union", "-i", str(first), str(second), "-o", str(out)], out, named
+    return build
+
+
+def _evaluate(corrupt: Callable[[Path, Path], Path]):
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        predictions, truth = _label_folders(tmp, ("predictions", "truth"))
+        named = corrupt(predictions, truth)
+        out = tmp / "evaluation"
+        out.mkdir()
+        (out / "summary.json").write_text('{"an": "earlier result"}')
+        return ["evaluate", str(predictions), str(truth), "-o", str(out / "summary.json")], out, named
+    return build
+
+
+def _then(action: Callable[[Path], None], key: str) -> Callable[[Dict[str, Path]], Path]:
+    """Corrupt ``files[key]`` with ``action`` and name it."""
+    def corrupt(files: Dict[str, Path]) -> Path:
+        action(files[key])
+        return files[key]
+    return corrupt
+
+
+def _replace(files: Dict[str, Path], key: str, path: Path) -> Path:
+    """Give ``files[key]`` another input (e.g. a DICOM folder) and name it."""
+    files[key] = path
+    return path
+
+
+def _delete(path: Path) -> None:
+    path.unlink()
+
+
+def _extra_file(case_dir: Path) -> Path:
+    (case_dir / "notes.txt").write_text("scanned twice")
+    return case_dir / "notes.txt"
+
+
+def _misnamed(case_dir: Path) -> Path:
+    (case_dir / "venous.nii.gz").rename(case_dir / "venus.nii.gz")
+    return case_dir / "venus.nii.gz"
+
+
+SCENARIOS: Dict[str, Scenario] = {
+    # ---- convert
+    "convert/size": Scenario("convert", r"size differs from .*arterial\.nii\.gz",
+                             _convert(_then(lambda p: _regrid(p, shape=(12, 24, 20)), "venous"))),
+    "convert/spacing": Scenario("convert", r"spacing differs from .*arterial\.nii\.gz",
+                                _convert(_then(lambda p: _regrid(p, spacing=(1.5, 1.5, 2.5)), "venous"))),
+    "convert/direction": Scenario("convert", r"direction differs from .*arterial\.nii\.gz", _convert(
+        _then(lambda p: _regrid(p, direction=(-1, 0, 0, 0, 1, 0, 0, 0, 1)), "venous"))),
+    "convert/missing-phase": Scenario("convert", r"file is missing", _convert(_then(_delete, "venous"))),
+    "convert/label-values": Scenario("convert", r"label values \{7\} outside \[0, 1, 2, 3\]",
+                                     _convert(_then(_label_values, "label"))),
+    "convert/label-geometry": Scenario("convert", r"spacing differs from .*arterial\.nii\.gz", _convert(
+        _then(lambda p: _regrid(p, spacing=(1.0, 1.0, 3.0)), "label"))),
+    "convert/nan": Scenario("convert", r"1 NaN/Inf voxels", _convert(_then(_with_nan, "arterial"))),
+    "convert/inf": Scenario("convert", r"1 NaN/Inf voxels",
+                            _convert(_then(lambda p: _with_nan(p, np.inf), "venous"))),
+    "convert/empty": Scenario("convert", r"image is empty \(every voxel is -1000\)",
+                              _convert(_then(_constant, "arterial"))),
+    "convert/truncated": Scenario("convert", r"corrupt", _convert(_then(_truncate, "venous"))),
+    "convert/4d": Scenario("convert", r"4D image, expected a 3D image", _convert(_then(_four_d, "arterial"))),
+    "convert/extra-file": Scenario("convert", r"unexpected file in a case folder",
+                                   _convert(lambda files: _extra_file(files["arterial"].parent))),
+    "convert/misnamed-file": Scenario("convert", r"unexpected file in a case folder",
+                                      _convert(lambda files: _misnamed(files["arterial"].parent))),
+    "convert/second-case-bad": Scenario("convert", r"label values \{7\} outside",
+                                        _convert(lambda files: _then(_label_values, "label")(
+                                            {"label": files["label"].parents[1] / "case_b" / "label.nii.gz"}),
+                                            two_cases=True)),
+    "convert/dataset-exists": Scenario("convert", r"dataset id 7 already exists \(--overwrite replaces it\)",
+                                       _existing_dataset),
+    # ---- register
+    "register/missing-phase": Scenario("register", r"file or folder is missing", _register(_then(_delete, "venous"))),
+    "register/label-values": Scenario("register", r"unexpected labels \[9\]", _register(
+        _then(lambda p: _label_values(p, 9), "moving_label"), with_labels=True)),
+    "register/label-geometry": Scenario("register", r"not on the voxel grid of .*venous\.nii\.gz", _register(
+        _then(lambda p: _regrid(p, spacing=(1.0, 1.0, 3.0)), "moving_label"), with_labels=True)),
+    "register/nan": Scenario("register", r"1 NaN/Inf voxels", _register(_then(_with_nan, "venous"))),
+    "register/empty": Scenario("register", r"image is empty", _register(_then(_constant, "arterial"))),
+    "register/truncated": Scenario("register", r"corrupt", _register(_then(_truncate, "venous"))),
+    "register/4d": Scenario("register", r"4D image, expected a 3D image", _register(_then(_four_d, "venous"))),
+    "register/dicom-unreadable": Scenario("register", r"folder holds no DICOM series", _register(
+        lambda files: _replace(files, "venous", _garbage_dicom_folder(files["venous"].with_name("venous_dicom"))))),
+    # ---- predict (one case; --registration none: phases on other grids are resampled, not refused)
+    "predict/missing-phase-file": Scenario("predict", r"file or folder is missing",
+                                           _predict(_then(_delete, "venous")), needs_model=True),
+    "predict/wrong-channels": Scenario(
+        "predict", r"phase 'delayed' is not a channel of the model, which takes 2 phases",
+        _predict(lambda files: _replace(files, "delayed", files["venous"])), needs_model=True),
+    "predict/nan": Scenario("predict", r"1 NaN/Inf voxels", _predict(_then(_with_nan, "venous")), needs_model=True),
+    "predict/empty": Scenario("predict", r"image is empty", _predict(_then(_constant, "venous")), needs_model=True),
+    "predict/truncated": Scenario("predict", r"corrupt", _predict(_then(_truncate, "arterial")), needs_model=True),
+    "predict/4d": Scenario("predict", r"4D image, expected a 3D image", _predict(_then(_four_d, "arterial")),
+                           needs_model=True),
+    "predict/dicom-unreadable": Scenario("predict", r"folder holds no DICOM series", _predict(
+        lambda files: _replace(files, "venous", _garbage_dicom_folder(files["venous"].with_name("venous_dicom")))),
+        needs_model=True),
+    "predict/folder-extra-file": Scenario("predict", r"unexpected file in a case folder",
+                                          _predict_folder(_extra_file), needs_model=True),
+    "predict/folder-misnamed-file": Scenario("predict", r"unexpected file in a case folder",
+                                             _predict_folder(_misnamed), needs_model=True),
+    "predict/folder-second-case-corrupt": Scenario("predict", r"corrupt", _predict_folder(
+        lambda case: (_truncate(case / "venous.nii.gz"), case / "venous.nii.gz")[1]), needs_model=True),
+    # ---- union
+    "union/missing-case": Scenario("union", r"case 'case_b' is missing",
+                                   _union(lambda a, b: (_delete(b / "case_b.nii.gz"), b / "case_b.nii.gz")[1])),
+    "union/label-values": Scenario("union", r"unexpected labels \[7\]",
+                                   _union(lambda a, b: (_label_values(b / "case_b.nii.gz"), b / "case_b.nii.gz")[1])),
+    "union/geometry": Scenario("union", r"geometry differs from .*case_b\.nii\.gz", _union(
+        lambda a, b: (_regrid(b / "case_b.nii.gz", spacing=(1.0, 1.0, 3.0)), b / "case_b.nii.gz")[1])),
+    "union/nan": Scenario("union", r"1 NaN/Inf voxels",
+                          _union(lambda a, b: (_with_nan(b / "case_b.nii.gz"), b / "case_b.nii.gz")[1])),
+    "union/truncated": Scenario("union", r"corrupt",
+                                _union(lambda a, b: (_truncate(b / "case_b.nii.gz"), b / "case_b.nii.gz")[1])),
+    "union/4d": Scenario("union", r"4D image, expected a 3D image",
+                         _union(lambda a, b: (_four_d(a / "case_b.nii.gz"), a / "case_b.nii.gz")[1])),
+    # ---- evaluate
+    "evaluate/missing-prediction": Scenario("evaluate", r"missing prediction for truth case", _evaluate(
+        lambda pred, truth: (_delete(pred / "case_b.nii.gz"), pred / "case_b.nii.gz")[1])),
+    "evaluate/label-values": Scenario("evaluate", r"unexpected labels \[7\]", _evaluate(
+        lambda pred, truth: (_label_values(truth / "case_a.nii.gz"), truth / "case_a.nii.gz")[1])),
+    "evaluate/geometry": Scenario("evaluate", r"geometry differs from .*case_b\.nii\.gz", _evaluate(
+        lambda pred, truth: (_regrid(pred / "case_b.nii.gz", spacing=(1.0, 1.0, 3.0)), pred / "case_b.nii.gz")[1])),
+    "evaluate/nan": Scenario("evaluate", r"1 NaN/Inf voxels", _evaluate(
+        lambda pred, truth: (_with_nan(pred / "case_a.nii.gz"), pred / "case_a.nii.gz")[1])),
+    "evaluate/truncated": Scenario("evaluate", r"corrupt", _evaluate(
+        lambda pred, truth: (_truncate(truth / "case_b.nii.gz"), truth / "case_b.nii.gz")[1])),
+    "evaluate/4d": Scenario("evaluate", r"4D image, expected a 3D image", _evaluate(
+        lambda pred, truth: (_four_d(pred / "case_a.nii.gz"), pred / "case_a.nii.gz")[1])),
+}
+
+
+@pytest.fixture
+def model_for(request) -> Callable[[Scenario], Optional[Path]]:
+    """The tiny trained model of conftest's ``predict_model``, only for scenarios that need one."""
+    def get(scenario: Scenario) -> Optional[Path]:
+        return request.getfixturevalue("predict_model") if scenario.needs_model else None
+    return get
+
+
+@pytest.mark.parametrize("scenario_id", sorted(SCENARIOS))
+def test_bad_input_exits_1_with_one_line_and_writes_nothing(scenario_id: str, tmp_path: Path, model_for,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    scenario = SCENARIOS[scenario_id]
+    argv, output, named = scenario.build(tmp_path, model_for(scenario))
+    before = _snapshot(output)
+    capsys.readouterr()
+
+    assert main(argv) == 1
+
+    error = capsys.readouterr().err
+    # progress bars (tqdm, on stderr) end with a line break before the error line
+    lines = [line for line in re.split(r"[\r\n]+", error) if line.strip() and not PROGRESS_BAR.search(line)]
+    assert len(lines) == 1 and error.rstrip().endswith(lines[0]), error
+    assert lines[0].startswith(f"nnunet-hpn {scenario.command}: error: "), lines[0]
+    assert str(named) in lines[0], f"{named} not named in: {lines[0]}"
+    assert re.search(scenario.problem, lines[0]), f"{scenario.problem!r} not in: {lines[0]}"
+    assert _snapshot(output) == before, f"{output} changed"
+    leftovers = [path.name for path in output.parent.iterdir() if path.name.startswith(".")]
+    assert not leftovers, f"temporary files left next to {output}: {leftovers}"
+
+
+def test_every_scenario_is_in_the_docs_table() -> None:
+    documented = set(re.findall(r"^\| `([a-z0-9-]+/[a-z0-9-]+)` \|", DOC.read_text(), flags=re.MULTILINE))
+    assert documented == set(SCENARIOS)
+
+
+def test_truncated_file_really_is_damaged(tmp_path: Path) -> None:
+    """The truncation helper leaves a file whose gzip stream ends early (SimpleITK alone would zero-fill it)."""
+    path = _write(_image(_ct(0)), tmp_path / "image.nii.gz")
+    _truncate(path)
+    with pytest.raises(EOFError):
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 20):
+                pass
