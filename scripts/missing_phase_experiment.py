@@ -52,12 +52,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS))
     parser.add_argument("--shape", type=int, nargs=3, default=(48, 96, 96), help="phantom size z y x")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="training length of every trainer (HPN_NUM_EPOCHS; default: the trainers' own, 18)")
     args = parser.parse_args()
 
     started = time.time()
     workdir = Path(args.workdir).resolve()
     env = nnunet_env(workdir)
     env.setdefault("OMP_NUM_THREADS", "2")
+    if args.epochs is not None:
+        env["HPN_NUM_EPOCHS"] = str(args.epochs)
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         Path(env[key]).mkdir(parents=True, exist_ok=True)
     os.environ.update({key: env[key] for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
@@ -135,7 +139,8 @@ def write_table(workdir: Path, table: Dict[str, Dict[str, dict]], timings: Dict[
             lines.append(f"| {trainer} | {condition} | {dice} | {missed} |")
     budget = (f"{args.cases} phantom cases (shape {'×'.join(map(str, args.shape))}, seed {args.seed}), "
               f"{args.held_out} held out; fold 0 of nnU-Net's split of the other {args.cases - args.held_out}; "
-              f"configuration {DEMO_CONFIGURATION} (patch {'×'.join(map(str, DEMO_PATCH_SIZE))}); trainers "
+              f"configuration {DEMO_CONFIGURATION} (patch {'×'.join(map(str, DEMO_PATCH_SIZE))}); "
+              f"{args.epochs or 18} epochs × 25 iterations; trainers "
               f"{', '.join(table)}; CPU; wall time {(time.time() - started) / 60:.1f} min this run")
     markdown = budget + "\n\n" + "\n".join(lines) + "\n"
     write_text_atomically(workdir / "missing_phase.md", markdown)
