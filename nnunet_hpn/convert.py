@@ -26,6 +26,7 @@ from nnunet_hpn.atomic_io import staging_dir
 from nnunet_hpn import LABELS, PHASES
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.image_io import check_finite as _check_finite
+from nnunet_hpn.image_io import check_not_constant
 from nnunet_hpn.image_io import read_header as _read_header
 from nnunet_hpn.image_io import read_voxels_verified as _read_voxels
 from nnunet_hpn.registration import check_overlap, register_to_reference
@@ -169,8 +170,7 @@ def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = 
     for channel, (phase, path) in enumerate(zip(layout.phases, phase_paths)):
         voxels = _read_voxels(path)
         _check_finite(voxels, str(path))
-        if voxels.min() == voxels.max():
-            raise HPNInputError(f"{path}: image is empty (every voxel is {voxels.min():g})")
+        check_not_constant(voxels, str(path))
         images_dir.mkdir(exist_ok=True)
         target = images_dir / f"{case_dir.name}_{channel:04d}{FILE_ENDING}"
         if layout.register and path != reference_path:

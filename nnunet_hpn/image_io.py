@@ -69,12 +69,10 @@ def check_finite(voxels: np.ndarray, path: str) -> None:
         raise HPNInputError(f"{path}: {int(np.count_nonzero(~np.isfinite(voxels)))} NaN/Inf voxels")
 
 
-def check_not_constant(image: sitk.Image, path: str) -> None:
+def check_not_constant(voxels: np.ndarray, path: str) -> None:
     """Refuse an image whose voxels all have one value (a blank or failed export)."""
-    statistics = sitk.MinimumMaximumImageFilter()
-    statistics.Execute(image)
-    if statistics.GetMinimum() == statistics.GetMaximum():
-        raise HPNInputError(f"{path}: image is empty (every voxel is {statistics.GetMinimum():g})")
+    if voxels.min() == voxels.max():
+        raise HPNInputError(f"{path}: image is empty (every voxel is {voxels.min():g})")
 
 
 def _dicom_file_names(folder: Path) -> list[str]:
@@ -136,7 +134,7 @@ def read_image(path: Path | str) -> sitk.Image:
     """A 3D single-component, non-constant image from an image file (``.nii.gz`` checked for damage and NaN/Inf) or
     a DICOM series folder."""
     image = _read_3d(Path(path))
-    check_not_constant(image, str(path))
+    check_not_constant(sitk.GetArrayViewFromImage(image), str(path))
     return image
 
 

@@ -211,8 +211,13 @@ class HPNPredictor:
     def predict_files(self, phase_paths: Mapping[str, Path], out_path: Path, qc_path: Path | None = None
                       ) -> CasePrediction:
         """Read the phases (NIfTI files or DICOM series folders), predict, write ``out_path`` (and ``qc_path``)."""
-        result = self.predict_images(read_phase_images(phase_paths, self.channel_names, out_path),
-                                     {phase: str(path) for phase, path in phase_paths.items()})
+        return self.predict_and_write(read_phase_images(phase_paths, self.channel_names, out_path), phase_paths,
+                                      out_path, qc_path)
+
+    def predict_and_write(self, images: Mapping[str, sitk.Image], phase_paths: Mapping[str, Path], out_path: Path,
+                          qc_path: Path | None = None) -> CasePrediction:
+        """Predict from phase images already read from ``phase_paths``; write ``out_path`` (and ``qc_path``)."""
+        result = self.predict_images(images, {phase: str(path) for phase, path in phase_paths.items()})
         write_image_atomically(result.label, Path(out_path))
         if qc_path is not None:
             record = {"reference_phase": result.reference_phase,
@@ -229,9 +234,9 @@ def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Pat
                  registration: str = "demons", qc_path: Path | None = None, progress: bool = True) -> CasePrediction:
     """One case: ``phase_paths`` (phase name -> NIfTI file or DICOM folder) -> label map at ``out_path``. The inputs
     are read and checked before the model is loaded."""
-    read_phase_images(phase_paths, model_channel_names(Path(model_dir)), out_path)  # fail before the model loads
+    images = read_phase_images(phase_paths, model_channel_names(Path(model_dir)), out_path)  # before the model loads
     predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress)
-    return predictor.predict_files(phase_paths, out_path, qc_path)
+    return predictor.predict_and_write(images, phase_paths, out_path, qc_path)
 
 
 def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence[int | str] = (0,),
