@@ -43,8 +43,9 @@ def _resdsn(configuration: ConfigurationManager) -> ConfigurationManager:
 
 
 def test_width_rounding() -> None:
-    assert [round_width(w) for w in (0.2, 1.4, 2.5, 7.6, 15.9, 17.9, 18.1, 201.0)] == [1, 1, 3, 8, 16, 16, 20, 200]
-    assert narrowed_features([32, 64, 128, 256, 320], 0.625) == [20, 40, 80, 160, 200]
+    widths = (0.2, 1.4, 2.5, 7.4, 7.6, 11.9, 12.1, 19.9, 20.1, 201.0)
+    assert [round_width(w) for w in widths] == [1, 1, 3, 7, 8, 8, 16, 16, 24, 200]
+    assert narrowed_features([32, 64, 128, 256, 320], 0.625) == [24, 40, 80, 160, 200]
     assert narrowed_features([8, 16], 1.0) == [8, 16]
 
 
