@@ -22,7 +22,7 @@ from typing import Sequence
 
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -167,13 +167,10 @@ class HPNTrainer_equalcost(HPNTrainer):
         return kwargs, factor, ratio
 
     @classmethod
-    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
-                                   num_input_channels: int, num_output_channels: int,
-                                   enable_deep_supervision: bool = True) -> nn.Module:
+    def network_class_and_kwargs(cls, configuration_manager: ConfigurationManager, num_input_channels: int,
+                                 num_output_channels: int) -> tuple[str, dict]:
         kwargs, _, _ = cls.equal_cost_network_kwargs(configuration_manager, num_input_channels, num_output_channels)
-        return get_network_from_plans(configuration_manager.network_arch_class_name, kwargs,
-                                      configuration_manager.network_arch_init_kwargs_req_import, num_input_channels,
-                                      num_output_channels, allow_init=True, deep_supervision=enable_deep_supervision)
+        return configuration_manager.network_arch_class_name, kwargs
 
     def on_train_start(self) -> None:
         super().on_train_start()

@@ -25,6 +25,7 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_hpn.atomic_io import atomic_file
+from nnunet_hpn.cpu_inference import use_onednn_for_cpu_inference
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.pairing_loss import pairing_loss
 from nnunet_hpn.virtual_pairs import insert_virtual_pairs
@@ -123,6 +124,9 @@ class HPNTrainer(nnUNetTrainer):
     pairing_warmup_epochs: int = 0
     #: False: no test-time mirroring in the final validation and later predictions (``HPN_NO_TTA=1`` also sets it)
     test_time_mirroring: bool = True
+    #: batch-1 CPU inference through oneDNN's convolutions (see :mod:`nnunet_hpn.cpu_inference`); False: PyTorch's
+    #: own choice, as stock nnU-Net runs
+    onednn_cpu_inference: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
@@ -158,9 +162,10 @@ class HPNTrainer(nnUNetTrainer):
                                    enable_deep_supervision: bool = True) -> nn.Module:
         class_name, kwargs = cls.network_class_and_kwargs(configuration_manager, num_input_channels,
                                                           num_output_channels)
-        return get_network_from_plans(class_name, kwargs, configuration_manager.network_arch_init_kwargs_req_import,
-                                      num_input_channels, num_output_channels, allow_init=True,
-                                      deep_supervision=enable_deep_supervision)
+        network = get_network_from_plans(class_name, kwargs, configuration_manager.network_arch_init_kwargs_req_import,
+                                         num_input_channels, num_output_channels, allow_init=True,
+                                         deep_supervision=enable_deep_supervision)
+        return use_onednn_for_cpu_inference(network) if cls.onednn_cpu_inference else network
 
     @classmethod
     def get_training_transforms(cls, patch_size: Union[np.ndarray, Tuple[int]], rotation_for_DA,
