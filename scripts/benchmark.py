@@ -4,7 +4,9 @@
 Every network is built by the trainer that trains it, from ONE plans entry (patch, batch, features per stage;
 topology from nnU-Net's ``get_pool_and_conv_props``); the first row is the baseline:
 
-* ``nnunet``: nnU-Net's PlainConvUNet on both phases as 2 input channels (``EarlyFusionTrainer``);
+* ``nnunet``: nnU-Net's PlainConvUNet on both phases as 2 input channels, as stock nnU-Net runs it;
+* ``nnunet_onednn``: the same network as ``EarlyFusionTrainer`` builds it, with the batch-1 CPU inference through
+  oneDNN that every HPN trainer uses (``nnunet_hpn.cpu_inference``; training and CUDA are unaffected);
 * ``hpn_unet``: HPN, U-Net backbone (``HPNTrainer``: HyperPairedUNet, six hyper-connections, pairing loss 0.5);
 * ``hypernet``: HyperNet (``HyperNetTrainer``: the same network, no pairing loss; inference = ``hpn_unet``'s);
 * ``hpn_resdsn``: HPN, ResDSN backbone (HyperPairedResDSN, 1 residual block per encoder stage, as
@@ -93,8 +95,16 @@ class ModelSpec:
     inference_as: Optional[str] = None  # same network as another row: its inference times are reused
 
 
+class StockEarlyFusionTrainer(EarlyFusionTrainer):
+    """EarlyFusionTrainer's network exactly as stock nnU-Net runs it: PyTorch's own CPU convolution choice."""
+
+    onednn_cpu_inference = False
+
+
 MODELS: dict[str, ModelSpec] = {spec.key: spec for spec in (
-    ModelSpec("nnunet", "nnU-Net PlainConvUNet, 2 channels", EarlyFusionTrainer, "unet"),
+    ModelSpec("nnunet", "nnU-Net PlainConvUNet, 2 channels", StockEarlyFusionTrainer, "unet"),
+    ModelSpec("nnunet_onednn", "nnU-Net PlainConvUNet, 2 channels, oneDNN batch-1 CPU convolutions "
+              "(EarlyFusionTrainer)", EarlyFusionTrainer, "unet"),
     ModelSpec("hpn_unet", "HPN, U-Net backbone", HPNTrainer, "unet"),
     ModelSpec("hypernet", "HyperNet, U-Net backbone (no pairing loss)", HyperNetTrainer, "unet", "hpn_unet"),
     ModelSpec("hpn_resdsn", "HPN, ResDSN backbone", HPNTrainer, "resdsn"),
@@ -821,6 +831,17 @@ def format_report(args: argparse.Namespace, device: torch.device, rows: list[Row
                          f"ratios of the times minus it: {ratios}")
         lines += ["nnUNetPredictor's own work on this case (the same prediction with a 1x1x1-convolution network): "
                   + "; ".join(parts) + ".", ""]
+    fair = next((row for row in rows if row.spec.key == "nnunet_onednn"), None)
+    if fair is not None and fair is not base and fair.inference_s is not None and device.type == "cpu":
+        parts = []
+        for row in rows:
+            if row.spec.inference_as is not None or row is fair or row is base:
+                continue
+            bound = TIME_TARGET * row.flops / fair.flops
+            parts.append(f"{row.spec.label} {_ratio_cell(row.inference_s, fair.inference_s, bound)} / "
+                         f"{_ratio_cell(row.mirrored_s, fair.mirrored_s, bound)} (target <= {bound:.2f})")
+        lines += ["Inference ratios without / with mirroring against nnU-Net's network with the same oneDNN batch-1 "
+                  "convolutions (`nnunet_onednn` row; HPN's trainers all use them): " + "; ".join(parts) + ".", ""]
     hpn = next((row for row in rows if row.spec.key == "hpn_unet"), None)
     if hpn is not None:
         share = pairing_s / hpn.step_s

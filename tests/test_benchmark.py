@@ -31,6 +31,7 @@ def test_rows_are_built_by_their_trainers_from_one_plans_entry(benchmark) -> Non
               for key, spec in benchmark.MODELS.items()}
     flops = {key: c[0] for key, c in counts.items()}
     assert counts["hypernet"] == counts["hpn_unet"]  # the same network; only the loss differs
+    assert counts["nnunet_onednn"] == counts["nnunet"]  # the same network; only the batch-1 CPU kernel differs
     assert flops["hpn_unet"] > 2 * flops["nnunet"] and flops["hpn_resdsn"] > 2 * flops["nnunet"]
     assert flops["hpn_equalcost"] <= 1.1 * flops["nnunet"]
     device = torch.device("cpu")
@@ -38,9 +39,13 @@ def test_rows_are_built_by_their_trainers_from_one_plans_entry(benchmark) -> Non
         configuration = configurations[spec.backbone]
         setup = benchmark.make_training_setup(spec, configuration, 4, device, "off", False, False)
         network = benchmark.unwrap_network(setup.network)
-        expected = {"nnunet": "PlainConvUNet", "hpn_resdsn": "HyperPairedResDSN"}.get(key, "HyperPairedUNet")
+        expected = {"nnunet": "PlainConvUNet", "nnunet_onednn": "PlainConvUNet",
+                    "hpn_resdsn": "HyperPairedResDSN"}.get(key, "HyperPairedUNet")
         assert type(network).__name__ == expected
-        assert isinstance(setup.loss, benchmark.SegmentationPlusPairingLoss) == (key not in ("nnunet", "hypernet"))
+        assert isinstance(setup.loss, benchmark.SegmentationPlusPairingLoss) == (
+            key not in ("nnunet", "nnunet_onednn", "hypernet"))
+        convs = [type(m).__name__ for m in network.modules() if isinstance(m, torch.nn.Conv3d)]
+        assert set(convs) == ({"Conv3d"} if key == "nnunet" else {"OneDNNConv3d"})  # stock baseline untouched
         data, targets = benchmark.synthetic_batch(configuration, 4, device, channels_last=False)
         assert data.shape == (2, 2, 16, 16, 16) and [t.shape[2:] for t in targets] == [(16, 16, 16), (8, 8, 8)]
         before = [p.detach().clone() for p in network.parameters()]
@@ -90,3 +95,25 @@ def test_smoke_run_with_tiny_sizes(tmp_path: Path) -> None:
     assert all(hpn[i][-1] in "✓✗" for i in (5, 10, 12))  # time ratios carry the verdict
     assert re.search(r"Pairing loss .* ms = \d+\.\d % of the HPN U-Net training step", text)
     assert proc.stdout.count("## smoke") == 1  # also printed
+
+
+def test_conv_kernel_script_smoke_run(tmp_path: Path) -> None:
+    """scripts/benchmark_conv_kernels.py at a quarter of its grid: three tables, every time and rate positive."""
+    doc = tmp_path / "BENCH.md"
+    proc = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "benchmark_conv_kernels.py"), "--scale", "0.25", "--repeats",
+         "1", "--threads", "1", "--append-to", str(doc)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = doc.read_text()
+    assert "convolution kernels, CPU" in text and "--scale 0.25" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line
+            and not line.startswith("| grid") and not line.startswith("| memory format")]
+    norms = [r for r in rows if "Norm" in r]
+    widths = [r for r in rows if r.split("|")[1].strip().endswith("³") and r not in norms]
+    grouped = [r for r in rows if r.split("|")[1].strip() in ("contiguous", "channels_last_3d")]
+    assert len(widths) == 13 and len(grouped) == 6 and len(norms) == 6
+    for row in widths + grouped:
+        numbers = [float(c) for c in row.split("|")[3:-1]]
+        assert all(n > 0 for n in numbers)
+    assert all(r.split("|")[-2].strip() in ("yes", "no") for r in norms)
