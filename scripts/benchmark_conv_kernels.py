@@ -9,7 +9,10 @@ wall time of forward + backward (sum of the output as the loss) after one warm-u
    format and in ``channels_last_3d``; GFLOP/s from ``torch.utils.flop_counter`` (forward + backward).
 2. ``grouped``: the two paths' convolutions as two ``Conv3d`` (what HPN runs) against one ``Conv3d(groups=2)`` on
    the concatenated paths (same FLOPs).
-3. ``norm``: one nnU-Net stage (2 x conv, norm, LeakyReLU) with ``InstanceNorm3d(affine)`` (the plans' norm) against
+3. ``inference``: a batch-1 forward without autograd (what nnU-Net's sliding-window predictor runs) of the same
+   convolutions with PyTorch's own kernel choice (it names the kernel) and through oneDNN
+   (:class:`nnunet_hpn.cpu_inference.OneDNNConv3d`, what HPN's trainers build).
+4. ``norm``: one nnU-Net stage (2 x conv, norm, LeakyReLU) with ``InstanceNorm3d(affine)`` (the plans' norm) against
    ``GroupNorm(C, C)`` (the same normalisation), in both memory formats; whether the output stays channels-last.
 
     python scripts/benchmark_conv_kernels.py                          # the sizes of docs/BENCHMARKS.md
@@ -31,7 +34,10 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
+
+from nnunet_hpn.cpu_inference import use_onednn_for_cpu_inference
 
 #: (spatial edge, widths): the equal-cost and nnU-Net widths of the benchmark plans (patch 48^3, features
 #: [16, 32, 64, 128]) at the resolution each stage runs at, plus the old multiple-of-4 widths.
@@ -89,6 +95,35 @@ def width_rows(scale: float, repeats: int) -> list[str]:
                 seconds = median_seconds(step, repeats)
                 cells += [f"{seconds * 1e3:.1f}", f"{counted_flops(step) / seconds / 1e9:.1f}"]
             rows.append("| " + " | ".join(cells) + " |")
+    return rows
+
+
+def pytorch_kernel(conv: nn.Module, x: torch.Tensor) -> str:
+    """Name of the convolution kernel PyTorch runs for ``conv(x)`` (without autograd)."""
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        conv(x)
+    names = {e.key for e in prof.key_averages()}
+    for kernel in ("aten::mkldnn_convolution", "aten::slow_conv3d_forward"):
+        if kernel in names:
+            return kernel.removeprefix("aten::")
+    return "other"
+
+
+def inference_rows(scale: float, repeats: int) -> list[str]:
+    """Markdown rows: edge, width, PyTorch's kernel and ms, oneDNN ms, ratio (batch 1, no autograd)."""
+    rows = []
+    for edge, widths in WIDTH_GRID:
+        edge = max(4, round(edge * scale))
+        for width in widths:
+            conv = nn.Conv3d(width, width, 3, padding=1)
+            onednn = use_onednn_for_cpu_inference(nn.Conv3d(width, width, 3, padding=1))
+            onednn.load_state_dict(conv.state_dict())
+            x = torch.randn(1, width, edge, edge, edge)
+            with torch.no_grad():
+                t_pytorch = median_seconds(lambda: conv(x), repeats)
+                t_onednn = median_seconds(lambda: onednn(x), repeats)
+            rows.append(f"| {edge}³ | {width} | {pytorch_kernel(conv, x)} | {t_pytorch * 1e3:.1f} | "
+                        f"{t_onednn * 1e3:.1f} | {t_pytorch / t_onednn:.1f} |")
     return rows
 
 
@@ -153,10 +188,11 @@ def norm_rows(scale: float, repeats: int) -> list[str]:
 
 
 def report(args: argparse.Namespace) -> str:
-    """The markdown section: heading, settings and the three tables."""
+    """The markdown section: heading, settings and the four tables."""
     started = time.perf_counter()
     widths, grouped, norms = (width_rows(args.scale, args.repeats), grouped_rows(args.scale, args.repeats),
                               norm_rows(args.scale, args.repeats))
+    inference = inference_rows(args.scale, args.repeats)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     command = "python scripts/benchmark_conv_kernels.py " + shlex.join(sys.argv[1:])
     lines = [
@@ -165,7 +201,8 @@ def report(args: argparse.Namespace) -> str:
         f"average {load} (1 / 5 / 15 min) at the end; torch {torch.__version__}; run took "
         f"{(time.perf_counter() - started) / 60:.1f} min",
         f"- command: `{command.strip()}`",
-        f"- forward + backward of the sum of the output, batch 2, median of {args.repeats} after one warm-up", "",
+        f"- forward + backward of the sum of the output, batch 2 (last table: forward only, batch 1), median of "
+        f"{args.repeats} after one warm-up", "",
         "One 3x3x3 convolution, C -> C channels (GFLOP/s: forward + backward FLOPs from torch.utils.flop_counter):",
         "", "| grid | C | contiguous ms | GFLOP/s | channels_last_3d ms | GFLOP/s |", "|---|---:|---:|---:|---:|---:|",
         *widths, "",
@@ -173,6 +210,10 @@ def report(args: argparse.Namespace) -> str:
         "concatenated paths:", "",
         "| memory format | grid | C per path | two convolutions ms | one grouped ms | x |",
         "|---|---|---:|---:|---:|---:|", *grouped, "",
+        "Batch-1 inference (forward without autograd, as nnU-Net's predictor runs it) of the same convolutions: "
+        "PyTorch's own kernel choice against oneDNN called directly (`OneDNNConv3d`):", "",
+        "| grid | C | PyTorch's kernel | PyTorch ms | oneDNN ms | speed-up |", "|---|---:|---|---:|---:|---:|",
+        *inference, "",
         "One stage (conv, norm, LeakyReLU) x 2 with nnU-Net's InstanceNorm3d against GroupNorm(C, C):", "",
         "| grid | C | norm | contiguous ms | channels_last_3d ms | output stays channels-last |",
         "|---|---:|---|---:|---:|---|", *norms, ""]

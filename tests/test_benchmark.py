@@ -98,7 +98,7 @@ def test_smoke_run_with_tiny_sizes(tmp_path: Path) -> None:
 
 
 def test_conv_kernel_script_smoke_run(tmp_path: Path) -> None:
-    """scripts/benchmark_conv_kernels.py at a quarter of its grid: three tables, every time and rate positive."""
+    """scripts/benchmark_conv_kernels.py at a quarter of its grid: four tables, every time and rate positive."""
     doc = tmp_path / "BENCH.md"
     proc = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "benchmark_conv_kernels.py"), "--scale", "0.25", "--repeats",
@@ -110,9 +110,11 @@ def test_conv_kernel_script_smoke_run(tmp_path: Path) -> None:
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line
             and not line.startswith("| grid") and not line.startswith("| memory format")]
     norms = [r for r in rows if "Norm" in r]
-    widths = [r for r in rows if r.split("|")[1].strip().endswith("³") and r not in norms]
+    inference = [r for r in rows if "conv" in r.split("|")[3]]
+    widths = [r for r in rows if r.split("|")[1].strip().endswith("³") and r not in norms + inference]
     grouped = [r for r in rows if r.split("|")[1].strip() in ("contiguous", "channels_last_3d")]
-    assert len(widths) == 13 and len(grouped) == 6 and len(norms) == 6
+    assert len(widths) == 13 and len(grouped) == 6 and len(norms) == 6 and len(inference) == 13
+    assert all(float(c) > 0 for r in inference for c in r.split("|")[4:-1])
     for row in widths + grouped:
         numbers = [float(c) for c in row.split("|")[3:-1]]
         assert all(n > 0 for n in numbers)
