@@ -54,9 +54,9 @@ def forward_flops(network: nn.Module, input_shape: Sequence[int]) -> int:
 
 
 #: narrowed widths of at least this many channels are rounded to a multiple of it: 8 fp32 lanes of AVX2, oneDNN's
-#: blocked layouts and fp16 tensor-core tiles. Measured on the project's CPU (docs/BENCHMARKS.md): a 3x3x3
-#: convolution, forward + backward, runs at 26 GFLOP/s with 9 channels against 33 with 8, 44 with 20 against 71 with
-#: 24; the equal-cost HPN's training step went from 1.41x to about 1.2x nnU-Net's time.
+#: blocked layouts and fp16 tensor-core tiles. Measured on the project's CPU (``scripts/benchmark_conv_kernels.py``,
+#: docs/BENCHMARKS.md): a 3x3x3 convolution, forward + backward, runs at 40 GFLOP/s with 20 channels against 54 with
+#: 24, 62 with 36 against 68 with 40; the equal-cost HPN's training step went from 1.41x to 1.2-1.4x nnU-Net's time.
 WIDTH_MULTIPLE = 8
 
 
