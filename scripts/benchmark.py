@@ -832,7 +832,7 @@ def format_report(args: argparse.Namespace, device: torch.device, rows: list[Row
         lines += ["nnUNetPredictor's own work on this case (the same prediction with a 1x1x1-convolution network): "
                   + "; ".join(parts) + ".", ""]
     fair = next((row for row in rows if row.spec.key == "nnunet_onednn"), None)
-    if fair is not None and fair is not base and fair.inference_s is not None and device.type == "cpu":
+    if fair is not None and fair.inference_s is not None and device.type == "cpu":
         parts = []
         for row in rows:
             if row.spec.inference_as is not None or row is fair or row is base:

@@ -196,7 +196,7 @@ def report(args: argparse.Namespace) -> str:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     command = "python scripts/benchmark_conv_kernels.py " + shlex.join(sys.argv[1:])
     lines = [
-        f"### {datetime.date.today().isoformat()}: convolution kernels, CPU", "",
+        f"## {datetime.date.today().isoformat()}: convolution kernels, CPU", "",
         f"- device: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, load "
         f"average {load} (1 / 5 / 15 min) at the end; torch {torch.__version__}; run took "
         f"{(time.perf_counter() - started) / 60:.1f} min",

@@ -19,14 +19,12 @@ def _conv_kernels(module: nn.Module, x: torch.Tensor) -> set[str]:
 
 def test_batch_one_inference_runs_onednn_with_the_same_result() -> None:
     torch.manual_seed(0)
-    reference = nn.Sequential(nn.Conv3d(8, 8, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(8, 4, 3, stride=2, padding=1))
+    plain = nn.Sequential(nn.Conv3d(8, 8, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(8, 4, 3, stride=2, padding=1))
     converted_copy = use_onednn_for_cpu_inference(
         nn.Sequential(nn.Conv3d(8, 8, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(8, 4, 3, stride=2, padding=1)))
-    converted_copy.load_state_dict(reference.state_dict())  # same keys
+    converted_copy.load_state_dict(plain.state_dict())  # same keys
     assert all(type(m) is OneDNNConv3d for m in converted_copy if isinstance(m, nn.Conv3d))
     x = torch.randn(1, 8, 16, 40, 40)  # N*C*D*H = 5120 <= 20480: PyTorch's own choice is slow_conv3d
-    plain = nn.Sequential(nn.Conv3d(8, 8, 3, padding=1), nn.LeakyReLU(), nn.Conv3d(8, 4, 3, stride=2, padding=1))
-    plain.load_state_dict(reference.state_dict())
     with torch.no_grad():
         assert _conv_kernels(plain, x) == {"aten::slow_conv3d_forward"}
         assert _conv_kernels(converted_copy, x) == {"aten::mkldnn_convolution"}
