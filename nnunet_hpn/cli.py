@@ -13,8 +13,10 @@ from nnunet_hpn.errors import HPNInputError
 def _phantom(args: argparse.Namespace) -> None:
     from nnunet_hpn.phantom import write_phantom_cases
 
-    cases = write_phantom_cases(Path(args.out_dir), args.cases, seed=args.seed, phases=args.phases)
-    print(f"wrote {len(cases)} phantom cases ({', '.join(args.phases)}) to {args.out_dir}")
+    cases = write_phantom_cases(Path(args.out_dir), args.cases, seed=args.seed, phases=args.phases,
+                                crop_margin_mm=args.crop)
+    cropped = f", cropped to the label box + {args.crop:g} mm" if args.crop is not None else ""
+    print(f"wrote {len(cases)} phantom cases ({', '.join(args.phases)}{cropped}) to {args.out_dir}")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -22,8 +24,16 @@ def _convert(args: argparse.Namespace) -> None:
 
     raw_root = Path(args.raw_root) if args.raw_root else None
     target = convert_cases(Path(args.in_dir), args.dataset_id, args.name, raw_root=raw_root, overwrite=args.overwrite,
-                           phases=tuple(args.phases), reference_phase=args.reference_phase, register=args.register)
+                           phases=tuple(args.phases), reference_phase=args.reference_phase, register=args.register,
+                           crop_margin_mm=args.crop_to_label)
     print(f"wrote {target}")
+
+
+def _uncrop(args: argparse.Namespace) -> None:
+    from nnunet_hpn.crop import uncrop_folder
+
+    cases = uncrop_folder(Path(args.pred_dir), Path(args.boxes), Path(args.reference), Path(args.output))
+    print(f"wrote {len(cases)} full-size label maps to {args.output}")
 
 
 def _register(args: argparse.Namespace) -> None:
@@ -145,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", nargs="+", default=["arterial", "venous"], metavar="PHASE",
                    help="phases to simulate, out of noncontrast arterial venous delayed (default: arterial venous); "
                         "the first is the reference (label.nii.gz), the others are deformed (label_<phase>.nii.gz)")
+    p.add_argument("--crop", type=float, metavar="MARGIN_MM",
+                   help="cut every file of a case to its label's box plus MARGIN_MM (world positions kept); "
+                        "boxes in OUT_DIR/crop_boxes.json")
     p.set_defaults(func=_phantom)
 
     p = sub.add_parser("convert", help="IN_DIR/<case>/{arterial,venous,label}.nii.gz -> $nnUNet_raw/DatasetXXX_NAME")
@@ -160,7 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", action="store_true",
                    help="register every other phase (and its label_<phase>.nii.gz, if any) onto the reference "
                         "phase; QC per case in <dataset>/registration_qc/")
+    p.add_argument("--crop-to-label", type=float, metavar="MARGIN_MM",
+                   help="cut every case (all phases, after --register, and the label) to the label's box plus "
+                        "MARGIN_MM, world positions kept: an oracle ROI for experiments, or second-stage training "
+                        "data; boxes in <dataset>/crop_boxes.json (every case needs a label)")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("uncrop", help="paste predictions made on crops back onto the full images "
+                                      "(crop_boxes.json of convert --crop-to-label / phantom --crop)")
+    p.add_argument("pred_dir", help="label maps <case>.nii.gz on the cropped grids")
+    p.add_argument("--boxes", required=True, help="crop_boxes.json")
+    p.add_argument("--reference", required=True, metavar="FULL_IMAGES",
+                   help="folder with the full images: <case>_0000.nii.gz, <case>.nii.gz or <case>/<phase>.nii.gz")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="new (or empty) folder")
+    p.set_defaults(func=_uncrop)
 
     p = sub.add_parser("register", help="register a moving phase onto a fixed one (affine + diffeomorphic demons): "
                                         "warped image, displacement field, warped label, qc.json")

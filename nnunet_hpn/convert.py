@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from nnunet_hpn.atomic_io import staging_dir
 from nnunet_hpn import LABELS, PHASES
+from nnunet_hpn.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.image_io import check_finite as _check_finite
 from nnunet_hpn.image_io import check_not_constant
@@ -77,6 +78,7 @@ class _Layout:
     phases: tuple[str, ...]
     reference: str
     register: bool
+    crop_margin_mm: float | None = None
 
     @property
     def reference_index(self) -> int:
@@ -146,25 +148,37 @@ def _check_headers(case_dir: Path, layout: _Layout = _Layout(PHASES, PHASES[0], 
         check_same_geometry(reference, reference_path, _read_header(label_path), label_path)
 
 
+def _write_image(image: sitk.Image, source: Path, target: Path, box: CropBox | None) -> None:
+    """``image`` (read from, or registered from, ``source``) written to ``target``, cut to ``box`` if given."""
+    sitk.WriteImage(image if box is None else crop_image(image, box, str(source)), str(target), useCompression=True)
+
+
 def _register_phase(case_dir: Path, phase: str, path: Path, reference_path: Path, label_path: Path | None,
-                    target: Path, progress: bool) -> dict:
-    """Register one phase onto the reference grid, write the warped image to ``target``; its QC."""
+                    target: Path, progress: bool, box: CropBox | None = None) -> dict:
+    """Register one phase onto the reference grid, write the warped image to ``target`` (cut to ``box``); its QC."""
     phase_label = _phase_label(case_dir, phase)
     result = register_to_reference(
         sitk.ReadImage(str(reference_path)), sitk.ReadImage(str(path)),
         moving_label=None if phase_label is None else sitk.ReadImage(str(phase_label)),
         fixed_label=None if label_path is None or phase_label is None else sitk.ReadImage(str(label_path)),
         method="demons", progress=progress, fixed_name=str(reference_path), moving_name=str(path))
-    sitk.WriteImage(result.warped, str(target), useCompression=True)
+    _write_image(result.warped, path, target, box)
     return result.qc
 
 
 def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = _Layout(PHASES, PHASES[0], False),
-                           progress: bool = False) -> bool:
+                           progress: bool = False, boxes: dict[str, CropBox] | None = None) -> bool:
     """Check the voxels of one case and copy its files into ``dataset_dir`` (registering the non-reference phases
-    first when ``layout.register``, QC into ``dataset_dir/registration_qc/<case>.json``); True if it has a label."""
+    first when ``layout.register``, QC into ``dataset_dir/registration_qc/<case>.json``; with
+    ``layout.crop_margin_mm`` every file cut to the label's box, recorded in ``boxes``); True if it has a label."""
     phase_paths, label_path = _case_files(case_dir, layout)
     reference_path = phase_paths[layout.reference_index]
+    box = None
+    if layout.crop_margin_mm is not None:
+        if label_path is None:
+            raise HPNInputError(f"{case_dir}: no {LABEL_FILE}; --crop-to-label needs a label in every case")
+        box = boxes[case_dir.name] = label_box(sitk.ReadImage(str(label_path)), layout.crop_margin_mm,
+                                               str(label_path))
     images_dir = dataset_dir / ("imagesTr" if label_path is not None else "imagesTs")
     case_qc = {}
     for channel, (phase, path) in enumerate(zip(layout.phases, phase_paths)):
@@ -174,7 +188,10 @@ def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = 
         images_dir.mkdir(exist_ok=True)
         target = images_dir / f"{case_dir.name}_{channel:04d}{FILE_ENDING}"
         if layout.register and path != reference_path:
-            case_qc[phase] = _register_phase(case_dir, phase, path, reference_path, label_path, target, progress)
+            case_qc[phase] = _register_phase(case_dir, phase, path, reference_path, label_path, target, progress,
+                                             box)
+        elif box is not None:
+            _write_image(sitk.ReadImage(str(path)), path, target, box)
         else:
             shutil.copyfile(path, target)
     if layout.register:
@@ -188,7 +205,11 @@ def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = 
     _check_finite(label_voxels, str(label_path))
     _check_label_values(label_voxels, str(label_path))
     (dataset_dir / "labelsTr").mkdir(exist_ok=True)
-    shutil.copyfile(label_path, dataset_dir / "labelsTr" / f"{case_dir.name}{FILE_ENDING}")
+    label_target = dataset_dir / "labelsTr" / f"{case_dir.name}{FILE_ENDING}"
+    if box is None:
+        shutil.copyfile(label_path, label_target)
+    else:
+        _write_image(sitk.ReadImage(str(label_path)), label_path, label_target, box)
     return True
 
 
@@ -224,7 +245,7 @@ def _write_qc_summary(qc_dir: Path) -> None:
 
 
 def _description(layout: _Layout) -> str:
-    if layout.phases == PHASES and not layout.register:
+    if layout.phases == PHASES and not layout.register and layout.crop_margin_mm is None:
         return DATASET_DESCRIPTION
     channels = ", ".join(f"channel {i} {phase}" for i, phase in enumerate(layout.phases))
     text = (f"Multi-phase pancreas CT for the Hyper-Pairing Network: {channels}; labels pancreas, PDAC mass and "
@@ -232,6 +253,9 @@ def _description(layout: _Layout) -> str:
     if layout.register:
         text += (f" Every other phase registered onto the {layout.reference} grid (diffeomorphic demons, "
                  f"nnunet_hpn.registration); QC in {QC_FOLDER}/.")
+    if layout.crop_margin_mm is not None:
+        text += (f" Every case cut to its label's box plus {layout.crop_margin_mm:g} mm (oracle ROI, world positions "
+                 f"kept); boxes in {BOXES_FILE}.")
     return text
 
 
@@ -258,7 +282,7 @@ def _replace_dataset(built_dir: Path, target: Path, existing: list[Path]) -> Non
 
 def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | None = None, overwrite: bool = False,
                   progress: bool = True, phases=PHASES, reference_phase: str | None = None,
-                  register: bool = False) -> Path:
+                  register: bool = False, crop_margin_mm: float | None = None) -> Path:
     """Build ``raw_root/Dataset{id:03d}_{name}`` (raw_root defaults to ``$nnUNet_raw``) and return its path.
 
     Channel i is ``phases[i]`` (``channel_names`` of dataset.json = the phase names in order). Cases with
@@ -267,10 +291,17 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     phases must share that grid; with it, every other phase is registered onto it (diffeomorphic demons, see
     :mod:`nnunet_hpn.registration`; an optional ``label_<phase>.nii.gz`` on that phase's grid is warped along for
     the surface-distance QC) and the QC of every case goes to ``<dataset>/registration_qc/<case>.json`` with a
-    ``summary.json``. Nothing is left in the raw root when any input is invalid (HPNInputError).
+    ``summary.json``. ``crop_margin_mm``: every case (all phases, after registration, and the label) cut to the box
+    of its label's foreground plus this margin in mm, world positions kept (:mod:`nnunet_hpn.crop`; an oracle ROI),
+    the boxes in ``<dataset>/crop_boxes.json``; every case needs a label then. Nothing is left in the raw root when
+    any input is invalid (HPNInputError).
     """
     in_dir = Path(in_dir)
     layout = _layout(in_dir, phases, reference_phase, register)
+    if crop_margin_mm is not None:
+        if not crop_margin_mm > 0:
+            raise HPNInputError(f"{in_dir}: crop margin must be a positive number of mm, got {crop_margin_mm}")
+        layout = _Layout(layout.phases, layout.reference, layout.register, float(crop_margin_mm))
     if raw_root is None:
         if not os.environ.get("nnUNet_raw"):
             raise HPNInputError("nnUNet_raw: environment variable not set and no raw_root given")
@@ -292,14 +323,19 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
 
     for case_dir in case_dirs:
         _check_headers(case_dir, layout)
+        if layout.crop_margin_mm is not None and _case_files(case_dir, layout)[1] is None:
+            raise HPNInputError(f"{case_dir}: no {LABEL_FILE}; --crop-to-label needs a label in every case")
     if all(_case_files(case_dir, layout)[1] is None for case_dir in case_dirs):
         raise HPNInputError(f"{in_dir}: no case has a {LABEL_FILE}, nothing to train on")
 
     raw_root.mkdir(parents=True, exist_ok=True)
     built_dir = staging_dir(raw_root, prefix=f".{target.name}.")
     try:
-        num_training = sum(_check_voxels_and_copy(case_dir, built_dir, layout, progress)
+        boxes: dict[str, CropBox] = {}
+        num_training = sum(_check_voxels_and_copy(case_dir, built_dir, layout, progress, boxes)
                            for case_dir in tqdm(case_dirs, desc="converting cases", unit="case", disable=not progress))
+        if layout.crop_margin_mm is not None:
+            write_boxes(built_dir / BOXES_FILE, boxes, layout.crop_margin_mm, layout.reference)
         if layout.register:
             _write_qc_summary(built_dir / QC_FOLDER)
         _write_dataset_json(built_dir, name, num_training, layout)

@@ -2,8 +2,18 @@
 
 Each case is a small abdomen in HU: body with a subcutaneous fat layer, mesenteric fat, liver, spleen,
 kidneys, vertebra, aorta, portal/splenic vein and a curved pancreas (head to tail) holding a hypo-attenuating
-mass and a duct that is dilated upstream (tail side) of the mass. In about 30 % of the cases the mass is
-iso-attenuating in the arterial or the venous phase, so only the pair reveals it.
+mass and a duct that is dilated upstream (tail side) of the mass. The parenchyma carries a smooth texture (lobulation,
+fatty infiltration) that is the same in every phase. Three kinds of case (frozen before the CPU Table 1, see
+docs/RESULTS.md; never tuned on results):
+
+* **subtle in both phases** (:data:`SUBTLE_IN_BOTH_SHARE`, about 30 %): the mass differs from the parenchyma by only
+  :data:`SUBTLE_CONTRAST_HU` in each phase, hypo-attenuating in the arterial and hyper-attenuating in the venous
+  phase, below the parenchymal texture (:data:`TEXTURE_SD_HU`) and the noise; the texture is phase-invariant and the
+  mass is not, so the pair (for example A - V) shows it clearly. No other giveaway: the duct is not dilated, the mass
+  is confined to the gland (no contour change) and small (:data:`SUBTLE_DIAMETER_MM`);
+* **iso-attenuating in one phase** (:data:`ISO_ATTENUATING_SHARE` of the others, about 21 % of all): clearly
+  hypo-attenuating in one phase, within a few HU of the parenchyma in the other;
+* **conspicuous** (the rest): hypo-attenuating by 40-60 HU in both phases, duct dilated upstream.
 
 Phases (:data:`KNOWN_PHASES`, any subset in any order, ``phases=``), each with its own enhancement:
 
@@ -14,9 +24,9 @@ Phases (:data:`KNOWN_PHASES`, any subset in any order, ``phases=``), each with i
 
 The anatomy is painted in the space of the *reference phase* (default: the first phase; ``label.nii.gz``). Every
 other phase is the same anatomy warped by its own smooth random deformation, on the same voxel grid, with its
-labels in ``label_<phase>.nii.gz``. The default ``("arterial", "venous")`` output is bit-identical to the
-two-phase generator's for the same seed: arterial and venous draw from the same random streams as before, the
-other phases from streams of their own (keyed by phase name, so a phase looks the same in every phase list).
+labels in ``label_<phase>.nii.gz``. Arterial and venous do not depend on the phase list: they draw from the
+case's own random streams, the other phases from streams of their own (keyed by phase name, so a phase looks the
+same in every phase list).
 """
 from __future__ import annotations
 
@@ -35,14 +45,25 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from nnunet_hpn import LABELS, PHASES
+from nnunet_hpn.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.errors import HPNInputError
 
 #: Phases the phantom simulates, in acquisition order.
 KNOWN_PHASES: tuple = ("noncontrast", "arterial", "venous", "delayed")
 #: Spawn keys of the per-phase random streams of noncontrast / delayed (arterial and venous use the original ones).
 _PHASE_STREAM_KEY = 100
-#: Share of cases whose mass is iso-attenuating (within a few HU of the parenchyma) in one phase.
+#: Share of the cases that are not subtle in both phases whose mass is iso-attenuating (within a few HU of the
+#: parenchyma) in one phase.
 ISO_ATTENUATING_SHARE = 0.3
+#: Share of cases whose mass is subtle in each phase and clear only in the pair (drawn per case).
+SUBTLE_IN_BOTH_SHARE = 0.3
+#: |mass - parenchyma| in HU of a subtle mass in the arterial (hypo) and venous (hyper) phase.
+SUBTLE_CONTRAST_HU = (8.0, 12.0)
+#: Diameter range (mm) of a subtle mass (the others: 8-25 mm).
+SUBTLE_DIAMETER_MM = (8.0, 14.0)
+#: Standard deviation (HU) and correlation length (mm, Gaussian sigma) of the phase-invariant parenchymal texture.
+TEXTURE_SD_HU = 12.0
+TEXTURE_SIGMA_MM = 2.5
 #: Samples per centre-line curve; dense enough that the distance to the samples is the distance to the curve.
 CURVE_SAMPLES = 512
 HU_MIN, HU_MAX = -1024, 3071
@@ -243,12 +264,14 @@ def _other_phase_hu(phase: str, rng: np.random.Generator, arterial_hu: np.ndarra
     return hu, float(rng.uniform(10, 20))
 
 
-def _paint_tissue(grid: _Grid, rng: np.random.Generator, texture_rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+def _paint_tissue(grid: _Grid, rng: np.random.Generator, texture_rng: np.random.Generator,
+                  subtle: bool = False) -> tuple[np.ndarray, dict]:
     """Tissue map (uint8 Tissue ids) of one abdomen in the reference phase's space, and its pancreas/mass/duct
     parameters.
 
     Scalar anatomy comes from ``rng``, voxel-sized random fields from ``texture_rng``, so the anatomy's
-    parameters do not depend on the grid size.
+    parameters do not depend on the grid size. A ``subtle`` case has a small mass confined to the gland and no
+    duct dilation (the same draws, then overridden, so the other anatomy is that of the non-subtle case).
     """
     tissue = np.full(grid.shape, Tissue.AIR, dtype=np.uint8)
     centre = grid.centre
@@ -308,15 +331,22 @@ def _paint_tissue(grid: _Grid, rng: np.random.Generator, texture_rng: np.random.
     mass_centre = pancreas_curve[mass_sample] + (offset_direction / np.linalg.norm(offset_direction)
                                                  * rng.uniform(0, 0.5) * pancreas_radius[mass_sample])
     mass_diameter = rng.uniform(8, 25)
+    if subtle:
+        low, high = SUBTLE_DIAMETER_MM
+        mass_diameter = low + (mass_diameter - 8) / (25 - 8) * (high - low)
     thinnest_duct = 0.5 * np.hypot(grid.spacing[0], grid.spacing[1])  # thinner ducts break up on this grid
     duct_radius_normal = max(rng.uniform(0.75, 1.5), thinnest_duct)
     duct_radius_dilated = max(rng.uniform(1.5, 2.5), 1.5 * duct_radius_normal)
+    if subtle:
+        duct_radius_dilated = duct_radius_normal
     upstream = 1 / (1 + np.exp(-(t - mass_t) / 0.03))
     duct_radius = duct_radius_normal + (duct_radius_dilated - duct_radius_normal) * upstream
     duct_radius = np.maximum(np.minimum(duct_radius, 0.6 * pancreas_radius), duct_radius_normal)
     duct_radius[(t < 0.02) | (t > 0.98)] = -1.0  # the duct stops short of both ends of the gland
+    gland = _tube(dist, nearest, pancreas_radius)
     tissue[_tube(dist, nearest, duct_radius)] = Tissue.DUCT
-    tissue[_irregular_mass(grid, mass_centre, mass_diameter, rng, texture_rng)] = Tissue.MASS
+    mass = _irregular_mass(grid, mass_centre, mass_diameter, rng, texture_rng)
+    tissue[mass & gland if subtle else mass] = Tissue.MASS
 
     parameters = {"mass_diameter_mm": mass_diameter, "mass_position_head_to_tail": mass_t,
                   "duct_radius_mm": duct_radius_normal, "duct_radius_dilated_mm": duct_radius_dilated}
@@ -343,11 +373,22 @@ def _phase_streams(seed: int, case_index: int, phase: str) -> tuple[np.random.Ge
     return tuple(np.random.default_rng(stream) for stream in phase_seed.spawn(3))
 
 
-def _warp(tissue: np.ndarray, grid: _Grid, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Tissue map resampled through a smooth random deformation: (warped tissue, displacement mm, translation mm)."""
+def _warp(tissue: np.ndarray, texture: np.ndarray, grid: _Grid,
+          rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Tissue map (nearest neighbour) and texture (linear) resampled through one smooth random deformation:
+    (warped tissue, warped texture, displacement mm, translation mm)."""
     displacement_mm, translation_mm = _random_displacement_mm(grid.shape, rng)
     sample_at = np.indices(grid.shape, dtype=float) + displacement_mm / grid.spacing[:, None, None, None]
-    return ndimage.map_coordinates(tissue, sample_at, order=0, mode="nearest"), displacement_mm, translation_mm
+    return (ndimage.map_coordinates(tissue, sample_at, order=0, mode="nearest"),
+            ndimage.map_coordinates(texture, sample_at, order=1, mode="nearest"), displacement_mm, translation_mm)
+
+
+def _parenchyma_texture(grid: _Grid, rng: np.random.Generator) -> np.ndarray:
+    """Smooth zero-mean field (z, y, x) in HU with standard deviation TEXTURE_SD_HU, added to the parenchyma and the
+    mass in every phase alike."""
+    field = ndimage.gaussian_filter(rng.standard_normal(grid.shape, dtype=np.float32),
+                                    sigma=TEXTURE_SIGMA_MM / grid.spacing)
+    return (TEXTURE_SD_HU * field / field.std()).astype(np.float32)
 
 
 def generate_phantom_case(seed: int, case_index: int, shape_zyx: tuple[int, int, int] = (48, 96, 96),
@@ -358,34 +399,43 @@ def generate_phantom_case(seed: int, case_index: int, shape_zyx: tuple[int, int,
     phases = tuple(phases)
     reference_phase = check_phases(phases, reference_phase, f"phantom case {case_index}")
     case_seed = np.random.SeedSequence([seed, case_index])
-    anatomy_rng, texture_rng, contrast_rng, deformation_rng, noise_rng = (
-        np.random.default_rng(stream) for stream in case_seed.spawn(5))
+    anatomy_rng, texture_rng, contrast_rng, deformation_rng, noise_rng, pairing_rng = (
+        np.random.default_rng(stream) for stream in case_seed.spawn(6))
     grid = _Grid(tuple(int(n) for n in shape_zyx), np.asarray(spacing_zyx, dtype=float))
-    tissue, parameters = _paint_tissue(grid, anatomy_rng, texture_rng)
+    subtle = bool(pairing_rng.random() < SUBTLE_IN_BOTH_SHARE)
+    tissue, parameters = _paint_tissue(grid, anatomy_rng, texture_rng, subtle=subtle)
     hu, iso_phase = _phase_hu(contrast_rng)
+    subtle_contrast = pairing_rng.uniform(*SUBTLE_CONTRAST_HU, size=2)
+    if subtle:  # hypo in arterial, hyper in venous, each below the texture; K-phase extras keep their own model
+        iso_phase = None
+        hu["arterial"][Tissue.MASS] = hu["arterial"][Tissue.PANCREAS] - subtle_contrast[0]
+        hu["venous"][Tissue.MASS] = hu["venous"][Tissue.PANCREAS] + subtle_contrast[1]
+    texture = _parenchyma_texture(grid, pairing_rng)
     noise_sigma = {phase: contrast_rng.uniform(10, 20) for phase in PHASES}
     # the original noise stream, drawn in the original order: arterial and venous do not depend on the phase list
     noise = {phase: noise_rng.standard_normal(grid.shape, dtype=np.float32) for phase in PHASES}
 
-    tissues, deformations = {}, {}
+    tissues, textures, deformations = {}, {}, {}
     for phase in phases:
         own_streams = None if phase in PHASES else _phase_streams(seed, case_index, phase)
         if own_streams is not None:
             hu[phase], noise_sigma[phase] = _other_phase_hu(phase, own_streams[0], hu["arterial"])
             noise[phase] = own_streams[2].standard_normal(grid.shape, dtype=np.float32)
         if phase == reference_phase:
-            tissues[phase] = tissue
+            tissues[phase], textures[phase] = tissue, texture
             continue
         if phase == "venous":
             deformation_rng_of_phase = deformation_rng  # the original venous deformation
         else:
             deformation_rng_of_phase = (own_streams or _phase_streams(seed, case_index, phase))[1]
-        tissues[phase], displacement_mm, translation_mm = _warp(tissue, grid, deformation_rng_of_phase)
+        tissues[phase], textures[phase], displacement_mm, translation_mm = _warp(tissue, texture, grid,
+                                                                                 deformation_rng_of_phase)
         deformations[phase] = (float(np.linalg.norm(displacement_mm, axis=0).max()), translation_mm.tolist())
 
     images = {}
     for phase in phases:
-        noisy = hu[phase][tissues[phase]] + noise_sigma[phase] * noise[phase]
+        textured = np.isin(tissues[phase], (Tissue.PANCREAS, Tissue.MASS))
+        noisy = hu[phase][tissues[phase]] + textures[phase] * textured + noise_sigma[phase] * noise[phase]
         images[phase] = np.clip(np.rint(noisy), HU_MIN, HU_MAX).astype(np.int16)
 
     first_deformed = next((phase for phase in phases if phase in deformations), None)
@@ -393,6 +443,7 @@ def generate_phantom_case(seed: int, case_index: int, shape_zyx: tuple[int, int,
     metadata = {
         "seed": seed,
         "case_index": case_index,
+        "mass_subtle_in_both": subtle,
         "mass_iso_attenuating": iso_phase is not None,
         "iso_phase": iso_phase,
         "deformation_max_mm": max((d[0] for d in deformations.values()), default=0.0),
@@ -420,16 +471,24 @@ def phantom_image(array: np.ndarray, spacing_zyx: tuple[float, float, float] = (
     return image
 
 
-def _write_nifti(array: np.ndarray, spacing_zyx: tuple[float, float, float], path: Path) -> None:
-    """Write a z, y, x array as NIfTI on the phantom grid (:func:`phantom_image`)."""
-    sitk.WriteImage(phantom_image(array, spacing_zyx), str(path), useCompression=True)
+def _write_nifti(array: np.ndarray, spacing_zyx: tuple[float, float, float], path: Path,
+                box: CropBox | None = None) -> None:
+    """Write a z, y, x array as NIfTI on the phantom grid (:func:`phantom_image`), cut to ``box`` if given."""
+    image = phantom_image(array, spacing_zyx)
+    if box is not None:
+        image = crop_image(image, box, str(path))
+    sitk.WriteImage(image, str(path), useCompression=True)
 
 
 def write_phantom_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: tuple[int, int, int] = (48, 96, 96),
                         spacing_zyx: tuple[float, float, float] = (2.5, 1.5, 1.5), progress: bool = True,
-                        phases: Sequence[str] = PHASES, reference_phase: str | None = None) -> list[str]:
+                        phases: Sequence[str] = PHASES, reference_phase: str | None = None,
+                        crop_margin_mm: float | None = None) -> list[str]:
     """Write ``out_dir/<case>/<phase>.nii.gz`` for every phase, ``label.nii.gz`` (reference phase's space),
     ``label_<phase>.nii.gz`` for every other phase, and ``out_dir/phantoms.json``.
+
+    ``crop_margin_mm``: every file of a case cut to the box of its label's foreground plus this margin
+    (:mod:`nnunet_hpn.crop`, world positions kept), the boxes in ``out_dir/crop_boxes.json``.
 
     Returns the case ids (``hpn_000``, ``hpn_001``, ...). Default: ``arterial.nii.gz``, ``venous.nii.gz``,
     ``label.nii.gz`` (arterial space), ``label_venous.nii.gz``. All images share one grid. For another phase list
@@ -441,11 +500,13 @@ def write_phantom_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: t
         raise HPNInputError(f"{out_dir}: shape_zyx must be 3 sizes of at least 16 voxels, got {shape_zyx}")
     if len(spacing_zyx) != 3 or min(spacing_zyx) <= 0:
         raise HPNInputError(f"{out_dir}: spacing_zyx must be 3 positive values, got {spacing_zyx}")
+    if crop_margin_mm is not None and not crop_margin_mm > 0:
+        raise HPNInputError(f"{out_dir}: crop margin must be a positive number of mm, got {crop_margin_mm}")
     phases = tuple(phases)
     reference_phase = check_phases(phases, reference_phase, str(out_dir))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    case_ids, cases_metadata = [], []
+    case_ids, cases_metadata, boxes = [], [], {}
     for case_index in tqdm(range(n_cases), desc="phantom cases", unit="case", disable=not progress):
         case_id = f"hpn_{case_index:03d}"
         case = generate_phantom_case(seed, case_index, shape_zyx, spacing_zyx, phases, reference_phase)
@@ -453,11 +514,18 @@ def write_phantom_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: t
         case_dir.mkdir(exist_ok=True)
         files = [(phase, case.images[phase]) for phase in phases] + [("label", case.label)]
         files += [(f"label_{phase}", case.labels[phase]) for phase in phases if phase != reference_phase]
+        box = None
+        if crop_margin_mm is not None:
+            box = boxes[case_id] = label_box(phantom_image(case.label, spacing_zyx), crop_margin_mm,
+                                             str(case_dir / "label.nii.gz"))
         for file_stem, array in files:
-            _write_nifti(array, spacing_zyx, case_dir / f"{file_stem}.nii.gz")
+            _write_nifti(array, spacing_zyx, case_dir / f"{file_stem}.nii.gz", box)
         case_ids.append(case_id)
         cases_metadata.append({"case_id": case_id, **case.metadata})
     summary = {"seed": seed, "shape_zyx": list(shape_zyx), "spacing_zyx": list(spacing_zyx)}
+    if crop_margin_mm is not None:
+        summary["crop_margin_mm"] = crop_margin_mm
+        write_boxes(out_dir / BOXES_FILE, boxes, crop_margin_mm, reference_phase)
     if phases != PHASES:
         summary.update({"phases": list(phases), "reference_phase": reference_phase})
     summary["cases"] = cases_metadata

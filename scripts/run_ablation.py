@@ -64,7 +64,11 @@ ROWS: dict[str, Row] = {row.name: row for row in (
     Row("hpn", "HPN (original pairs)", "HPNTrainer"),
     Row("hpn_virtual", "HPN (virtual pairs)", "HPNTrainer_virtual"),
     Row("hpn_union", "HPN (union of original + virtual)", needs=("hpn", "hpn_virtual")),
+    Row("hpn_warmup", "HPN, λ ramped up over 12 epochs (original pairs)", "HPNTrainer_warmup"),
 )}
+
+#: The paper's nine rows (the default); the others are this project's additions.
+PAPER_ROWS: tuple[str, ...] = tuple(name for name in ROWS if name != "hpn_warmup")
 
 BACKBONES: dict[str, Backbone] = {backbone.name: backbone for backbone in (
     Backbone("unet", "3D U-Net", "nnUNetHPNPlans", "HPNPlanner"),
@@ -74,12 +78,14 @@ BACKBONES: dict[str, Backbone] = {backbone.name: backbone for backbone in (
 #: Files of a fold's ``validation/`` folder that make up the cross-validation predictions.
 PREDICTION_SUFFIXES: tuple[str, ...] = (".nii.gz", ".npz", ".pkl")
 
-#: --epochs / --iterations / --val-iterations -> environment variable read by every HPN trainer.
+#: --epochs / --iterations / --val-iterations / --save-every -> environment variable read by every HPN trainer.
 BUDGET_VARIABLES: dict[str, str] = {"epochs": "HPN_NUM_EPOCHS", "iterations": "HPN_ITERATIONS_PER_EPOCH",
-                                    "val_iterations": "HPN_VAL_ITERATIONS_PER_EPOCH"}
+                                    "val_iterations": "HPN_VAL_ITERATIONS_PER_EPOCH", "save_every": "HPN_SAVE_EVERY"}
+#: --training-seed -> environment variable read by every HPN trainer.
+SEED_VARIABLE = "HPN_SEED"
 
 #: nnUNetTrainer's own budget, used when neither the flags nor the environment set one.
-DEFAULT_BUDGET: dict[str, int] = {"epochs": 1000, "iterations": 250, "val_iterations": 50}
+DEFAULT_BUDGET: dict[str, int] = {"epochs": 1000, "iterations": 250, "val_iterations": 50, "save_every": 50}
 
 TARGET_COLUMNS: tuple[tuple[str, str], ...] = (("abnormal pancreas", "abnormal pancreas"), ("PDAC", "PDAC"),
                                                ("duct", "duct"))
@@ -107,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run_ablation.py", description=__doc__.split("\n\n")[0],
         epilog=_rows_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", "--dataset", required=True, help="dataset id (e.g. 501) or name (Dataset501_X)")
-    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS), metavar="ROW",
-                        help="rows to produce (default: all); see the list below")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(PAPER_ROWS), metavar="ROW",
+                        help="rows to produce (default: the paper's nine); see the list below")
     parser.add_argument("--backbones", nargs="+", choices=list(BACKBONES), default=list(BACKBONES),
                         help="default: unet resdsn")
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2], help="folds to train (default 0 1 2)")
@@ -123,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--iterations", type=int, help="iterations per epoch (env HPN_ITERATIONS_PER_EPOCH)")
     parser.add_argument("--val-iterations", type=int,
                         help="validation iterations per epoch (env HPN_VAL_ITERATIONS_PER_EPOCH)")
+    parser.add_argument("--save-every", type=int,
+                        help="epochs between checkpoint_latest.pth writes (env HPN_SAVE_EVERY; nnU-Net: 50)")
+    parser.add_argument("--training-seed", type=int,
+                        help="seed of every training's global generators (env HPN_SEED; default: unseeded)")
     parser.add_argument("--no-tta", action="store_true",
                         help="no test-time mirroring in the final validation (env HPN_NO_TTA=1; CPU budgets)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
@@ -221,6 +231,8 @@ def build_env(args: argparse.Namespace, base: Optional[dict[str, str]] = None) -
             env[variable] = str(getattr(args, key))
     if getattr(args, "no_tta", False):
         env["HPN_NO_TTA"] = "1"
+    if getattr(args, "training_seed", None) is not None:
+        env[SEED_VARIABLE] = str(args.training_seed)
     return env
 
 
@@ -231,6 +243,7 @@ def effective_budget(env: dict[str, str]) -> dict[str, Any]:
         budget[key] = int(env[variable]) if env.get(variable) else DEFAULT_BUDGET[key]
     budget["source"] = "HPN_* environment" if any(env.get(v) for v in BUDGET_VARIABLES.values()) else "trainer default"
     budget["test_time_mirroring"] = env.get("HPN_NO_TTA") != "1"
+    budget["training_seed"] = int(env[SEED_VARIABLE]) if env.get(SEED_VARIABLE) else None
     return budget
 
 

@@ -50,7 +50,7 @@ def test_every_trained_row_names_an_hpn_trainer():
 
 def test_argument_defaults_and_errors(capsys):
     args = ablation.parse_args(["-d", "990"])
-    assert args.rows == list(ablation.ROWS) and args.backbones == ["unet", "resdsn"]
+    assert args.rows == list(ablation.PAPER_ROWS) and args.backbones == ["unet", "resdsn"]
     assert args.folds == [0, 1, 2] and args.n_splits == 3 and args.configuration == "3d_fullres"
     assert args.epochs is None and args.device is None and args.seed == 12345
     args = ablation.parse_args(["-d", "990", "--folds", "4", "0", "--epochs", "3", "--cpu-config", "16", "32", "32"])

@@ -7,6 +7,7 @@ from nnunet_hpn.trainers.hpn_trainer import (
     HPNTrainer_cpu_smoke,
     HPNTrainer_demo,
     HPNTrainer_virtual,
+    HPNTrainer_warmup,
     HyperNetTrainer,
     HyperNetTrainer_virtual,
     SinglePhaseTrainer_arterial,
@@ -18,7 +19,7 @@ from nnunet_hpn.trainers.phase_dropout import (
     HPNTrainer_phasedropout_demo,
 )
 
-__all__ = ["HPNTrainer", "HPNTrainer_virtual", "HyperNetTrainer", "HyperNetTrainer_virtual",
+__all__ = ["HPNTrainer", "HPNTrainer_virtual", "HPNTrainer_warmup", "HyperNetTrainer", "HyperNetTrainer_virtual",
            "SinglePhaseTrainer_arterial", "SinglePhaseTrainer_venous", "EarlyFusionTrainer",
            "HPNTrainer_cpu_smoke", "HPNTrainer_cpu_resume", "HPNTrainer_demo", "HPNTrainer_phasedropout",
            "HPNTrainer_phasedropout_cpu_smoke", "HPNTrainer_phasedropout_demo", "HPNTrainer_equalcost",

@@ -10,6 +10,7 @@ the trainer and continues with the same settings; ``nnUNetv2_predict`` needs not
 """
 import copy
 import os
+import random
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -32,15 +33,29 @@ from nnunet_hpn.virtual_pairs import insert_virtual_pairs
 
 SegmentationOutput = Union[torch.Tensor, Sequence[torch.Tensor]]
 
-#: Environment variables that override the training length of every HPN trainer (e.g. for CPU ablation runs).
+#: Environment variables that override the training length of every HPN trainer (e.g. for CPU ablation runs) and
+#: how often ``checkpoint_latest.pth`` is written (nnU-Net: every 50 epochs; a long CPU run stopped in between
+#: would lose up to 49 epochs).
 BUDGET_ENV = {"HPN_NUM_EPOCHS": "num_epochs", "HPN_ITERATIONS_PER_EPOCH": "num_iterations_per_epoch",
-              "HPN_VAL_ITERATIONS_PER_EPOCH": "num_val_iterations_per_epoch"}
+              "HPN_VAL_ITERATIONS_PER_EPOCH": "num_val_iterations_per_epoch", "HPN_SAVE_EVERY": "save_every"}
+#: ``HPN_SEED=N``: Python's, NumPy's and torch's global generators seeded with N when the trainer is created (weight
+#: initialisation and the main process's draws; nnU-Net's data-augmentation worker processes stay unseeded).
+SEED_ENV = "HPN_SEED"
 #: ``HPN_NO_TTA=1``: no test-time mirroring in the final validation (and in later predictions of the model).
 NO_TTA_ENV = "HPN_NO_TTA"
 #: checkpoint entry with the HPN settings (nnU-Net's own loaders ignore unknown entries)
 CHECKPOINT_KEY = "hpn"
 #: settings of the ``"hpn"`` entry that define the model: a checkpoint continues only in a trainer with the same ones
 MODEL_SETTINGS = ("network", "pairing_loss_weight", "pairing_warmup_epochs", "virtual_pairs")
+
+
+def apply_seed_environment() -> None:
+    """Seed the global generators from ``HPN_SEED``, where set."""
+    if os.environ.get(SEED_ENV):
+        seed = int(os.environ[SEED_ENV])
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
 
 
 def apply_budget_environment(trainer: nnUNetTrainer) -> None:
@@ -132,6 +147,7 @@ class HPNTrainer(nnUNetTrainer):
                  device: torch.device = torch.device("cuda")) -> None:
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_budget_environment(self)
+        apply_seed_environment()
         self.test_time_mirroring = self.test_time_mirroring and os.environ.get(NO_TTA_ENV) != "1"
 
     @classmethod
@@ -306,6 +322,13 @@ class HPNTrainer_virtual(HPNTrainer):
     """HPN trained on virtual pairs; ``nnunet-hpn union`` of its and HPNTrainer's predictions is the paper's HPN."""
 
     virtual_pair_alpha = 0.4
+
+
+class HPNTrainer_warmup(HPNTrainer):
+    """HPN with λ ramped linearly from 0 to 0.5 over the first 12 epochs: the pairing term delays the first
+    foreground predictions (docs/RESULTS.md), which costs a visible share of a short budget."""
+
+    pairing_warmup_epochs = 12
 
 
 class HyperNetTrainer(HPNTrainer):

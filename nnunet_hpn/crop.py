@@ -1,0 +1,195 @@
+"""Region-of-interest crops: every image of a case cut to the label's foreground box plus a margin, and back.
+
+A crop keeps world geometry: spacing and direction are unchanged and the origin moves to the box's first voxel, so
+every kept voxel has the physical position it had (SimpleITK's ``RegionOfInterest``). The boxes of a dataset are
+written to one JSON file (:data:`BOXES_FILE`, next to the cropped dataset), which is all :func:`uncrop_folder` needs
+to paste predictions made on the crops back onto the full images.
+
+Used as an *oracle* ROI (the box comes from the ground truth: for experiments where the budget must go to the
+pancreas region, never as a claim about finding the pancreas) and as the training data of a second stage.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnunet_hpn.atomic_io import atomic_file, staging_dir, write_text_atomically
+from nnunet_hpn.errors import HPNInputError
+
+#: File name of a dataset's crop boxes (in the raw dataset folder, or next to the phantom cases).
+BOXES_FILE = "crop_boxes.json"
+#: Physical positions of the cropped and the full grid must agree to this fraction of a voxel.
+POSITION_TOLERANCE_VOXELS = 1e-3
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A box of voxels of the full image (x, y, z index order, as SimpleITK) and the full image's grid."""
+
+    start_xyz: tuple[int, int, int]
+    size_xyz: tuple[int, int, int]
+    full_size_xyz: tuple[int, int, int]
+    spacing_xyz: tuple[float, float, float]
+    origin_xyz: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    def to_json(self) -> dict:
+        return {"start_xyz": list(self.start_xyz), "size_xyz": list(self.size_xyz),
+                "full_size_xyz": list(self.full_size_xyz), "spacing_xyz": list(self.spacing_xyz),
+                "origin_xyz": list(self.origin_xyz), "direction": list(self.direction)}
+
+    @classmethod
+    def from_json(cls, entry: dict, where: str) -> "CropBox":
+        try:
+            box = cls(*(tuple(int(v) for v in entry[key]) for key in ("start_xyz", "size_xyz", "full_size_xyz")),
+                      *(tuple(float(v) for v in entry[key]) for key in ("spacing_xyz", "origin_xyz", "direction")))
+        except (KeyError, TypeError, ValueError) as error:
+            raise HPNInputError(f"{where}: not a crop box ({type(error).__name__}: {error})") from None
+        if (len(box.start_xyz) != 3 or len(box.size_xyz) != 3 or len(box.full_size_xyz) != 3
+                or any(s < 0 for s in box.start_xyz) or any(n < 1 for n in box.size_xyz)
+                or any(s + n > full for s, n, full in zip(box.start_xyz, box.size_xyz, box.full_size_xyz))):
+            raise HPNInputError(f"{where}: box start {list(box.start_xyz)} size {list(box.size_xyz)} lies outside "
+                                f"the image of size {list(box.full_size_xyz)}")
+        return box
+
+
+def label_box(label: sitk.Image, margin_mm: float, where: str) -> CropBox:
+    """The bounding box of ``label > 0`` grown by ``margin_mm`` on every side (clipped to the image)."""
+    if not np.isfinite(margin_mm) or margin_mm <= 0:
+        raise HPNInputError(f"{where}: crop margin must be a positive number of mm, got {margin_mm}")
+    foreground = np.argwhere(sitk.GetArrayViewFromImage(label) > 0)  # (n, 3) z, y, x
+    if len(foreground) == 0:
+        raise HPNInputError(f"{where}: label has no foreground, nothing to crop to")
+    low_xyz = foreground.min(axis=0)[::-1]
+    high_xyz = foreground.max(axis=0)[::-1]
+    margin_voxels = np.ceil(margin_mm / np.asarray(label.GetSpacing()) - 1e-9).astype(int)
+    size = np.asarray(label.GetSize())
+    start = np.maximum(low_xyz - margin_voxels, 0)
+    stop = np.minimum(high_xyz + margin_voxels + 1, size)
+    return CropBox(tuple(int(v) for v in start), tuple(int(v) for v in stop - start), tuple(int(v) for v in size),
+                   tuple(float(v) for v in label.GetSpacing()), tuple(float(v) for v in label.GetOrigin()),
+                   tuple(float(v) for v in label.GetDirection()))
+
+
+def _check_grid(image: sitk.Image, box: CropBox, where: str) -> None:
+    """``image`` must be the full grid the box was taken from."""
+    if (tuple(image.GetSize()) != box.full_size_xyz
+            or not np.allclose(image.GetSpacing(), box.spacing_xyz, rtol=1e-5, atol=0)
+            or not np.allclose(image.GetDirection(), box.direction, atol=1e-5)
+            or not np.allclose(image.GetOrigin(), box.origin_xyz,
+                               atol=POSITION_TOLERANCE_VOXELS * min(box.spacing_xyz))):
+        raise HPNInputError(f"{where}: grid (size {list(image.GetSize())}, origin "
+                            f"{[round(v, 3) for v in image.GetOrigin()]}) is not the grid of the crop box (size "
+                            f"{list(box.full_size_xyz)}, origin {[round(v, 3) for v in box.origin_xyz]})")
+
+
+def crop_image(image: sitk.Image, box: CropBox, where: str) -> sitk.Image:
+    """``image`` (on the box's full grid) cut to the box; every kept voxel keeps its physical position."""
+    _check_grid(image, box, where)
+    return sitk.RegionOfInterest(image, list(box.size_xyz), list(box.start_xyz))
+
+
+def uncrop_image(cropped: sitk.Image, box: CropBox, reference: sitk.Image, where: str) -> sitk.Image:
+    """A label map on the crop pasted into zeros on ``reference``'s grid (which must be the box's full grid)."""
+    _check_grid(reference, box, f"{where}: reference")
+    expected_origin = reference.TransformIndexToPhysicalPoint([int(v) for v in box.start_xyz])
+    if (tuple(cropped.GetSize()) != box.size_xyz
+            or not np.allclose(cropped.GetSpacing(), box.spacing_xyz, rtol=1e-5, atol=0)
+            or not np.allclose(cropped.GetOrigin(), expected_origin,
+                               atol=POSITION_TOLERANCE_VOXELS * min(box.spacing_xyz))):
+        raise HPNInputError(f"{where}: size {list(cropped.GetSize())} / origin "
+                            f"{[round(v, 3) for v in cropped.GetOrigin()]} is not the crop box's (size "
+                            f"{list(box.size_xyz)}, origin {[round(v, 3) for v in expected_origin]})")
+    full = np.zeros(sitk.GetArrayViewFromImage(reference).shape, dtype=sitk.GetArrayViewFromImage(cropped).dtype)
+    (x0, y0, z0), (nx, ny, nz) = box.start_xyz, box.size_xyz
+    full[z0:z0 + nz, y0:y0 + ny, x0:x0 + nx] = sitk.GetArrayViewFromImage(cropped)
+    result = sitk.GetImageFromArray(full)
+    result.CopyInformation(reference)
+    return result
+
+
+def write_boxes(path: Path, boxes: dict[str, CropBox], margin_mm: float, reference_phase: str) -> None:
+    """``{"margin_mm", "reference_phase", "cases": {case: box}}``, written atomically."""
+    write_text_atomically(path, json.dumps({"margin_mm": margin_mm, "reference_phase": reference_phase,
+                                            "cases": {case: box.to_json() for case, box in sorted(boxes.items())}},
+                                           indent=2) + "\n")
+
+
+def read_boxes(path: Path) -> dict[str, CropBox]:
+    """The boxes of :func:`write_boxes`; one-line HPNInputError when the file is missing or malformed."""
+    try:
+        cases = json.loads(Path(path).read_text())["cases"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise HPNInputError(f"{path}: not a crop-box file ({type(error).__name__}: {error})") from None
+    if not isinstance(cases, dict) or not cases:
+        raise HPNInputError(f"{path}: no crop boxes in 'cases'")
+    return {case: CropBox.from_json(entry, f"{path}: case {case}") for case, entry in cases.items()}
+
+
+def find_reference(reference_dir: Path, case: str, file_ending: str = ".nii.gz") -> Path:
+    """The full image of ``case`` in ``reference_dir``: ``<case>_0000``, ``<case>`` (nnU-Net names) or
+    ``<case>/<any phase>`` (a case folder; its first image in name order)."""
+    for candidate in (reference_dir / f"{case}_0000{file_ending}", reference_dir / f"{case}{file_ending}"):
+        if candidate.is_file():
+            return candidate
+    folder = reference_dir / case
+    images = sorted(path for path in folder.glob(f"*{file_ending}") if not path.name.startswith("label")) \
+        if folder.is_dir() else []
+    if not images:
+        raise HPNInputError(f"{reference_dir}: no full image of case {case!r} ({case}_0000{file_ending}, "
+                            f"{case}{file_ending} or {case}/<phase>{file_ending})")
+    return images[0]
+
+
+def uncrop_folder(pred_dir: Path, boxes_path: Path, reference_dir: Path, out_dir: Path,
+                  file_ending: str = ".nii.gz", progress: bool = True) -> list[str]:
+    """Paste every ``pred_dir/<case><file_ending>`` back onto the full grid of its reference image; the label maps
+    go to ``out_dir`` (built hidden, moved into place when all cases succeeded; an existing ``out_dir`` must be
+    empty). Returns the cases."""
+    pred_dir, reference_dir, out_dir = Path(pred_dir), Path(reference_dir), Path(out_dir)
+    boxes = read_boxes(boxes_path)
+    if not pred_dir.is_dir():
+        raise HPNInputError(f"{pred_dir}: prediction folder does not exist")
+    cases = sorted(path.name[: -len(file_ending)] for path in pred_dir.iterdir()
+                   if path.is_file() and path.name.endswith(file_ending))
+    if not cases:
+        raise HPNInputError(f"{pred_dir}: no predictions ending in {file_ending}")
+    unknown = [case for case in cases if case not in boxes]
+    if unknown:
+        raise HPNInputError(f"{pred_dir / (unknown[0] + file_ending)}: case not in {boxes_path}")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise HPNInputError(f"{out_dir}: output exists and is not an empty folder")
+    if out_dir.resolve() == pred_dir.resolve():
+        raise HPNInputError(f"{out_dir}: output folder is the prediction folder (inputs are never overwritten)")
+    references = {case: find_reference(reference_dir, case, file_ending) for case in cases}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    built = staging_dir(out_dir.parent, prefix=f".{out_dir.name}.")
+    try:
+        for case in tqdm(cases, desc="uncrop", unit="case", disable=not progress):
+            prediction_path = pred_dir / f"{case}{file_ending}"
+            full = uncrop_image(sitk.ReadImage(str(prediction_path)), boxes[case],
+                                sitk.ReadImage(str(references[case])), str(prediction_path))
+            sitk.WriteImage(full, str(built / f"{case}{file_ending}"), useCompression=True)
+        if out_dir.exists():
+            out_dir.rmdir()
+        built.rename(out_dir)
+    except BaseException:
+        for path in built.glob("*"):
+            path.unlink()
+        built.rmdir()
+        raise
+    return cases
+
+
+def crop_case_files(files: Sequence[tuple[Path, Path]], box: CropBox) -> None:
+    """Write each (source, target) image cropped to ``box``; each target appears complete or not at all."""
+    for source, target in files:
+        cropped = crop_image(sitk.ReadImage(str(source)), box, str(source))
+        with atomic_file(target, suffix=".nii.gz") as temporary:
+            sitk.WriteImage(cropped, str(temporary), useCompression=True)
