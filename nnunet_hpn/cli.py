@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="phantoms -> convert -> plan -> short HPN training -> predict -> Dice + PNG (CPU)")
     p.add_argument("--workdir", default="hpn_demo")
-    p.add_argument("--cases", type=int, default=10, help="phantom cases; 2 are held out for testing")
+    p.add_argument("--cases", type=int, default=14, help="phantom cases; the last 4 are held out for testing")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_demo)
     return parser

@@ -14,7 +14,9 @@ DEMO_DATASET_NAME = "PancreasDualPhase"
 DEMO_CONFIGURATION = "3d_cpu"
 DEMO_PATCH_SIZE = (32, 32, 32)
 DEMO_TRAINER = "HPNTrainer_demo"
-N_HELD_OUT = 2
+N_HELD_OUT = 4
+#: every case cut to its label's box plus this margin (oracle ROI): the CPU budget goes to the pancreas region
+DEMO_CROP_MARGIN_MM = 10.0
 
 
 def nnunet_env(workdir: Path) -> Dict[str, str]:
@@ -47,11 +49,12 @@ def run_step(step: str, args: List[str], env: Dict[str, str]) -> float:
     return seconds
 
 
-def run_demo(workdir: Path, n_cases: int = 10, seed: int = 0) -> dict:
-    """Phantoms → conversion → planning/preprocessing → short HPN training → prediction of held-out cases →
-    Dice table and PNG overlays. Everything is written under ``workdir`` (replaced if it exists). Returns the
-    evaluation result."""
+def run_demo(workdir: Path, n_cases: int = 14, seed: int = 0) -> dict:
+    """Phantoms cut to the pancreas region → conversion → planning/preprocessing → short HPN training → prediction
+    of held-out cases → pasted back into the full images → Dice table and PNG overlays. Everything is written under
+    ``workdir`` (replaced if it exists). Returns the evaluation result (on the crops)."""
     from nnunet_hpn.convert import convert_cases
+    from nnunet_hpn.crop import BOXES_FILE, uncrop_folder
     from nnunet_hpn.evaluation import evaluate_folders, format_dice_table, write_summary
     from nnunet_hpn.figures import save_overlay_from_files
     from nnunet_hpn.phantom import write_phantom_cases
@@ -66,8 +69,12 @@ def run_demo(workdir: Path, n_cases: int = 10, seed: int = 0) -> dict:
         Path(env[key]).mkdir(parents=True)
     dataset = f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_DATASET_NAME}"
 
-    print(f"=== 1/6 phantoms: {n_cases} dual-phase cases ({N_HELD_OUT} held out) in {workdir / 'phantoms'}")
-    cases = write_phantom_cases(workdir / "phantoms", n_cases, seed=seed)
+    print(f"=== 1/6 phantoms: {n_cases} dual-phase cases ({N_HELD_OUT} held out) in {workdir / 'phantoms'}, cut to "
+          f"the label's box + {DEMO_CROP_MARGIN_MM:g} mm (oracle ROI; full images in {workdir / 'phantoms_full'})")
+    write_phantom_cases(workdir / "phantoms_full", n_cases, seed=seed)
+    cases = write_phantom_cases(workdir / "phantoms", n_cases, seed=seed, crop_margin_mm=DEMO_CROP_MARGIN_MM)
+    boxes_file = workdir / BOXES_FILE
+    shutil.move(str(workdir / "phantoms" / BOXES_FILE), str(boxes_file))
     truth_dir = workdir / "held_out_labels"
     truth_dir.mkdir()
     for case in cases[-N_HELD_OUT:]:  # without label.nii.gz, conversion puts them into imagesTs
@@ -94,6 +101,10 @@ def run_demo(workdir: Path, n_cases: int = 10, seed: int = 0) -> dict:
              [console_command("nnUNetv2_predict"), "-i", str(raw_dataset / "imagesTs"), "-o", str(prediction_dir),
               "-d", str(DEMO_DATASET_ID), "-c", DEMO_CONFIGURATION, "-tr", DEMO_TRAINER, "-p", HPN_PLANS_NAME,
               "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+
+    full_prediction_dir = workdir / "predictions_full"
+    uncrop_folder(prediction_dir, boxes_file, workdir / "phantoms_full", full_prediction_dir, progress=False)
+    print(f"predictions pasted back into the full images: {full_prediction_dir}")
 
     print("\n=== 6/6 evaluation of the held-out cases")
     result = evaluate_folders(prediction_dir, truth_dir)

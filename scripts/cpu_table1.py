@@ -24,6 +24,7 @@ and this preset were frozen before the first training of the table.
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime
 import json
 import os
@@ -34,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
+
+import numpy as np
 
 N_CASES = 24
 #: seed of the phantoms: 8 of its 24 cases are subtle in both phases (33 %), inside the documented 25-35 %
@@ -93,17 +96,62 @@ def row_finished(workdir: Path, row: str) -> bool:
 
 
 def report(workdir: Path, raw: Path, rows: list[str], docs: Path, env: dict[str, str]) -> None:
-    """``nnunet-hpn report`` of the finished rows against each available reference, into ``docs``."""
+    """``nnunet-hpn report`` of the finished rows against each available reference, into ``docs``; before HPN
+    exists, one interim report against the last finished row (``report_interim/``, removed once HPN is there)."""
     runs = [f"{row}={workdir / 'ablation' / 'unet' / row}" for row in rows]
     single = ["--single-phase", "arterial", "venous"] if {"arterial", "venous"} <= set(rows) else []
-    for reference in REFERENCES:
-        if reference not in rows:
-            continue
+    references = [reference for reference in REFERENCES if reference in rows]
+    interim = docs / "report_interim"
+    targets = [(reference, docs / f"report_vs_{reference}") for reference in references] or [(rows[-1], interim)]
+    for reference, out in targets:
         run([console("nnunet-hpn"), "report", *runs, "--gt", str(raw / "labelsTr"), "--images", str(raw / "imagesTr"),
-             "--reference", reference, "--hpn", reference, *single, "-o", str(docs / f"report_vs_{reference}")], env)
+             "--reference", reference, "--hpn", reference, *single, "-o", str(out)], env)
+    if references and interim.is_dir():
+        shutil.rmtree(interim)
     table = workdir / "ablation" / "table1.md"
     if table.is_file():
         shutil.copyfile(table, docs / "table1.md")
+    write_by_kind(workdir, rows, docs)
+
+
+#: kind of mass of a phantom case (phantoms.json), in the order of the breakdown table
+KINDS: tuple[str, ...] = ("subtle in both phases", "iso-attenuating in one phase", "conspicuous")
+
+
+def case_kinds(phantoms_json: Path) -> dict[str, str]:
+    kinds = {}
+    for case in json.loads(phantoms_json.read_text())["cases"]:
+        kinds[case["case_id"]] = (KINDS[0] if case.get("mass_subtle_in_both") else
+                                  KINDS[1] if case["mass_iso_attenuating"] else KINDS[2])
+    return kinds
+
+
+def write_by_kind(workdir: Path, rows: list[str], docs: Path) -> None:
+    """``by_kind.md``: PDAC Dice (mean ± std, cases with Dice 0) per row and kind of mass, from a report's
+    per_case.csv (every report holds every finished row)."""
+    reports = sorted(docs.glob("report_*/per_case.csv"))
+    if not reports:
+        return
+    kinds = case_kinds(workdir / "phantoms" / "phantoms.json")
+    dice: dict[tuple[str, str], list[float]] = {}
+    with reports[0].open() as stream:
+        for record in csv.DictReader(stream):
+            if record["target"] == "PDAC" and record["method"] in rows:
+                dice.setdefault((record["method"], kinds[record["case"]]), []).append(100 * float(record["Dice"]))
+    counts = {kind: sum(1 for value in kinds.values() if value == kind) for kind in KINDS}
+    lines = ["# PDAC Dice (%) by kind of mass", "",
+             "Mean ± population std over the cross-validation cases of each kind (missed: Dice 0); kinds from "
+             "`phantoms.json` (nnunet_hpn/phantom.py).", "",
+             "| Row | " + " | ".join(f"{kind} (n={counts[kind]})" for kind in KINDS) + " |",
+             "|---|" + "---:|" * len(KINDS)]
+    for row in rows:
+        cells = []
+        for kind in KINDS:
+            values = np.asarray(dice.get((row, kind), []))
+            cells.append(f"{values.mean():.1f} ± {values.std():.1f} (missed {int((values == 0).sum())})"
+                         if len(values) else "–")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    (docs / "by_kind.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

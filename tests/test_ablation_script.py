@@ -216,3 +216,32 @@ def test_small_ablation_end_to_end_then_rerun_skips_training(own_nnunet_root, mo
     info = json.loads((out / "run_info.json").read_text())
     assert info["trainings_this_run"] == [] and len(info["trainings"]) == 2  # earlier training times kept
     assert "training time recorded over all runs" in (out / "table1.md").read_text()
+
+
+# ------------------------------------------------------------------------------------ the CPU Table-1 protocol
+
+def _load_protocol():
+    spec = importlib.util.spec_from_file_location("cpu_table1", SCRIPT.parent / "cpu_table1.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cpu_table1_preset_is_a_valid_ablation_command_with_the_issue_budget():
+    protocol = _load_protocol()
+    for row in protocol.ORDER:
+        args = ablation.parse_args(["-d", str(protocol.DATASET_ID), *protocol.PRESET, "--rows", row])
+        assert ablation.resolve_rows(args.rows)[-1] == row
+        assert args.epochs * args.iterations >= 2000 and args.folds == [0, 1, 2] and args.backbones == ["unet"]
+        assert args.training_seed is not None and args.no_tta
+    # every paper row, in the paper's order, then the project's warm-up row
+    assert [row for row in protocol.ORDER if row in ablation.PAPER_ROWS] == list(ablation.PAPER_ROWS)
+    assert protocol.N_CASES >= 24
+
+
+def test_ablation_budget_sets_checkpoint_interval_and_training_seed():
+    args = ablation.parse_args(["-d", "1", "--epochs", "3", "--save-every", "2", "--training-seed", "7"])
+    env = ablation.build_env(args, base={})
+    assert env["HPN_SAVE_EVERY"] == "2" and env["HPN_SEED"] == "7" and env["HPN_NUM_EPOCHS"] == "3"
+    budget = ablation.effective_budget(env)
+    assert budget["save_every"] == 2 and budget["training_seed"] == 7

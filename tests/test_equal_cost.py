@@ -20,7 +20,8 @@ from nnunet_hpn.trainers.equal_cost import (
     narrowed_features,
     round_width,
 )
-from nnunet_hpn.trainers.hpn_trainer import EarlyFusionTrainer, HPNTrainer, SegmentationPlusPairingLoss
+from nnunet_hpn.trainers.hpn_trainer import (EarlyFusionTrainer, HPNTrainer, HPNTrainer_demo,
+                                             SegmentationPlusPairingLoss)
 
 N_CLASSES = 4
 
@@ -90,7 +91,7 @@ def test_trainers_are_exported_and_found_by_the_stock_lookup() -> None:
 
 
 def test_demo_variant_keeps_the_demo_budget() -> None:
-    assert HPNTrainer_equalcost_demo.short_budget == (18, 25, 3)
+    assert HPNTrainer_equalcost_demo.short_budget == HPNTrainer_demo.short_budget
     assert HPNTrainer_equalcost_demo.pairing_warmup_epochs == 12
     assert HPNTrainer_equalcost_demo.build_network_architecture.__func__ is \
         HPNTrainer_equalcost.build_network_architecture.__func__

@@ -130,3 +130,16 @@ def test_two_seeded_cpu_trainings_give_identical_weights(make_trainer, monkeypat
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert not all(torch.equal(first[k], initial[k]) for k in first)  # it did train
+
+
+def test_hpn_seed_gives_identical_initial_weights_and_save_every_is_read(make_trainer, monkeypatch):
+    monkeypatch.setenv("HPN_SEED", "11")
+    monkeypatch.setenv("HPN_SAVE_EVERY", "5")
+    first, second = make_trainer("HPNTrainer"), make_trainer("HPNTrainer")
+    assert first.save_every == second.save_every == 5
+    assert all(torch.equal(a, b) for a, b in zip(first.network.state_dict().values(),
+                                                  second.network.state_dict().values()))
+    monkeypatch.setenv("HPN_SEED", "12")
+    third = make_trainer("HPNTrainer")
+    assert not all(torch.equal(a, b) for a, b in zip(first.network.state_dict().values(),
+                                                      third.network.state_dict().values()))

@@ -46,5 +46,5 @@ class HPNTrainer_phasedropout_cpu_smoke(PhaseDropoutMixin, HPNTrainer_cpu_smoke)
 
 
 class HPNTrainer_phasedropout_demo(PhaseDropoutMixin, HPNTrainer_demo):
-    """HPNTrainer_demo's budget and settings (18 × 25, 2/3 foreground patches, λ ramped over 12 epochs) with phase
-    dropout; the pair of docs/RESULTS.md "Missing phase"."""
+    """HPNTrainer_demo's recipe (budget, sampling, learning rate, λ warm-up) with phase dropout; the pair of
+    docs/RESULTS.md "Missing phase" (measured there with the recipe of that date: 18 × 25, learning rate 0.01)."""
