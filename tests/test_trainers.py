@@ -115,6 +115,6 @@ def test_pairing_weight_is_constant_for_hpn_and_ramped_for_the_demo(make_trainer
             weights[type(trainer).__name__].append(trainer.current_pairing_weight())
     assert weights["HPNTrainer"] == [0.5] * 4  # the paper's constant λ
     assert weights["HPNTrainer_demo"] == [0.0, 0.25, 0.5, 0.5]
-    assert (demo.num_epochs, demo.num_iterations_per_epoch, demo.oversample_foreground_percent) == (30, 25, 1.0)
+    assert (demo.num_epochs, demo.num_iterations_per_epoch, demo.oversample_foreground_percent) == (40, 25, 1.0)
     assert demo.initial_lr == 0.03 and hpn.initial_lr == 0.01  # nnU-Net's default for every Table-1 row
     assert demo.optimizer.param_groups[0]["lr"] == 0.03
