@@ -74,8 +74,9 @@ def test_budget_goes_to_the_environment_only_when_given():
     assert "HPN_ITERATIONS_PER_EPOCH" not in env
     assert env["nnUNet_compile"] == "f" and env["nnUNet_def_n_proc"] == "2"
     assert "HPN_NO_TTA" not in env
-    assert ablation.effective_budget(env) == {"epochs": 2, "iterations": 250, "val_iterations": 1,
-                                              "source": "HPN_* environment", "test_time_mirroring": True}
+    assert ablation.effective_budget(env) == {"epochs": 2, "iterations": 250, "val_iterations": 1, "save_every": 50,
+                                              "source": "HPN_* environment", "test_time_mirroring": True,
+                                              "training_seed": None}
     assert ablation.effective_budget({})["source"] == "trainer default"
     no_tta = ablation.build_env(ablation.parse_args(["-d", "990", "--no-tta", "--device", "cpu"]), base={})
     assert no_tta["HPN_NO_TTA"] == "1" and ablation.effective_budget(no_tta)["test_time_mirroring"] is False

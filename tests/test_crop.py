@@ -199,3 +199,16 @@ def test_uncrop_refuses_a_reference_of_another_grid(tmp_path: Path, label_and_im
     assert "is not the grid of the crop box" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [BOXES_FILE, "full", "pred"]
+
+
+def test_convert_crop_refuses_an_empty_label_and_writes_nothing(tmp_path: Path, capsys) -> None:
+    phantoms = _phantoms(tmp_path)
+    label_path = phantoms / "hpn_000" / "label.nii.gz"
+    label = sitk.ReadImage(str(label_path))
+    sitk.WriteImage(sitk.Multiply(label, 0), str(label_path))
+    raw = tmp_path / "raw"
+    assert cli_main(["convert", str(phantoms), "--dataset-id", "9", "--name", "Crop", "--raw-root", str(raw),
+                     "--crop-to-label", "5"]) != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and str(label_path) in error[0] and "label has no foreground" in error[0]
+    assert not raw.exists() or not any(raw.iterdir())
