@@ -98,6 +98,9 @@ def row_finished(workdir: Path, row: str) -> bool:
 def report(workdir: Path, raw: Path, rows: list[str], docs: Path, env: dict[str, str]) -> None:
     """``nnunet-hpn report`` of the finished rows against each available reference, into ``docs``; before HPN
     exists, one interim report against the last finished row (``report_interim/``, removed once HPN is there)."""
+    if len(rows) < 2:  # a report compares methods; table1.md holds the first row
+        shutil.copyfile(workdir / "ablation" / "table1.md", docs / "table1.md")
+        return
     runs = [f"{row}={workdir / 'ablation' / 'unet' / row}" for row in rows]
     single = ["--single-phase", "arterial", "venous"] if {"arterial", "venous"} <= set(rows) else []
     references = [reference for reference in REFERENCES if reference in rows]
