@@ -105,7 +105,8 @@ def test_checkpoint_holds_the_hpn_settings(interrupted_and_resumed, planned_data
     assert settings["pairing_loss_weight"] == 0.5 and settings["pairing_warmup_epochs"] == 0
     assert settings["virtual_pairs"] == {"on": False, "alpha": None}
     assert settings["test_time_mirroring"] is False and final["inference_allowed_mirroring_axes"] is None
-    assert settings["budget"] == {"num_epochs": 3, "num_iterations_per_epoch": 4, "num_val_iterations_per_epoch": 1}
+    assert settings["budget"] == {"num_epochs": 3, "num_iterations_per_epoch": 4, "num_val_iterations_per_epoch": 1,
+                                  "save_every": 1}
     assert settings["backbone"] == "unet"
     assert settings["path_channels"] == [0, 1] and len(settings["hyper_connections"]) == 6
     assert settings["network"]["class_name"] == "nnunet_hpn.hyper_connections.HyperPairedUNet"
