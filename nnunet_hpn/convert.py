@@ -29,6 +29,7 @@ from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.image_io import check_finite as _check_finite
 from nnunet_hpn.image_io import check_not_constant
 from nnunet_hpn.image_io import read_header as _read_header
+from nnunet_hpn.image_io import read_label
 from nnunet_hpn.image_io import read_voxels_verified as _read_voxels
 from nnunet_hpn.registration import check_overlap, register_to_reference
 
@@ -167,18 +168,12 @@ def _register_phase(case_dir: Path, phase: str, path: Path, reference_path: Path
 
 
 def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = _Layout(PHASES, PHASES[0], False),
-                           progress: bool = False, boxes: dict[str, CropBox] | None = None) -> bool:
+                           progress: bool = False, box: CropBox | None = None) -> bool:
     """Check the voxels of one case and copy its files into ``dataset_dir`` (registering the non-reference phases
-    first when ``layout.register``, QC into ``dataset_dir/registration_qc/<case>.json``; with
-    ``layout.crop_margin_mm`` every file cut to the label's box, recorded in ``boxes``); True if it has a label."""
+    first when ``layout.register``, QC into ``dataset_dir/registration_qc/<case>.json``; every file cut to ``box``
+    if given); True if it has a label."""
     phase_paths, label_path = _case_files(case_dir, layout)
     reference_path = phase_paths[layout.reference_index]
-    box = None
-    if layout.crop_margin_mm is not None:
-        if label_path is None:
-            raise HPNInputError(f"{case_dir}: no {LABEL_FILE}; --crop-to-label needs a label in every case")
-        box = boxes[case_dir.name] = label_box(sitk.ReadImage(str(label_path)), layout.crop_margin_mm,
-                                               str(label_path))
     images_dir = dataset_dir / ("imagesTr" if label_path is not None else "imagesTs")
     case_qc = {}
     for channel, (phase, path) in enumerate(zip(layout.phases, phase_paths)):
@@ -321,18 +316,21 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     if existing and not overwrite:
         raise HPNInputError(f"{existing[0]}: dataset id {dataset_id} already exists (--overwrite replaces it)")
 
+    boxes: dict[str, CropBox] = {}
     for case_dir in case_dirs:
         _check_headers(case_dir, layout)
-        if layout.crop_margin_mm is not None and _case_files(case_dir, layout)[1] is None:
-            raise HPNInputError(f"{case_dir}: no {LABEL_FILE}; --crop-to-label needs a label in every case")
+        if layout.crop_margin_mm is not None:
+            label_path = _case_files(case_dir, layout)[1]
+            if label_path is None:
+                raise HPNInputError(f"{case_dir}: no {LABEL_FILE}; --crop-to-label needs a label in every case")
+            boxes[case_dir.name] = label_box(read_label(label_path)[1], layout.crop_margin_mm, str(label_path))
     if all(_case_files(case_dir, layout)[1] is None for case_dir in case_dirs):
         raise HPNInputError(f"{in_dir}: no case has a {LABEL_FILE}, nothing to train on")
 
     raw_root.mkdir(parents=True, exist_ok=True)
     built_dir = staging_dir(raw_root, prefix=f".{target.name}.")
     try:
-        boxes: dict[str, CropBox] = {}
-        num_training = sum(_check_voxels_and_copy(case_dir, built_dir, layout, progress, boxes)
+        num_training = sum(_check_voxels_and_copy(case_dir, built_dir, layout, progress, boxes.get(case_dir.name))
                            for case_dir in tqdm(case_dirs, desc="converting cases", unit="case", disable=not progress))
         if layout.crop_margin_mm is not None:
             write_boxes(built_dir / BOXES_FILE, boxes, layout.crop_margin_mm, layout.reference)

@@ -154,12 +154,9 @@ def uncrop_folder(pred_dir: Path, boxes_path: Path, reference_dir: Path, out_dir
     empty). Returns the cases."""
     pred_dir, reference_dir, out_dir = Path(pred_dir), Path(reference_dir), Path(out_dir)
     boxes = read_boxes(boxes_path)
-    if not pred_dir.is_dir():
-        raise HPNInputError(f"{pred_dir}: prediction folder does not exist")
-    cases = sorted(path.name[: -len(file_ending)] for path in pred_dir.iterdir()
-                   if path.is_file() and path.name.endswith(file_ending))
-    if not cases:
-        raise HPNInputError(f"{pred_dir}: no predictions ending in {file_ending}")
+    from nnunet_hpn.evaluation import predicted_cases  # nnU-Net's evaluation: not needed by phantom / convert
+
+    cases = predicted_cases(pred_dir, file_ending)
     unknown = [case for case in cases if case not in boxes]
     if unknown:
         raise HPNInputError(f"{pred_dir / (unknown[0] + file_ending)}: case not in {boxes_path}")

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_hpn.cli import main as cli_main
-from nnunet_hpn.crop import BOXES_FILE, crop_image, label_box, read_boxes, uncrop_folder
+from nnunet_hpn.crop import BOXES_FILE, crop_image, label_box, read_boxes, uncrop_folder, write_boxes
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.phantom import write_phantom_cases
 
@@ -61,9 +61,8 @@ def test_box_is_the_foreground_plus_the_margin_clipped_to_the_image(label_and_im
     assert wide.start_xyz == (0, 0, 0) and wide.size_xyz == tuple(label.GetSize())
 
 
-def test_crop_then_uncrop_round_trips_a_label_exactly(tmp_path: Path, label_and_image) -> None:
-    from nnunet_hpn.crop import write_boxes
-
+def _uncrop_inputs(tmp_path: Path, label_and_image, box_edit: dict) -> tuple[Path, Path, Path]:
+    """A cropped label as the prediction, the full image as reference, its crop box (``box_edit`` applied)."""
     label, image = label_and_image
     box = label_box(label, 2.0, "label")
     (tmp_path / "pred").mkdir()
@@ -71,8 +70,16 @@ def test_crop_then_uncrop_round_trips_a_label_exactly(tmp_path: Path, label_and_
     sitk.WriteImage(crop_image(label, box, "label"), str(tmp_path / "pred" / "case_a.nii.gz"))
     sitk.WriteImage(image, str(tmp_path / "full" / "case_a_0000.nii.gz"))
     write_boxes(tmp_path / BOXES_FILE, {"case_a": box}, 2.0, "arterial")
-    assert uncrop_folder(tmp_path / "pred", tmp_path / BOXES_FILE, tmp_path / "full", tmp_path / "out",
-                         progress=False) == ["case_a"]
+    entries = json.loads((tmp_path / BOXES_FILE).read_text())
+    entries["cases"]["case_a"].update(box_edit)
+    (tmp_path / BOXES_FILE).write_text(json.dumps(entries))
+    return tmp_path / "pred", tmp_path / BOXES_FILE, tmp_path / "full"
+
+
+def test_crop_then_uncrop_round_trips_a_label_exactly(tmp_path: Path, label_and_image) -> None:
+    label, _ = label_and_image
+    pred, boxes, full = _uncrop_inputs(tmp_path, label_and_image, {})
+    assert uncrop_folder(pred, boxes, full, tmp_path / "out", progress=False) == ["case_a"]
     restored = sitk.ReadImage(str(tmp_path / "out" / "case_a.nii.gz"))
     assert np.array_equal(sitk.GetArrayFromImage(restored), sitk.GetArrayFromImage(label))
     assert np.allclose(restored.GetOrigin(), label.GetOrigin()) and restored.GetSize() == label.GetSize()
@@ -165,22 +172,6 @@ def test_convert_crop_refuses_a_margin_of_zero(tmp_path: Path, capsys) -> None:
                      str(tmp_path / "raw"), "--crop-to-label", "-1"]) != 0
     assert "crop margin must be a positive number" in capsys.readouterr().err
     assert not (tmp_path / "raw").exists()
-
-
-def _uncrop_inputs(tmp_path: Path, label_and_image, box_edit: dict) -> tuple[Path, Path, Path]:
-    from nnunet_hpn.crop import write_boxes
-
-    label, image = label_and_image
-    box = label_box(label, 2.0, "label")
-    (tmp_path / "pred").mkdir()
-    (tmp_path / "full").mkdir()
-    sitk.WriteImage(crop_image(label, box, "label"), str(tmp_path / "pred" / "case_a.nii.gz"))
-    sitk.WriteImage(image, str(tmp_path / "full" / "case_a_0000.nii.gz"))
-    write_boxes(tmp_path / BOXES_FILE, {"case_a": box}, 2.0, "arterial")
-    entries = json.loads((tmp_path / BOXES_FILE).read_text())
-    entries["cases"]["case_a"].update(box_edit)
-    (tmp_path / BOXES_FILE).write_text(json.dumps(entries))
-    return tmp_path / "pred", tmp_path / BOXES_FILE, tmp_path / "full"
 
 
 def test_uncrop_refuses_a_box_outside_the_image_and_writes_nothing(tmp_path: Path, label_and_image, capsys) -> None:
