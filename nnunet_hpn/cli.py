@@ -143,6 +143,17 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.workdir), n_cases=args.cases, seed=args.seed)
 
 
+def _tolerance_mm(text: str) -> float:
+    """argparse type of --tolerance-mm: a finite number of mm, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of mm, 0 or more, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-hpn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -252,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pred_dir")
     p.add_argument("gt_dir")
     p.add_argument("-o", "--output", help="summary .json (a per-case .csv is written next to it)")
-    p.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    p.add_argument("--tolerance-mm", type=_tolerance_mm, default=2.0, help="NSD tolerance in mm (default 2)")
     p.add_argument("--only-predicted", action="store_true",
                    help="evaluate only the cases in PRED_DIR (default: every case of GT_DIR needs a prediction)")
     p.set_defaults(func=_evaluate)
@@ -273,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the two single-phase methods (default: arterial venous, if so named)")
     p.add_argument("--hpn", help="method whose rescues of PDAC missed by both single-phase methods are counted "
                                  "(default: the reference)")
-    p.add_argument("--tolerance-mm", type=float, default=2.0, help="NSD tolerance in mm (default 2)")
+    p.add_argument("--tolerance-mm", type=_tolerance_mm, default=2.0, help="NSD tolerance in mm (default 2)")
     p.add_argument("--overlays", type=int, default=3, help="cases with the largest gain to draw (default 3)")
     p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR",
                    help="report folder (created, or replaced if it holds an earlier report.md)")

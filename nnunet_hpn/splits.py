@@ -122,7 +122,7 @@ def write_crossval_splits(preprocessed_dataset_dir: Path, n_folds: int = 3, seed
             return splits
         if not overwrite:
             raise HPNInputError(f"{splits_file}: a different split file already exists; "
-                                f"pass overwrite=True to replace it")
+                                f"nnunet-hpn split --overwrite (overwrite=True) replaces it")
     preprocessed_dataset_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(splits_file, json.dumps(splits, indent=4))
     return splits

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from nnunet_hpn.cli import main
@@ -47,3 +48,15 @@ def test_union_subcommand(tmp_path: Path, capsys):
     assert main(["union", "-i", *folders, "-o", str(tmp_path / "union")]) == 0
     union = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "union" / "case.nii.gz")))
     assert union[1, 1, 1] == 2 and union.sum() == 2 * 4
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report"])
+@pytest.mark.parametrize("tolerance", ["-1", "nan", "inf", "two"])
+def test_tolerance_must_be_a_finite_non_negative_number(tmp_path, capsys, command: str, tolerance: str) -> None:
+    args = [command, str(tmp_path / "pred"), str(tmp_path / "gt")] if command == "evaluate" else \
+        [command, f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--gt", str(tmp_path / "gt"), "-o", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as error:
+        main([*args, "--tolerance-mm", tolerance])
+    assert error.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "argument --tolerance-mm" in lines[-1] and not (tmp_path / "r").exists()

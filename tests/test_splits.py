@@ -107,7 +107,7 @@ def test_refuses_to_overwrite_different_split(nnunet_dirs: dict) -> None:
     splits_file = nnunet_dirs["preprocessed"] / "splits_final.json"
     first = write_crossval_splits(nnunet_dirs["preprocessed"], seed=1)
     assert write_crossval_splits(nnunet_dirs["preprocessed"], seed=1) == first  # identical: fine
-    with pytest.raises(HPNInputError, match="overwrite=True") as error:
+    with pytest.raises(HPNInputError, match=r"nnunet-hpn split --overwrite \(overwrite=True\) replaces it") as error:
         write_crossval_splits(nnunet_dirs["preprocessed"], seed=2)
     assert str(splits_file) in str(error.value)
     assert json.loads(splits_file.read_text()) == first
