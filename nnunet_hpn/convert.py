@@ -64,8 +64,12 @@ def check_same_geometry(img_a: sitk.Image | sitk.ImageFileReader, path_a: Path |
 
 
 def _check_label_values(voxels: np.ndarray, path: str) -> None:
-    """Refuse label values outside the HPN label convention."""
+    """Refuse label values outside the HPN label convention (non-integer values shown to full precision)."""
     bad_values = np.setdiff1d(np.unique(voxels), list(LABELS.values()))
+    fractional = bad_values[bad_values != np.round(bad_values)]
+    if fractional.size:
+        raise HPNInputError(f"{path}: label map contains non-integer values (e.g. {float(fractional[0])!r}); "
+                            f"labels must be whole numbers in {sorted(LABELS.values())}")
     if bad_values.size:
         shown = ", ".join(f"{v:g}" for v in bad_values[:10]) + (", ..." if bad_values.size > 10 else "")
         raise HPNInputError(f"{path}: label values {{{shown}}} outside {sorted(LABELS.values())}")

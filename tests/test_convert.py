@@ -145,6 +145,14 @@ def test_refuses_bad_label_values(in_dir: Path, raw_root: Path) -> None:
     _assert_refused(in_dir, raw_root, label, "5, 7")
 
 
+def test_refuses_a_nearly_integer_label_value_saying_what_it_is(in_dir: Path, raw_root: Path) -> None:
+    label = in_dir / "case_b" / "label.nii.gz"
+    values = np.zeros(SIZE_ZYX, dtype=np.float64)
+    values[1, 1, 1] = 1.0000001
+    sitk.WriteImage(_image(values), str(label))
+    _assert_refused(in_dir, raw_root, label, "non-integer values (e.g. 1.0000001)")
+
+
 def test_refuses_nan_voxels(in_dir: Path, raw_root: Path) -> None:
     venous = in_dir / "case_b" / "venous.nii.gz"
     values = np.zeros(SIZE_ZYX, dtype=np.float32)
