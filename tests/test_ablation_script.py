@@ -246,3 +246,26 @@ def test_ablation_budget_sets_checkpoint_interval_and_training_seed():
     assert env["HPN_SAVE_EVERY"] == "2" and env["HPN_SEED"] == "7" and env["HPN_NUM_EPOCHS"] == "3"
     budget = ablation.effective_budget(env)
     assert budget["save_every"] == 2 and budget["training_seed"] == 7
+
+
+def test_cpu_table1_breaks_pdac_dice_down_by_kind_of_mass(tmp_path):
+    protocol = _load_protocol()
+    (tmp_path / "phantoms").mkdir()
+    cases = [{"case_id": "c0", "mass_subtle_in_both": True, "mass_iso_attenuating": False},
+             {"case_id": "c1", "mass_subtle_in_both": False, "mass_iso_attenuating": True},
+             {"case_id": "c2", "mass_subtle_in_both": False, "mass_iso_attenuating": False},
+             {"case_id": "c3", "mass_subtle_in_both": False, "mass_iso_attenuating": False}]
+    (tmp_path / "phantoms" / "phantoms.json").write_text(json.dumps({"cases": cases}))
+    docs = tmp_path / "docs"
+    (docs / "report_interim").mkdir(parents=True)
+    lines = ["case,method,target,Dice,HD95_mm,NSD,truth_present"]
+    dice = {"arterial": [0.0, 0.5, 0.6, 0.8], "venous": [0.2, 0.0, 0.7, 0.9]}
+    for method, values in dice.items():
+        for case, value in zip(("c0", "c1", "c2", "c3"), values):
+            lines += [f"{case},{method},PDAC,{value},1,1,1", f"{case},{method},duct,0.99,1,1,1"]
+    (docs / "report_interim" / "per_case.csv").write_text("\n".join(lines) + "\n")
+    protocol.write_by_kind(tmp_path, ["arterial", "venous"], docs)
+    table = (docs / "by_kind.md").read_text()
+    assert "subtle in both phases (n=1)" in table and "conspicuous (n=2)" in table
+    assert "| arterial | 0.0 ± 0.0 (missed 1) | 50.0 ± 0.0 (missed 0) | 70.0 ± 10.0 (missed 0) |" in table
+    assert "| venous | 20.0 ± 0.0 (missed 0) | 0.0 ± 0.0 (missed 1) | 80.0 ± 10.0 (missed 0) |" in table
