@@ -37,6 +37,8 @@ from nnunet_hpn.registration import check_overlap, register_to_reference
 GEOMETRY_TOLERANCE = 1e-4
 FILE_ENDING = ".nii.gz"
 LABEL_FILE = "label" + FILE_ENDING
+#: Appended to a phase-grid mismatch without ``register``: the usual cause is phases acquired on their own grids.
+UNALIGNED_HINT = "; the phases are on different grids: --register aligns them onto the reference phase"
 #: Folder of the per-case registration QC inside a dataset converted with ``register=True``.
 QC_FOLDER = "registration_qc"
 DATASET_DESCRIPTION = ("Dual-phase pancreas CT for the Hyper-Pairing Network: channel 0 arterial, channel 1 venous; "
@@ -49,18 +51,20 @@ def _rounded(values: tuple) -> tuple:
 
 
 def check_same_geometry(img_a: sitk.Image | sitk.ImageFileReader, path_a: Path | str,
-                        img_b: sitk.Image | sitk.ImageFileReader, path_b: Path | str) -> None:
-    """Raise HPNInputError naming ``path_b`` if its size, spacing, origin or direction differ from ``img_a``.
+                        img_b: sitk.Image | sitk.ImageFileReader, path_b: Path | str, hint: str = "") -> None:
+    """Raise HPNInputError naming ``path_b`` if its size, spacing, origin or direction differ from ``img_a``
+    (``hint`` appended to the message).
 
     Accepts images or readers after ``ReadImageInformation`` (header only).
     """
     size_a, size_b = tuple(img_a.GetSize()), tuple(img_b.GetSize())
     if size_a != size_b:
-        raise HPNInputError(f"{path_b}: size differs from {path_a}: {size_b} vs {size_a}")
+        raise HPNInputError(f"{path_b}: size differs from {path_a}: {size_b} vs {size_a}{hint}")
     for what, get in (("spacing", "GetSpacing"), ("origin", "GetOrigin"), ("direction", "GetDirection")):
         value_a, value_b = getattr(img_a, get)(), getattr(img_b, get)()
         if not np.allclose(value_b, value_a, rtol=GEOMETRY_TOLERANCE, atol=GEOMETRY_TOLERANCE):
-            raise HPNInputError(f"{path_b}: {what} differs from {path_a}: {_rounded(value_b)} vs {_rounded(value_a)}")
+            raise HPNInputError(f"{path_b}: {what} differs from {path_a}: {_rounded(value_b)} vs {_rounded(value_a)}"
+                                f"{hint}")
 
 
 def _check_label_values(voxels: np.ndarray, path: str) -> None:
@@ -148,7 +152,7 @@ def _check_headers(case_dir: Path, layout: _Layout = _Layout(PHASES, PHASES[0], 
             if phase_label is not None:
                 check_same_geometry(header, path, _read_header(phase_label), phase_label)
         else:
-            check_same_geometry(reference, reference_path, header, path)
+            check_same_geometry(reference, reference_path, header, path, hint=UNALIGNED_HINT)
     if label_path is not None:
         check_same_geometry(reference, reference_path, _read_header(label_path), label_path)
 
