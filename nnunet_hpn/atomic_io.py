@@ -1,9 +1,12 @@
-"""Outputs appear complete or not at all: write next to the target, then rename into place."""
+"""Outputs appear complete or not at all: write next to the target, then rename into place; and never onto an
+input."""
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
+
+from nnunet_hpn.errors import HPNInputError
 
 
 def _permissions(directory: bool) -> int:
@@ -40,3 +43,13 @@ def staging_dir(parent: Path, prefix: str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(folder, _permissions(directory=True))
     return folder
+
+
+def check_output_not_input(output: Path, inputs: Iterable[Path], option: str) -> None:
+    """HPNInputError if ``output`` is one of ``inputs`` or lies inside one (a DICOM folder): inputs are never
+    overwritten. ``option`` names the flag that set ``output`` (for the message)."""
+    target = Path(output).resolve()
+    for source in inputs:
+        source = Path(source).resolve()
+        if target == source or source in target.parents:
+            raise HPNInputError(f"{output}: {option} would overwrite the input {source}; choose another path")

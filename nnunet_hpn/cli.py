@@ -117,6 +117,12 @@ def _split(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from nnunet_hpn.evaluation import evaluate_folders, format_dice_table, predicted_cases, write_summary
 
+    if args.output:
+        from nnunet_hpn.atomic_io import check_output_not_input
+
+        inputs = [path for folder in (Path(args.pred_dir), Path(args.gt_dir)) if folder.is_dir()
+                  for path in folder.iterdir() if not path.name.endswith((".json", ".csv"))]
+        check_output_not_input(Path(args.output), inputs, "-o")
     cases = predicted_cases(Path(args.pred_dir)) if args.only_predicted else None
     result = evaluate_folders(Path(args.pred_dir), Path(args.gt_dir), cases=cases, tolerance_mm=args.tolerance_mm,
                               progress=None)

@@ -32,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn.atomic_io import atomic_file, staging_dir, write_text_atomically
+from nnunet_hpn.atomic_io import atomic_file, check_output_not_input, staging_dir, write_text_atomically
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.image_io import IMAGE_FILE_ENDINGS, find_phase_input, read_image
 from nnunet_hpn.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
@@ -233,7 +233,10 @@ def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Pat
                  device: str = "cpu", disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth",
                  registration: str = "demons", qc_path: Path | None = None, progress: bool = True) -> CasePrediction:
     """One case: ``phase_paths`` (phase name -> NIfTI file or DICOM folder) -> label map at ``out_path``. The inputs
-    are read and checked before the model is loaded."""
+    are read and checked before the model is loaded; neither output may be an input."""
+    check_output_not_input(out_path, phase_paths.values(), "-o")
+    if qc_path is not None:
+        check_output_not_input(qc_path, phase_paths.values(), "--qc")
     images = read_phase_images(phase_paths, model_channel_names(Path(model_dir)), out_path)  # before the model loads
     predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress)
     return predictor.predict_and_write(images, phase_paths, out_path, qc_path)

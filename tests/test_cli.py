@@ -60,3 +60,33 @@ def test_tolerance_must_be_a_finite_non_negative_number(tmp_path, capsys, comman
     assert error.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert "argument --tolerance-mm" in lines[-1] and not (tmp_path / "r").exists()
+
+
+def _tiny_image(path: Path, value: int = 0) -> Path:
+    array = np.full((6, 8, 8), value, dtype=np.int16)
+    array[2:4, 2:6, 2:6] = 100
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    return path
+
+
+@pytest.mark.parametrize("flag", ["-o", "--qc"])
+def test_predict_refuses_to_write_onto_an_input_before_loading_anything(tmp_path, capsys, flag: str) -> None:
+    arterial, venous = _tiny_image(tmp_path / "arterial.nii.gz"), _tiny_image(tmp_path / "venous.nii.gz", 5)
+    before = venous.read_bytes()
+    outputs = {"-o": ["-o", str(venous)], "--qc": ["-o", str(tmp_path / "out.nii.gz"), "--qc", str(venous)]}[flag]
+    assert main(["predict", "--arterial", str(arterial), "--venous", str(venous), "-m", str(tmp_path / "no_model"),
+                 *outputs]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"{flag} would overwrite the input" in lines[0] and str(venous) in lines[0]
+    assert venous.read_bytes() == before and not (tmp_path / "out.nii.gz").exists()
+
+
+def test_evaluate_refuses_an_output_onto_a_truth_label(tmp_path, capsys) -> None:
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "gt").mkdir()
+    _tiny_image(tmp_path / "pred" / "case.nii.gz")
+    truth = _tiny_image(tmp_path / "gt" / "case.nii.gz")
+    before = truth.read_bytes()
+    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(truth)]) == 1
+    assert "-o would overwrite the input" in capsys.readouterr().err
+    assert truth.read_bytes() == before
