@@ -11,15 +11,15 @@ pancreas region, never as a claim about finding the pancreas) and as the trainin
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn.atomic_io import atomic_file, staging_dir, write_text_atomically
+from nnunet_hpn.atomic_io import staging_dir, write_text_atomically
 from nnunet_hpn.errors import HPNInputError
 
 #: File name of a dataset's crop boxes (in the raw dataset folder, or next to the phantom cases).
@@ -162,8 +162,6 @@ def uncrop_folder(pred_dir: Path, boxes_path: Path, reference_dir: Path, out_dir
         raise HPNInputError(f"{pred_dir / (unknown[0] + file_ending)}: case not in {boxes_path}")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise HPNInputError(f"{out_dir}: output exists and is not an empty folder")
-    if out_dir.resolve() == pred_dir.resolve():
-        raise HPNInputError(f"{out_dir}: output folder is the prediction folder (inputs are never overwritten)")
     references = {case: find_reference(reference_dir, case, file_ending) for case in cases}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     built = staging_dir(out_dir.parent, prefix=f".{out_dir.name}.")
@@ -177,16 +175,7 @@ def uncrop_folder(pred_dir: Path, boxes_path: Path, reference_dir: Path, out_dir
             out_dir.rmdir()
         built.rename(out_dir)
     except BaseException:
-        for path in built.glob("*"):
-            path.unlink()
-        built.rmdir()
+        shutil.rmtree(built, ignore_errors=True)
         raise
     return cases
 
-
-def crop_case_files(files: Sequence[tuple[Path, Path]], box: CropBox) -> None:
-    """Write each (source, target) image cropped to ``box``; each target appears complete or not at all."""
-    for source, target in files:
-        cropped = crop_image(sitk.ReadImage(str(source)), box, str(source))
-        with atomic_file(target, suffix=".nii.gz") as temporary:
-            sitk.WriteImage(cropped, str(temporary), useCompression=True)

@@ -38,6 +38,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from nnunet_hpn.demo import console_command
+
 N_CASES = 24
 #: seed of the phantoms: 8 of its 24 cases are subtle in both phases (33 %), inside the documented 25-35 %
 PHANTOM_SEED = 8
@@ -71,11 +73,6 @@ def run(command: Sequence[str], env: dict[str, str]) -> None:
     subprocess.run(list(command), env=env, check=True)
 
 
-def console(name: str) -> str:
-    local = Path(sys.executable).parent / name
-    return str(local) if local.is_file() else name
-
-
 def prepare_dataset(workdir: Path, env: dict[str, str]) -> Path:
     """Phantoms and the cropped, registered raw dataset (skipped when present)."""
     raw = workdir / "nnUNet_raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
@@ -84,10 +81,11 @@ def prepare_dataset(workdir: Path, env: dict[str, str]) -> Path:
         return raw
     phantoms = workdir / "phantoms"
     if not (phantoms / "phantoms.json").is_file():
-        run([console("nnunet-hpn"), "phantom", str(phantoms), "--cases", str(N_CASES), "--seed", str(PHANTOM_SEED)],
-            env)
-    run([console("nnunet-hpn"), "convert", str(phantoms), "--dataset-id", str(DATASET_ID), "--name", DATASET_NAME,
-         "--raw-root", env["nnUNet_raw"], "--register", "--crop-to-label", f"{CROP_MARGIN_MM:g}"], env)
+        run([console_command("nnunet-hpn"), "phantom", str(phantoms), "--cases", str(N_CASES),
+             "--seed", str(PHANTOM_SEED)], env)
+    run([console_command("nnunet-hpn"), "convert", str(phantoms), "--dataset-id", str(DATASET_ID),
+         "--name", DATASET_NAME, "--raw-root", env["nnUNet_raw"], "--register", "--crop-to-label",
+         f"{CROP_MARGIN_MM:g}"], env)
     return raw
 
 
@@ -109,7 +107,7 @@ def report(workdir: Path, raw: Path, rows: list[str], docs: Path, env: dict[str,
         single = (["--single-phase", "arterial", "venous"]
                   if {"arterial", "venous"} <= set(rows) and reference not in ("arterial", "venous") else [])
         try:
-            run([console("nnunet-hpn"), "report", *runs, "--gt", str(raw / "labelsTr"), "--images",
+            run([console_command("nnunet-hpn"), "report", *runs, "--gt", str(raw / "labelsTr"), "--images",
                  str(raw / "imagesTr"), "--reference", reference, "--hpn", reference, *single, "-o", str(out)], env)
         except subprocess.CalledProcessError as error:  # the table goes on; the report is redone after the next row
             print(f"cpu_table1: report against {reference} failed (exit {error.returncode})", file=sys.stderr)
