@@ -284,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="NAME=PRED_DIR", help="prediction folder of each method")
     p.add_argument("--gt", required=True, metavar="GT_DIR", help="ground-truth label maps")
     p.add_argument("--images", metavar="IMAGES_DIR",
-                   help="imagesTr-style folder (<case>_0000 arterial, <case>_0001 venous) for the overlays")
+                   help="imagesTr-style folder (<case>_0000, <case>_0001, ...; phase names from the dataset.json "
+                        "beside it) for the overlays")
     p.add_argument("--reference", help="method to compare against (default: --hpn, else the last method)")
     p.add_argument("--single-phase", nargs=2, metavar="NAME",
                    help="the two single-phase methods (default: arterial venous, if so named)")

@@ -23,7 +23,8 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 from tqdm import tqdm
 
 from nnunet_hpn.atomic_io import staging_dir
-from nnunet_hpn import LABELS, PHASES
+from nnunet_hpn import LABELS
+from nnunet_hpn.phases import PHASES, channel_file_name, reference_phase as reference_phase_rule
 from nnunet_hpn.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.image_io import check_finite as _check_finite
@@ -95,7 +96,7 @@ class _Layout:
 
 
 def _layout(in_dir: Path, phases, reference_phase: str | None, register: bool) -> _Layout:
-    """Checked phase names; the reference defaults to "arterial" if present, else the first phase."""
+    """Checked phase names and the reference phase (:func:`nnunet_hpn.phases.reference_phase`)."""
     phases = tuple(phases)
     if not phases:
         raise HPNInputError(f"{in_dir}: at least one phase is needed")
@@ -104,10 +105,7 @@ def _layout(in_dir: Path, phases, reference_phase: str | None, register: bool) -
             raise HPNInputError(f"{in_dir}: phase name {phase!r} must be letters, digits, '_' or '-' and not label*")
     if len(set(phases)) != len(phases):
         raise HPNInputError(f"{in_dir}: phase names {list(phases)} repeat")
-    reference = reference_phase or ("arterial" if "arterial" in phases else phases[0])
-    if reference not in phases:
-        raise HPNInputError(f"{in_dir}: reference phase {reference!r} is not one of the phases {list(phases)}")
-    return _Layout(phases, reference, register)
+    return _Layout(phases, reference_phase_rule(phases, reference_phase, where=str(in_dir)), register)
 
 
 def _case_files(case_dir: Path, layout: _Layout = _Layout(PHASES, PHASES[0], False)) -> tuple[list[Path], Path | None]:
@@ -189,7 +187,7 @@ def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = 
         _check_finite(voxels, str(path))
         check_not_constant(voxels, str(path))
         images_dir.mkdir(exist_ok=True)
-        target = images_dir / f"{case_dir.name}_{channel:04d}{FILE_ENDING}"
+        target = images_dir / channel_file_name(case_dir.name, channel, FILE_ENDING)
         if layout.register and path != reference_path:
             case_qc[phase] = _register_phase(case_dir, phase, path, reference_path, label_path, target, progress,
                                              box)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from nnunet_hpn.atomic_io import staging_dir, write_text_atomically
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.phases import channel_file_name
 
 #: File name of a dataset's crop boxes (in the raw dataset folder, or next to the phantom cases).
 BOXES_FILE = "crop_boxes.json"
@@ -135,7 +136,7 @@ def read_boxes(path: Path) -> dict[str, CropBox]:
 def find_reference(reference_dir: Path, case: str, file_ending: str = ".nii.gz") -> Path:
     """The full image of ``case`` in ``reference_dir``: ``<case>_0000``, ``<case>`` (nnU-Net names) or
     ``<case>/<any phase>`` (a case folder; its first image in name order)."""
-    for candidate in (reference_dir / f"{case}_0000{file_ending}", reference_dir / f"{case}{file_ending}"):
+    for candidate in (reference_dir / channel_file_name(case, 0, file_ending), reference_dir / f"{case}{file_ending}"):
         if candidate.is_file():
             return candidate
     folder = reference_dir / case

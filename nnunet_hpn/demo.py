@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
+from nnunet_hpn.phases import PHASES, channel_file_name
 from nnunet_hpn.planners.hpn_planner import HPN_PLANS_NAME
 
 DEMO_DATASET_ID = 501
@@ -110,9 +111,9 @@ def run_demo(workdir: Path, n_cases: int = 14, seed: int = 0) -> dict:
     result = evaluate_folders(prediction_dir, truth_dir)
     write_summary(result, workdir / "summary.json")
     for case in cases[-N_HELD_OUT:]:
-        png = save_overlay_from_files(raw_dataset / "imagesTs" / f"{case}_0000.nii.gz",
-                                      raw_dataset / "imagesTs" / f"{case}_0001.nii.gz",
-                                      truth_dir / f"{case}.nii.gz", prediction_dir / f"{case}.nii.gz",
+        phase_files = {phase: raw_dataset / "imagesTs" / channel_file_name(case, channel)
+                       for channel, phase in enumerate(PHASES)}
+        png = save_overlay_from_files(phase_files, truth_dir / f"{case}.nii.gz", prediction_dir / f"{case}.nii.gz",
                                       workdir / f"overlay_{case}.png", title=f"{case}: HPN ({DEMO_TRAINER})")
         print(f"overlay: {png}")
     print(f"summary: {workdir / 'summary.json'}")

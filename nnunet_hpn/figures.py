@@ -1,4 +1,4 @@
-"""Figures as PNG: overlays of one axial slice of both CT phases with truth and prediction labels (one case, or a
+"""Figures as PNG: overlays of one axial slice of every CT phase with truth and prediction labels (one case, or a
 grid of cases × methods for reports), and box plots of per-case metrics per method.
 
 Uses matplotlib's Agg canvas directly (no pyplot, no display, no global backend change).
@@ -18,6 +18,7 @@ from matplotlib.patches import Patch
 from nnunet_hpn import LABELS
 from nnunet_hpn.atomic_io import atomic_file
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.phases import HU_WINDOW
 
 #: Label -> (name, RGB colour) drawn in overlays.
 LABEL_COLOURS: dict[int, tuple[str, tuple[float, float, float]]] = {
@@ -26,7 +27,6 @@ LABEL_COLOURS: dict[int, tuple[str, tuple[float, float, float]]] = {
     LABELS["duct"]: ("duct", (0.65, 0.2, 0.85)),          # purple
 }
 OVERLAY_ALPHA: float = 0.45
-HU_WINDOW: tuple[float, float] = (-100.0, 240.0)
 DPI: int = 120
 PANEL_WIDTH_INCHES: float = 3.2
 
@@ -68,45 +68,50 @@ def _write_figure_atomically(figure: Figure, out_png: Path) -> None:
         FigureCanvasAgg(figure).print_png(str(temporary))
 
 
-def save_overlay_png(arterial: np.ndarray, venous: np.ndarray, truth: np.ndarray | None,
-                     prediction: np.ndarray | None, out_png: Path, title: str = "",
-                     spacing_zyx: Sequence[float] | None = None) -> Path:
-    """Save panels arterial / venous / truth overlay / prediction overlay of one axial slice as a PNG.
+def _check_phase_arrays(phases: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray | None],
+                        where: str) -> tuple[int, int, int]:
+    """The (z, y, x) shape shared by every phase and label map; ValueError otherwise."""
+    if not phases:
+        raise ValueError(f"{where}: no phase to draw")
+    first, shape = next(iter(phases.items()))[0], next(iter(phases.values())).shape
+    if len(shape) != 3:
+        raise ValueError(f"{where}: expected (z, y, x) arrays, got shape {shape}")
+    for name, array in {**phases, **labels}.items():
+        if array is not None and array.shape != shape:
+            raise ValueError(f"{where}: {name} shape {array.shape} differs from {first} shape {shape}")
+    return shape
 
-    Arrays are (z, y, x). The slice is :func:`pick_slice` of the truth (of the prediction if there is no truth;
-    the middle slice if neither is given). Overlays are drawn on the venous phase; panels for a missing truth or
-    prediction are left out. Pixel aspect follows ``spacing_zyx``. Written atomically; returns ``out_png``.
+
+def save_overlay_png(phases: Mapping[str, np.ndarray], truth: np.ndarray | None, prediction: np.ndarray | None,
+                     out_png: Path, title: str = "", spacing_zyx: Sequence[float] | None = None) -> Path:
+    """Save one panel per phase (channel order), then truth and prediction overlays, of one axial slice as a PNG.
+
+    ``phases``: phase name -> (z, y, x) CT; label maps (z, y, x) on the same grid. The slice is :func:`pick_slice`
+    of the truth (of the prediction if there is no truth; the middle slice if neither is given). Labels are drawn
+    on the last phase (venous for the arterial/venous pair); panels for a missing truth or prediction are left out.
+    Pixel aspect follows ``spacing_zyx``. Written atomically; returns ``out_png``.
     """
     out_png = Path(out_png)
-    for name, array in (("venous", venous), ("truth", truth), ("prediction", prediction)):
-        if array is not None and array.shape != arterial.shape:
-            raise ValueError(f"{name} shape {array.shape} differs from arterial shape {arterial.shape}")
-    if arterial.ndim != 3:
-        raise ValueError(f"expected (z, y, x) arrays, got shape {arterial.shape}")
-
+    shape = _check_phase_arrays(phases, {"truth": truth, "prediction": prediction}, str(out_png))
     reference = truth if truth is not None else prediction
-    z = pick_slice(reference) if reference is not None else arterial.shape[0] // 2
+    z = pick_slice(reference) if reference is not None else shape[0] // 2
     spacing_y, spacing_x = (1.0, 1.0) if spacing_zyx is None else (float(spacing_zyx[1]), float(spacing_zyx[2]))
     pixel_aspect = spacing_y / spacing_x
 
-    panels: list[tuple[str, np.ndarray, np.ndarray | None]] = [
-        ("arterial", arterial, None), ("venous", venous, None)]
-    if truth is not None:
-        panels.append(("truth", venous, truth))
-    if prediction is not None:
-        panels.append(("prediction", venous, prediction))
-
-    rows, columns = arterial.shape[1], arterial.shape[2]
-    panel_height = PANEL_WIDTH_INCHES * rows * pixel_aspect / columns
+    underlay = list(phases)[-1]
+    panels: list[tuple[str, str, np.ndarray | None]] = [(name, name, None) for name in phases]
+    panels += [(name, underlay, labels) for name, labels in (("truth", truth), ("prediction", prediction))
+               if labels is not None]
+    panel_height = PANEL_WIDTH_INCHES * shape[1] * pixel_aspect / shape[2]
     has_labels = truth is not None or prediction is not None
     legend_inches = 0.4 if has_labels else 0.0
     figure_height = panel_height + 0.6 + legend_inches
     figure = Figure(figsize=(PANEL_WIDTH_INCHES * len(panels), figure_height), dpi=DPI)
-    windows = {"arterial": display_window(arterial), "venous": display_window(venous)}
+    windows = {name: display_window(ct) for name, ct in phases.items()}
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (panel_name, ct, labels) in zip(axes, panels):
-        low, high = windows["arterial" if ct is arterial else "venous"]
-        ax.imshow(ct[z], cmap="gray", vmin=low, vmax=high, aspect=pixel_aspect, interpolation="nearest")
+    for ax, (panel_name, phase, labels) in zip(axes, panels):
+        low, high = windows[phase]
+        ax.imshow(phases[phase][z], cmap="gray", vmin=low, vmax=high, aspect=pixel_aspect, interpolation="nearest")
         if labels is not None:
             ax.imshow(label_overlay_rgba(labels[z]), aspect=pixel_aspect, interpolation="nearest")
         ax.set_title(panel_name)
@@ -129,24 +134,29 @@ def _read_image(path: Path) -> sitk.Image:
         raise HPNInputError(f"{path}: cannot be read as an image ({str(error).strip().splitlines()[-1]})") from None
 
 
-def save_overlay_from_files(arterial_path: Path, venous_path: Path, truth_path: Path | None,
-                            prediction_path: Path | None, out_png: Path, title: str = "") -> Path:
-    """Read the phases and (optional) label maps with SimpleITK and call :func:`save_overlay_png`."""
-    arterial_image = _read_image(Path(arterial_path))
-    arrays: dict[str, np.ndarray | None] = {}
-    for name, path in (("venous", venous_path), ("truth", truth_path), ("prediction", prediction_path)):
-        if path is None:
-            arrays[name] = None
-            continue
-        image = _read_image(Path(path))
-        if image.GetSize() != arterial_image.GetSize():
-            raise HPNInputError(f"{path}: size {image.GetSize()} differs from {arterial_path} "
-                                f"size {arterial_image.GetSize()}")
-        arrays[name] = sitk.GetArrayFromImage(image)
-    spacing_zyx = tuple(reversed(arterial_image.GetSpacing()))
-    return save_overlay_png(sitk.GetArrayFromImage(arterial_image).astype(np.float32),
-                            arrays["venous"].astype(np.float32), arrays["truth"], arrays["prediction"],
-                            out_png, title=title, spacing_zyx=spacing_zyx)
+def save_overlay_from_files(phase_paths: Mapping[str, Path], truth_path: Path | None, prediction_path: Path | None,
+                            out_png: Path, title: str = "") -> Path:
+    """Read the phases (phase name -> file, channel order) and the optional label maps with SimpleITK and call
+    :func:`save_overlay_png`; HPNInputError naming the file for one that cannot be read or has another size."""
+    phase_files = {name: Path(path) for name, path in phase_paths.items()}
+    label_files = {name: Path(path) for name, path in (("truth", truth_path), ("prediction", prediction_path))
+                   if path is not None}
+    if not phase_files:
+        raise ValueError(f"{out_png}: no phase to draw")
+    first = next(iter(phase_files.values()))
+    size, spacing = None, None
+    arrays: list[dict[str, np.ndarray]] = [{}, {}]
+    for files, target in zip((phase_files, label_files), arrays):
+        for name, path in files.items():
+            image = _read_image(path)
+            if size is None:
+                size, spacing = image.GetSize(), image.GetSpacing()
+            elif image.GetSize() != size:
+                raise HPNInputError(f"{path}: size {image.GetSize()} differs from {first} size {size}")
+            target[name] = sitk.GetArrayFromImage(image)
+    phases, labels = arrays
+    return save_overlay_png({name: array.astype(np.float32) for name, array in phases.items()}, labels.get("truth"),
+                            labels.get("prediction"), out_png, title=title, spacing_zyx=tuple(reversed(spacing)))
 
 
 # ------------------------------------------------------------------------------------- report figures
@@ -194,8 +204,7 @@ class OverlayCase:
     """One row of :func:`save_overlay_grid_png`: (z, y, x) arrays of one case on the same grid."""
 
     title: str
-    arterial: np.ndarray
-    venous: np.ndarray
+    phases: dict[str, np.ndarray]                 # phase name -> CT, in channel order
     truth: np.ndarray
     predictions: dict[str, np.ndarray]            # method name -> label map
     spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0)
@@ -203,45 +212,43 @@ class OverlayCase:
 
 
 def save_overlay_grid_png(cases: Sequence[OverlayCase], out_png: Path, title: str = "") -> Path:
-    """Fig. 3/4-style grid: one row per case, columns arterial, venous, truth, then each method's prediction.
+    """Fig. 3/4-style grid: one row per case, columns one per phase, truth, then each method's prediction.
 
     Each row shows the axial slice :func:`pick_slice` of its truth (largest PDAC area, else largest foreground);
-    labels are drawn on the venous phase with the colours of :data:`LABEL_COLOURS`. Pixel aspect follows each
-    case's spacing. Written atomically; returns ``out_png``.
+    labels are drawn on the last phase (venous for the arterial/venous pair) with the colours of
+    :data:`LABEL_COLOURS`. Pixel aspect follows each case's spacing. Written atomically; returns ``out_png``.
     """
     out_png = Path(out_png)
     if not cases:
         raise ValueError("no cases to draw")
-    methods = list(cases[0].predictions)
+    methods, phase_names = list(cases[0].predictions), list(cases[0].phases)
+    shapes = []
     for case in cases:
-        if list(case.predictions) != methods:
-            raise ValueError(f"{case.title}: methods {list(case.predictions)} differ from {methods}")
-        for name, array in (("venous", case.venous), ("truth", case.truth), *case.predictions.items()):
-            if array.shape != case.arterial.shape:
-                raise ValueError(f"{case.title}: {name} shape {array.shape} differs from arterial shape "
-                                 f"{case.arterial.shape}")
+        if list(case.predictions) != methods or list(case.phases) != phase_names:
+            raise ValueError(f"{case.title}: methods {list(case.predictions)} / phases {list(case.phases)} differ "
+                             f"from {methods} / {phase_names}")
+        shapes.append(_check_phase_arrays(case.phases, {"truth": case.truth, **case.predictions}, case.title))
 
-    n_columns = 3 + len(methods)
+    n_columns = len(phase_names) + 1 + len(methods)
     panel_width = PANEL_WIDTH_INCHES * 0.8
-    row_heights = []
-    for case in cases:
-        aspect = float(case.spacing_zyx[1]) / float(case.spacing_zyx[2])
-        row_heights.append(panel_width * case.arterial.shape[1] * aspect / case.arterial.shape[2] + 0.55)
+    row_heights = [panel_width * shape[1] * (float(case.spacing_zyx[1]) / float(case.spacing_zyx[2])) / shape[2]
+                   + 0.55 for case, shape in zip(cases, shapes)]
     legend_inches, title_inches = 0.4, 0.45
     height = sum(row_heights) + legend_inches + title_inches
     figure = Figure(figsize=(panel_width * n_columns, height), dpi=DPI)
     axes = figure.subplots(len(cases), n_columns, squeeze=False, gridspec_kw={"height_ratios": row_heights})
+    underlay = phase_names[-1]
     for row, case in zip(axes, cases):
         z = pick_slice(case.truth)
         aspect = float(case.spacing_zyx[1]) / float(case.spacing_zyx[2])
-        windows = {"arterial": display_window(case.arterial), "venous": display_window(case.venous)}
-        panels = [("arterial", case.arterial, None, ""), ("venous", case.venous, None, ""),
-                  ("truth", case.venous, case.truth, "")]
-        panels += [(method, case.venous, labels, case.captions.get(method, ""))
+        windows = {name: display_window(ct) for name, ct in case.phases.items()}
+        panels = [(name, name, None, "") for name in phase_names] + [("truth", underlay, case.truth, "")]
+        panels += [(method, underlay, labels, case.captions.get(method, ""))
                    for method, labels in case.predictions.items()]
-        for column, (ax, (name, ct, labels, caption)) in enumerate(zip(row, panels)):
-            low, high = windows["arterial" if ct is case.arterial else "venous"]
-            ax.imshow(ct[z], cmap="gray", vmin=low, vmax=high, aspect=aspect, interpolation="nearest")
+        for column, (ax, (name, phase, labels, caption)) in enumerate(zip(row, panels)):
+            low, high = windows[phase]
+            ax.imshow(case.phases[phase][z], cmap="gray", vmin=low, vmax=high, aspect=aspect,
+                      interpolation="nearest")
             if labels is not None:
                 ax.imshow(label_overlay_rgba(labels[z]), aspect=aspect, interpolation="nearest")
             heading = f"{case.title} (z={z})\n{name}" if column == 0 else name

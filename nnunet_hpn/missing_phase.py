@@ -18,7 +18,6 @@ policy, for the stock ``nnUNetv2_predict`` (how docs/RESULTS.md measures Dice wi
 """
 from __future__ import annotations
 
-import re
 import shutil
 import warnings
 from pathlib import Path
@@ -29,24 +28,19 @@ from tqdm import tqdm
 
 from nnunet_hpn.atomic_io import staging_dir
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.phases import (DEFAULT_FILL_POLICY, FILL_POLICIES, channel_file_name, channel_files,
+                               check_fill_policy)
 
-#: Fill policies (name -> value of the missing channel after normalization). One policy: see the module docstring.
-FILL_POLICIES: dict[str, float] = {"zero": 0.0}
-DEFAULT_POLICY = "zero"
 
 
 class MissingPhaseWarning(UserWarning):
     """A phase the model was trained with is absent from the input and was filled by the documented policy."""
 
 
-def _check_policy(policy: str) -> None:
-    if policy not in FILL_POLICIES:
-        raise ValueError(f"unknown missing-phase policy {policy!r}; known: {sorted(FILL_POLICIES)}")
-
-
-def missing_phase_message(missing: Sequence[str], channel_names: Sequence[str], policy: str = DEFAULT_POLICY) -> str:
+def missing_phase_message(missing: Sequence[str], channel_names: Sequence[str],
+                          policy: str = DEFAULT_FILL_POLICY) -> str:
     """One line saying which phases are missing and how they were filled (for warnings and prediction logs)."""
-    _check_policy(policy)
+    check_fill_policy(policy)
     present = [name for name in channel_names if name not in set(missing)]
     return (f"phase(s) {', '.join(missing)} missing (model phases: {', '.join(channel_names)}); predicting from "
             f"{', '.join(present)} with the missing channel(s) set to a constant 0 image, i.e. exactly 0 after "
@@ -55,7 +49,7 @@ def missing_phase_message(missing: Sequence[str], channel_names: Sequence[str], 
 
 
 def fill_missing_phases(phases: Mapping[str, sitk.Image], channel_names: Sequence[str],
-                        policy: str = DEFAULT_POLICY) -> tuple[list[sitk.Image], list[str]]:
+                        policy: str = DEFAULT_FILL_POLICY) -> tuple[list[sitk.Image], list[str]]:
     """The channel images in model order, missing ones filled by ``policy``, and the names of the missing phases.
 
     ``phases``: phase name -> 3D image, a non-empty subset of ``channel_names`` (the model's dataset.json
@@ -63,7 +57,7 @@ def fill_missing_phases(phases: Mapping[str, sitk.Image], channel_names: Sequenc
     pixel type and geometry (size, spacing, origin, direction). Warns :class:`MissingPhaseWarning` (one line) when a
     phase is missing. Raises :class:`HPNInputError` when no model phase is present or a phase is not a model phase.
     """
-    _check_policy(policy)
+    check_fill_policy(policy)
     channel_names = list(channel_names)
     unknown = [name for name in phases if name not in channel_names]
     if unknown:
@@ -89,27 +83,8 @@ def fill_missing_phases(phases: Mapping[str, sitk.Image], channel_names: Sequenc
     return channels, missing
 
 
-def _channel_files(images_dir: Path, n_channels: int, file_ending: str) -> dict[str, list[Path]]:
-    """case id -> its channel files ``<case>_0000<ending>`` ... in channel order, for every case in ``images_dir``."""
-    pattern = re.compile(rf"^(.+)_(\d{{4}}){re.escape(file_ending)}$")
-    found: dict[str, dict[int, Path]] = {}
-    for path in sorted(images_dir.iterdir()):
-        match = pattern.match(path.name)
-        if match:
-            found.setdefault(match.group(1), {})[int(match.group(2))] = path
-    if not found:
-        raise HPNInputError(f"{images_dir}: no nnU-Net image files <case>_0000{file_ending}")
-    cases = {}
-    for case, by_channel in found.items():
-        if sorted(by_channel) != list(range(n_channels)):
-            raise HPNInputError(f"{images_dir}: case {case} has channels {sorted(by_channel)}, expected "
-                                f"0..{n_channels - 1}")
-        cases[case] = [by_channel[c] for c in range(n_channels)]
-    return cases
-
-
 def write_input_folder_with_missing_phases(images_dir: Path, out_dir: Path, channel_names: Sequence[str],
-                                           missing: Sequence[str], policy: str = DEFAULT_POLICY,
+                                           missing: Sequence[str], policy: str = DEFAULT_FILL_POLICY,
                                            file_ending: str = ".nii.gz", progress: bool = True) -> list[str]:
     """Copy of an nnU-Net input folder with the ``missing`` phases' files replaced as :func:`fill_missing_phases`
     fills them; for ``nnUNetv2_predict -i out_dir`` (Dice with a phase missing without a dedicated predict command).
@@ -125,7 +100,7 @@ def write_input_folder_with_missing_phases(images_dir: Path, out_dir: Path, chan
                             f"{', '.join(channel_names)}")
     if out_dir.exists():
         raise HPNInputError(f"{out_dir}: already exists")
-    cases = _channel_files(images_dir, len(channel_names), file_ending)
+    cases = channel_files(images_dir, len(channel_names), file_ending)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = staging_dir(out_dir.parent, f".{out_dir.name}.")
     try:
@@ -136,7 +111,7 @@ def write_input_folder_with_missing_phases(images_dir: Path, out_dir: Path, chan
                            if name not in set(missing)}
                 channels, _ = fill_missing_phases(present, channel_names, policy)
                 for channel, (name, image, source) in enumerate(zip(channel_names, channels, files)):
-                    target = staging / f"{case}_{channel:04d}{file_ending}"
+                    target = staging / channel_file_name(case, channel, file_ending)
                     if name in present:
                         shutil.copyfile(source, target)
                     else:

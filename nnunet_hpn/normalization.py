@@ -4,8 +4,7 @@ from typing import Optional, Sequence
 import numpy as np
 from nnunetv2.preprocessing.normalization.default_normalization_schemes import ImageNormalization
 
-#: Intensity window of the paper (§3.2), in HU.
-DEFAULT_CLIP_HU: tuple = (-100.0, 240.0)
+from nnunet_hpn.phases import HU_WINDOW
 
 #: Key in the plans' ``foreground_intensity_properties_per_channel[c]`` that overrides the window.
 CLIP_KEY = "hpn_clip_hu"
@@ -15,7 +14,7 @@ class HPNCTNormalization(ImageNormalization):
     """Clips one CT phase to a HU window, then z-scores it with the mean / std of this case (not of the dataset).
 
     The window comes from ``intensityproperties['hpn_clip_hu']`` when the planner stored one, else
-    :data:`DEFAULT_CLIP_HU`. Input and output: one channel, (X, Y, Z).
+    :data:`nnunet_hpn.phases.HU_WINDOW`. Input and output: one channel, (X, Y, Z).
     """
 
     leaves_pixels_outside_mask_at_zero_if_use_mask_for_norm_is_true = False
@@ -29,4 +28,4 @@ class HPNCTNormalization(ImageNormalization):
     def clip_window(self) -> Sequence[float]:
         if self.intensityproperties is not None and CLIP_KEY in self.intensityproperties:
             return self.intensityproperties[CLIP_KEY]
-        return DEFAULT_CLIP_HU
+        return HU_WINDOW

@@ -22,7 +22,7 @@ Phases (:data:`KNOWN_PHASES`, any subset in any order, ``phases=``), each with i
 * ``venous``: bright portal / splenic vein (170-190 HU), brighter liver, hypo-attenuating mass;
 * ``delayed``: washout: vessels ~120 HU, parenchyma ~70 HU, the fibrotic mass retains contrast and is nearly iso.
 
-The anatomy is painted in the space of the *reference phase* (default: the first phase; ``label.nii.gz``). Every
+The anatomy is painted in the space of the *reference phase* (default: arterial if simulated, else the first phase; ``label.nii.gz``). Every
 other phase is the same anatomy warped by its own smooth random deformation, on the same voxel grid, with its
 labels in ``label_<phase>.nii.gz``. Arterial and venous do not depend on the phase list: they draw from the
 case's own random streams, the other phases from streams of their own (keyed by phase name, so a phase looks the
@@ -44,7 +44,8 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from nnunet_hpn import LABELS, PHASES
+from nnunet_hpn import LABELS
+from nnunet_hpn.phases import PHASES, reference_phase as reference_phase_rule
 from nnunet_hpn.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.errors import HPNInputError
 
@@ -354,16 +355,14 @@ def _paint_tissue(grid: _Grid, rng: np.random.Generator, texture_rng: np.random.
 
 
 def check_phases(phases: Sequence[str], reference_phase: str | None, where: str) -> str:
-    """Validate a phase list (known, unique, non-empty); returns the reference phase (default: the first)."""
+    """Validate a phase list (known, unique, non-empty); returns the reference phase
+    (:func:`nnunet_hpn.phases.reference_phase`)."""
     phases = tuple(phases)
     unknown = [phase for phase in phases if phase not in KNOWN_PHASES]
     if not phases or unknown or len(set(phases)) != len(phases):
         raise HPNInputError(f"{where}: phases must be distinct names out of {', '.join(KNOWN_PHASES)}, got "
                             f"{', '.join(phases) or 'none'}")
-    reference_phase = phases[0] if reference_phase is None else reference_phase
-    if reference_phase not in phases:
-        raise HPNInputError(f"{where}: reference phase {reference_phase!r} is not among {', '.join(phases)}")
-    return reference_phase
+    return reference_phase_rule(phases, reference_phase, where)
 
 
 def _phase_streams(seed: int, case_index: int, phase: str) -> tuple[np.random.Generator, ...]:
@@ -395,7 +394,7 @@ def generate_phantom_case(seed: int, case_index: int, shape_zyx: tuple[int, int,
                           spacing_zyx: tuple[float, float, float] = (2.5, 1.5, 1.5), phases: Sequence[str] = PHASES,
                           reference_phase: str | None = None) -> PhantomCase:
     """Generate one case with the given phases; its random streams depend only on (seed, case_index) and, for
-    noncontrast / delayed, the phase name. ``reference_phase`` (default: the first phase) is not deformed."""
+    noncontrast / delayed, the phase name. ``reference_phase`` (default: arterial if simulated, else the first) is not deformed."""
     phases = tuple(phases)
     reference_phase = check_phases(phases, reference_phase, f"phantom case {case_index}")
     case_seed = np.random.SeedSequence([seed, case_index])

@@ -19,7 +19,7 @@ import torch
 from batchgeneratorsv2.transforms.base.basic_transform import ImageOnlyTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 
-from nnunet_hpn.missing_phase import DEFAULT_POLICY, FILL_POLICIES
+from nnunet_hpn.phases import DEFAULT_FILL_POLICY, FILL_POLICIES, check_fill_policy
 
 #: Share of training samples that lose at least one phase.
 DEFAULT_DROPOUT_PROBABILITY: float = 0.3
@@ -35,7 +35,7 @@ class PhaseDropoutTransform(ImageOnlyTransform):
     """
 
     def __init__(self, p: float = DEFAULT_DROPOUT_PROBABILITY, channels: Optional[Sequence[int]] = None,
-                 max_dropped: Optional[int] = None, policy: str = DEFAULT_POLICY) -> None:
+                 max_dropped: Optional[int] = None, policy: str = DEFAULT_FILL_POLICY) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must lie in [0, 1], got {p}")
@@ -43,8 +43,7 @@ class PhaseDropoutTransform(ImageOnlyTransform):
             raise ValueError(f"channels must be at least two different channel indices, got {channels}")
         if max_dropped is not None and max_dropped < 1:
             raise ValueError(f"max_dropped must be at least 1, got {max_dropped}")
-        if policy not in FILL_POLICIES:
-            raise ValueError(f"unknown missing-phase policy {policy!r}; known: {sorted(FILL_POLICIES)}")
+        check_fill_policy(policy)
         self.p = float(p)
         self.channels = None if channels is None else tuple(int(c) for c in channels)
         self.max_dropped = max_dropped

@@ -36,6 +36,7 @@ from nnunet_hpn.atomic_io import atomic_file, check_output_not_input, staging_di
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.image_io import IMAGE_FILE_ENDINGS, find_phase_input, read_image
 from nnunet_hpn.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
+from nnunet_hpn.phases import read_channel_names, reference_phase
 from nnunet_hpn.registration import METHODS, register_to_reference
 
 #: Sub-folder of a folder-mode output that holds the registration QC of every case.
@@ -48,22 +49,16 @@ def model_channel_names(model_dir: Path) -> list[str]:
     if not dataset_json.is_file():
         raise HPNInputError(f"{dataset_json}: missing; -m must be a trained model folder "
                             "(nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>)")
-    try:
-        channels = json.loads(dataset_json.read_text())["channel_names"]
-        return [channels[key] for key in sorted(channels, key=int)]
-    except (ValueError, KeyError, TypeError):
-        raise HPNInputError(f"{dataset_json}: no readable channel_names") from None
+    return read_channel_names(dataset_json)
 
 
-def reference_phase(channel_names: Sequence[str], available: Sequence[str]) -> str:
-    """The phase whose grid the prediction is made on: "arterial" if the model has it and it is given, else the
-    first given phase in channel order."""
-    if "arterial" in channel_names and "arterial" in available:
-        return "arterial"
-    for phase in channel_names:
-        if phase in available:
-            return phase
-    raise HPNInputError(f"none of the model's phases ({', '.join(channel_names)}) was given")
+def prediction_reference(channel_names: Sequence[str], available: Sequence[str]) -> str:
+    """The phase whose grid the prediction is made on: :func:`nnunet_hpn.phases.reference_phase` among the given
+    phases, in the model's channel order."""
+    given = [phase for phase in channel_names if phase in available]
+    if not given:
+        raise HPNInputError(f"none of the model's phases ({', '.join(channel_names)}) was given")
+    return reference_phase(given)
 
 
 def align_phases(phases: Mapping[str, sitk.Image], reference: str, method: str = "demons",
@@ -191,7 +186,7 @@ class HPNPredictor:
                        ) -> CasePrediction:
         """Label map (uint8) of one case given its phase images (any grids that overlap in physical space)."""
         check_phase_names(list(phases), self.channel_names)
-        reference = reference_phase(self.channel_names, list(phases))
+        reference = prediction_reference(self.channel_names, list(phases))
         aligned, qc = align_phases(phases, reference, self.registration, names, self.progress)
         # the reference phase first: a filled channel takes its grid
         ordered = {reference: aligned[reference], **aligned}

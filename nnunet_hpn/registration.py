@@ -34,10 +34,10 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.phases import HU_WINDOW
 
 METHODS = ("none", "affine", "demons")
 #: HU window of the paper's preprocessing: the affine stage and the similarity QC use it.
-DEFAULT_WINDOW_HU = (-100.0, 240.0)
 #: A stage must not lower the NMI by more than this to be kept.
 SIMILARITY_TOLERANCE = 1e-3
 #: Voxels above this HU belong to the body (for cropping the working grid).
@@ -52,7 +52,7 @@ class RegistrationWarning(UserWarning):
 class RegistrationSettings:
     """Parameters of :func:`register_to_reference`; the defaults are the benchmarked ones (docs/BENCHMARKS.md)."""
 
-    window_hu: tuple[float, float] = DEFAULT_WINDOW_HU
+    window_hu: tuple[float, float] = HU_WINDOW
     #: Finest spacing (mm) of the working grid, and its largest number of voxels (coarser spacing beyond).
     working_spacing_mm: float = 1.5
     max_working_voxels: int = 1_000_000

@@ -12,7 +12,7 @@ there). The report folder then holds:
   methods have PDAC Dice 0, and among those the cases where the HPN method has PDAC Dice > 0;
 * ``per_case.csv`` (case × method × target) and ``report.json`` (everything);
 * ``boxplot_<target>.png``: Dice, HD95 and NSD per method;
-* ``overlays_largest_gain.png`` (with an images folder): arterial, venous, truth and every method on the slice
+* ``overlays_largest_gain.png`` (with an images folder): every phase, truth and every method on the slice
   with the largest truth PDAC area, for the cases where the reference gains most PDAC Dice over the best other
   method (cases with PDAC in the truth; abnormal pancreas if no case has PDAC).
 
@@ -36,6 +36,7 @@ import SimpleITK as sitk
 
 from nnunet_hpn.atomic_io import staging_dir
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.phases import PHASES, channel_file_name, read_channel_names
 from nnunet_hpn.evaluation import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, TARGETS, _read_label_map,
                                    evaluate_folders, predicted_cases)
 
@@ -141,15 +142,23 @@ def _common_cases(methods: Mapping[str, Path], file_ending: str) -> list[str]:
     return cases[first]
 
 
+def overlay_phase_names(images_dir: Path) -> list[str]:
+    """Phase names of an imagesTr-style folder in channel order: the channel names of ``images_dir/../dataset.json``
+    when there is one, else :data:`nnunet_hpn.phases.PHASES`."""
+    dataset_json = images_dir.parent / "dataset.json"
+    return read_channel_names(dataset_json) if dataset_json.is_file() else list(PHASES)
+
+
 def _load_overlay_case(case: str, images_dir: Path, truth_dir: Path, methods: Mapping[str, Path],
                        file_ending: str, caption_target: str, results: Mapping[str, dict[str, Any]]):
-    """Read both phases (``<case>_0000`` arterial, ``<case>_0001`` venous), truth and predictions of one case."""
+    """Read every phase (``<case>_0000`` ... of ``images_dir``, named by the channel names of the dataset.json
+    next to it when there is one), truth and predictions of one case."""
     from nnunet_hpn.figures import OverlayCase
 
     truth, truth_image = _read_label_map(truth_dir / f"{case}{file_ending}")
-    phases = []
-    for channel in ("0000", "0001"):
-        path = images_dir / f"{case}_{channel}{file_ending}"
+    phases = {}
+    for channel, name in enumerate(overlay_phase_names(images_dir)):
+        path = images_dir / channel_file_name(case, channel, file_ending)
         if not path.is_file():
             raise HPNInputError(f"{path}: missing image for the overlay of case {case!r}")
         try:
@@ -159,11 +168,11 @@ def _load_overlay_case(case: str, images_dir: Path, truth_dir: Path, methods: Ma
                                 f"({str(error).strip().splitlines()[-1]})") from None
         if image.GetSize() != truth_image.GetSize():
             raise HPNInputError(f"{path}: size {image.GetSize()} differs from truth size {truth_image.GetSize()}")
-        phases.append(sitk.GetArrayFromImage(image).astype(np.float32))
+        phases[name] = sitk.GetArrayFromImage(image).astype(np.float32)
     predictions = {name: _read_label_map(folder / f"{case}{file_ending}")[0] for name, folder in methods.items()}
     captions = {name: f"{caption_target} Dice {100 * results[name]['per_case'][case][caption_target]:.1f}%"
                 for name in methods}
-    return OverlayCase(title=case, arterial=phases[0], venous=phases[1], truth=truth, predictions=predictions,
+    return OverlayCase(title=case, phases=phases, truth=truth, predictions=predictions,
                        spacing_zyx=tuple(reversed(truth_image.GetSpacing())), captions=captions)
 
 
@@ -242,8 +251,9 @@ def format_report_markdown(report: dict[str, Any]) -> str:
     lines.append("")
     if report.get("overlays"):
         lines += [f"![largest gain]({report['overlays']})", "",
-                  "Columns: arterial, venous, truth, then each method (labels on the venous phase; yellow "
-                  "pancreas, green PDAC, purple duct), slice with the largest truth PDAC area.", ""]
+                  f"Columns: {', '.join(report['overlay_phases'])}, truth, then each method (labels on the "
+                  f"{report['overlay_phases'][-1]} phase; yellow pancreas, green PDAC, purple duct), slice with the "
+                  "largest truth PDAC area.", ""]
     else:
         lines += ["No overlays: no images folder given (--images).", ""]
     lines += ["## Conventions", "",
@@ -379,6 +389,7 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
         "wilcoxon": wilcoxon, "missed_rescued": rescue, "missed_rescued_note": note, "gain_target": gain_target,
         "gains": gains, "boxplots": {target: f"boxplot_{target_slug(target)}.png" for target in TARGETS},
         "overlays": "overlays_largest_gain.png" if overlay_cases else None,
+        "overlay_phases": list(overlay_cases[0].phases) if overlay_cases else None,
         "per_method": results,
     }
 

@@ -29,6 +29,7 @@ from nnunet_hpn.demo import DEMO_CONFIGURATION, DEMO_PATCH_SIZE, console_command
 from nnunet_hpn.evaluation import TARGETS, evaluate_folders
 from nnunet_hpn.missing_phase import MissingPhaseWarning, write_input_folder_with_missing_phases
 from nnunet_hpn.phantom import write_phantom_cases
+from nnunet_hpn.phases import read_channel_names
 from nnunet_hpn.planners.hpn_planner import HPN_PLANS_NAME
 from nnunet_hpn.plans_tools import add_small_configuration
 
@@ -77,8 +78,7 @@ def main() -> None:
         for case in cases[-args.held_out:]:
             (phantoms / case / "label.nii.gz").rename(truth_dir / f"{case}.nii.gz")
         convert_cases(phantoms, DATASET_ID, DATASET_NAME, raw_root=Path(env["nnUNet_raw"]))
-    channel_names = [name for _, name in sorted(json.loads((raw / "dataset.json").read_text())["channel_names"]
-                                                .items(), key=lambda item: int(item[0]))]
+    channel_names = read_channel_names(raw / "dataset.json")
 
     plans_file = Path(env["nnUNet_preprocessed"]) / dataset / f"{HPN_PLANS_NAME}.json"
     if not plans_file.is_file() or DEMO_CONFIGURATION not in json.loads(plans_file.read_text())["configurations"]:

@@ -448,8 +448,8 @@ def test_overlay_png(tmp_path: Path) -> None:
     arterial, venous = make_phases()
     truth = make_truth()
     prediction = np.roll(truth, 2, axis=2)
-    out = save_overlay_png(arterial, venous, truth, prediction, tmp_path / "fig" / "case.png", title="case",
-                           spacing_zyx=(2.5, 0.8, 0.8))
+    out = save_overlay_png({"arterial": arterial, "venous": venous}, truth, prediction, tmp_path / "fig" / "case.png",
+                           title="case", spacing_zyx=(2.5, 0.8, 0.8))
     assert out == tmp_path / "fig" / "case.png"
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     image = matplotlib.image.imread(out)
@@ -459,9 +459,16 @@ def test_overlay_png(tmp_path: Path) -> None:
     assert [path.name for path in out.parent.iterdir()] == ["case.png"]   # no temporary left behind
 
     # anisotropic in-plane spacing makes the panels taller
-    tall = save_overlay_png(arterial, venous, truth, None, tmp_path / "tall.png", spacing_zyx=(2.5, 1.6, 0.8))
+    tall = save_overlay_png({"arterial": arterial, "venous": venous}, truth, None, tmp_path / "tall.png",
+                            spacing_zyx=(2.5, 1.6, 0.8))
     tall_height, tall_width = matplotlib.image.imread(tall).shape[:2]
     assert tall_height > height and tall_width < width          # 3 panels, each twice as tall
+
+    # K phases: one panel per phase
+    three = save_overlay_png({"noncontrast": arterial - 50, "arterial": arterial, "venous": venous}, truth,
+                             prediction, tmp_path / "three.png", spacing_zyx=(2.5, 0.8, 0.8))
+    three_height, three_width = matplotlib.image.imread(three).shape[:2]
+    assert three_height == height and three_width > width * 1.15  # five panels instead of four
 
 
 def test_overlay_from_files(tmp_path: Path) -> None:
@@ -472,9 +479,10 @@ def test_overlay_from_files(tmp_path: Path) -> None:
         image.SetSpacing((0.8, 0.8, 2.5))
         paths[name] = tmp_path / f"{name}.nii.gz"
         sitk.WriteImage(image, str(paths[name]))
-    out = save_overlay_from_files(paths["arterial"], paths["venous"], paths["truth"], None, tmp_path / "x.png")
+    phases = {"arterial": paths["arterial"], "venous": paths["venous"]}
+    out = save_overlay_from_files(phases, paths["truth"], None, tmp_path / "x.png")
     assert matplotlib.image.imread(out).shape[1] > matplotlib.image.imread(out).shape[0]
 
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 32, 41), dtype=np.uint8)), str(paths["truth"]))
     with pytest.raises(HPNInputError, match=r"truth\.nii\.gz.*size"):
-        save_overlay_from_files(paths["arterial"], paths["venous"], paths["truth"], None, tmp_path / "y.png")
+        save_overlay_from_files(phases, paths["truth"], None, tmp_path / "y.png")

@@ -100,9 +100,11 @@ def test_plans_have_one_path_per_phase_and_the_pattern(k_phase_model):
     assert len(arch["hyper_connections"]) == run["n_connections"]
     assert plans["hpn_phases"] == list(run["phases"])
     assert plans["configurations"]["3d_fullres"]["normalization_schemes"] == ["HPNCTNormalization"] * k
-    if run["planner"] == "HPNStarPlanner":  # every connection touches the reference path 0
-        assert plans["hpn_hyper_connection_pattern"] == "star" and plans["hpn_reference_phase"] == run["phases"][0]
-        assert all("0" in re.findall(r"\d+", name) for name in arch["hyper_connections"])
+    if run["planner"] == "HPNStarPlanner":  # every connection touches the reference path: arterial's, not channel 0
+        hub = run["phases"].index("arterial")
+        assert hub != 0
+        assert plans["hpn_hyper_connection_pattern"] == "star" and plans["hpn_reference_phase"] == "arterial"
+        assert all(str(hub) in re.findall(r"\d+", name) for name in arch["hyper_connections"])
 
 
 def test_training_uses_k_paths_and_phase_dropout(k_phase_model):

@@ -157,7 +157,16 @@ TWO_PHASE_SHA256 = {"arterial": "2a2ae8f9bb2b2379", "venous": "81a8be0826823a6d"
 
 @pytest.fixture(scope="module")
 def four_phase_cases() -> list[PhantomCase]:
-    return [generate_phantom_case(0, index, SMALL_SHAPE, SPACING, phases=KNOWN_PHASES) for index in range(6)]
+    return [generate_phantom_case(0, index, SMALL_SHAPE, SPACING, phases=KNOWN_PHASES, reference_phase="noncontrast")
+            for index in range(6)]
+
+
+def test_default_reference_is_arterial_among_k_phases() -> None:
+    case = generate_phantom_case(0, 0, SMALL_SHAPE, SPACING, phases=KNOWN_PHASES)
+    assert case.reference_phase == "arterial"  # as convert and predict assume (nnunet_hpn.phases.reference_phase)
+    assert np.array_equal(case.labels["arterial"], case.label)
+    no_arterial = generate_phantom_case(0, 0, SMALL_SHAPE, SPACING, phases=("venous", "delayed"))
+    assert no_arterial.reference_phase == "venous"
 
 
 def test_default_two_phase_output_is_unchanged() -> None:
@@ -174,7 +183,8 @@ def test_four_phases_share_streams_with_the_default(four_phase_cases: list[Phant
         np.testing.assert_array_equal(case.label, two_phase.label)  # same anatomy in the reference space
         np.testing.assert_array_equal(case.venous, two_phase.venous)  # venous: the original streams
         np.testing.assert_array_equal(case.tissue_venous, two_phase.tissue_venous)
-        three = generate_phantom_case(0, index, SMALL_SHAPE, SPACING, phases=("noncontrast", "venous", "delayed"))
+        three = generate_phantom_case(0, index, SMALL_SHAPE, SPACING, phases=("noncontrast", "venous", "delayed"),
+                                      reference_phase="noncontrast")
         np.testing.assert_array_equal(three.images["delayed"], case.images["delayed"])  # keyed by phase name
         np.testing.assert_array_equal(three.images["noncontrast"], case.images["noncontrast"])
 
@@ -215,14 +225,14 @@ def test_writes_k_phase_files_on_one_grid(tmp_path: Path) -> None:
     assert cli_main([
         "phantom", str(tmp_path), "--cases", "1", "--seed", "2", "--phases", "venous", "arterial", "delayed"]) == 0
     case_dir = tmp_path / "hpn_000"
-    expected = {"venous", "arterial", "delayed", "label", "label_arterial", "label_delayed"}
+    expected = {"venous", "arterial", "delayed", "label", "label_venous", "label_delayed"}
     assert {p.name.removesuffix(".nii.gz") for p in case_dir.iterdir()} == expected
-    reference = _read(case_dir / "venous.nii.gz")
+    reference = _read(case_dir / "arterial.nii.gz")
     for path in case_dir.iterdir():
         image = _read(path)
         assert image.GetSize() == reference.GetSize() and image.GetOrigin() == reference.GetOrigin()
     summary = json.loads((tmp_path / "phantoms.json").read_text())
-    assert summary["phases"] == ["venous", "arterial", "delayed"] and summary["reference_phase"] == "venous"
+    assert summary["phases"] == ["venous", "arterial", "delayed"] and summary["reference_phase"] == "arterial"
 
 
 def test_rejects_unknown_or_repeated_phases(tmp_path: Path, capsys) -> None:

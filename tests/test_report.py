@@ -270,3 +270,27 @@ def test_report_argument_errors(folders: dict, tmp_path: Path) -> None:
     with pytest.raises(HPNInputError, match="cannot also be a single-phase"):
         build_report(methods, dirs["labels"], tmp_path / "r", single_phase=["hpn", "venous"], hpn="hpn")
     assert not (tmp_path / "r").exists()
+
+
+def test_overlays_show_every_phase_named_by_the_dataset_json(folders: dict, tmp_path: Path) -> None:
+    """Three phases (names from the dataset.json beside the images folder): one overlay column per phase."""
+    dirs = folders["dirs"]
+    dataset = tmp_path / "Dataset999_K3"
+    images = dataset / "imagesTr"
+    images.mkdir(parents=True)
+    for case in CASES:
+        for channel in range(2):
+            (images / f"{case}_{channel:04d}.nii.gz").symlink_to(dirs["images"] / f"{case}_{channel:04d}.nii.gz")
+        (images / f"{case}_0002.nii.gz").symlink_to(dirs["images"] / f"{case}_0001.nii.gz")
+    (dataset / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "arterial", "1": "venous", "2": "delayed"}, "labels": {}}))
+    out = tmp_path / "report"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["report", *(f"{name}={dirs[name]}" for name in METHODS), "--gt", str(dirs["labels"]),
+                     "--images", str(images), "--reference", "hpn", "--overlays", "2", "-o", str(out)]) == 0
+    result = json.loads((out / "report.json").read_text())
+    assert result["overlay_phases"] == ["arterial", "venous", "delayed"]
+    assert "Columns: arterial, venous, delayed, truth" in (out / "report.md").read_text()
+    two = matplotlib.image.imread(folders["root"] / "out" / "report" / "overlays_largest_gain.png")
+    three = matplotlib.image.imread(out / "overlays_largest_gain.png")
+    assert three.shape[1] > two.shape[1] * 1.1  # 7 columns instead of 6

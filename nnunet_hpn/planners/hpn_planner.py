@@ -24,7 +24,8 @@ from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner
 
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.hyper_connections import HyperPairedResDSN, HyperPairedUNet, all_hyper_connection_names
-from nnunet_hpn.normalization import CLIP_KEY, DEFAULT_CLIP_HU, HPNCTNormalization
+from nnunet_hpn.normalization import CLIP_KEY, HPNCTNormalization
+from nnunet_hpn.phases import HU_WINDOW, channel_names, reference_phase
 
 HPN_PLANS_NAME = "nnUNetHPNPlans"
 HPN_RESDSN_PLANS_NAME = "nnUNetHPNResDSNPlans"
@@ -76,7 +77,7 @@ class HPNPlanner(ExperimentPlanner):
     encoder_blocks_per_stage: Optional[int] = None
     #: which pairs of paths are hyper-connected: one of HYPER_CONNECTION_PATTERNS
     hyper_connection_pattern: str = "all"
-    #: hub of the "star" pattern, a dataset.json channel name (None: channel 0)
+    #: hub of the "star" pattern, a dataset.json channel name (None: nnunet_hpn.phases.reference_phase's rule)
     reference_phase: Optional[str] = None
 
     def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
@@ -106,13 +107,13 @@ class HPNPlanner(ExperimentPlanner):
     @property
     def phase_names(self) -> List[str]:
         """dataset.json ``channel_names`` values in channel order (one path each)."""
-        channels = self.dataset_json["channel_names"]
-        return [channels[key] for key in sorted(channels, key=int)]
+        return channel_names(self.dataset_json)
 
     @property
     def reference_path(self) -> int:
-        """Path of the reference phase (the "star" hub): ``reference_phase``'s channel, else 0."""
-        return 0 if self.reference_phase is None else self.phase_names.index(self.reference_phase)
+        """Path of the reference phase (the "star" hub): :func:`nnunet_hpn.phases.reference_phase` of the channels
+        (``reference_phase`` if set, else arterial if present, else channel 0)."""
+        return self.phase_names.index(reference_phase(self.phase_names, self.reference_phase))
 
     def hyper_connections(self) -> List[str]:
         """The connections of this planner's pattern for this dataset's phases."""
@@ -151,7 +152,7 @@ class HPNPlanner(ExperimentPlanner):
     def save_plans(self, plans: dict) -> None:
         """Stores the HU window per phase where the normalization reads it, and the phases / pattern (top level)."""
         for props in plans["foreground_intensity_properties_per_channel"].values():
-            props[CLIP_KEY] = list(DEFAULT_CLIP_HU)
+            props[CLIP_KEY] = list(HU_WINDOW)
         plans[PHASES_KEY] = self.phase_names
         plans[PATTERN_KEY] = self.hyper_connection_pattern
         plans[REFERENCE_KEY] = self.phase_names[self.reference_path]
@@ -175,7 +176,7 @@ class HPNResDSNPlanner(HPNPlanner):
 
 class HPNStarPlanner(HPNPlanner):
     """HPNPlanner with the cheaper ``"star"`` pattern for many phases: hyper-connections only between the reference
-    phase's path (channel 0 unless ``reference_phase`` names another) and each other path. Plans
+    phase's path (``reference_phase``, else arterial, else channel 0) and each other path. Plans
     ``nnUNetHPNStarPlans``; preprocessing is identical to :class:`HPNPlanner`, so the data of ``nnUNetHPNPlans`` is
     reused. For two phases it plans the same network as HPNPlanner."""
 

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 
-from nnunet_hpn.missing_phase import DEFAULT_POLICY
+from nnunet_hpn.phases import DEFAULT_FILL_POLICY
 from nnunet_hpn.phase_dropout import DEFAULT_DROPOUT_PROBABILITY, append_phase_dropout
 from nnunet_hpn.trainers.hpn_trainer import HPNTrainer, HPNTrainer_cpu_smoke, HPNTrainer_demo
 
@@ -34,7 +34,7 @@ class PhaseDropoutMixin:
         super().on_train_start()
         self.print_to_log_file(
             f"phase dropout: p = {self.phase_dropout_probability} per sample, 1..K-1 phases set to 0 after "
-            f"normalization (missing-phase policy '{DEFAULT_POLICY}'), training pipeline only")
+            f"normalization (missing-phase policy '{DEFAULT_FILL_POLICY}'), training pipeline only")
 
 
 class HPNTrainer_phasedropout(PhaseDropoutMixin, HPNTrainer):
