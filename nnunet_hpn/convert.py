@@ -32,10 +32,9 @@ from nnunet_hpn.image_io import check_not_constant
 from nnunet_hpn.image_io import read_header as _read_header
 from nnunet_hpn.image_io import read_label
 from nnunet_hpn.image_io import read_voxels_verified as _read_voxels
-from nnunet_hpn.registration import check_overlap, register_to_reference
+from nnunet_hpn.geometry import check_overlap, check_same_grid
+from nnunet_hpn.registration import register_to_reference
 
-#: Relative and absolute tolerance for spacing, origin and direction comparisons.
-GEOMETRY_TOLERANCE = 1e-4
 FILE_ENDING = ".nii.gz"
 LABEL_FILE = "label" + FILE_ENDING
 #: Appended to a phase-grid mismatch without ``register``: the usual cause is phases acquired on their own grids.
@@ -44,28 +43,6 @@ UNALIGNED_HINT = "; the phases are on different grids: --register aligns them on
 QC_FOLDER = "registration_qc"
 DATASET_DESCRIPTION = ("Dual-phase pancreas CT for the Hyper-Pairing Network: channel 0 arterial, channel 1 venous; "
                        "labels pancreas, PDAC mass and pancreatic duct. Converted by nnunet_hpn.convert.")
-
-
-def _rounded(values: tuple) -> tuple:
-    """Values rounded for error messages."""
-    return tuple(round(float(v), 6) for v in values)
-
-
-def check_same_geometry(img_a: sitk.Image | sitk.ImageFileReader, path_a: Path | str,
-                        img_b: sitk.Image | sitk.ImageFileReader, path_b: Path | str, hint: str = "") -> None:
-    """Raise HPNInputError naming ``path_b`` if its size, spacing, origin or direction differ from ``img_a``
-    (``hint`` appended to the message).
-
-    Accepts images or readers after ``ReadImageInformation`` (header only).
-    """
-    size_a, size_b = tuple(img_a.GetSize()), tuple(img_b.GetSize())
-    if size_a != size_b:
-        raise HPNInputError(f"{path_b}: size differs from {path_a}: {size_b} vs {size_a}{hint}")
-    for what, get in (("spacing", "GetSpacing"), ("origin", "GetOrigin"), ("direction", "GetDirection")):
-        value_a, value_b = getattr(img_a, get)(), getattr(img_b, get)()
-        if not np.allclose(value_b, value_a, rtol=GEOMETRY_TOLERANCE, atol=GEOMETRY_TOLERANCE):
-            raise HPNInputError(f"{path_b}: {what} differs from {path_a}: {_rounded(value_b)} vs {_rounded(value_a)}"
-                                f"{hint}")
 
 
 def _check_label_values(voxels: np.ndarray, path: str) -> None:
@@ -148,11 +125,11 @@ def _check_headers(case_dir: Path, layout: _Layout = _Layout(PHASES, PHASES[0], 
             check_overlap(reference, header, str(reference_path), str(path))
             phase_label = _phase_label(case_dir, phase)
             if phase_label is not None:
-                check_same_geometry(header, path, _read_header(phase_label), phase_label)
+                check_same_grid(header, path, _read_header(phase_label), phase_label)
         else:
-            check_same_geometry(reference, reference_path, header, path, hint=UNALIGNED_HINT)
+            check_same_grid(reference, reference_path, header, path, hint=UNALIGNED_HINT)
     if label_path is not None:
-        check_same_geometry(reference, reference_path, _read_header(label_path), label_path)
+        check_same_grid(reference, reference_path, _read_header(label_path), label_path)
 
 
 def _write_image(image: sitk.Image, source: Path, target: Path, box: CropBox | None) -> None:

@@ -21,12 +21,11 @@ from tqdm import tqdm
 
 from nnunet_hpn.atomic_io import staging_dir, write_text_atomically
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.geometry import Grid, grid_difference
 from nnunet_hpn.phases import channel_file_name
 
 #: File name of a dataset's crop boxes (in the raw dataset folder, or next to the phantom cases).
 BOXES_FILE = "crop_boxes.json"
-#: Physical positions of the cropped and the full grid must agree to this fraction of a voxel.
-POSITION_TOLERANCE_VOXELS = 1e-3
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,15 @@ class CropBox:
     spacing_xyz: tuple[float, float, float]
     origin_xyz: tuple[float, float, float]
     direction: tuple[float, ...]
+
+    def full_grid(self) -> Grid:
+        return Grid(self.full_size_xyz, self.spacing_xyz, self.origin_xyz, self.direction)
+
+    def cropped_grid(self) -> Grid:
+        """The grid of the crop: the box's size, origin at the physical position of its first voxel."""
+        direction = np.asarray(self.direction).reshape(3, 3)
+        origin = np.asarray(self.origin_xyz) + direction @ (np.asarray(self.spacing_xyz) * np.asarray(self.start_xyz))
+        return Grid(self.size_xyz, self.spacing_xyz, tuple(float(v) for v in origin), self.direction)
 
     def to_json(self) -> dict:
         return {"start_xyz": list(self.start_xyz), "size_xyz": list(self.size_xyz),
@@ -78,35 +86,23 @@ def label_box(label: sitk.Image, margin_mm: float, where: str) -> CropBox:
                    tuple(float(v) for v in label.GetDirection()))
 
 
-def _check_grid(image: sitk.Image, box: CropBox, where: str) -> None:
-    """``image`` must be the full grid the box was taken from."""
-    if (tuple(image.GetSize()) != box.full_size_xyz
-            or not np.allclose(image.GetSpacing(), box.spacing_xyz, rtol=1e-5, atol=0)
-            or not np.allclose(image.GetDirection(), box.direction, atol=1e-5)
-            or not np.allclose(image.GetOrigin(), box.origin_xyz,
-                               atol=POSITION_TOLERANCE_VOXELS * min(box.spacing_xyz))):
-        raise HPNInputError(f"{where}: grid (size {list(image.GetSize())}, origin "
-                            f"{[round(v, 3) for v in image.GetOrigin()]}) is not the grid of the crop box (size "
-                            f"{list(box.full_size_xyz)}, origin {[round(v, 3) for v in box.origin_xyz]})")
+def _check_grid(image: sitk.Image, expected: Grid, what: str, where: str) -> None:
+    """``image`` must be on the grid ``expected`` (:func:`nnunet_hpn.geometry.grid_difference`)."""
+    difference = grid_difference(expected, image)
+    if difference is not None:
+        raise HPNInputError(f"{where}: grid is not the {what} ({difference}, this image vs the box's)")
 
 
 def crop_image(image: sitk.Image, box: CropBox, where: str) -> sitk.Image:
     """``image`` (on the box's full grid) cut to the box; every kept voxel keeps its physical position."""
-    _check_grid(image, box, where)
+    _check_grid(image, box.full_grid(), "full grid of the crop box", where)
     return sitk.RegionOfInterest(image, list(box.size_xyz), list(box.start_xyz))
 
 
 def uncrop_image(cropped: sitk.Image, box: CropBox, reference: sitk.Image, where: str) -> sitk.Image:
     """A label map on the crop pasted into zeros on ``reference``'s grid (which must be the box's full grid)."""
-    _check_grid(reference, box, f"{where}: reference")
-    expected_origin = reference.TransformIndexToPhysicalPoint([int(v) for v in box.start_xyz])
-    if (tuple(cropped.GetSize()) != box.size_xyz
-            or not np.allclose(cropped.GetSpacing(), box.spacing_xyz, rtol=1e-5, atol=0)
-            or not np.allclose(cropped.GetOrigin(), expected_origin,
-                               atol=POSITION_TOLERANCE_VOXELS * min(box.spacing_xyz))):
-        raise HPNInputError(f"{where}: size {list(cropped.GetSize())} / origin "
-                            f"{[round(v, 3) for v in cropped.GetOrigin()]} is not the crop box's (size "
-                            f"{list(box.size_xyz)}, origin {[round(v, 3) for v in expected_origin]})")
+    _check_grid(reference, box.full_grid(), "full grid of the crop box", f"{where}: reference")
+    _check_grid(cropped, box.cropped_grid(), "grid of the crop box", where)
     full = np.zeros(sitk.GetArrayViewFromImage(reference).shape, dtype=sitk.GetArrayViewFromImage(cropped).dtype)
     (x0, y0, z0), (nx, ny, nz) = box.start_xyz, box.size_xyz
     full[z0:z0 + nz, y0:y0 + ny, x0:x0 + nx] = sitk.GetArrayViewFromImage(cropped)

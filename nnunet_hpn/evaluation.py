@@ -39,6 +39,8 @@ from tqdm import tqdm
 from nnunet_hpn import LABELS
 from nnunet_hpn.atomic_io import write_text_atomically
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.geometry import grid_difference
+from nnunet_hpn.image_io import read_label
 
 #: Evaluated targets: name -> labels whose union forms the target mask.
 TARGETS: dict[str, tuple[int, ...]] = {"abnormal pancreas": (1, 2, 3), "PDAC": (2,), "duct": (3,)}
@@ -51,9 +53,6 @@ METRIC_UNITS: dict[str, str] = {"Dice": "", "HD95": "mm", "NSD": ""}
 
 #: Default NSD tolerance in mm.
 DEFAULT_TOLERANCE_MM: float = 2.0
-
-#: Largest absolute difference allowed between spacing / origin / direction entries of truth and prediction.
-GEOMETRY_TOLERANCE: float = 1e-4
 
 #: One-line statement of the empty-mask convention (CLI help, reports, JSON).
 EMPTY_CONVENTION: str = ("both masks empty: Dice 1, HD95 0 mm, NSD 1; exactly one empty: Dice 0, NSD 0, "
@@ -142,28 +141,6 @@ def metrics_per_target(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequenc
     return result
 
 
-def _read_label_map(path: Path) -> tuple[np.ndarray, sitk.Image]:
-    """Read a label map as an integer (z, y, x) array plus its image (for geometry); HPNInputError for a missing,
-    damaged, non-3D, NaN, non-integer or out-of-convention file (:func:`nnunet_hpn.image_io.read_label`)."""
-    from nnunet_hpn.image_io import read_label
-
-    return read_label(path)
-
-
-def _geometry_difference(truth: sitk.Image, pred: sitk.Image) -> str | None:
-    """Describe the first geometry property in which ``pred`` differs from ``truth``; None if they match."""
-    if truth.GetSize() != pred.GetSize():
-        return f"size {pred.GetSize()} vs {truth.GetSize()}"
-    for name in ("Spacing", "Origin", "Direction"):
-        truth_value = np.asarray(getattr(truth, f"Get{name}")(), dtype=float)
-        pred_value = np.asarray(getattr(pred, f"Get{name}")(), dtype=float)
-        if truth_value.shape != pred_value.shape or not np.allclose(pred_value, truth_value, rtol=0,
-                                                                      atol=GEOMETRY_TOLERANCE):
-            return (f"{name.lower()} {tuple(np.round(pred_value, 6).tolist())} "
-                    f"vs {tuple(np.round(truth_value, 6).tolist())}")
-    return None
-
-
 def _truth_cases(truth_dir: Path, file_ending: str) -> dict[str, Path]:
     """Case name -> truth file, for every file in ``truth_dir`` ending in ``file_ending``."""
     if not truth_dir.is_dir():
@@ -248,9 +225,9 @@ def evaluate_folders(pred_dir: Path, truth_dir: Path, file_ending: str = ".nii.g
         pred_file = pred_dir / truth_file.name
         if not pred_file.is_file():
             raise HPNInputError(f"{pred_file}: missing prediction for truth case {truth_file}")
-        truth, truth_image = _read_label_map(truth_file)
-        pred, pred_image = _read_label_map(pred_file)
-        difference = _geometry_difference(truth_image, pred_image)
+        truth, truth_image = read_label(truth_file)
+        pred, pred_image = read_label(pred_file)
+        difference = grid_difference(truth_image, pred_image)
         if difference is not None:
             raise HPNInputError(f"{pred_file}: geometry differs from {truth_file}: {difference} (prediction vs truth)")
 

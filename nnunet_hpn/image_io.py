@@ -17,6 +17,7 @@ import SimpleITK as sitk
 from nibabel.filebasedimages import ImageFileError
 
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.geometry import check_3d_single_component
 
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_CHUNK_BYTES = 1 << 24
@@ -37,10 +38,7 @@ def read_header(path: Path) -> sitk.ImageFileReader:
         reader.ReadImageInformation()
     except RuntimeError:
         raise HPNInputError(f"{path}: unreadable or corrupt image file") from None
-    if reader.GetDimension() != 3:
-        raise HPNInputError(f"{path}: {reader.GetDimension()}D image, expected a 3D image")
-    if reader.GetNumberOfComponents() != 1:
-        raise HPNInputError(f"{path}: {reader.GetNumberOfComponents()} components per voxel, expected 1")
+    check_3d_single_component(reader, str(path))
     return reader
 
 
@@ -125,8 +123,7 @@ def read_dicom_series(folder: Path) -> sitk.Image:
     except RuntimeError as error:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
         raise HPNInputError(f"{folder}: DICOM series could not be read ({first_line})") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise HPNInputError(f"{folder}: {image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1")
+    check_3d_single_component(image, str(folder))
     return image
 
 

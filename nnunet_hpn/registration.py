@@ -34,6 +34,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.geometry import check_3d_single_component, check_overlap, check_same_grid, physical_bounds
 from nnunet_hpn.phases import HU_WINDOW
 
 METHODS = ("none", "affine", "demons")
@@ -96,54 +97,7 @@ class RegistrationResult:
     transform: sitk.Transform | None = None
 
 
-# --------------------------------------------------------------------------------------------------- geometry
-
-
-def physical_bounds(image: sitk.Image | sitk.ImageFileReader) -> tuple[np.ndarray, np.ndarray]:
-    """Lowest and highest physical coordinates (mm, x y z) of the image's voxel boxes (half a voxel around the
-    centres), over all 8 corners, so any direction matrix works. Accepts a reader after ``ReadImageInformation``."""
-    corners = np.array(np.meshgrid(*[[-0.5, n - 0.5] for n in image.GetSize()], indexing="ij")).reshape(3, -1)
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    points = np.asarray(image.GetOrigin())[:, None] + direction @ (np.asarray(image.GetSpacing())[:, None] * corners)
-    return points.min(axis=1), points.max(axis=1)
-
-
-def overlap_fraction(fixed: sitk.Image | sitk.ImageFileReader, moving: sitk.Image | sitk.ImageFileReader) -> float:
-    """Volume of the intersection of the two bounding boxes over the fixed image's bounding-box volume."""
-    low_f, high_f = physical_bounds(fixed)
-    low_m, high_m = physical_bounds(moving)
-    extent = np.clip(np.minimum(high_f, high_m) - np.maximum(low_f, low_m), 0, None)
-    return float(np.prod(extent) / np.prod(high_f - low_f))
-
-
-def check_overlap(fixed: sitk.Image | sitk.ImageFileReader, moving: sitk.Image | sitk.ImageFileReader,
-                  fixed_name: str, moving_name: str) -> float:
-    """HPNInputError naming both images when their physical bounding boxes do not intersect; else the overlap
-    fraction (see :func:`overlap_fraction`)."""
-    fraction = overlap_fraction(fixed, moving)
-    if fraction <= 0:
-        low_f, high_f = physical_bounds(fixed)
-        low_m, high_m = physical_bounds(moving)
-        box = lambda low, high: f"{np.round(low, 1).tolist()}..{np.round(high, 1).tolist()} mm"  # noqa: E731
-        raise HPNInputError(f"{moving_name}: does not overlap {fixed_name} in physical space (bounding box "
-                            f"{box(low_m, high_m)} vs {box(low_f, high_f)}); check the origin/direction in the headers")
-    return fraction
-
-
-def _check_image(image: sitk.Image, name: str) -> None:
-    if image.GetDimension() != 3:
-        raise HPNInputError(f"{name}: {image.GetDimension()}D image, expected a 3D image")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise HPNInputError(f"{name}: {image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1")
-
-
-def _check_same_grid(reference: sitk.Image, image: sitk.Image, reference_name: str, name: str) -> None:
-    same = (reference.GetSize() == image.GetSize()
-            and np.allclose(reference.GetSpacing(), image.GetSpacing(), atol=1e-4, rtol=1e-4)
-            and np.allclose(reference.GetOrigin(), image.GetOrigin(), atol=1e-3, rtol=1e-4)
-            and np.allclose(reference.GetDirection(), image.GetDirection(), atol=1e-4))
-    if not same:
-        raise HPNInputError(f"{name}: not on the voxel grid of {reference_name} (size, spacing, origin or direction)")
+# ----------------------------------------------------------------------------------------------- working grid
 
 
 def _body_index_box(image: sitk.Image, margin_mm: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
@@ -454,12 +408,12 @@ def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label
         raise HPNInputError(f"{moving_name}: registration method {method!r} is not one of {list(METHODS)}")
     settings = settings or RegistrationSettings()
     started = time.perf_counter()
-    _check_image(fixed, fixed_name)
-    _check_image(moving, moving_name)
+    check_3d_single_component(fixed, fixed_name)
+    check_3d_single_component(moving, moving_name)
     if moving_label is not None:
-        _check_same_grid(moving, moving_label, moving_name, f"label of {moving_name}")
+        check_same_grid(moving, moving_name, moving_label, f"label of {moving_name}")
     if fixed_label is not None:
-        _check_same_grid(fixed, fixed_label, fixed_name, f"label of {fixed_name}")
+        check_same_grid(fixed, fixed_name, fixed_label, f"label of {fixed_name}")
     overlap = check_overlap(fixed, moving, fixed_name, moving_name)
     qc: dict = {"method": method, "fixed": fixed_name, "moving": moving_name, "overlap_fraction": round(overlap, 4),
                 "settings": asdict(settings), "stages": [], "warnings": []}
@@ -631,7 +585,7 @@ def register_files(fixed_path: Path, moving_path: Path, out_dir: Path, *, moving
                                          ("fixed", fixed_label_path, fixed, fixed_path)):
         if path is not None:
             labels[key] = read_label(path)[1]
-            _check_same_grid(image, labels[key], str(image_path), str(path))
+            check_same_grid(image, str(image_path), labels[key], str(path))
     result = register_to_reference(fixed, moving, moving_label=labels.get("moving"), fixed_label=labels.get("fixed"),
                                    method=method, progress=progress, fixed_name=str(fixed_path),
                                    moving_name=str(moving_path))

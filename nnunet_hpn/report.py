@@ -36,9 +36,10 @@ import SimpleITK as sitk
 
 from nnunet_hpn.atomic_io import staging_dir
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.evaluation import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, TARGETS, evaluate_folders,
+                                   predicted_cases)
+from nnunet_hpn.image_io import read_label
 from nnunet_hpn.phases import PHASES, channel_file_name, read_channel_names
-from nnunet_hpn.evaluation import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, TARGETS, _read_label_map,
-                                   evaluate_folders, predicted_cases)
 
 #: Column titles of the targets in report tables (the paper's Table 1 wording).
 TARGET_TITLES: dict[str, str] = {"abnormal pancreas": "Abnormal pancreas", "PDAC": "PDAC mass",
@@ -155,7 +156,7 @@ def _load_overlay_case(case: str, images_dir: Path, truth_dir: Path, methods: Ma
     next to it when there is one), truth and predictions of one case."""
     from nnunet_hpn.figures import OverlayCase
 
-    truth, truth_image = _read_label_map(truth_dir / f"{case}{file_ending}")
+    truth, truth_image = read_label(truth_dir / f"{case}{file_ending}")
     phases = {}
     for channel, name in enumerate(overlay_phase_names(images_dir)):
         path = images_dir / channel_file_name(case, channel, file_ending)
@@ -169,7 +170,7 @@ def _load_overlay_case(case: str, images_dir: Path, truth_dir: Path, methods: Ma
         if image.GetSize() != truth_image.GetSize():
             raise HPNInputError(f"{path}: size {image.GetSize()} differs from truth size {truth_image.GetSize()}")
         phases[name] = sitk.GetArrayFromImage(image).astype(np.float32)
-    predictions = {name: _read_label_map(folder / f"{case}{file_ending}")[0] for name, folder in methods.items()}
+    predictions = {name: read_label(folder / f"{case}{file_ending}")[0] for name, folder in methods.items()}
     captions = {name: f"{caption_target} Dice {100 * results[name]['per_case'][case][caption_target]:.1f}%"
                 for name in methods}
     return OverlayCase(title=case, phases=phases, truth=truth, predictions=predictions,

@@ -18,7 +18,7 @@ from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_datas
 from nnunet_hpn import LABELS
 from nnunet_hpn.atomic_io import write_text_atomically
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.evaluation import _read_label_map
+from nnunet_hpn.image_io import read_label
 
 SPLITS_FILE_NAME: str = "splits_final.json"
 DEFAULT_FILE_ENDING: str = ".nii.gz"
@@ -61,7 +61,7 @@ def pdac_positive_cases(labels_dir: Path, file_ending: str = DEFAULT_FILE_ENDING
     files = sorted(path for path in labels_dir.iterdir() if path.is_file() and path.name.endswith(file_ending))
     if not files:
         raise HPNInputError(f"{labels_dir}: no label files ending in {file_ending!r}")
-    return {path.name[: -len(file_ending)]: bool((_read_label_map(path)[0] == LABELS["PDAC"]).any())
+    return {path.name[: -len(file_ending)]: bool((read_label(path)[0] == LABELS["PDAC"]).any())
             for path in files}
 
 

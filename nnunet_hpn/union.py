@@ -17,7 +17,8 @@ import SimpleITK as sitk
 
 from nnunet_hpn import LABELS
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.evaluation import _geometry_difference, _read_label_map
+from nnunet_hpn.geometry import grid_difference
+from nnunet_hpn.image_io import read_label
 
 #: Foreground labels from highest to lowest priority where two maps disagree: PDAC, duct, pancreas.
 LABEL_PRIORITY: tuple[int, ...] = (2, 3, 1)
@@ -80,10 +81,10 @@ def _matched_cases(input_dirs: list[Path], file_ending: str) -> dict[str, list[P
 def _union_of_files(files: list[Path]) -> sitk.Image:
     """Read the label maps ``files``, check their geometry against the first, return their union (uint8 image
     with the first file's geometry)."""
-    union, reference = _read_label_map(files[0])
+    union, reference = read_label(files[0])
     for path in files[1:]:
-        label_map, image = _read_label_map(path)
-        difference = _geometry_difference(reference, image)
+        label_map, image = read_label(path)
+        difference = grid_difference(reference, image)
         if difference is not None:
             raise HPNInputError(f"{path}: geometry differs from {files[0]}: {difference} (this file vs the first)")
         union = union_label_maps(union, label_map)

@@ -282,7 +282,7 @@ SCENARIOS: Dict[str, Scenario] = {
     "register/missing-phase": Scenario("register", r"file or folder is missing", _register(_then(_delete, "venous"))),
     "register/label-values": Scenario("register", r"unexpected labels \[9\]", _register(
         _then(lambda p: _label_values(p, 9), "moving_label"), with_labels=True)),
-    "register/label-geometry": Scenario("register", r"not on the voxel grid of .*venous\.nii\.gz", _register(
+    "register/label-geometry": Scenario("register", r"differs from .*venous\.nii\.gz", _register(
         _then(lambda p: _regrid(p, spacing=(1.0, 1.0, 3.0)), "moving_label"), with_labels=True)),
     "register/nan": Scenario("register", r"1 NaN/Inf voxels", _register(_then(_with_nan, "venous"))),
     "register/empty": Scenario("register", r"image is empty", _register(_then(_constant, "arterial"))),

@@ -8,7 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_hpn import LABELS
-from nnunet_hpn.convert import check_same_geometry, convert_cases
+from nnunet_hpn.convert import convert_cases
+from nnunet_hpn.geometry import check_same_grid
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.phantom import write_phantom_cases
 
@@ -236,12 +237,12 @@ def test_failed_overwrite_keeps_existing_dataset(in_dir: Path, raw_root: Path) -
     assert len(list((existing / "labelsTr").iterdir())) == 2
 
 
-def test_check_same_geometry_on_images() -> None:
+def test_check_same_grid_on_images() -> None:
     image = _image(np.zeros(SIZE_ZYX, dtype=np.int16))
-    check_same_geometry(image, "a.nii.gz", _image(np.ones(SIZE_ZYX, dtype=np.uint8)), "b.nii.gz")
+    check_same_grid(image, "a.nii.gz", _image(np.ones(SIZE_ZYX, dtype=np.uint8)), "b.nii.gz")
     shifted = _image(np.zeros(SIZE_ZYX, dtype=np.int16), origin=(0.0, 0.0, 0.0))
     with pytest.raises(HPNInputError, match=r"^b\.nii\.gz: origin differs from a\.nii\.gz"):
-        check_same_geometry(image, "a.nii.gz", shifted, "b.nii.gz")
+        check_same_grid(image, "a.nii.gz", shifted, "b.nii.gz")
 
 
 # ------------------------------------------------------------------ K phases, reference phase, registration
@@ -335,7 +336,7 @@ def test_register_option_aligns_phases_and_keeps_qc(unaligned_phantoms: Path, ra
     for folder, case in (("imagesTr", "hpn_000"), ("imagesTr", "hpn_001"), ("imagesTs", "hpn_002")):
         arterial = sitk.ReadImage(str(unaligned_phantoms / case / "arterial.nii.gz"))
         registered = sitk.ReadImage(str(dataset_dir / folder / f"{case}_0001.nii.gz"))
-        check_same_geometry(arterial, "arterial", registered, "registered venous")
+        check_same_grid(arterial, "arterial", registered, "registered venous")
         copied = sitk.ReadImage(str(dataset_dir / folder / f"{case}_0000.nii.gz"))
         assert np.array_equal(sitk.GetArrayFromImage(copied), sitk.GetArrayFromImage(arterial))
     assert sorted(p.name for p in (dataset_dir / "registration_qc").iterdir()) == [

@@ -187,7 +187,7 @@ def test_uncrop_refuses_a_reference_of_another_grid(tmp_path: Path, label_and_im
     pred, boxes, full = _uncrop_inputs(tmp_path, label_and_image, {"full_size_xyz": [41, 30, 20]})
     assert cli_main(["uncrop", str(pred), "--boxes", str(boxes), "--reference", str(full),
                      "-o", str(tmp_path / "out")]) != 0
-    assert "is not the grid of the crop box" in capsys.readouterr().err
+    assert "grid is not the full grid of the crop box" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [BOXES_FILE, "full", "pred"]
 
