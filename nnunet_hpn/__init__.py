@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 #: Folder that holds only the trainer shim modules; appended to ``nnUNet_extTrainer`` by the start-up hook.
 EXT_TRAINER_DIR: str = str(Path(__file__).resolve().parent / "nnunet_ext")
 
-from nnunet_hpn.phases import PHASES  # noqa: E402,F401  (the phase names live in nnunet_hpn.phases)
+from nnunet_hpn.phases import PHASES  # noqa: F401  (re-exported; the phase names live in nnunet_hpn.phases)
 
 #: Label convention of every HPN dataset.
 LABELS: dict = {"background": 0, "pancreas": 1, "PDAC": 2, "duct": 3}

@@ -1,10 +1,16 @@
 """Outputs appear complete or not at all: write next to the target, then rename into place; and never onto an
-input."""
+input.
+
+Files: :func:`atomic_file`, :func:`write_text_atomically`. Folders: :func:`published_folder` builds a hidden
+staging folder next to the target and publishes it in one of three ways (:data:`PUBLISH_MODES`) when the block
+succeeds; on failure the staging folder is removed and the target is as it was.
+"""
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 from nnunet_hpn.errors import HPNInputError
 
@@ -43,6 +49,59 @@ def staging_dir(parent: Path, prefix: str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(folder, _permissions(directory=True))
     return folder
+
+
+#: How :func:`published_folder` publishes: "new" (the target is absent or an empty folder), "replace" (the target
+#: and the folders in ``replaces`` are removed once the new folder is in place) or "merge" (every staged file moves
+#: into the target, replacing a file of the same name; the target's other files stay).
+PUBLISH_MODES: tuple[str, ...] = ("new", "replace", "merge")
+
+
+def _publish(staging: Path, target: Path, mode: str, replaces: Sequence[Path]) -> None:
+    if mode == "new":
+        if target.exists():
+            target.rmdir()  # an empty folder (callers check); OSError otherwise, nothing lost
+        os.rename(staging, target)
+    elif mode == "replace":
+        old = list(dict.fromkeys(path for path in (target, *replaces) if path.exists()))
+        trash = staging_dir(target.parent, prefix=f".{target.name}.old.") if old else None
+        moved: list[tuple[Path, Path]] = []
+        try:
+            for index, path in enumerate(old):
+                os.rename(path, trash / str(index))
+                moved.append((trash / str(index), path))
+            os.rename(staging, target)
+        except BaseException:
+            for source, original in reversed(moved):
+                os.rename(source, original)
+            raise
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    elif mode == "merge":
+        files = sorted(path for path in staging.rglob("*") if path.is_file())
+        for path in files:
+            destination = target / path.relative_to(staging)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, destination)
+        target.mkdir(parents=True, exist_ok=True)
+    else:
+        raise ValueError(f"unknown publish mode {mode!r}; one of {PUBLISH_MODES}")
+
+
+@contextmanager
+def published_folder(target: Path, mode: str = "new", replaces: Sequence[Path] = ()) -> Iterator[Path]:
+    """Yields a hidden staging folder next to ``target`` (same file system); when the block succeeds its content is
+    published into ``target`` as ``mode`` says (:data:`PUBLISH_MODES`). The staging folder never stays behind."""
+    if mode not in PUBLISH_MODES:
+        raise ValueError(f"unknown publish mode {mode!r}; one of {PUBLISH_MODES}")
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_dir(target.parent, prefix=f".{target.name}.staging.")
+    try:
+        yield staging
+        _publish(staging, target, mode, [Path(path) for path in replaces])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def check_output_not_input(output: Path, inputs: Iterable[Path], option: str) -> None:

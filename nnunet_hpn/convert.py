@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +21,12 @@ import SimpleITK as sitk
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 from tqdm import tqdm
 
-from nnunet_hpn.atomic_io import staging_dir
+from nnunet_hpn.atomic_io import published_folder
 from nnunet_hpn import LABELS
 from nnunet_hpn.phases import PHASES, channel_file_name, reference_phase as reference_phase_rule
 from nnunet_hpn.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.listing import case_folders
 from nnunet_hpn.image_io import check_finite as _check_finite
 from nnunet_hpn.image_io import check_not_constant
 from nnunet_hpn.image_io import read_header as _read_header
@@ -246,18 +246,6 @@ def _write_dataset_json(dataset_dir: Path, name: str, num_training: int,
                           license="see the source data")
 
 
-def _replace_dataset(built_dir: Path, target: Path, existing: list[Path]) -> None:
-    """Move ``built_dir`` to ``target``, removing the ``existing`` folders of the same dataset id."""
-    if not existing:
-        os.replace(built_dir, target)
-        return
-    trash_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-    for index, old in enumerate(existing):
-        os.replace(old, trash_dir / str(index))
-    os.replace(built_dir, target)
-    shutil.rmtree(trash_dir)
-
-
 def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | None = None, overwrite: bool = False,
                   progress: bool = True, phases=PHASES, reference_phase: str | None = None,
                   register: bool = False, crop_margin_mm: float | None = None) -> Path:
@@ -289,11 +277,7 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
         raise HPNInputError(f"{in_dir}: dataset id must be in 1..999, got {dataset_id}")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise HPNInputError(f"{in_dir}: dataset name {name!r} must be letters, digits, '_' or '-'")
-    if not in_dir.is_dir():
-        raise HPNInputError(f"{in_dir}: input folder does not exist")
-    case_dirs = sorted(path for path in in_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
-    if not case_dirs:
-        raise HPNInputError(f"{in_dir}: no case folders found")
+    case_dirs = case_folders(in_dir)
     target = raw_root / f"Dataset{dataset_id:03d}_{name}"
     existing = sorted(path for path in raw_root.glob(f"Dataset{dataset_id:03d}_*") if path.is_dir())
     if existing and not overwrite:
@@ -310,9 +294,7 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     if all(_case_files(case_dir, layout)[1] is None for case_dir in case_dirs):
         raise HPNInputError(f"{in_dir}: no case has a {LABEL_FILE}, nothing to train on")
 
-    raw_root.mkdir(parents=True, exist_ok=True)
-    built_dir = staging_dir(raw_root, prefix=f".{target.name}.")
-    try:
+    with published_folder(target, "replace", replaces=existing) as built_dir:
         num_training = sum(_check_voxels_and_copy(case_dir, built_dir, layout, progress, boxes.get(case_dir.name))
                            for case_dir in tqdm(case_dirs, desc="converting cases", unit="case", disable=not progress))
         if layout.crop_margin_mm is not None:
@@ -320,7 +302,4 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
         if layout.register:
             _write_qc_summary(built_dir / QC_FOLDER)
         _write_dataset_json(built_dir, name, num_training, layout)
-        _replace_dataset(built_dir, target, existing)
-    finally:
-        shutil.rmtree(built_dir, ignore_errors=True)
     return target

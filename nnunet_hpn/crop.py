@@ -11,7 +11,6 @@ pancreas region, never as a claim about finding the pancreas) and as the trainin
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn.atomic_io import staging_dir, write_text_atomically
+from nnunet_hpn.atomic_io import published_folder, write_text_atomically
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.geometry import Grid, grid_difference
 from nnunet_hpn.phases import channel_file_name
@@ -160,19 +159,11 @@ def uncrop_folder(pred_dir: Path, boxes_path: Path, reference_dir: Path, out_dir
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise HPNInputError(f"{out_dir}: output exists and is not an empty folder")
     references = {case: find_reference(reference_dir, case, file_ending) for case in cases}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    built = staging_dir(out_dir.parent, prefix=f".{out_dir.name}.")
-    try:
+    with published_folder(out_dir, "new") as built:
         for case in tqdm(cases, desc="uncrop", unit="case", disable=not progress):
             prediction_path = pred_dir / f"{case}{file_ending}"
             full = uncrop_image(sitk.ReadImage(str(prediction_path)), boxes[case],
                                 sitk.ReadImage(str(references[case])), str(prediction_path))
             sitk.WriteImage(full, str(built / f"{case}{file_ending}"), useCompression=True)
-        if out_dir.exists():
-            out_dir.rmdir()
-        built.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(built, ignore_errors=True)
-        raise
     return cases
 

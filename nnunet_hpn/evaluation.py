@@ -32,15 +32,14 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
 from tqdm import tqdm
 
-from nnunet_hpn import LABELS
 from nnunet_hpn.atomic_io import write_text_atomically
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.geometry import grid_difference
 from nnunet_hpn.image_io import read_label
+from nnunet_hpn.listing import case_files
 
 #: Evaluated targets: name -> labels whose union forms the target mask.
 TARGETS: dict[str, tuple[int, ...]] = {"abnormal pancreas": (1, 2, 3), "PDAC": (2,), "duct": (3,)}
@@ -141,27 +140,9 @@ def metrics_per_target(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequenc
     return result
 
 
-def _truth_cases(truth_dir: Path, file_ending: str) -> dict[str, Path]:
-    """Case name -> truth file, for every file in ``truth_dir`` ending in ``file_ending``."""
-    if not truth_dir.is_dir():
-        raise HPNInputError(f"{truth_dir}: truth folder does not exist")
-    cases = {path.name[: -len(file_ending)]: path for path in sorted(truth_dir.iterdir())
-             if path.is_file() and path.name.endswith(file_ending)}
-    if not cases:
-        raise HPNInputError(f"{truth_dir}: no truth files ending in {file_ending!r}")
-    return cases
-
-
 def predicted_cases(pred_dir: Path, file_ending: str = ".nii.gz") -> list[str]:
     """Sorted case names of the files in ``pred_dir`` ending in ``file_ending`` (HPNInputError if none)."""
-    pred_dir = Path(pred_dir)
-    if not pred_dir.is_dir():
-        raise HPNInputError(f"{pred_dir}: prediction folder does not exist")
-    cases = sorted(path.name[: -len(file_ending)] for path in pred_dir.iterdir()
-                   if path.is_file() and path.name.endswith(file_ending))
-    if not cases:
-        raise HPNInputError(f"{pred_dir}: no predictions ending in {file_ending!r}")
-    return cases
+    return list(case_files(pred_dir, file_ending, "prediction"))
 
 
 def _mean_std(values: Iterable[float]) -> tuple[float, float]:
@@ -201,7 +182,7 @@ def evaluate_folders(pred_dir: Path, truth_dir: Path, file_ending: str = ".nii.g
     ``std`` is the population standard deviation (ddof=0); HD95 in mm. Empty masks as in the module docstring.
     """
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
-    truth_files = _truth_cases(truth_dir, file_ending)
+    truth_files = case_files(truth_dir, file_ending, "truth")
     if not pred_dir.is_dir():
         raise HPNInputError(f"{pred_dir}: prediction folder does not exist")
     if cases is not None:

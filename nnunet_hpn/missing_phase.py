@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn.atomic_io import staging_dir
+from nnunet_hpn.atomic_io import published_folder
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.phases import (DEFAULT_FILL_POLICY, FILL_POLICIES, channel_file_name, channel_files,
                                check_fill_policy)
@@ -101,25 +101,18 @@ def write_input_folder_with_missing_phases(images_dir: Path, out_dir: Path, chan
     if out_dir.exists():
         raise HPNInputError(f"{out_dir}: already exists")
     cases = channel_files(images_dir, len(channel_names), file_ending)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(out_dir.parent, f".{out_dir.name}.")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", MissingPhaseWarning)  # one warning for the folder, below
-            for case, files in tqdm(cases.items(), desc="filling missing phases", unit="case", disable=not progress):
-                present = {name: sitk.ReadImage(str(path)) for name, path in zip(channel_names, files)
-                           if name not in set(missing)}
-                channels, _ = fill_missing_phases(present, channel_names, policy)
-                for channel, (name, image, source) in enumerate(zip(channel_names, channels, files)):
-                    target = staging / channel_file_name(case, channel, file_ending)
-                    if name in present:
-                        shutil.copyfile(source, target)
-                    else:
-                        sitk.WriteImage(image, str(target), useCompression=True)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with published_folder(out_dir, "new") as staging, warnings.catch_warnings():
+        warnings.simplefilter("ignore", MissingPhaseWarning)  # one warning for the folder, below
+        for case, files in tqdm(cases.items(), desc="filling missing phases", unit="case", disable=not progress):
+            present = {name: sitk.ReadImage(str(path)) for name, path in zip(channel_names, files)
+                       if name not in set(missing)}
+            channels, _ = fill_missing_phases(present, channel_names, policy)
+            for channel, (name, image, source) in enumerate(zip(channel_names, channels, files)):
+                target = staging / channel_file_name(case, channel, file_ending)
+                if name in present:
+                    shutil.copyfile(source, target)
+                else:
+                    sitk.WriteImage(image, str(target), useCompression=True)
     if missing:
         warnings.warn(f"{out_dir}: {missing_phase_message(list(missing), channel_names, policy)}",
                       MissingPhaseWarning, stacklevel=2)

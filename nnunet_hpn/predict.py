@@ -21,8 +21,6 @@ succeeded: a bad case leaves ``OUT_DIR`` as it was.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,8 +30,9 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn.atomic_io import atomic_file, check_output_not_input, staging_dir, write_text_atomically
+from nnunet_hpn.atomic_io import atomic_file, check_output_not_input, published_folder, write_text_atomically
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.listing import case_folders
 from nnunet_hpn.image_io import IMAGE_FILE_ENDINGS, find_phase_input, read_image
 from nnunet_hpn.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
 from nnunet_hpn.phases import read_channel_names, reference_phase
@@ -244,25 +243,13 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
     ``convert``'s input) -> ``out_dir/<case>.nii.gz``, QC in ``out_dir/registration_qc/<case>.json``. The model is
     loaded once. Returns the case names."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    if not in_dir.is_dir():
-        raise HPNInputError(f"{in_dir}: input folder does not exist")
-    case_dirs = sorted(path for path in in_dir.iterdir() if path.is_dir() and not path.name.startswith("."))
-    if not case_dirs:
-        raise HPNInputError(f"{in_dir}: no case folders found")
+    case_dirs = case_folders(in_dir)
     channel_names = model_channel_names(Path(model_dir))
     inputs = {case_dir.name: _case_inputs(case_dir, channel_names) for case_dir in case_dirs}
     predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress)
     if out_dir.exists() and not out_dir.is_dir():
         raise HPNInputError(f"{out_dir}: output path exists and is not a folder")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(out_dir.parent, f".{out_dir.name}.predict-")
-    try:
+    with published_folder(out_dir, "merge") as staging:
         for case, phase_paths in tqdm(inputs.items(), desc="predicting cases", unit="case", disable=not progress):
             predictor.predict_files(phase_paths, staging / f"{case}.nii.gz", staging / QC_FOLDER / f"{case}.json")
-        (out_dir / QC_FOLDER).mkdir(parents=True, exist_ok=True)
-        for case in inputs:
-            os.replace(staging / f"{case}.nii.gz", out_dir / f"{case}.nii.gz")
-            os.replace(staging / QC_FOLDER / f"{case}.json", out_dir / QC_FOLDER / f"{case}.json")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return list(inputs)

@@ -25,16 +25,14 @@ import csv
 import datetime
 import io
 import json
-import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_hpn.atomic_io import staging_dir
+from nnunet_hpn.atomic_io import published_folder
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.evaluation import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, TARGETS, evaluate_folders,
                                    predicted_cases)
@@ -299,22 +297,6 @@ def format_per_case_csv(results: Mapping[str, dict[str, Any]]) -> str:
     return stream.getvalue()
 
 
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` (absent, empty or a previous report) by ``staging``."""
-    backup = None
-    if out_dir.exists():
-        backup = out_dir.parent / f".{out_dir.name}.old.{os.getpid()}"
-        os.rename(out_dir, backup)
-    try:
-        os.rename(staging, out_dir)
-    except BaseException:
-        if backup is not None:
-            os.rename(backup, out_dir)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
 def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *, images_dir: Path | None = None,
                  reference: str | None = None, single_phase: Sequence[str] | None = None, hpn: str | None = None,
                  tolerance_mm: float = DEFAULT_TOLERANCE_MM, n_overlays: int = 3, file_ending: str = ".nii.gz",
@@ -396,9 +378,7 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
 
     from nnunet_hpn.figures import save_boxplot_png, save_overlay_grid_png
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(out_dir.parent, prefix=f".{out_dir.name}.staging.")
-    try:
+    with published_folder(out_dir, "replace") as staging:
         for target, file_name in report["boxplots"].items():
             values = {metric: {name: [results[name]["per_case_metrics"][case][target][metric] for case in cases]
                                for name in methods} for metric in METRICS}
@@ -411,10 +391,6 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
         (staging / "per_case.csv").write_text(format_per_case_csv(results), encoding="utf-8")
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (staging / REPORT_MARKER).write_text(format_report_markdown(report), encoding="utf-8")
-        _move_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return report
 
 

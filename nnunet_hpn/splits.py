@@ -19,6 +19,7 @@ from nnunet_hpn import LABELS
 from nnunet_hpn.atomic_io import write_text_atomically
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.image_io import read_label
+from nnunet_hpn.listing import case_files
 
 SPLITS_FILE_NAME: str = "splits_final.json"
 DEFAULT_FILE_ENDING: str = ".nii.gz"
@@ -55,14 +56,8 @@ def _file_ending(json_candidates: list[Path]) -> str:
 
 def pdac_positive_cases(labels_dir: Path, file_ending: str = DEFAULT_FILE_ENDING) -> dict[str, bool]:
     """Case id -> whether its label map (``labels_dir/<case><file_ending>``) contains PDAC (label 2)."""
-    labels_dir = Path(labels_dir)
-    if not labels_dir.is_dir():
-        raise HPNInputError(f"{labels_dir}: labels folder does not exist")
-    files = sorted(path for path in labels_dir.iterdir() if path.is_file() and path.name.endswith(file_ending))
-    if not files:
-        raise HPNInputError(f"{labels_dir}: no label files ending in {file_ending!r}")
-    return {path.name[: -len(file_ending)]: bool((read_label(path)[0] == LABELS["PDAC"]).any())
-            for path in files}
+    return {case: bool((read_label(path)[0] == LABELS["PDAC"]).any())
+            for case, path in case_files(labels_dir, file_ending, "labels").items()}
 
 
 def assign_folds(pdac_positive: dict[str, bool], n_folds: int, seed: int) -> list[list[str]]:

@@ -7,18 +7,17 @@ and any foreground label beats background 0. The rule is symmetric and associati
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from nnunet_hpn import LABELS
+from nnunet_hpn.atomic_io import published_folder
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.geometry import grid_difference
 from nnunet_hpn.image_io import read_label
+from nnunet_hpn.listing import case_files
 
 #: Foreground labels from highest to lowest priority where two maps disagree: PDAC, duct, pancreas.
 LABEL_PRIORITY: tuple[int, ...] = (2, 3, 1)
@@ -55,17 +54,9 @@ def union_label_maps(original: np.ndarray, virtual: np.ndarray) -> np.ndarray:
     return np.where(virtual_wins, virtual, original).astype(np.uint8)
 
 
-def _cases_in(folder: Path, file_ending: str) -> dict[str, Path]:
-    """Case name -> file, for every file in ``folder`` whose name ends in ``file_ending``."""
-    if not folder.is_dir():
-        raise HPNInputError(f"{folder}: input folder does not exist")
-    return {path.name[: -len(file_ending)]: path for path in sorted(folder.iterdir())
-            if path.is_file() and path.name.endswith(file_ending)}
-
-
 def _matched_cases(input_dirs: list[Path], file_ending: str) -> dict[str, list[Path]]:
     """Case name -> its file in each input folder; HPNInputError if a case is missing from any folder."""
-    cases_per_dir = [_cases_in(folder, file_ending) for folder in input_dirs]
+    cases_per_dir = [case_files(folder, file_ending, "input", required=False) for folder in input_dirs]
     all_cases = sorted(set().union(*cases_per_dir))
     if not all_cases:
         raise HPNInputError(f"{input_dirs[0]}: no files ending in {file_ending!r} in any input folder")
@@ -115,15 +106,7 @@ def union_folders(input_dirs: list[Path], output_dir: Path, file_ending: str = "
             raise HPNInputError(f"{output_dir}: output folder must differ from the input folders")
     cases = _matched_cases(input_dirs, file_ending)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.union-", dir=output_dir.parent))
-    try:
+    with published_folder(output_dir, "merge") as staging:
         for case, files in cases.items():
             sitk.WriteImage(_union_of_files(files), str(staging / f"{case}{file_ending}"), True)
-        output_dir.mkdir(exist_ok=True)
-        for case in cases:
-            name = f"{case}{file_ending}"
-            os.replace(staging / name, output_dir / name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return list(cases)
