@@ -467,11 +467,6 @@ class HyperPairedUNet(nn.Module):
     def n_paths(self) -> int:
         return len(self.path_channels)
 
-    @staticmethod
-    def all_hyper_connection_names(n_paths: int) -> list[str]:
-        """See the module-level :func:`all_hyper_connection_names`."""
-        return all_hyper_connection_names(n_paths)
-
     def set_hyper_connection_active(self, name: str, active: bool) -> None:
         """Switch a built connection on or off at run time; off feeds zeros in place of the other path's feature."""
         for part in (self.encoder, self.decoder):

@@ -11,7 +11,7 @@ from itertools import combinations
 from typing import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 _FLOAT32_TINY = torch.finfo(torch.float32).tiny
 
@@ -63,18 +63,3 @@ def pairing_loss(features: Sequence[Tensor]) -> Tensor:
         raise ValueError(f"the pairing loss needs the features of at least two paths, got {len(features)}")
     correlations = [pearson_correlation(fa, fb).mean() for fa, fb in combinations(features, 2)]
     return -torch.stack(correlations).mean()
-
-
-class PairingLoss(nn.Module):
-    """``weight * pairing_loss(features)``; the paper uses weight (lambda) 0.5."""
-
-    def __init__(self, weight: float = 0.5) -> None:
-        super().__init__()
-        self.weight = weight
-
-    def forward(self, features: Sequence[Tensor]) -> Tensor:
-        """features: K >= 2 tensors (B, C, *spatial) -> weighted scalar loss."""
-        return self.weight * pairing_loss(features)
-
-    def extra_repr(self) -> str:
-        return f"weight={self.weight}"

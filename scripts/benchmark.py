@@ -64,17 +64,17 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # run from a checkout without installing
-from nnunet_hpn.hyper_connections import all_hyper_connection_names  # noqa: E402
-from nnunet_hpn.pairing_loss import pairing_loss  # noqa: E402
-from nnunet_hpn.plans_tools import NNUNET_3D_OPERATIONS  # noqa: E402
-from nnunet_hpn.trainers.equal_cost import HPNTrainer_equalcost  # noqa: E402
-from nnunet_hpn.trainers.hpn_trainer import (  # noqa: E402
+from nnunet_hpn import LABELS
+from nnunet_hpn.hyper_connections import all_hyper_connection_names
+from nnunet_hpn.pairing_loss import pairing_loss
+from nnunet_hpn.phases import PHASES
+from nnunet_hpn.plans_tools import NNUNET_3D_OPERATIONS
+from nnunet_hpn.trainers.equal_cost import HPNTrainer_equalcost
+from nnunet_hpn.trainers.hpn_trainer import (
     EarlyFusionTrainer, HPNTrainer, HyperNetTrainer, SegmentationPlusPairingLoss, unwrap_network)
 
-LABELS = {"background": 0, "pancreas": 1, "PDAC": 2, "duct": 3}
-N_PHASES = 2
+REPO_ROOT = Path(__file__).resolve().parents[1]
+N_PHASES = len(PHASES)
 TIME_TARGET = 1.1  # the issue: time ratio <= 1.1 x FLOP ratio
 PAIRING_SHARE_TARGET = 0.05
 UNET_CLASS = "nnunet_hpn.hyper_connections.HyperPairedUNet"

@@ -6,7 +6,7 @@ Pairs (fixed = the arterial-like image with its pancreas label; moving = the sam
 * ``phantom``: ``nnunet_hpn.phantom`` cases; moving = the venous phase (already deformed by the phantom's own smooth
   field, different contrast per organ) with its ``label_venous``, further deformed by a known smooth field (max
   ``--deformation-mm``), shifted by ``--shift-mm``, rotated by ``--rotation-deg`` and resampled onto a grid with
-  other spacing, y-flipped direction (``registration.misaligned_copy``).
+  other spacing, y-flipped direction (``misalignment.misaligned_copy``, beside this script).
 * ``real-ct``: the TotalSegmentator example CT (``example_ct.nii.gz``, native, 3 mm) with the pancreas of
   ``example_seg_fast_force_split.nii.gz`` (label 7, a model output); moving = the same CT through the same kind of
   known misalignment, plus Gaussian noise (``--noise-hu``) so the two are not the same samples.
@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from nnunet_hpn.atomic_io import write_text_atomically  # noqa: E402
-from nnunet_hpn.phantom import generate_phantom_case, phantom_image  # noqa: E402
-from nnunet_hpn.registration import METHODS, RegistrationWarning, misaligned_copy, register_to_reference  # noqa: E402
+from misalignment import misaligned_copy
+from nnunet_hpn.atomic_io import write_text_atomically
+from nnunet_hpn.phantom import generate_phantom_case, phantom_image
+from nnunet_hpn.registration import METHODS, RegistrationWarning, register_to_reference
 
 REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "totalsegmentator"
 PANCREAS_TOTALSEG = 7

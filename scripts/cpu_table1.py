@@ -42,10 +42,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+import run_ablation  # beside this script (its folder is on sys.path)
 from nnunet_hpn.demo import console_command
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # run_ablation.py beside this script
-import run_ablation  # noqa: E402
 
 N_CASES = 24
 #: seed of the phantoms: 8 of its 24 cases are subtle in both phases (33 %), inside the documented 25-35 %

@@ -32,6 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from nnunet_hpn.budget import BUDGET_ENV, NO_TTA_ENV, SEED_ENV
+from nnunet_hpn.demo import console_command
+from nnunet_hpn.errors import HPNInputError
+
 
 @dataclass(frozen=True)
 class Row:
@@ -78,11 +82,12 @@ BACKBONES: dict[str, Backbone] = {backbone.name: backbone for backbone in (
 #: Files of a fold's ``validation/`` folder that make up the cross-validation predictions.
 PREDICTION_SUFFIXES: tuple[str, ...] = (".nii.gz", ".npz", ".pkl")
 
-#: --epochs / --iterations / --val-iterations / --save-every -> environment variable read by every HPN trainer.
-BUDGET_VARIABLES: dict[str, str] = {"epochs": "HPN_NUM_EPOCHS", "iterations": "HPN_ITERATIONS_PER_EPOCH",
-                                    "val_iterations": "HPN_VAL_ITERATIONS_PER_EPOCH", "save_every": "HPN_SAVE_EVERY"}
-#: --training-seed -> environment variable read by every HPN trainer.
-SEED_VARIABLE = "HPN_SEED"
+#: --epochs / --iterations / --val-iterations / --save-every -> the trainer attribute its environment variable sets.
+BUDGET_FLAGS: dict[str, str] = {"epochs": "num_epochs", "iterations": "num_iterations_per_epoch",
+                                "val_iterations": "num_val_iterations_per_epoch", "save_every": "save_every"}
+#: --epochs ... -> environment variable read by every HPN trainer (nnunet_hpn.budget).
+BUDGET_VARIABLES: dict[str, str] = {flag: next(variable for variable, name in BUDGET_ENV.items() if name == attribute)
+                                    for flag, attribute in BUDGET_FLAGS.items()}
 
 #: nnUNetTrainer's own budget, used when neither the flags nor the environment set one.
 DEFAULT_BUDGET: dict[str, int] = {"epochs": 1000, "iterations": 250, "val_iterations": 50, "save_every": 50}
@@ -230,9 +235,9 @@ def build_env(args: argparse.Namespace, base: Optional[dict[str, str]] = None) -
         if getattr(args, key) is not None:
             env[variable] = str(getattr(args, key))
     if getattr(args, "no_tta", False):
-        env["HPN_NO_TTA"] = "1"
+        env[NO_TTA_ENV] = "1"
     if getattr(args, "training_seed", None) is not None:
-        env[SEED_VARIABLE] = str(args.training_seed)
+        env[SEED_ENV] = str(args.training_seed)
     return env
 
 
@@ -242,25 +247,14 @@ def effective_budget(env: dict[str, str]) -> dict[str, Any]:
     for key, variable in BUDGET_VARIABLES.items():
         budget[key] = int(env[variable]) if env.get(variable) else DEFAULT_BUDGET[key]
     budget["source"] = "HPN_* environment" if any(env.get(v) for v in BUDGET_VARIABLES.values()) else "trainer default"
-    budget["test_time_mirroring"] = env.get("HPN_NO_TTA") != "1"
-    budget["training_seed"] = int(env[SEED_VARIABLE]) if env.get(SEED_VARIABLE) else None
+    budget["test_time_mirroring"] = env.get(NO_TTA_ENV) != "1"
+    budget["training_seed"] = int(env[SEED_ENV]) if env.get(SEED_ENV) else None
     return budget
-
-
-def console_script(name: str) -> str:
-    """A console script of this Python environment (next to ``sys.executable``), else from PATH."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.is_file():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise AblationError(f"{name}: console script not found next to {sys.executable} or on PATH")
-    return found
 
 
 def run_stock(args: list[str], env: dict[str, str], progress: Progress) -> float:
     """Run a console script with streamed output; CalledProcessError if it fails. Returns its wall time."""
-    command = [console_script(args[0]), *args[1:]]
+    command = [console_command(args[0]), *args[1:]]
     progress.log("$ " + " ".join(args))
     start = time.monotonic()
     subprocess.run(command, env=env, check=True)
@@ -691,11 +685,6 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    repository = str(Path(__file__).resolve().parents[1])
-    if repository not in sys.path:
-        sys.path.insert(0, repository)  # run from a checkout without installing
-    from nnunet_hpn.errors import HPNInputError
-
     try:
         run(args, argv)
     except (AblationError, HPNInputError) as error:
@@ -705,6 +694,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         command = " ".join(Path(error.cmd[0]).name if i == 0 else str(part) for i, part in enumerate(error.cmd))
         print(f"run_ablation: error: '{command}' exited with status {error.returncode} (its output is above)",
               file=sys.stderr)
+        return 1
+    except FileNotFoundError as error:  # a console script of nnU-Net or nnunet-hpn that is not installed
+        print(f"run_ablation: error: {error.filename}: not found (are nnunetv2 and nnunet-hpn installed in this "
+              f"environment?)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("run_ablation: interrupted; re-run the same command to resume", file=sys.stderr)

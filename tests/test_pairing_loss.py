@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_hpn.pairing_loss import PairingLoss, pairing_loss, pearson_correlation
+from nnunet_hpn.pairing_loss import pairing_loss, pearson_correlation
 
 SHAPE = (2, 3, 4, 5, 6)  # (B, C, *spatial)
 
@@ -129,12 +129,3 @@ def test_gradient_matches_float64_autograd_of_textbook_formula() -> None:
     assert loss.item() == pytest.approx(textbook.item(), abs=1e-6)
     torch.testing.assert_close(grads[0].double(), a64.grad, rtol=1e-3, atol=1e-6)
     torch.testing.assert_close(grads[1].double(), b64.grad, rtol=1e-3, atol=1e-6)
-
-
-def test_module_wrapper_applies_weight() -> None:
-    fa = _features(0)
-    fb = fa + _features(1)
-    module = PairingLoss()
-    assert module.weight == 0.5
-    assert module([fa, fb]).item() == pytest.approx(0.5 * pairing_loss([fa, fb]).item(), abs=1e-7)
-    assert PairingLoss(weight=2.0)([fa, fb]).item() == pytest.approx(2.0 * pairing_loss([fa, fb]).item(), abs=1e-6)

@@ -13,7 +13,8 @@ from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.image_io import read_image
 from nnunet_hpn.phantom import generate_phantom_case, phantom_image
 from nnunet_hpn.geometry import physical_bounds
-from nnunet_hpn.registration import RegistrationWarning, misaligned_copy, register_to_reference, surface_metrics
+from misalignment import misaligned_copy
+from nnunet_hpn.registration import RegistrationWarning, register_to_reference, surface_metrics
 
 REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "totalsegmentator"
 PHANTOM_SHAPE = (32, 64, 64)

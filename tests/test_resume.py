@@ -19,9 +19,14 @@ from conftest import BIN, DATASET_ID, TINY_CONFIGURATION, run_stock
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.trainers import hpn_trainer
 
-TRAINER = "HPNTrainer_cpu_resume"  # 3 epochs x 4 iterations, checkpoint_latest.pth after every epoch
+TRAINER = "HPNTrainer"
 PLANS = "nnUNetHPNPlans"
-HPN_VARIABLES = ("HPN_NUM_EPOCHS", "HPN_ITERATIONS_PER_EPOCH", "HPN_VAL_ITERATIONS_PER_EPOCH", "HPN_NO_TTA")
+HPN_VARIABLES = ("HPN_NUM_EPOCHS", "HPN_ITERATIONS_PER_EPOCH", "HPN_VAL_ITERATIONS_PER_EPOCH", "HPN_SAVE_EVERY",
+                 "HPN_NO_TTA", "HPN_SEED")
+#: the first run's budget (3 epochs x 4 iterations, checkpoint_latest.pth after every epoch); the resumed run gets
+#: no HPN_* variable and must take the budget from the checkpoint
+FIRST_RUN_BUDGET = {"HPN_NUM_EPOCHS": "3", "HPN_ITERATIONS_PER_EPOCH": "4", "HPN_VAL_ITERATIONS_PER_EPOCH": "1",
+                    "HPN_SAVE_EVERY": "1", "HPN_NO_TTA": "1"}
 
 
 def _train_command(*extra: str) -> list:
@@ -51,7 +56,7 @@ def interrupted_and_resumed(planned_dataset, tmp_path_factory) -> dict:
     console = tmp_path_factory.mktemp("resume") / "first_run.txt"
     with console.open("w") as out:
         # own session: SIGKILL reaches the trainer and its data-augmentation workers, like a killed job would
-        proc = subprocess.Popen(_train_command(), env=env, stdout=out, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(_train_command(), env={**env, **FIRST_RUN_BUDGET}, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
             deadline = time.time() + 540
@@ -117,7 +122,7 @@ def test_checkpoint_holds_the_hpn_settings(interrupted_and_resumed, planned_data
 
     plans = PlansManager(json.loads((interrupted_and_resumed["model"] / "plans.json").read_text()))
     configuration = plans.get_configuration(TINY_CONFIGURATION)
-    network = hpn_trainer.HPNTrainer_cpu_resume.build_network_architecture(plans, configuration, 2, 4, False)
+    network = hpn_trainer.HPNTrainer.build_network_architecture(plans, configuration, 2, 4, False)
     network.load_state_dict(final["network_weights"])  # strict
     assert network.hyper_connections == tuple(settings["hyper_connections"])
 

@@ -3,7 +3,6 @@ from nnunet_hpn.trainers.equal_cost import HPNTrainer_equalcost, HPNTrainer_equa
 from nnunet_hpn.trainers.hpn_trainer import (
     EarlyFusionTrainer,
     HPNTrainer,
-    HPNTrainer_cpu_resume,
     HPNTrainer_cpu_smoke,
     HPNTrainer_demo,
     HPNTrainer_virtual,
@@ -21,6 +20,6 @@ from nnunet_hpn.trainers.phase_dropout import (
 
 __all__ = ["HPNTrainer", "HPNTrainer_virtual", "HPNTrainer_warmup", "HyperNetTrainer", "HyperNetTrainer_virtual",
            "SinglePhaseTrainer_arterial", "SinglePhaseTrainer_venous", "EarlyFusionTrainer",
-           "HPNTrainer_cpu_smoke", "HPNTrainer_cpu_resume", "HPNTrainer_demo", "HPNTrainer_phasedropout",
+           "HPNTrainer_cpu_smoke", "HPNTrainer_demo", "HPNTrainer_phasedropout",
            "HPNTrainer_phasedropout_cpu_smoke", "HPNTrainer_phasedropout_demo", "HPNTrainer_equalcost",
            "HPNTrainer_equalcost_demo"]

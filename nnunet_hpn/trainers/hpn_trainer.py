@@ -27,22 +27,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_hpn.atomic_io import atomic_file
 from nnunet_hpn.cpu_inference import use_onednn_for_cpu_inference
+from nnunet_hpn.budget import BUDGET_ENV, NO_TTA_ENV, SEED_ENV
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.pairing_loss import pairing_loss
 from nnunet_hpn.virtual_pairs import insert_virtual_pairs
 
 SegmentationOutput = Union[torch.Tensor, Sequence[torch.Tensor]]
 
-#: Environment variables that override the training length of every HPN trainer (e.g. for CPU ablation runs) and
-#: how often ``checkpoint_latest.pth`` is written (nnU-Net: every 50 epochs; a long CPU run stopped in between
-#: would lose up to 49 epochs).
-BUDGET_ENV = {"HPN_NUM_EPOCHS": "num_epochs", "HPN_ITERATIONS_PER_EPOCH": "num_iterations_per_epoch",
-              "HPN_VAL_ITERATIONS_PER_EPOCH": "num_val_iterations_per_epoch", "HPN_SAVE_EVERY": "save_every"}
-#: ``HPN_SEED=N``: Python's, NumPy's and torch's global generators seeded with N when the trainer is created (weight
-#: initialisation and the main process's draws; nnU-Net's data-augmentation worker processes stay unseeded).
-SEED_ENV = "HPN_SEED"
-#: ``HPN_NO_TTA=1``: no test-time mirroring in the final validation (and in later predictions of the model).
-NO_TTA_ENV = "HPN_NO_TTA"
 #: checkpoint entry with the HPN settings (nnU-Net's own loaders ignore unknown entries)
 CHECKPOINT_KEY = "hpn"
 #: settings of the ``"hpn"`` entry that define the model: a checkpoint continues only in a trainer with the same ones
@@ -392,17 +383,6 @@ class _ShortTraining:
 
 class HPNTrainer_cpu_smoke(_ShortTraining, HPNTrainer):
     """2 epochs × 10 iterations, no test-time mirroring: a plumbing check on CPU."""
-
-
-class HPNTrainer_cpu_resume(_ShortTraining, HPNTrainer):
-    """For tests of ``--c``: 3 epochs × 4 iterations with a checkpoint after every epoch (nnU-Net: every 50)."""
-
-    short_budget = (3, 4, 1)
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")) -> None:
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.save_every = 1
 
 
 class HPNTrainer_demo(_ShortTraining, HPNTrainer):
