@@ -14,7 +14,7 @@ from nnunet_hpn.image_io import read_image
 from nnunet_hpn.phantom import generate_phantom_case, phantom_image
 from nnunet_hpn.geometry import physical_bounds
 from misalignment import misaligned_copy
-from nnunet_hpn.registration import RegistrationWarning, register_to_reference, surface_metrics
+from nnunet_hpn.registration import RegistrationWarning, alignment_metrics, register_to_reference
 
 REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "totalsegmentator"
 PHANTOM_SHAPE = (32, 64, 64)
@@ -171,16 +171,16 @@ def test_method_none_only_resamples() -> None:
     assert np.array_equal(sitk.GetArrayViewFromImage(result.warped), sitk.GetArrayViewFromImage(expected))
 
 
-def test_surface_metrics_of_a_known_shift() -> None:
+def test_alignment_metrics_of_a_known_shift() -> None:
     mask = np.zeros((20, 30, 30), dtype=np.uint8)
     mask[5:15, 10:20, 10:20] = 1
     reference = sitk.GetImageFromArray(mask)
     reference.SetSpacing((0.5, 0.5, 2.0))
     shifted = sitk.GetImageFromArray(np.roll(mask, 2, axis=2))  # 2 voxels = 1 mm along x
     shifted.CopyInformation(reference)
-    same = surface_metrics(reference, reference)
+    same = alignment_metrics(reference, reference)
     assert same["dice"] == 1.0 and same["mean_surface_distance_mm"] == 0.0
-    moved = surface_metrics(reference, shifted)
+    moved = alignment_metrics(reference, shifted)
     assert 0 < moved["mean_surface_distance_mm"] <= 1.0
     assert moved["hd95_mm"] == pytest.approx(1.0)
     assert moved["dice"] == pytest.approx(0.8)
