@@ -37,7 +37,12 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
 
 IntOrSeq = Union[int, Sequence[int]]
-BACKBONES: tuple[str, ...] = ("unet", "resdsn")
+#: backbone -> the single-path network of dynamic_network_architectures with the same encoder stages (the
+#: early-fusion baseline of that backbone)
+SINGLE_PATH_NETWORKS: dict[str, str] = {
+    "unet": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+    "resdsn": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"}
+BACKBONES: tuple[str, ...] = tuple(SINGLE_PATH_NETWORKS)
 _CONNECTION_KINDS: tuple[tuple[str, str], ...] = (("enc", "enc"), ("enc", "dec"), ("dec", "dec"))
 _CONNECTION_PATTERN = re.compile(r"^(enc|dec)(\d+)->(enc|dec)(\d+)$")
 
@@ -372,7 +377,8 @@ class HyperPairedUNet(nn.Module):
     Constructor: PlainConvUNet's keyword arguments plus
 
     * ``backbone``: "unet" (plain conv encoder stages) or "resdsn" (residual encoder stages of BasicBlockD with a
-      stem, ``n_conv_per_stage`` = residual blocks per stage); the decoder is StackedConvBlocks in both.
+      stem, ``n_conv_per_stage`` = residual blocks per stage); the decoder is StackedConvBlocks in both. Default:
+      the class's :attr:`default_backbone`.
     * ``path_channels``: input channel of every path (default: every input channel). One path = a plain
       single-path U-Net on that channel that ignores the other channels.
     * ``hyper_connections``: names of the connections to build (see :func:`all_hyper_connection_names`);
@@ -383,6 +389,9 @@ class HyperPairedUNet(nn.Module):
     ``pairing_features``: per path the last decoder output (B, features_per_stage[0], *spatial), which feeds the
     shared classifier and the pairing loss; in eval mode that attribute is None.
     """
+
+    #: backbone when the plans give none (``HyperPairedResDSN``: "resdsn")
+    default_backbone: str = "unet"
 
     def __init__(
         self,
@@ -404,11 +413,12 @@ class HyperPairedUNet(nn.Module):
         nonlin_kwargs: dict | None = None,
         deep_supervision: bool = False,
         nonlin_first: bool = False,
-        backbone: str = "unet",
+        backbone: str | None = None,
         path_channels: Sequence[int] | None = None,
         hyper_connections: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        backbone = backbone or self.default_backbone
         if backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}")
         if n_stages < 2:
@@ -539,7 +549,9 @@ class HyperPairedResDSN(HyperPairedUNet):
     write) as an alias of ``n_conv_per_stage`` (residual blocks per encoder stage).
     """
 
-    def __init__(self, *args, backbone: str = "resdsn", n_blocks_per_stage: IntOrSeq | None = None,
+    default_backbone = "resdsn"
+
+    def __init__(self, *args, backbone: str | None = None, n_blocks_per_stage: IntOrSeq | None = None,
                  **kwargs) -> None:
         if n_blocks_per_stage is not None:
             given = kwargs.get("n_conv_per_stage")

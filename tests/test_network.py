@@ -83,7 +83,7 @@ def test_two_dimensional_network_runs() -> None:
 
 def test_connection_names_and_validation() -> None:
     assert all_hyper_connection_names(2) == SIX_DIRECTIONS
-    assert HyperPairedUNet.all_hyper_connection_names(1) == []
+    assert all_hyper_connection_names(1) == []
     assert len(all_hyper_connection_names(3)) == 18
     assert tiny_net().hyper_connections == tuple(SIX_DIRECTIONS)
     with pytest.raises(ValueError, match=r"enc0->enc1"):  # the message lists the valid names

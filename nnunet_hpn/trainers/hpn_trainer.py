@@ -10,6 +10,7 @@ the trainer and continues with the same settings; ``nnUNetv2_predict`` needs not
 """
 import copy
 import os
+import pydoc
 import random
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -29,6 +30,7 @@ from nnunet_hpn.atomic_io import atomic_file
 from nnunet_hpn.cpu_inference import use_onednn_for_cpu_inference
 from nnunet_hpn.budget import BUDGET_ENV, NO_TTA_ENV, SEED_ENV
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.hyper_connections import SINGLE_PATH_NETWORKS, HyperPairedUNet
 from nnunet_hpn.pairing_loss import pairing_loss
 from nnunet_hpn.virtual_pairs import insert_virtual_pairs
 
@@ -64,6 +66,16 @@ def _differences(ours: Any, theirs: Any, prefix: str = "") -> List[str]:
     if ours == theirs:
         return []
     return [f"{prefix.rstrip('.')}: {theirs!r} (checkpoint) vs {ours!r} (this trainer)"]
+
+
+def plans_backbone(configuration_manager: ConfigurationManager) -> str:
+    """The backbone ("unet" / "resdsn") of the HPN network the plans build: its ``backbone`` argument, else the
+    network class's :attr:`~nnunet_hpn.hyper_connections.HyperPairedUNet.default_backbone`."""
+    network_class = pydoc.locate(configuration_manager.network_arch_class_name)
+    if not (isinstance(network_class, type) and issubclass(network_class, HyperPairedUNet)):
+        raise RuntimeError(f"the plans build {configuration_manager.network_arch_class_name}, not an HPN network "
+                           f"(plans of HPNPlanner / HPNResDSNPlanner: -p nnUNetHPNPlans)")
+    return configuration_manager.network_arch_init_kwargs.get("backbone") or network_class.default_backbone
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -203,8 +215,7 @@ class HPNTrainer(nnUNetTrainer):
             self.configuration_manager,
             determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json),
             self.label_manager.num_segmentation_heads)
-        backbone = kwargs.get("backbone") or ("resdsn" if class_name.endswith("ResDSN") or "n_blocks_per_stage" in
-                                              kwargs else "unet")
+        backbone = plans_backbone(self.configuration_manager)
         return {
             "trainer": type(self).__name__,
             "network": {"class_name": class_name, "kwargs": copy.deepcopy(kwargs)},
@@ -360,12 +371,10 @@ class EarlyFusionTrainer(HPNTrainer):
         kwargs = cls.network_kwargs(configuration_manager)
         for hpn_only in ("path_channels", "hyper_connections", "backbone"):
             kwargs.pop(hpn_only, None)
-        if configuration_manager.network_arch_class_name.endswith("HyperPairedResDSN"):
-            class_name = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+        backbone = plans_backbone(configuration_manager)
+        if backbone == "resdsn":  # ResidualEncoderUNet's name for the residual blocks per stage
             kwargs["n_blocks_per_stage"] = kwargs.pop("n_conv_per_stage")
-        else:
-            class_name = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
-        return class_name, kwargs
+        return SINGLE_PATH_NETWORKS[backbone], kwargs
 
 
 class _ShortTraining:
