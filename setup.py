@@ -1,7 +1,7 @@
 """Build script: metadata lives in pyproject.toml; this file only ships the start-up hook.
 
 ``nnunet_hpn_startup.pth`` must land at the top of site-packages (not inside the package) so that every Python
-process of the environment, including nnU-Net's spawned workers, runs ``nnunet_hpn._startup_hook``. setuptools has
+process of the environment, including nnU-Net's spawned workers, runs ``nnunet_hpn.nnunet.startup_hook``. setuptools has
 no declarative way to place a top-level file, hence the small ``build_py`` / ``editable_wheel`` subclasses.
 """
 import shutil

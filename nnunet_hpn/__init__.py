@@ -8,7 +8,7 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 #: Folder that holds only the trainer shim modules; appended to ``nnUNet_extTrainer`` by the start-up hook.
-EXT_TRAINER_DIR: str = str(Path(__file__).resolve().parent / "nnunet_ext")
+EXT_TRAINER_DIR: str = str(Path(__file__).resolve().parent / "nnunet" / "ext")
 
 from nnunet_hpn.phases import PHASES  # noqa: F401  (re-exported; the phase names live in nnunet_hpn.phases)
 

@@ -20,7 +20,7 @@ def _phantom(args: argparse.Namespace) -> None:
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from nnunet_hpn.convert import convert_cases
+    from nnunet_hpn.pipeline.convert import convert_cases
 
     raw_root = Path(args.raw_root) if args.raw_root else None
     target = convert_cases(Path(args.in_dir), args.dataset_id, args.name, raw_root=raw_root, overwrite=args.overwrite,
@@ -30,14 +30,14 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _uncrop(args: argparse.Namespace) -> None:
-    from nnunet_hpn.crop import uncrop_folder
+    from nnunet_hpn.pipeline.crop import uncrop_folder
 
     cases = uncrop_folder(Path(args.pred_dir), Path(args.boxes), Path(args.reference), Path(args.output))
     print(f"wrote {len(cases)} full-size label maps to {args.output}")
 
 
 def _register(args: argparse.Namespace) -> None:
-    from nnunet_hpn.registration import register_files
+    from nnunet_hpn.pipeline.registration import register_files
 
     result = register_files(Path(args.fixed), Path(args.moving), Path(args.output),
                             moving_label_path=Path(args.moving_label) if args.moving_label else None,
@@ -55,8 +55,8 @@ def _register(args: argparse.Namespace) -> None:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from nnunet_hpn.missing_phase import MissingPhaseWarning
-    from nnunet_hpn.predict import predict_case, predict_folder
+    from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning
+    from nnunet_hpn.pipeline.predict import predict_case, predict_folder
 
     phases = {name: path for name, path in (("arterial", args.arterial), ("venous", args.venous)) if path}
     for item in args.phase:
@@ -89,7 +89,7 @@ def _cpu_config(args: argparse.Namespace) -> None:
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    from nnunet_hpn.plans_tools import add_small_configuration
+    from nnunet_hpn.nnunet.plans_tools import add_small_configuration
 
     plans_file = Path(nnUNet_preprocessed) / maybe_convert_to_dataset_name(args.dataset) / f"{args.plans}.json"
     entry = add_small_configuration(plans_file, args.name, args.patch_size, args.base_features, args.max_features,
@@ -99,14 +99,14 @@ def _cpu_config(args: argparse.Namespace) -> None:
 
 
 def _union(args: argparse.Namespace) -> None:
-    from nnunet_hpn.union import union_folders
+    from nnunet_hpn.pipeline.union import union_folders
 
     cases = union_folders([Path(d) for d in args.input], Path(args.output))
     print(f"wrote the union of {len(args.input)} predictions for {len(cases)} cases to {args.output}")
 
 
 def _split(args: argparse.Namespace) -> None:
-    from nnunet_hpn.splits import resolve_preprocessed_dir, write_crossval_splits
+    from nnunet_hpn.nnunet.splits import resolve_preprocessed_dir, write_crossval_splits
 
     folder = resolve_preprocessed_dir(args.dataset)
     splits = write_crossval_splits(folder, n_folds=args.folds, seed=args.seed, overwrite=args.overwrite)
@@ -115,10 +115,10 @@ def _split(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from nnunet_hpn.evaluation import evaluate_folders, format_dice_table, predicted_cases, write_summary
+    from nnunet_hpn.evaluate.metrics import evaluate_folders, format_dice_table, predicted_cases, write_summary
 
     if args.output:
-        from nnunet_hpn.atomic_io import check_output_not_input
+        from nnunet_hpn.io.publish import check_output_not_input
 
         inputs = [path for folder in (Path(args.pred_dir), Path(args.gt_dir)) if folder.is_dir()
                   for path in folder.iterdir() if not path.name.endswith((".json", ".csv"))]
@@ -133,7 +133,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from nnunet_hpn.report import build_report, format_report_summary, parse_method_args
+    from nnunet_hpn.evaluate.report import build_report, format_report_summary, parse_method_args
 
     report = build_report(parse_method_args(args.runs), Path(args.gt), Path(args.output),
                           images_dir=Path(args.images) if args.images else None, reference=args.reference,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from nnunet_hpn.phases import PHASES, channel_file_name
-from nnunet_hpn.planners.hpn_planner import HPN_PLANS_NAME
+from nnunet_hpn.nnunet.planners.hpn_planner import HPN_PLANS_NAME
 
 DEMO_DATASET_ID = 501
 DEMO_DATASET_NAME = "PancreasDualPhase"
@@ -54,12 +54,12 @@ def run_demo(workdir: Path, n_cases: int = 14, seed: int = 0) -> dict:
     """Phantoms cut to the pancreas region → conversion → planning/preprocessing → short HPN training → prediction
     of held-out cases → pasted back into the full images → Dice table and PNG overlays. Everything is written under
     ``workdir`` (replaced if it exists). Returns the evaluation result (on the crops)."""
-    from nnunet_hpn.convert import convert_cases
-    from nnunet_hpn.crop import BOXES_FILE, uncrop_folder
-    from nnunet_hpn.evaluation import evaluate_folders, format_dice_table, write_summary
-    from nnunet_hpn.figures import save_overlay_from_files
+    from nnunet_hpn.pipeline.convert import convert_cases
+    from nnunet_hpn.pipeline.crop import BOXES_FILE, uncrop_folder
+    from nnunet_hpn.evaluate.metrics import evaluate_folders, format_dice_table, write_summary
+    from nnunet_hpn.evaluate.figures import save_overlay_from_files
     from nnunet_hpn.phantom import write_phantom_cases
-    from nnunet_hpn.plans_tools import add_small_configuration
+    from nnunet_hpn.nnunet.plans_tools import add_small_configuration
 
     started = time.time()
     workdir = Path(workdir).resolve()

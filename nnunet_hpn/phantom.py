@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from nnunet_hpn import LABELS
 from nnunet_hpn.phases import PHASES, reference_phase as reference_phase_rule
-from nnunet_hpn.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
+from nnunet_hpn.pipeline.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.errors import HPNInputError
 
 #: Phases the phantom simulates, in acquisition order.
@@ -487,7 +487,7 @@ def write_phantom_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: t
     ``label_<phase>.nii.gz`` for every other phase, and ``out_dir/phantoms.json``.
 
     ``crop_margin_mm``: every file of a case cut to the box of its label's foreground plus this margin
-    (:mod:`nnunet_hpn.crop`, world positions kept), the boxes in ``out_dir/crop_boxes.json``.
+    (:mod:`nnunet_hpn.pipeline.crop`, world positions kept), the boxes in ``out_dir/crop_boxes.json``.
 
     Returns the case ids (``hpn_000``, ``hpn_001``, ...). Default: ``arterial.nii.gz``, ``venous.nii.gz``,
     ``label.nii.gz`` (arterial space), ``label_venous.nii.gz``. All images share one grid. For another phase list

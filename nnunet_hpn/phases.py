@@ -25,7 +25,7 @@ PREFERRED_REFERENCE = "arterial"
 #: Intensity window of the paper (§3.2), in HU.
 HU_WINDOW: tuple[float, float] = (-100.0, 240.0)
 #: Fill policies (name -> value of a missing or dropped channel after normalization): a missing phase is a constant
-#: image, which HPN's per-case z-scoring maps to exactly 0 (nnunet_hpn.missing_phase).
+#: image, which HPN's per-case z-scoring maps to exactly 0 (nnunet_hpn.pipeline.missing_phase).
 FILL_POLICIES: dict[str, float] = {"zero": 0.0}
 DEFAULT_FILL_POLICY = "zero"
 

@@ -6,7 +6,7 @@ topology from nnU-Net's ``get_pool_and_conv_props``); the first row is the basel
 
 * ``nnunet``: nnU-Net's PlainConvUNet on both phases as 2 input channels, as stock nnU-Net runs it;
 * ``nnunet_onednn``: the same network as ``EarlyFusionTrainer`` builds it, with the batch-1 CPU inference through
-  oneDNN that every HPN trainer uses (``nnunet_hpn.cpu_inference``; training and CUDA are unaffected);
+  oneDNN that every HPN trainer uses (``nnunet_hpn.model.cpu_inference``; training and CUDA are unaffected);
 * ``hpn_unet``: HPN, U-Net backbone (``HPNTrainer``: HyperPairedUNet, six hyper-connections, pairing loss 0.5);
 * ``hypernet``: HyperNet (``HyperNetTrainer``: the same network, no pairing loss; inference = ``hpn_unet``'s);
 * ``hpn_resdsn``: HPN, ResDSN backbone (HyperPairedResDSN, 1 residual block per encoder stage, as
@@ -65,20 +65,20 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunet_hpn import LABELS
-from nnunet_hpn.hyper_connections import all_hyper_connection_names
-from nnunet_hpn.pairing_loss import pairing_loss
+from nnunet_hpn.model.hyper_connections import all_hyper_connection_names
+from nnunet_hpn.model.pairing_loss import pairing_loss
 from nnunet_hpn.phases import PHASES
-from nnunet_hpn.plans_tools import NNUNET_3D_OPERATIONS
-from nnunet_hpn.trainers.equal_cost import HPNTrainer_equalcost
-from nnunet_hpn.trainers.hpn_trainer import (
+from nnunet_hpn.nnunet.plans_tools import NNUNET_3D_OPERATIONS
+from nnunet_hpn.nnunet.trainers.equal_cost import HPNTrainer_equalcost
+from nnunet_hpn.nnunet.trainers.hpn_trainer import (
     EarlyFusionTrainer, HPNTrainer, HyperNetTrainer, SegmentationPlusPairingLoss, unwrap_network)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_PHASES = len(PHASES)
 TIME_TARGET = 1.1  # the issue: time ratio <= 1.1 x FLOP ratio
 PAIRING_SHARE_TARGET = 0.05
-UNET_CLASS = "nnunet_hpn.hyper_connections.HyperPairedUNet"
-RESDSN_CLASS = "nnunet_hpn.hyper_connections.HyperPairedResDSN"
+UNET_CLASS = "nnunet_hpn.model.network.HyperPairedUNet"
+RESDSN_CLASS = "nnunet_hpn.model.network.HyperPairedResDSN"
 DEFAULT_DOC = REPO_ROOT / "docs" / "BENCHMARKS.md"
 PROBE_PREFIX = "BENCHMARK_PROBE_RESULT "
 OVERHEAD_KEY = "predictor_overhead"
@@ -320,7 +320,7 @@ def plan_probe(request: dict) -> dict:
     ``gpu_memory_target_in_gb`` (nnU-Net's own patch / batch search)."""
     from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
-    from nnunet_hpn.planners.hpn_planner import HPNPlanner, HPNResDSNPlanner
+    from nnunet_hpn.nnunet.planners.hpn_planner import HPNPlanner, HPNResDSNPlanner
 
     planner_class = HPNResDSNPlanner if request["backbone"] == "resdsn" else HPNPlanner
     planner = planner_class(request["dataset"], gpu_memory_target_in_gb=request["target_gb"])

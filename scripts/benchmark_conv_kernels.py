@@ -11,7 +11,7 @@ wall time of forward + backward (sum of the output as the loss) after one warm-u
    the concatenated paths (same FLOPs).
 3. ``inference``: a batch-1 forward without autograd (what nnU-Net's sliding-window predictor runs) of the same
    convolutions with PyTorch's own kernel choice (it names the kernel) and through oneDNN
-   (:class:`nnunet_hpn.cpu_inference.OneDNNConv3d`, what HPN's trainers build).
+   (:class:`nnunet_hpn.model.cpu_inference.OneDNNConv3d`, what HPN's trainers build).
 4. ``norm``: one nnU-Net stage (2 x conv, norm, LeakyReLU) with ``InstanceNorm3d(affine)`` (the plans' norm) against
    ``GroupNorm(C, C)`` (the same normalisation), in both memory formats; whether the output stays channels-last.
 
@@ -37,7 +37,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnunet_hpn.cpu_inference import use_onednn_for_cpu_inference
+from nnunet_hpn.model.cpu_inference import use_onednn_for_cpu_inference
 
 #: (spatial edge, widths): the equal-cost and nnU-Net widths of the benchmark plans (patch 48^3, features
 #: [16, 32, 64, 128]) at the resolution each stage runs at, plus the old multiple-of-4 widths.

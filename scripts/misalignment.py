@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_hpn.geometry import physical_bounds
+from nnunet_hpn.io.geometry import physical_bounds
 
 
 def smooth_random_displacement(reference: sitk.Image, max_mm: float, seed: int, control_points: int = 4) -> sitk.Image:

@@ -6,10 +6,10 @@ Steps (every nnU-Net step is the stock command, printed before it runs; finished
 2. ``nnUNetv2_plan_and_preprocess -pl HPNPlanner``, the demo's CPU configuration (patch 32³);
 3. ``nnUNetv2_train`` fold 0 (the same split for both) with each trainer of ``--trainers``
    (default: HPNTrainer_demo and HPNTrainer_phasedropout_demo, the demo's recipe; --epochs sets the length);
-4. input folders: all phases, and each phase missing (filled as ``nnunet_hpn.missing_phase`` documents: a constant
+4. input folders: all phases, and each phase missing (filled as ``nnunet_hpn.pipeline.missing_phase`` documents: a constant
    0 image, exactly 0 after normalization);
 5. ``nnUNetv2_predict`` of every input folder with each model right after its training, Dice per target with
-   ``nnunet_hpn.evaluation``;
+   ``nnunet_hpn.evaluate.metrics``;
 6. ``missing_phase.md`` (Markdown table with the budget) and ``missing_phase.json`` in ``--workdir``, rewritten after
    every model (a stopped run keeps the finished models' rows).
 
@@ -23,15 +23,15 @@ import warnings
 from pathlib import Path
 from typing import Dict, List
 
-from nnunet_hpn.atomic_io import write_text_atomically
-from nnunet_hpn.convert import convert_cases
+from nnunet_hpn.io.publish import write_text_atomically
+from nnunet_hpn.pipeline.convert import convert_cases
 from nnunet_hpn.demo import DEMO_CONFIGURATION, DEMO_PATCH_SIZE, console_command, nnunet_env, run_step
-from nnunet_hpn.evaluation import TARGETS, evaluate_folders
-from nnunet_hpn.missing_phase import MissingPhaseWarning, write_input_folder_with_missing_phases
+from nnunet_hpn.evaluate.metrics import TARGETS, evaluate_folders
+from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning, write_input_folder_with_missing_phases
 from nnunet_hpn.phantom import write_phantom_cases
 from nnunet_hpn.phases import read_channel_names
-from nnunet_hpn.planners.hpn_planner import HPN_PLANS_NAME
-from nnunet_hpn.plans_tools import add_small_configuration
+from nnunet_hpn.nnunet.planners.hpn_planner import HPN_PLANS_NAME
+from nnunet_hpn.nnunet.plans_tools import add_small_configuration
 
 DATASET_ID = 503
 DATASET_NAME = "PancreasMissingPhase"

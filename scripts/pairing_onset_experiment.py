@@ -22,7 +22,7 @@ from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-from nnunet_hpn.pairing_loss import pairing_loss
+from nnunet_hpn.model.pairing_loss import pairing_loss
 
 PATCH = 32
 

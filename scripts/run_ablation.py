@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="nnU-Net configuration (default 3d_fullres)")
     parser.add_argument("--cpu-config", nargs=3, type=int, metavar=("PATCHZ", "PATCHY", "PATCHX"),
                         help="add configuration -c with this patch (small, narrow network) to each plans file "
-                             "that lacks it (nnunet_hpn.plans_tools.add_small_configuration)")
+                             "that lacks it (nnunet_hpn.nnunet.plans_tools.add_small_configuration)")
     parser.add_argument("--epochs", type=int, help="epochs per training (env HPN_NUM_EPOCHS); default: trainer's")
     parser.add_argument("--iterations", type=int, help="iterations per epoch (env HPN_ITERATIONS_PER_EPOCH)")
     parser.add_argument("--val-iterations", type=int,
@@ -366,7 +366,7 @@ def ensure_configuration(dataset: Dataset, backbone: Backbone, configuration: st
         if cpu_patch is None:
             raise AblationError(f"{path}: no configuration {configuration!r} (available: "
                                 f"{', '.join(plans['configurations'])}); pass --cpu-config Z Y X to add it")
-        from nnunet_hpn.plans_tools import add_small_configuration
+        from nnunet_hpn.nnunet.plans_tools import add_small_configuration
 
         entry = add_small_configuration(path, configuration, patch_size=tuple(cpu_patch))
         progress.log(f"{backbone.name}: added configuration {configuration!r} to {path.name} "
@@ -385,7 +385,7 @@ def ensure_splits(dataset: Dataset, folds: Sequence[int], n_splits: int, seed: i
     """Write a PDAC-stratified ``splits_final.json`` if missing; check that it has every fold. Returns its folds."""
     splits_path = dataset.preprocessed / "splits_final.json"
     if not splits_path.is_file():
-        from nnunet_hpn.splits import write_crossval_splits
+        from nnunet_hpn.nnunet.splits import write_crossval_splits
 
         write_crossval_splits(dataset.preprocessed, n_folds=n_splits, seed=seed, labels_dir=dataset.labels,
                               file_ending=dataset.file_ending())
@@ -506,7 +506,7 @@ def make_fusion(row_dirs: dict[str, Path], out_dir: Path, env: dict[str, str], p
 
 
 def make_union(row_dirs: dict[str, Path], out_dir: Path, file_ending: str) -> int:
-    from nnunet_hpn.union import union_folders
+    from nnunet_hpn.pipeline.union import union_folders
 
     fresh_folder(out_dir)
     return len(union_folders([row_dirs["hpn"], row_dirs["hpn_virtual"]], out_dir, file_ending))
@@ -522,7 +522,7 @@ def predicted_cases(pred_dir: Path, file_ending: str) -> list[str]:
 def evaluate_row(pred_dir: Path, labels_dir: Path, file_ending: str) -> dict[str, Any]:
     """``evaluate_folders`` on the predicted cases only (truth restricted through a folder of symlinks);
     writes ``pred_dir/summary.json`` and ``summary.csv``."""
-    from nnunet_hpn.evaluation import evaluate_folders, write_summary
+    from nnunet_hpn.evaluate.metrics import evaluate_folders, write_summary
 
     cases = predicted_cases(pred_dir, file_ending)
     if not cases:

@@ -39,9 +39,9 @@ def run_stock(args: List[str], env: Dict[str, str], timeout: float = 600) -> sub
 def planned_dataset(tmp_path_factory) -> dict:
     """6 labelled + 2 unlabelled phantom cases → Dataset990_HPNTest, planned and preprocessed by
     ``nnUNetv2_plan_and_preprocess -pl HPNPlanner -np 2`` (spawned workers), plus a tiny CPU configuration."""
-    from nnunet_hpn.convert import convert_cases
+    from nnunet_hpn.pipeline.convert import convert_cases
     from nnunet_hpn.phantom import write_phantom_cases
-    from nnunet_hpn.plans_tools import add_small_configuration
+    from nnunet_hpn.nnunet.plans_tools import add_small_configuration
 
     root = tmp_path_factory.mktemp("nnunet")
     env = nnunet_env(root)

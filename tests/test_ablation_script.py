@@ -40,7 +40,7 @@ def test_derived_rows_pull_in_what_they_need_in_paper_order():
 
 
 def test_every_trained_row_names_an_hpn_trainer():
-    from nnunet_hpn.trainers import hpn_trainer
+    from nnunet_hpn.nnunet.trainers import hpn_trainer
 
     for row in ablation.ROWS.values():
         assert (row.trainer is None) == bool(row.needs)

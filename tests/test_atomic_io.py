@@ -1,10 +1,10 @@
-"""nnunet_hpn.atomic_io.published_folder: the three ways a built folder is published, and nothing published or
+"""nnunet_hpn.io.publish.published_folder: the three ways a built folder is published, and nothing published or
 left behind when the block fails."""
 from pathlib import Path
 
 import pytest
 
-from nnunet_hpn.atomic_io import published_folder
+from nnunet_hpn.io.publish import published_folder
 
 
 def _names(folder: Path) -> list[str]:

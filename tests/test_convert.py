@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_hpn import LABELS
-from nnunet_hpn.convert import convert_cases
-from nnunet_hpn.geometry import check_same_grid
+from nnunet_hpn.pipeline.convert import convert_cases
+from nnunet_hpn.io.geometry import check_same_grid
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.phantom import write_phantom_cases
 

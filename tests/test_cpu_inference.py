@@ -1,4 +1,4 @@
-"""nnunet_hpn.cpu_inference: batch-1 CPU inference through oneDNN gives nn.Conv3d's result and leaves training,
+"""nnunet_hpn.model.cpu_inference: batch-1 CPU inference through oneDNN gives nn.Conv3d's result and leaves training,
 state dicts and other batch sizes alone."""
 import pytest
 import torch
@@ -6,7 +6,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnunet_hpn.cpu_inference import OneDNNConv3d, use_onednn_for_cpu_inference
+from nnunet_hpn.model.cpu_inference import OneDNNConv3d, use_onednn_for_cpu_inference
 
 pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN")
 

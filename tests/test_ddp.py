@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import TINY_CONFIGURATION
-from nnunet_hpn.trainers import __all__ as TRAINER_NAMES
+from nnunet_hpn.nnunet.trainers import __all__ as TRAINER_NAMES
 
 WORLD_SIZE = 2
 RESDSN_CONFIGURATION = "3d_tiny_resdsn"
@@ -40,7 +40,7 @@ def _with_resdsn_configuration(plans: dict) -> dict:
     plans = copy.deepcopy(plans)
     plans["configurations"][TINY_CONFIGURATION]["patch_size"] = [8, 16, 16]
     entry = copy.deepcopy(plans["configurations"][TINY_CONFIGURATION])
-    entry["architecture"]["network_class_name"] = "nnunet_hpn.hyper_connections.HyperPairedResDSN"
+    entry["architecture"]["network_class_name"] = "nnunet_hpn.model.network.HyperPairedResDSN"
     entry["architecture"]["arch_kwargs"]["n_conv_per_stage"] = [1] * entry["architecture"]["arch_kwargs"]["n_stages"]
     plans["configurations"][RESDSN_CONFIGURATION] = entry
     return plans
@@ -66,8 +66,8 @@ def _ddp_steps(rank: int, name: str, configuration: str, plans: dict, dataset_js
     """Two nnU-Net DDP training steps of trainer ``name`` on this rank's random batch; what rank 0 checks."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from nnunet_hpn import trainers
-    from nnunet_hpn.trainers.hpn_trainer import SegmentationPlusPairingLoss
+    from nnunet_hpn.nnunet import trainers
+    from nnunet_hpn.nnunet.trainers.hpn_trainer import SegmentationPlusPairingLoss
 
     trainer = getattr(trainers, name)(plans=dict(copy.deepcopy(plans), continue_training=False),
                                       configuration=configuration, fold=0, dataset_json=dataset_json,

@@ -44,10 +44,10 @@ def test_fresh_interpreter_finds_planners_normalization_and_trainers():
     code = LOOKUPS.format(planner="HPNResDSNPlanner", trainers=["HPNTrainer", "HPNTrainer_cpu_smoke"])
     proc = _run_python(code, _clean_env())
     assert proc.returncode == 0, proc.stderr
-    assert "PLANNER nnunet_hpn.planners.hpn_planner" in proc.stdout
-    assert "NORM nnunet_hpn.normalization" in proc.stdout
-    assert "TRAINER HPNTrainer nnunet_hpn.trainers.hpn_trainer" in proc.stdout
-    assert "TRAINER HPNTrainer_cpu_smoke nnunet_hpn.trainers.hpn_trainer" in proc.stdout
+    assert "PLANNER nnunet_hpn.nnunet.planners.hpn_planner" in proc.stdout
+    assert "NORM nnunet_hpn.nnunet.normalization" in proc.stdout
+    assert "TRAINER HPNTrainer nnunet_hpn.nnunet.trainers.hpn_trainer" in proc.stdout
+    assert "TRAINER HPNTrainer_cpu_smoke nnunet_hpn.nnunet.trainers.hpn_trainer" in proc.stdout
     assert f"EXT {nnunet_hpn.EXT_TRAINER_DIR}" in proc.stdout
 
 

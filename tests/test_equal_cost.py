@@ -13,14 +13,14 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import TINY_CONFIGURATION
-from nnunet_hpn.trainers import __all__ as TRAINER_NAMES
-from nnunet_hpn.trainers.equal_cost import (
+from nnunet_hpn.nnunet.trainers import __all__ as TRAINER_NAMES
+from nnunet_hpn.nnunet.trainers.equal_cost import (
     HPNTrainer_equalcost,
     HPNTrainer_equalcost_demo,
     narrowed_features,
     round_width,
 )
-from nnunet_hpn.trainers.hpn_trainer import (EarlyFusionTrainer, HPNTrainer, HPNTrainer_demo,
+from nnunet_hpn.nnunet.trainers.hpn_trainer import (EarlyFusionTrainer, HPNTrainer, HPNTrainer_demo,
                                              SegmentationPlusPairingLoss)
 
 N_CLASSES = 4
@@ -37,7 +37,7 @@ def _real_flops(network: torch.nn.Module, patch) -> int:
 def _resdsn(configuration: ConfigurationManager) -> ConfigurationManager:
     """The same plans entry as HPNResDSNPlanner would write it (residual encoder, 1 block per stage)."""
     entry = copy.deepcopy(configuration.configuration)
-    entry["architecture"]["network_class_name"] = "nnunet_hpn.hyper_connections.HyperPairedResDSN"
+    entry["architecture"]["network_class_name"] = "nnunet_hpn.model.network.HyperPairedResDSN"
     kwargs = entry["architecture"]["arch_kwargs"]
     kwargs["n_conv_per_stage"] = [1] * kwargs["n_stages"]
     return ConfigurationManager(entry)
@@ -87,7 +87,7 @@ def test_trainers_are_exported_and_found_by_the_stock_lookup() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     for name in ("HPNTrainer_equalcost", "HPNTrainer_equalcost_demo"):
-        assert f"FOUND {name} nnunet_hpn.trainers.equal_cost 1.0" in proc.stdout
+        assert f"FOUND {name} nnunet_hpn.nnunet.trainers.equal_cost 1.0" in proc.stdout
 
 
 def test_demo_variant_keeps_the_demo_budget() -> None:

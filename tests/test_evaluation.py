@@ -1,4 +1,4 @@
-"""Tests of nnunet_hpn.evaluation (Dice per target, folder evaluation, summaries) and nnunet_hpn.figures."""
+"""Tests of nnunet_hpn.evaluate.metrics (Dice per target, folder evaluation, summaries) and nnunet_hpn.evaluate.figures."""
 from __future__ import annotations
 
 import csv
@@ -14,9 +14,9 @@ import SimpleITK as sitk
 
 from nnunet_hpn.cli import main
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.evaluation import (TARGETS, dice_per_target, evaluate_folders, format_dice_table, image_diagonal_mm,
+from nnunet_hpn.evaluate.metrics import (TARGETS, dice_per_target, evaluate_folders, format_dice_table, image_diagonal_mm,
                                    surface_metrics, write_summary)
-from nnunet_hpn.figures import pick_slice, save_overlay_from_files, save_overlay_png
+from nnunet_hpn.evaluate.figures import pick_slice, save_overlay_from_files, save_overlay_png
 
 SHAPE = (8, 10, 12)  # (z, y, x)
 SPACING_XYZ = (0.8, 0.8, 2.5)

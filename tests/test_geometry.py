@@ -1,11 +1,11 @@
-"""nnunet_hpn.geometry: the one same-grid rule (float32 header round-off passes, a tenth of a millimetre does not),
+"""nnunet_hpn.io.geometry: the one same-grid rule (float32 header round-off passes, a tenth of a millimetre does not),
 the 3D single-component check, physical bounds under an oblique direction."""
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.geometry import (Grid, check_3d_single_component, check_same_grid, grid_difference,
+from nnunet_hpn.io.geometry import (Grid, check_3d_single_component, check_same_grid, grid_difference,
                                  physical_bounds)
 
 

@@ -13,18 +13,18 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from conftest import TINY_CONFIGURATION, nnunet_env, run_stock
 from nnunet_hpn import LABELS
-from nnunet_hpn.convert import convert_cases
+from nnunet_hpn.pipeline.convert import convert_cases
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.missing_phase import (
+from nnunet_hpn.pipeline.missing_phase import (
     MissingPhaseWarning,
     fill_missing_phases,
     missing_phase_message,
     write_input_folder_with_missing_phases,
 )
-from nnunet_hpn.normalization import HPNCTNormalization
+from nnunet_hpn.nnunet.normalization import HPNCTNormalization
 from nnunet_hpn.phantom import write_phantom_cases
-from nnunet_hpn.phase_dropout import PhaseDropoutTransform, append_phase_dropout
-from nnunet_hpn.plans_tools import add_small_configuration
+from nnunet_hpn.augment.phase_dropout import PhaseDropoutTransform, append_phase_dropout
+from nnunet_hpn.nnunet.plans_tools import add_small_configuration
 
 PATCH_SIZE = (16, 16, 16)
 TRAINER = "HPNTrainer_phasedropout_cpu_smoke"
@@ -242,9 +242,9 @@ def test_phase_dropout_leaves_labels_and_input_alone():
 
 
 def test_phase_dropout_is_last_in_training_and_absent_from_validation():
-    from nnunet_hpn.trainers import HPNTrainer_phasedropout, HPNTrainer_phasedropout_demo
-    from nnunet_hpn.trainers.phase_dropout import PhaseDropoutMixin
-    from nnunet_hpn.virtual_pairs import VirtualPairTransform, insert_virtual_pairs
+    from nnunet_hpn.nnunet.trainers import HPNTrainer_phasedropout, HPNTrainer_phasedropout_demo
+    from nnunet_hpn.nnunet.trainers.phase_dropout import PhaseDropoutMixin
+    from nnunet_hpn.augment.virtual_pairs import VirtualPairTransform, insert_virtual_pairs
 
     for trainer in (HPNTrainer_phasedropout, HPNTrainer_phasedropout_demo):
         training = trainer.get_training_transforms(PATCH_SIZE, ((0, 0),) * 3, None, (0, 1, 2), False)

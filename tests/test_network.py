@@ -14,9 +14,10 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet, Resi
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
-from nnunet_hpn.hyper_connections import HyperPairedResDSN, HyperPairedUNet, all_hyper_connection_names
-from nnunet_hpn.pairing_loss import pairing_loss
-from nnunet_hpn.plans_tools import NNUNET_3D_OPERATIONS
+from nnunet_hpn.model.hyper_connections import all_hyper_connection_names
+from nnunet_hpn.model.network import HyperPairedResDSN, HyperPairedUNet
+from nnunet_hpn.model.pairing_loss import pairing_loss
+from nnunet_hpn.nnunet.plans_tools import NNUNET_3D_OPERATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PATCH = (16, 16, 16)
@@ -281,10 +282,10 @@ def _plans_arch_kwargs(**extra) -> dict:
 @pytest.mark.parametrize(
     ("class_name", "arch_kwargs", "expected_class", "backbone"),
     [
-        ("nnunet_hpn.hyper_connections.HyperPairedUNet",
+        ("nnunet_hpn.model.network.HyperPairedUNet",
          _plans_arch_kwargs(n_conv_per_stage=[2, 2, 2], hyper_connections=["enc0->enc1", "dec1->dec0"]),
          HyperPairedUNet, "unet"),
-        ("nnunet_hpn.hyper_connections.HyperPairedResDSN",
+        ("nnunet_hpn.model.network.HyperPairedResDSN",
          _plans_arch_kwargs(n_blocks_per_stage=[1, 2, 2]), HyperPairedResDSN, "resdsn"),
     ],
 )

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import TINY_CONFIGURATION
-from nnunet_hpn.pairing_loss import pairing_loss
-from nnunet_hpn.trainers import hpn_trainer
+from nnunet_hpn.model.pairing_loss import pairing_loss
+from nnunet_hpn.nnunet.trainers import hpn_trainer
 
 SHAPE = (2, 4, 4, 6, 6)  # (B, C, *spatial) decoder features
 

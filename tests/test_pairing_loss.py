@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_hpn.pairing_loss import pairing_loss, pearson_correlation
+from nnunet_hpn.model.pairing_loss import pairing_loss, pearson_correlation
 
 SHAPE = (2, 3, 4, 5, 6)  # (B, C, *spatial)
 

@@ -49,7 +49,7 @@ def _estimate(config: dict, channels: int = 2) -> float:
 @pytest.fixture(scope="module")
 def realistic_hpn_plan(realistic_dataset, planned_dataset) -> dict:
     """HPNPlanner's 3d_fullres configuration of the realistic two-phase dataset (planned once per module)."""
-    from nnunet_hpn.planners import HPNPlanner
+    from nnunet_hpn.nnunet.planners import HPNPlanner
 
     with pytest.MonkeyPatch.context() as monkeypatch:
         return _plan(HPNPlanner, realistic_dataset, planned_dataset["env"], monkeypatch)
@@ -58,14 +58,14 @@ def realistic_hpn_plan(realistic_dataset, planned_dataset) -> dict:
 def test_dual_path_fits_the_memory_target(realistic_dataset, realistic_hpn_plan, planned_dataset, monkeypatch):
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
-    from nnunet_hpn.planners import HPNPlanner, HPNResDSNPlanner
+    from nnunet_hpn.nnunet.planners import HPNPlanner, HPNResDSNPlanner
 
     env = planned_dataset["env"]
     stock = _plan(ExperimentPlanner, realistic_dataset, env, monkeypatch)
     for planner_cls in (HPNPlanner, HPNResDSNPlanner):
         hpn = realistic_hpn_plan if planner_cls is HPNPlanner else _plan(planner_cls, realistic_dataset, env,
                                                                             monkeypatch)
-        assert hpn["architecture"]["network_class_name"].startswith("nnunet_hpn.hyper_connections.")
+        assert hpn["architecture"]["network_class_name"].startswith("nnunet_hpn.model.network.")
         # nnU-Net's criterion: estimate / 2 * batch <= reference (up to rounding the batch size to an integer)
         assert hpn["batch_size"] >= 2
         assert _estimate(hpn) * (hpn["batch_size"] - 0.5) / 2 <= REFERENCE_3D
@@ -108,8 +108,8 @@ def test_two_phases_plan_exactly_the_previous_network(planned_dataset, monkeypat
     them, and the network equals HyperPairedUNet's defaults: same state_dict keys and shapes."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    from nnunet_hpn.hyper_connections import HyperPairedUNet
-    from nnunet_hpn.planners.hpn_planner import HPNStarPlanner, hyper_connection_names
+    from nnunet_hpn.model.network import HyperPairedUNet
+    from nnunet_hpn.nnunet.planners.hpn_planner import HPNStarPlanner, hyper_connection_names
 
     for pattern in ("all", "star", "ring"):
         assert hyper_connection_names(2, pattern) == PAPER_CONNECTIONS
@@ -133,8 +133,8 @@ def test_memory_estimate_counts_k_paths_and_the_pattern(realistic_dataset, plann
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
-    from nnunet_hpn.planners import HPNPlanner
-    from nnunet_hpn.planners.hpn_planner import HPNStarPlanner
+    from nnunet_hpn.nnunet.planners import HPNPlanner
+    from nnunet_hpn.nnunet.planners.hpn_planner import HPNStarPlanner
 
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(key, planned_dataset["env"][key])
@@ -162,7 +162,7 @@ def test_four_phases_fit_the_memory_target_with_smaller_patches(realistic_hpn_pl
                                                                 planned_dataset, monkeypatch):
     """nnU-Net's patch search with the K-path estimate: 4 paths (36 connections) fit the same memory target with a
     smaller patch than 2 (the star pattern's smaller estimate: test_memory_estimate_counts_k_paths_and_the_pattern)."""
-    from nnunet_hpn.planners import HPNPlanner
+    from nnunet_hpn.nnunet.planners import HPNPlanner
 
     four = _plan(HPNPlanner, realistic_four_phase_dataset, planned_dataset["env"], monkeypatch)
     assert np.prod(four["patch_size"]) < np.prod(realistic_hpn_plan["patch_size"])

@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_hpn.cli import main
-from nnunet_hpn.missing_phase import MissingPhaseWarning, fill_missing_phases
-from nnunet_hpn.predict import model_channel_names, nnunet_properties
+from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning, fill_missing_phases
+from nnunet_hpn.pipeline.predict import model_channel_names, nnunet_properties
 
 
 def _unaligned_case(planned_dataset, case: str, out_dir: Path) -> tuple[Path, Path]:

@@ -1,4 +1,4 @@
-"""Registration of one phase onto another (nnunet_hpn.registration) and image reading (nnunet_hpn.image_io)."""
+"""Registration of one phase onto another (nnunet_hpn.pipeline.registration) and image reading (nnunet_hpn.io.images)."""
 import functools
 import json
 from pathlib import Path
@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_hpn import registration
+from nnunet_hpn.pipeline import registration
 from nnunet_hpn.cli import main
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.image_io import read_image
+from nnunet_hpn.io.images import read_image
 from nnunet_hpn.phantom import generate_phantom_case, phantom_image
-from nnunet_hpn.geometry import physical_bounds
+from nnunet_hpn.io.geometry import physical_bounds
 from misalignment import misaligned_copy
-from nnunet_hpn.registration import RegistrationWarning, alignment_metrics, register_to_reference
+from nnunet_hpn.pipeline.registration import RegistrationWarning, alignment_metrics, register_to_reference
 
 REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "totalsegmentator"
 PHANTOM_SHAPE = (32, 64, 64)

@@ -1,4 +1,4 @@
-"""Tests of nnunet_hpn.report (``nnunet-hpn report``) on three tiny hand-made methods with known answers."""
+"""Tests of nnunet_hpn.evaluate.report (``nnunet-hpn report``) on three tiny hand-made methods with known answers."""
 from __future__ import annotations
 
 import contextlib
@@ -17,8 +17,8 @@ import SimpleITK as sitk
 
 from nnunet_hpn.cli import main
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.evaluation import TARGETS
-from nnunet_hpn.report import build_report, paired_wilcoxon, parse_method_args
+from nnunet_hpn.evaluate.metrics import TARGETS
+from nnunet_hpn.evaluate.report import build_report, paired_wilcoxon, parse_method_args
 
 SHAPE = (6, 20, 24)          # (z, y, x)
 SPACING_XYZ = (0.8, 0.8, 2.5)

@@ -17,7 +17,7 @@ import torch
 
 from conftest import BIN, DATASET_ID, TINY_CONFIGURATION, run_stock
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.trainers import hpn_trainer
+from nnunet_hpn.nnunet.trainers import hpn_trainer
 
 TRAINER = "HPNTrainer"
 PLANS = "nnUNetHPNPlans"
@@ -114,7 +114,7 @@ def test_checkpoint_holds_the_hpn_settings(interrupted_and_resumed, planned_data
                                   "save_every": 1}
     assert settings["backbone"] == "unet"
     assert settings["path_channels"] == [0, 1] and len(settings["hyper_connections"]) == 6
-    assert settings["network"]["class_name"] == "nnunet_hpn.hyper_connections.HyperPairedUNet"
+    assert settings["network"]["class_name"] == "nnunet_hpn.model.network.HyperPairedUNet"
     assert settings["network"]["kwargs"] == arch["arch_kwargs"]
     json.dumps(settings)  # plain values only
     # the network the predictor builds (trainer class method + plans.json of the model folder) takes the weights

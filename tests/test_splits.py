@@ -1,4 +1,4 @@
-"""Tests of nnunet_hpn.splits: PDAC-stratified folds written as nnU-Net's splits_final.json."""
+"""Tests of nnunet_hpn.nnunet.splits: PDAC-stratified folds written as nnU-Net's splits_final.json."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.splits import assign_folds, resolve_preprocessed_dir, write_crossval_splits
+from nnunet_hpn.nnunet.splits import assign_folds, resolve_preprocessed_dir, write_crossval_splits
 
 DATASET_NAME = "Dataset991_SplitTest"
 N_CASES = 11

@@ -16,7 +16,7 @@ PLANS = "nnUNetHPNPlans"
 def test_plan_and_preprocess_writes_hpn_plans(planned_dataset):
     plans = planned_dataset["plans"]
     fullres = plans["configurations"]["3d_fullres"]
-    assert fullres["architecture"]["network_class_name"] == "nnunet_hpn.hyper_connections.HyperPairedUNet"
+    assert fullres["architecture"]["network_class_name"] == "nnunet_hpn.model.network.HyperPairedUNet"
     assert fullres["architecture"]["arch_kwargs"]["path_channels"] == [0, 1]
     assert len(fullres["architecture"]["arch_kwargs"]["hyper_connections"]) == 6
     assert fullres["normalization_schemes"] == ["HPNCTNormalization", "HPNCTNormalization"]

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import TINY_CONFIGURATION
-import nnunet_hpn.trainers as trainers
-from nnunet_hpn.trainers import __all__ as TRAINER_NAMES
-from nnunet_hpn.trainers import hpn_trainer
-from nnunet_hpn.virtual_pairs import VirtualPairTransform
+import nnunet_hpn.nnunet.trainers as trainers
+from nnunet_hpn.nnunet.trainers import __all__ as TRAINER_NAMES
+from nnunet_hpn.nnunet.trainers import hpn_trainer
+from nnunet_hpn.augment.virtual_pairs import VirtualPairTransform
 
 
 def test_every_trainer_is_found_by_the_stock_lookup_in_a_fresh_interpreter():

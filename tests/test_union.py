@@ -1,4 +1,4 @@
-"""Tests of nnunet_hpn.union: the label union rule and the all-or-nothing folder union."""
+"""Tests of nnunet_hpn.pipeline.union: the label union rule and the all-or-nothing folder union."""
 from __future__ import annotations
 
 import itertools
@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.union import LABEL_PRIORITY, union_folders, union_label_maps
+from nnunet_hpn.pipeline.union import LABEL_PRIORITY, union_folders, union_label_maps
 
 SHAPE = (4, 5, 6)  # (z, y, x)
 SPACING_XYZ = (0.7, 0.7, 2.0)

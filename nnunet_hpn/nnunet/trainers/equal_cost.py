@@ -6,7 +6,7 @@ channels (two paths, plus the wider convolutions that take the hyper-connections
 product of input and output channels, so scaling every path's ``features_per_stage`` by ``f`` scales the network's
 FLOPs by about ``f**2``. :class:`HPNTrainer_equalcost` picks the largest ``f`` (on a grid of 1/64 steps) whose
 narrowed HPN has forward FLOPs <= ``target_flop_ratio`` x those of the early-fusion network that
-:class:`~nnunet_hpn.trainers.hpn_trainer.EarlyFusionTrainer` builds from the same plans (PlainConvUNet for
+:class:`~nnunet_hpn.nnunet.trainers.hpn_trainer.EarlyFusionTrainer` builds from the same plans (PlainConvUNet for
 ``nnUNetHPNPlans``, ResidualEncoderUNet for ``nnUNetHPNResDSNPlans``), at the plans' patch size. Both networks are
 built on the meta device for the count (no memory, no weights), with deep supervision off, so training and
 ``nnUNetv2_predict`` choose the same widths. Narrowed widths are multiples of 8 (below 8 channels: integers), the
@@ -26,7 +26,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnunet_hpn.trainers.hpn_trainer import EarlyFusionTrainer, HPNTrainer, HPNTrainer_demo
+from nnunet_hpn.nnunet.trainers.hpn_trainer import EarlyFusionTrainer, HPNTrainer, HPNTrainer_demo
 
 #: the width search scans factors k / WIDTH_GRID_STEPS
 WIDTH_GRID_STEPS = 64

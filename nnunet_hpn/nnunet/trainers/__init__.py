@@ -1,6 +1,6 @@
-"""HPN trainers; ``nnUNetv2_train … -tr NAME`` finds them through the shim in ``nnunet_hpn/nnunet_ext``."""
-from nnunet_hpn.trainers.equal_cost import HPNTrainer_equalcost, HPNTrainer_equalcost_demo
-from nnunet_hpn.trainers.hpn_trainer import (
+"""HPN trainers; ``nnUNetv2_train … -tr NAME`` finds them through the shim in ``nnunet_hpn/nnunet/ext``."""
+from nnunet_hpn.nnunet.trainers.equal_cost import HPNTrainer_equalcost, HPNTrainer_equalcost_demo
+from nnunet_hpn.nnunet.trainers.hpn_trainer import (
     EarlyFusionTrainer,
     HPNTrainer,
     HPNTrainer_cpu_smoke,
@@ -12,7 +12,7 @@ from nnunet_hpn.trainers.hpn_trainer import (
     SinglePhaseTrainer_arterial,
     SinglePhaseTrainer_venous,
 )
-from nnunet_hpn.trainers.phase_dropout import (
+from nnunet_hpn.nnunet.trainers.phase_dropout import (
     HPNTrainer_phasedropout,
     HPNTrainer_phasedropout_cpu_smoke,
     HPNTrainer_phasedropout_demo,

@@ -21,19 +21,19 @@ import SimpleITK as sitk
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 from tqdm import tqdm
 
-from nnunet_hpn.atomic_io import published_folder
+from nnunet_hpn.io.publish import published_folder
 from nnunet_hpn import LABELS
 from nnunet_hpn.phases import PHASES, channel_file_name, reference_phase as reference_phase_rule
-from nnunet_hpn.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
+from nnunet_hpn.pipeline.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.listing import case_folders
-from nnunet_hpn.image_io import check_finite as _check_finite
-from nnunet_hpn.image_io import check_not_constant
-from nnunet_hpn.image_io import read_header as _read_header
-from nnunet_hpn.image_io import read_label
-from nnunet_hpn.image_io import read_voxels_verified as _read_voxels
-from nnunet_hpn.geometry import check_overlap, check_same_grid
-from nnunet_hpn.registration import register_to_reference
+from nnunet_hpn.io.listing import case_folders
+from nnunet_hpn.io.images import check_finite as _check_finite
+from nnunet_hpn.io.images import check_not_constant
+from nnunet_hpn.io.images import read_header as _read_header
+from nnunet_hpn.io.images import read_label
+from nnunet_hpn.io.images import read_voxels_verified as _read_voxels
+from nnunet_hpn.io.geometry import check_overlap, check_same_grid
+from nnunet_hpn.pipeline.registration import register_to_reference
 
 FILE_ENDING = ".nii.gz"
 LABEL_FILE = "label" + FILE_ENDING
@@ -42,7 +42,7 @@ UNALIGNED_HINT = "; the phases are on different grids: --register aligns them on
 #: Folder of the per-case registration QC inside a dataset converted with ``register=True``.
 QC_FOLDER = "registration_qc"
 DATASET_DESCRIPTION = ("Dual-phase pancreas CT for the Hyper-Pairing Network: channel 0 arterial, channel 1 venous; "
-                       "labels pancreas, PDAC mass and pancreatic duct. Converted by nnunet_hpn.convert.")
+                       "labels pancreas, PDAC mass and pancreatic duct. Converted by nnunet_hpn.pipeline.convert.")
 
 
 def _check_label_values(voxels: np.ndarray, path: str) -> None:
@@ -227,10 +227,10 @@ def _description(layout: _Layout) -> str:
         return DATASET_DESCRIPTION
     channels = ", ".join(f"channel {i} {phase}" for i, phase in enumerate(layout.phases))
     text = (f"Multi-phase pancreas CT for the Hyper-Pairing Network: {channels}; labels pancreas, PDAC mass and "
-            "pancreatic duct. Converted by nnunet_hpn.convert.")
+            "pancreatic duct. Converted by nnunet_hpn.pipeline.convert.")
     if layout.register:
         text += (f" Every other phase registered onto the {layout.reference} grid (diffeomorphic demons, "
-                 f"nnunet_hpn.registration); QC in {QC_FOLDER}/.")
+                 f"nnunet_hpn.pipeline.registration); QC in {QC_FOLDER}/.")
     if layout.crop_margin_mm is not None:
         text += (f" Every case cut to its label's box plus {layout.crop_margin_mm:g} mm (oracle ROI, world positions "
                  f"kept); boxes in {BOXES_FILE}.")
@@ -242,7 +242,7 @@ def _write_dataset_json(dataset_dir: Path, name: str, num_training: int,
     """dataset.json written by nnU-Net's own helper."""
     generate_dataset_json(str(dataset_dir), channel_names={str(i): phase for i, phase in enumerate(layout.phases)},
                           labels=dict(LABELS), num_training_cases=num_training, file_ending=FILE_ENDING,
-                          dataset_name=name, description=_description(layout), converted_by="nnunet_hpn.convert",
+                          dataset_name=name, description=_description(layout), converted_by="nnunet_hpn.pipeline.convert",
                           license="see the source data")
 
 
@@ -255,10 +255,10 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     ``label.nii.gz`` go to imagesTr/labelsTr, the others to imagesTs. The label is defined on the reference phase's
     grid (``reference_phase``, default "arterial" if among the phases, else the first). Without ``register`` all
     phases must share that grid; with it, every other phase is registered onto it (diffeomorphic demons, see
-    :mod:`nnunet_hpn.registration`; an optional ``label_<phase>.nii.gz`` on that phase's grid is warped along for
+    :mod:`nnunet_hpn.pipeline.registration`; an optional ``label_<phase>.nii.gz`` on that phase's grid is warped along for
     the surface-distance QC) and the QC of every case goes to ``<dataset>/registration_qc/<case>.json`` with a
     ``summary.json``. ``crop_margin_mm``: every case (all phases, after registration, and the label) cut to the box
-    of its label's foreground plus this margin in mm, world positions kept (:mod:`nnunet_hpn.crop`; an oracle ROI),
+    of its label's foreground plus this margin in mm, world positions kept (:mod:`nnunet_hpn.pipeline.crop`; an oracle ROI),
     the boxes in ``<dataset>/crop_boxes.json``; every case needs a label then. Nothing is left in the raw root when
     any input is invalid (HPNInputError).
     """

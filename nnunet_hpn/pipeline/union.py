@@ -13,11 +13,11 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_hpn import LABELS
-from nnunet_hpn.atomic_io import published_folder
+from nnunet_hpn.io.publish import published_folder
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.geometry import grid_difference
-from nnunet_hpn.image_io import read_label
-from nnunet_hpn.listing import case_files
+from nnunet_hpn.io.geometry import grid_difference
+from nnunet_hpn.io.images import read_label
+from nnunet_hpn.io.listing import case_files
 
 #: Foreground labels from highest to lowest priority where two maps disagree: PDAC, duct, pancreas.
 LABEL_PRIORITY: tuple[int, ...] = (2, 3, 1)
@@ -88,7 +88,7 @@ def union_folders(input_dirs: list[Path], output_dir: Path, file_ending: str = "
     """Write the union (:func:`union_label_maps`) of the label maps in 2 or more folders; returns the case names.
 
     Every case (file ending in ``file_ending``) must be present in all folders with the same geometry (size,
-    spacing, origin, direction; tolerance as in :mod:`nnunet_hpn.evaluation`), otherwise HPNInputError naming the
+    spacing, origin, direction; tolerance as in :mod:`nnunet_hpn.evaluate.metrics`), otherwise HPNInputError naming the
     files; labels outside {0, 1, 2, 3} also raise HPNInputError. Outputs are uint8 with the first folder's
     geometry, named like the inputs. All outputs are written to a temporary folder next to ``output_dir`` and
     moved in only once every case succeeded: on error nothing is written. ``output_dir`` may already exist; files

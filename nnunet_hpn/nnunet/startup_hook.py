@@ -22,11 +22,12 @@ import sys
 from types import ModuleType
 from typing import Callable, Dict, Optional
 
-_EXT_TRAINER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nnunet_ext")
+from nnunet_hpn import EXT_TRAINER_DIR
+
 
 
 def _register_planners(module: ModuleType) -> None:
-    from nnunet_hpn.planners.hpn_planner import HPNPlanner, HPNResDSNPlanner, HPNStarPlanner
+    from nnunet_hpn.nnunet.planners.hpn_planner import HPNPlanner, HPNResDSNPlanner, HPNStarPlanner
 
     module.HPNPlanner = HPNPlanner
     module.HPNResDSNPlanner = HPNResDSNPlanner
@@ -34,7 +35,7 @@ def _register_planners(module: ModuleType) -> None:
 
 
 def _register_normalization(module: ModuleType) -> None:
-    from nnunet_hpn.normalization import HPNCTNormalization
+    from nnunet_hpn.nnunet.normalization import HPNCTNormalization
 
     module.HPNCTNormalization = HPNCTNormalization
 
@@ -90,8 +91,8 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
 
 def _append_ext_trainer_dir() -> None:
     entries = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
-    if _EXT_TRAINER_DIR not in entries:
-        os.environ["nnUNet_extTrainer"] = os.pathsep.join(entries + [_EXT_TRAINER_DIR])
+    if EXT_TRAINER_DIR not in entries:
+        os.environ["nnUNet_extTrainer"] = os.pathsep.join(entries + [EXT_TRAINER_DIR])
 
 
 def install() -> None:

@@ -35,11 +35,11 @@ import numpy as np
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
 from tqdm import tqdm
 
-from nnunet_hpn.atomic_io import write_text_atomically
+from nnunet_hpn.io.publish import write_text_atomically
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.geometry import grid_difference
-from nnunet_hpn.image_io import read_label
-from nnunet_hpn.listing import case_files
+from nnunet_hpn.io.geometry import grid_difference
+from nnunet_hpn.io.images import read_label
+from nnunet_hpn.io.listing import case_files
 
 #: Evaluated targets: name -> labels whose union forms the target mask.
 TARGETS: dict[str, tuple[int, ...]] = {"abnormal pancreas": (1, 2, 3), "PDAC": (2,), "duct": (3,)}

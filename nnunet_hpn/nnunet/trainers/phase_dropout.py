@@ -1,7 +1,7 @@
 """HPN trainers with phase dropout: one model that still predicts when a phase is missing (no second model).
 
-Phase dropout (:mod:`nnunet_hpn.phase_dropout`) blanks whole phases of some training samples, filled exactly as
-:func:`nnunet_hpn.missing_phase.fill_missing_phases` fills an absent phase at prediction (0 after normalization).
+Phase dropout (:mod:`nnunet_hpn.augment.phase_dropout`) blanks whole phases of some training samples, filled exactly as
+:func:`nnunet_hpn.pipeline.missing_phase.fill_missing_phases` fills an absent phase at prediction (0 after normalization).
 Only the training pipeline changes (``get_training_transforms``); network, loss and inference are HPNTrainer's.
 """
 from typing import Any, Optional
@@ -9,8 +9,8 @@ from typing import Any, Optional
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 
 from nnunet_hpn.phases import DEFAULT_FILL_POLICY
-from nnunet_hpn.phase_dropout import DEFAULT_DROPOUT_PROBABILITY, append_phase_dropout
-from nnunet_hpn.trainers.hpn_trainer import HPNTrainer, HPNTrainer_cpu_smoke, HPNTrainer_demo
+from nnunet_hpn.augment.phase_dropout import DEFAULT_DROPOUT_PROBABILITY, append_phase_dropout
+from nnunet_hpn.nnunet.trainers.hpn_trainer import HPNTrainer, HPNTrainer_cpu_smoke, HPNTrainer_demo
 
 
 class PhaseDropoutMixin:

@@ -34,7 +34,7 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.geometry import check_3d_single_component, check_overlap, check_same_grid, physical_bounds
+from nnunet_hpn.io.geometry import check_3d_single_component, check_overlap, check_same_grid, physical_bounds
 from nnunet_hpn.phases import HU_WINDOW
 
 METHODS = ("none", "affine", "demons")
@@ -204,10 +204,10 @@ def alignment_metrics(reference: sitk.Image, test: sitk.Image) -> dict:
 
     Mean surface distance: the masks' boundary voxels (``LabelContour``, face connectivity), the distance of each
     boundary voxel of one mask to the nearest boundary voxel of the other, pooled over both masks. HD95: the one
-    definition of the reports (:func:`nnunet_hpn.evaluation.surface_metrics`, MONAI). Distances are None where a mask
+    definition of the reports (:func:`nnunet_hpn.evaluate.metrics.surface_metrics`, MONAI). Distances are None where a mask
     is empty.
     """
-    from nnunet_hpn.evaluation import surface_metrics
+    from nnunet_hpn.evaluate.metrics import surface_metrics
 
     ref = sitk.Cast(reference > 0, sitk.sitkUInt8)
     tst = sitk.Cast(test > 0, sitk.sitkUInt8)
@@ -520,8 +520,8 @@ def register_files(fixed_path: Path, moving_path: Path, out_dir: Path, *, moving
     not at all; nothing is written when registration fails)."""
     import json
 
-    from nnunet_hpn.atomic_io import atomic_file, write_text_atomically
-    from nnunet_hpn.image_io import read_image, read_label
+    from nnunet_hpn.io.publish import atomic_file, write_text_atomically
+    from nnunet_hpn.io.images import read_image, read_label
 
     fixed, moving = read_image(fixed_path), read_image(moving_path)
     labels = {}

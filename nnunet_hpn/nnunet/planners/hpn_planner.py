@@ -14,7 +14,7 @@ noncontrast, arterial, venous, delayed). Which paths are hyper-connected is the 
   K >= 3 (= ``"all"`` for K = 3).
 
 The memory estimate behind nnU-Net's patch search builds the network with all K paths and exactly the connections
-of the pattern. The pairing loss averages over every pair of paths (``nnunet_hpn.pairing_loss``).
+of the pattern. The pairing loss averages over every pair of paths (``nnunet_hpn.model.pairing_loss``).
 """
 from typing import List, Optional, Tuple, Union
 
@@ -23,8 +23,9 @@ import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.hyper_connections import HyperPairedResDSN, HyperPairedUNet, all_hyper_connection_names
-from nnunet_hpn.normalization import CLIP_KEY, HPNCTNormalization
+from nnunet_hpn.model.hyper_connections import all_hyper_connection_names
+from nnunet_hpn.model.network import HyperPairedResDSN, HyperPairedUNet
+from nnunet_hpn.nnunet.normalization import CLIP_KEY, HPNCTNormalization
 from nnunet_hpn.phases import HU_WINDOW, channel_names, reference_phase
 
 HPN_PLANS_NAME = "nnUNetHPNPlans"
@@ -68,7 +69,7 @@ class HPNPlanner(ExperimentPlanner):
     nnU-Net's own patch / batch search is kept: it shrinks the patch until the network's
     ``compute_conv_feature_map_size`` (all K paths plus the hyper-connection tensors of the pattern) fits the same
     memory target as nnU-Net's default planner (``-gpu_memory_target``, 8 GB by default). Every phase is clipped to
-    [-100, 240] HU and z-scored per case (:class:`~nnunet_hpn.normalization.HPNCTNormalization`).
+    [-100, 240] HU and z-scored per case (:class:`~nnunet_hpn.nnunet.normalization.HPNCTNormalization`).
     """
 
     network_class = HyperPairedUNet

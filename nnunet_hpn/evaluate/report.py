@@ -1,7 +1,7 @@
 """Table-1-style comparison of several methods' predictions against one truth folder (``nnunet-hpn report``).
 
 For each method (a folder of predicted label maps, e.g. the cross-validation outputs of one trainer), every case
-is evaluated with :func:`nnunet_hpn.evaluation.evaluate_folders` (Dice, HD95 in mm, NSD; empty masks as stated
+is evaluated with :func:`nnunet_hpn.evaluate.metrics.evaluate_folders` (Dice, HD95 in mm, NSD; empty masks as stated
 there). The report folder then holds:
 
 * ``report.md`` / ``report.csv``: mean ± population std per target and metric per method, missed counts, paired
@@ -32,11 +32,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_hpn.atomic_io import published_folder
+from nnunet_hpn.io.publish import published_folder
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.evaluation import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, TARGETS, evaluate_folders,
+from nnunet_hpn.evaluate.metrics import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, TARGETS, evaluate_folders,
                                    predicted_cases)
-from nnunet_hpn.image_io import read_label
+from nnunet_hpn.io.images import read_label
 from nnunet_hpn.phases import PHASES, channel_file_name, read_channel_names
 
 #: Column titles of the targets in report tables (the paper's Table 1 wording).
@@ -152,7 +152,7 @@ def _load_overlay_case(case: str, images_dir: Path, truth_dir: Path, methods: Ma
                        file_ending: str, caption_target: str, results: Mapping[str, dict[str, Any]]):
     """Read every phase (``<case>_0000`` ... of ``images_dir``, named by the channel names of the dataset.json
     next to it when there is one), truth and predictions of one case."""
-    from nnunet_hpn.figures import OverlayCase
+    from nnunet_hpn.evaluate.figures import OverlayCase
 
     truth, truth_image = read_label(truth_dir / f"{case}{file_ending}")
     phases = {}
@@ -376,7 +376,7 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
         "per_method": results,
     }
 
-    from nnunet_hpn.figures import save_boxplot_png, save_overlay_grid_png
+    from nnunet_hpn.evaluate.figures import save_boxplot_png, save_overlay_grid_png
 
     with published_folder(out_dir, "replace") as staging:
         for target, file_name in report["boxplots"].items():

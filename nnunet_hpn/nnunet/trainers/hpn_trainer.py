@@ -26,13 +26,13 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
-from nnunet_hpn.atomic_io import atomic_file
-from nnunet_hpn.cpu_inference import use_onednn_for_cpu_inference
+from nnunet_hpn.io.publish import atomic_file
+from nnunet_hpn.model.cpu_inference import use_onednn_for_cpu_inference
 from nnunet_hpn.budget import BUDGET_ENV, NO_TTA_ENV, SEED_ENV
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.hyper_connections import SINGLE_PATH_NETWORKS, HyperPairedUNet
-from nnunet_hpn.pairing_loss import pairing_loss
-from nnunet_hpn.virtual_pairs import insert_virtual_pairs
+from nnunet_hpn.model.network import SINGLE_PATH_NETWORKS, HyperPairedUNet
+from nnunet_hpn.model.pairing_loss import pairing_loss
+from nnunet_hpn.augment.virtual_pairs import insert_virtual_pairs
 
 SegmentationOutput = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -70,7 +70,7 @@ def _differences(ours: Any, theirs: Any, prefix: str = "") -> List[str]:
 
 def plans_backbone(configuration_manager: ConfigurationManager) -> str:
     """The backbone ("unet" / "resdsn") of the HPN network the plans build: its ``backbone`` argument, else the
-    network class's :attr:`~nnunet_hpn.hyper_connections.HyperPairedUNet.default_backbone`."""
+    network class's :attr:`~nnunet_hpn.model.network.HyperPairedUNet.default_backbone`."""
     network_class = pydoc.locate(configuration_manager.network_arch_class_name)
     if not (isinstance(network_class, type) and issubclass(network_class, HyperPairedUNet)):
         raise RuntimeError(f"the plans build {configuration_manager.network_arch_class_name}, not an HPN network "
@@ -142,7 +142,7 @@ class HPNTrainer(nnUNetTrainer):
     pairing_warmup_epochs: int = 0
     #: False: no test-time mirroring in the final validation and later predictions (``HPN_NO_TTA=1`` also sets it)
     test_time_mirroring: bool = True
-    #: batch-1 CPU inference through oneDNN's convolutions (see :mod:`nnunet_hpn.cpu_inference`); False: PyTorch's
+    #: batch-1 CPU inference through oneDNN's convolutions (see :mod:`nnunet_hpn.model.cpu_inference`); False: PyTorch's
     #: own choice, as stock nnU-Net runs
     onednn_cpu_inference: bool = True
 

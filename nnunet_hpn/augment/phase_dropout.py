@@ -2,7 +2,7 @@
 
 Per training sample, with probability ``p``, ``m`` of the K phase channels are set to exactly 0, with ``m`` drawn
 uniformly from ``1 .. max_dropped`` (default K - 1) and the channels drawn uniformly without replacement: at least
-one phase always survives. 0 is the documented missing-phase policy of :mod:`nnunet_hpn.missing_phase`: at
+one phase always survives. 0 is the documented missing-phase policy of :mod:`nnunet_hpn.pipeline.missing_phase`: at
 prediction a missing phase is a constant image, which HPN's per-case z-scoring maps to exactly 0. The transform is
 appended as the **last** step of nnU-Net's training pipeline, after every intensity augmentation and the mirroring,
 so a dropped channel is exactly 0 as at prediction (noise or gamma applied after it would make it differ).

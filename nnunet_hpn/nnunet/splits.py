@@ -16,10 +16,10 @@ import nnunetv2.paths as nnunet_paths
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
 from nnunet_hpn import LABELS
-from nnunet_hpn.atomic_io import write_text_atomically
+from nnunet_hpn.io.publish import write_text_atomically
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.image_io import read_label
-from nnunet_hpn.listing import case_files
+from nnunet_hpn.io.images import read_label
+from nnunet_hpn.io.listing import case_files
 
 SPLITS_FILE_NAME: str = "splits_final.json"
 DEFAULT_FILE_ENDING: str = ".nii.gz"

@@ -1,4 +1,4 @@
 """HPN experiment planners (found by ``nnUNetv2_plan_and_preprocess -pl HPNPlanner`` through the start-up hook)."""
-from nnunet_hpn.planners.hpn_planner import HPNPlanner, HPNResDSNPlanner
+from nnunet_hpn.nnunet.planners.hpn_planner import HPNPlanner, HPNResDSNPlanner
 
 __all__ = ["HPNPlanner", "HPNResDSNPlanner"]

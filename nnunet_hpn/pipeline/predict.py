@@ -4,15 +4,15 @@ the reference (arterial) image's original space and geometry.
 The model folder (``nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>``) decides which phases are
 needed: its dataset.json ``channel_names`` in channel order. The reference phase is "arterial" when the model has
 it, else its first channel; every other phase is registered onto the reference image's grid
-(:func:`nnunet_hpn.registration.register_to_reference`), the channels are put in model order
-(:func:`nnunet_hpn.missing_phase.fill_missing_phases`) and handed to nnU-Net's own
+(:func:`nnunet_hpn.pipeline.registration.register_to_reference`), the channels are put in model order
+(:func:`nnunet_hpn.pipeline.missing_phase.fill_missing_phases`) and handed to nnU-Net's own
 ``nnUNetPredictor.predict_single_npy_array`` with the properties nnU-Net's ``SimpleITKIO`` would have read from the
 reference image, so nnU-Net's preprocessing and its export (resampling back, un-cropping) put the result on exactly
 the reference image's grid.
 
 A phase the model has but the input lacks is filled by the documented missing-phase policy of
-:mod:`nnunet_hpn.missing_phase` (a constant 0 image on the reference grid, exactly 0 after HPN's normalization, as
-phase dropout trains with): the prediction goes ahead, a :class:`~nnunet_hpn.missing_phase.MissingPhaseWarning`
+:mod:`nnunet_hpn.pipeline.missing_phase` (a constant 0 image on the reference grid, exactly 0 after HPN's normalization, as
+phase dropout trains with): the prediction goes ahead, a :class:`~nnunet_hpn.pipeline.missing_phase.MissingPhaseWarning`
 says so, and the QC file records the missing phases. At least one of the model's phases must be given.
 
 Folder mode stages every output in a hidden folder next to ``OUT_DIR`` and moves the files in only when every case
@@ -30,13 +30,13 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn.atomic_io import atomic_file, check_output_not_input, published_folder, write_text_atomically
+from nnunet_hpn.io.publish import atomic_file, check_output_not_input, published_folder, write_text_atomically
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.listing import case_folders
-from nnunet_hpn.image_io import IMAGE_FILE_ENDINGS, find_phase_input, read_image
-from nnunet_hpn.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
+from nnunet_hpn.io.listing import case_folders
+from nnunet_hpn.io.images import IMAGE_FILE_ENDINGS, find_phase_input, read_image
+from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
 from nnunet_hpn.phases import read_channel_names, reference_phase
-from nnunet_hpn.registration import METHODS, register_to_reference
+from nnunet_hpn.pipeline.registration import METHODS, register_to_reference
 
 #: Sub-folder of a folder-mode output that holds the registration QC of every case.
 QC_FOLDER = "registration_qc"
@@ -153,7 +153,7 @@ class HPNPredictor:
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        from nnunet_hpn import _startup_hook
+        from nnunet_hpn.nnunet import startup_hook as _startup_hook
 
         _startup_hook.install()  # idempotent: HPNCTNormalization findable by nnU-Net's in-process preprocessing
 

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from nnunet_hpn import LABELS
-from nnunet_hpn.atomic_io import atomic_file
+from nnunet_hpn.io.publish import atomic_file
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.phases import HU_WINDOW
 

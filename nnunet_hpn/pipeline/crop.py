@@ -18,9 +18,9 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn.atomic_io import published_folder, write_text_atomically
+from nnunet_hpn.io.publish import published_folder, write_text_atomically
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.geometry import Grid, grid_difference
+from nnunet_hpn.io.geometry import Grid, grid_difference
 from nnunet_hpn.phases import channel_file_name
 
 #: File name of a dataset's crop boxes (in the raw dataset folder, or next to the phantom cases).
@@ -86,7 +86,7 @@ def label_box(label: sitk.Image, margin_mm: float, where: str) -> CropBox:
 
 
 def _check_grid(image: sitk.Image, expected: Grid, what: str, where: str) -> None:
-    """``image`` must be on the grid ``expected`` (:func:`nnunet_hpn.geometry.grid_difference`)."""
+    """``image`` must be on the grid ``expected`` (:func:`nnunet_hpn.io.geometry.grid_difference`)."""
     difference = grid_difference(expected, image)
     if difference is not None:
         raise HPNInputError(f"{where}: grid is not the {what} ({difference}, this image vs the box's)")
@@ -150,7 +150,7 @@ def uncrop_folder(pred_dir: Path, boxes_path: Path, reference_dir: Path, out_dir
     empty). Returns the cases."""
     pred_dir, reference_dir, out_dir = Path(pred_dir), Path(reference_dir), Path(out_dir)
     boxes = read_boxes(boxes_path)
-    from nnunet_hpn.evaluation import predicted_cases  # nnU-Net's evaluation: not needed by phantom / convert
+    from nnunet_hpn.evaluate.metrics import predicted_cases  # nnU-Net's evaluation: not needed by phantom / convert
 
     cases = predicted_cases(pred_dir, file_ending)
     unknown = [case for case in cases if case not in boxes]

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from nibabel.filebasedimages import ImageFileError
 
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.geometry import check_3d_single_component
+from nnunet_hpn.io.geometry import check_3d_single_component
 
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_CHUNK_BYTES = 1 << 24

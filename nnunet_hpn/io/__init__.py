@@ -1,0 +1,1 @@
+"""Reading images and labels, image geometry, listing cases, publishing outputs atomically."""

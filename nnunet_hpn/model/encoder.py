@@ -1,0 +1,133 @@
+"""The K encoders of the Hyper-Pairing Network, run in lockstep and joined by ``enc->enc`` hyper-connections
+(:mod:`nnunet_hpn.model.hyper_connections`)."""
+from __future__ import annotations
+
+from typing import Sequence, Type, Union
+
+import numpy as np
+import torch
+from dynamic_network_architectures.building_blocks.helper import maybe_convert_scalar_to_list
+from dynamic_network_architectures.building_blocks.residual import BasicBlockD, StackedResidualBlocks
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
+from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
+from torch.nn.modules.dropout import _DropoutNd
+
+from nnunet_hpn.model.hyper_connections import HyperConnectedPart, n_voxels, stage_output_sizes
+
+class HyperPairedEncoder(HyperConnectedPart):
+    """K encoders (plain conv or residual) run in lockstep, joined by ``enc{i}->enc{j}`` hyper-connections.
+
+    ``stems[p]`` (resdsn only) and ``stages[p][s]`` are path ``p``'s modules. forward takes one (B, 1, *spatial)
+    tensor per path and returns ``skips[p][s]`` = (B, features_per_stage[s], *spatial_s).
+    """
+
+    def __init__(
+        self,
+        n_paths: int,
+        n_stages: int,
+        features_per_stage: list[int],
+        conv_op: Type[_ConvNd],
+        kernel_sizes: list,
+        strides: list,
+        n_conv_per_stage: list[int],
+        backbone: str,
+        encoder_sources: list[list[int]],
+        conv_bias: bool = False,
+        norm_op: Union[None, Type[nn.Module]] = None,
+        norm_op_kwargs: dict | None = None,
+        dropout_op: Union[None, Type[_DropoutNd]] = None,
+        dropout_op_kwargs: dict | None = None,
+        nonlin: Union[None, Type[nn.Module]] = None,
+        nonlin_kwargs: dict | None = None,
+        nonlin_first: bool = False,
+    ) -> None:
+        super().__init__(n_paths)
+        #: encoder_sources[j] = source paths i of the built enc{i}->enc{j} connections.
+        self.encoder_sources = [list(s) for s in encoder_sources]
+        self._register([f"enc{i}->enc{j}" for j in range(n_paths) for i in self.encoder_sources[j]])
+        self.backbone = backbone
+        block_kwargs = dict(
+            conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
+            dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs,
+        )
+        stems: list[nn.Module] = []
+        paths: list[nn.ModuleList] = []
+        for target in range(n_paths):
+            stages: list[nn.Module] = []
+            if backbone == "resdsn":
+                # like ResidualEncoder's default stem: one conv, no stride, phase channel -> features_per_stage[0]
+                stems.append(StackedConvBlocks(1, conv_op, 1, features_per_stage[0], kernel_sizes[0], 1,
+                                               **block_kwargs))
+            for s in range(n_stages):
+                if s == 0:
+                    in_channels = features_per_stage[0] if backbone == "resdsn" else 1
+                else:
+                    in_channels = features_per_stage[s - 1] * (1 + len(self.encoder_sources[target]))
+                if backbone == "resdsn":
+                    stages.append(StackedResidualBlocks(
+                        n_conv_per_stage[s], conv_op, in_channels, features_per_stage[s], kernel_sizes[s], strides[s],
+                        block=BasicBlockD, **block_kwargs,
+                    ))
+                else:  # first conv strided, like PlainConvEncoder with pool='conv'
+                    stages.append(StackedConvBlocks(
+                        n_conv_per_stage[s], conv_op, in_channels, features_per_stage[s], kernel_sizes[s], strides[s],
+                        nonlin_first=nonlin_first, **block_kwargs,
+                    ))
+            paths.append(nn.ModuleList(stages))
+        self.stems = nn.ModuleList(stems) if stems else None
+        self.stages = nn.ModuleList(paths)
+
+        # what a decoder needs, with the names PlainConvEncoder / ResidualEncoder use
+        self.output_channels = list(features_per_stage)
+        self.strides = [maybe_convert_scalar_to_list(conv_op, s) for s in strides]
+        self.kernel_sizes = kernel_sizes
+        self.conv_op = conv_op
+        self.conv_bias = conv_bias
+        self.norm_op = norm_op
+        self.norm_op_kwargs = norm_op_kwargs
+        self.dropout_op = dropout_op
+        self.dropout_op_kwargs = dropout_op_kwargs
+        self.nonlin = nonlin
+        self.nonlin_kwargs = nonlin_kwargs
+        self.nonlin_first = nonlin_first
+
+    def forward(self, path_inputs: Sequence[Tensor]) -> list[list[Tensor]]:
+        """path_inputs: K x (B, 1, *spatial) -> skips[path][stage] = (B, features_per_stage[stage], *spatial_stage)."""
+        if self.stems is not None:
+            current = [stem(x) for stem, x in zip(self.stems, path_inputs)]
+        else:
+            current = list(path_inputs)
+        skips: list[list[Tensor]] = [[] for _ in range(self.n_paths)]
+        for s in range(len(self.output_channels)):
+            if s > 0:
+                current = [
+                    torch.cat((current[j], *self._incoming(current, j, self.encoder_sources[j], "enc", "enc")), 1)
+                    if self.encoder_sources[j] else current[j]
+                    for j in range(self.n_paths)
+                ]
+            current = [self.stages[j][s](current[j]) for j in range(self.n_paths)]
+            for j in range(self.n_paths):
+                skips[j].append(current[j])
+        return skips
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Sum over all paths' stem/stage conv outputs of channels x voxels (ResidualEncoder's convention)."""
+        output = np.int64(0)
+        for j in range(self.n_paths):
+            size = list(input_size)
+            if self.stems is not None:
+                output += self.stems[j].compute_conv_feature_map_size(size)
+            for s, stride in enumerate(self.strides):
+                output += self.stages[j][s].compute_conv_feature_map_size(size)
+                size = [i // st for i, st in zip(size, stride)]
+        return output
+
+    def hyper_connection_feature_map_size(self, input_size: Sequence[int]) -> np.int64:
+        """Channels x voxels of the other paths' features concatenated into encoder stage inputs."""
+        sizes = stage_output_sizes(input_size, self.strides)
+        output = np.int64(0)
+        for j in range(self.n_paths):
+            for s in range(1, len(self.output_channels)):
+                output += len(self.encoder_sources[j]) * self.output_channels[s - 1] * n_voxels(sizes[s - 1])
+        return output

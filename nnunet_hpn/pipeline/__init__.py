@@ -1,0 +1,1 @@
+"""Raw data to labels: convert, register, ROI crops, predict (with missing phases) and the HPN union."""
