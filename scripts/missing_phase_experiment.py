@@ -120,9 +120,10 @@ def main() -> None:
                      "-c", DEMO_CONFIGURATION, "-tr", trainer, "-p", HPN_PLANS_NAME, "-f", "0", "-device", "cpu",
                      "-npp", "1", "-nps", "1"], env)
             result = evaluate_folders(out, truth_dir, surface=False, progress=False)
-            table[trainer][condition] = {"mean": result["mean"], "std": result["std"], "missed": result["missed"],
-                                         "present": result["present"], "n": result["n_cases"],
-                                         "per_case": result["per_case"]}
+            summary = result.to_json()
+            table[trainer][condition] = {"mean": summary["mean"], "std": summary["std"], "missed": summary["missed"],
+                                         "present": summary["present"], "n": result.n_cases,
+                                         "per_case": summary["per_case"]}
         write_table(workdir, table, timings, channel_names, args, started)
 
 

@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 from nnunet_hpn.budget import BUDGET_ENV, NO_TTA_ENV, SEED_ENV
 from nnunet_hpn.demo import console_command
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.evaluate.metrics import EvaluationResult, evaluate_folders, write_summary
 
 
 @dataclass(frozen=True)
@@ -519,11 +520,9 @@ def predicted_cases(pred_dir: Path, file_ending: str) -> list[str]:
                   if path.is_file() and path.name.endswith(file_ending))
 
 
-def evaluate_row(pred_dir: Path, labels_dir: Path, file_ending: str) -> dict[str, Any]:
+def evaluate_row(pred_dir: Path, labels_dir: Path, file_ending: str) -> EvaluationResult:
     """``evaluate_folders`` on the predicted cases only (truth restricted through a folder of symlinks);
     writes ``pred_dir/summary.json`` and ``summary.csv``."""
-    from nnunet_hpn.evaluate.metrics import evaluate_folders, write_summary
-
     cases = predicted_cases(pred_dir, file_ending)
     if not cases:
         raise AblationError(f"{pred_dir}: no predictions ending in {file_ending!r}")
@@ -550,7 +549,7 @@ def budget_line(args: argparse.Namespace, budget: dict[str, Any], wall_seconds: 
             f"(training time recorded over all runs: {format_duration(training_seconds)})")
 
 
-def table_records(results: dict[tuple[str, str], dict[str, Any]], backbones: Sequence[str],
+def table_records(results: dict[tuple[str, str], EvaluationResult], backbones: Sequence[str],
                   rows: Sequence[str]) -> list[dict[str, Any]]:
     """One record per backbone × row (backbone blocks, rows in the paper's order)."""
     records = []
@@ -558,12 +557,12 @@ def table_records(results: dict[tuple[str, str], dict[str, Any]], backbones: Seq
         for row in rows:
             result = results[(backbone, row)]
             record: dict[str, Any] = {"backbone": BACKBONES[backbone].label, "row": row, "method": ROWS[row].label,
-                                      "n": result["n_cases"]}
+                                      "n": result.n_cases}
             for target, column in TARGET_COLUMNS:
-                record[f"{column} dice mean %"] = round(100 * result["mean"][target], 2)
-                record[f"{column} dice std %"] = round(100 * result["std"][target], 2)
-                record[f"{column} missed"] = result["missed"][target]
-                record[f"{column} present"] = result["present"][target]
+                record[f"{column} dice mean %"] = round(100 * result.mean(target), 2)
+                record[f"{column} dice std %"] = round(100 * result.std(target), 2)
+                record[f"{column} missed"] = result.missed(target)
+                record[f"{column} present"] = result.present(target)
             records.append(record)
     return records
 
@@ -657,13 +656,13 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
 
     start = time.monotonic()
     progress.log("step 5/5: evaluation")
-    results: dict[tuple[str, str], dict[str, Any]] = {}
+    results: dict[tuple[str, str], EvaluationResult] = {}
     for backbone in backbones:
         for row in rows:
             result = results[(backbone.name, row)] = evaluate_row(row_dirs[backbone.name][row], dataset.labels,
                                                                   file_ending)
-            dice = ", ".join(f"{target} {100 * result['mean'][target]:.1f}" for target, _ in TARGET_COLUMNS)
-            progress.log(f"evaluate {backbone.name}/{row}: n={result['n_cases']}, Dice % {dice}")
+            dice = ", ".join(f"{target} {100 * result.mean(target):.1f}" for target, _ in TARGET_COLUMNS)
+            progress.log(f"evaluate {backbone.name}/{row}: n={result.n_cases}, Dice % {dice}")
     progress.step("evaluate", time.monotonic() - start)
 
     run_info_path = out_dir / "run_info.json"

@@ -128,16 +128,20 @@ def test_split_is_written_once_stratified_and_checked_for_enough_folds(planned_d
 
 
 def test_table_lists_rows_in_paper_order_with_budget_line():
-    result = {"n_cases": 2, "mean": {"abnormal pancreas": 0.5, "PDAC": 0.25, "duct": 0.0},
-              "std": {"abnormal pancreas": 0.1, "PDAC": 0.05, "duct": 0.0},
-              "missed": {"abnormal pancreas": 0, "PDAC": 1, "duct": 2}, "present": {"abnormal pancreas": 2,
-                                                                                   "PDAC": 2, "duct": 2}}
+    from nnunet_hpn.evaluate.metrics import EvaluationResult
+
+    dice = {"a": {"abnormal pancreas": 0.4, "PDAC": 0.0, "duct": 0.0},
+            "b": {"abnormal pancreas": 0.6, "PDAC": 0.5, "duct": 0.0}}
+    result = EvaluationResult({case: {target: {"Dice": value} for target, value in values.items()}
+                               for case, values in dice.items()},
+                              {case: {target: True for target in values} for case, values in dice.items()},
+                              {"abnormal pancreas": 0, "PDAC": 1, "duct": 2}, ("Dice",))
     rows = ablation.resolve_rows(["hpn_union", "fusion"])
     records = ablation.table_records({("unet", row): result for row in rows}, ["unet"], rows)
     table = ablation.format_markdown(records, "Budget: test")
     positions = [table.index(f"| {ablation.ROWS[row].label} |") for row in rows]
     assert positions == sorted(positions) and "Budget: test" in table
-    assert "| 50.00 ± 10.00 | 25.00 ± 5.00 | 0.00 ± 0.00 | 0/2 | 1/2 | 2/2 |" in table
+    assert "| 50.00 ± 10.00 | 25.00 ± 25.00 | 0.00 ± 0.00 | 0/2 | 1/2 | 2/2 |" in table
     assert ablation.format_csv(records, "Budget: test").splitlines()[0] == "# Budget: test"
 
 

@@ -14,8 +14,8 @@ import SimpleITK as sitk
 
 from nnunet_hpn.cli import main
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.evaluate.metrics import (TARGETS, dice_per_target, evaluate_folders, format_dice_table, image_diagonal_mm,
-                                   surface_metrics, write_summary)
+from nnunet_hpn.evaluate.metrics import (TARGETS, EvaluationResult, dice_per_target, evaluate_folders,
+                                         format_dice_table, image_diagonal_mm, surface_metrics, write_summary)
 from nnunet_hpn.evaluate.figures import pick_slice, save_overlay_from_files, save_overlay_png
 
 SHAPE = (8, 10, 12)  # (z, y, x)
@@ -241,7 +241,11 @@ def copy_folders(case_folders: tuple[Path, Path], tmp_path: Path) -> tuple[Path,
 
 def test_evaluate_folders_matches_numpy(case_folders: tuple[Path, Path]) -> None:
     truth_dir, pred_dir = case_folders
-    result = evaluate_folders(pred_dir, truth_dir)
+    evaluated = evaluate_folders(pred_dir, truth_dir)
+    result = evaluated.to_json()  # the summary.json form, every number derived from the per-case metrics
+    assert EvaluationResult.from_json(json.loads(json.dumps(result))) == evaluated
+    assert evaluated.mean("PDAC", "HD95") == result["aggregate"]["PDAC"]["HD95"]["mean"]
+    assert evaluated.values("duct", "NSD", ["case_b"]) == [result["per_case_metrics"]["case_b"]["duct"]["NSD"]]
     cases = make_cases()
     assert result["n_cases"] == 3
     assert sorted(result["per_case"]) == sorted(cases)          # prediction without truth ignored
@@ -286,7 +290,7 @@ def test_evaluate_folders_uses_physical_spacing_in_zyx_order(tmp_path: Path) -> 
     for case, pred in (("z", shifted_z), ("x", shifted_x)):
         write_label_map(truth, tmp_path / "truth" / f"{case}.nii.gz")
         write_label_map(pred, tmp_path / "pred" / f"{case}.nii.gz")
-    result = evaluate_folders(tmp_path / "pred", tmp_path / "truth", tolerance_mm=2.0)
+    result = evaluate_folders(tmp_path / "pred", tmp_path / "truth", tolerance_mm=2.0).to_json()
     assert result["per_case_metrics"]["z"]["PDAC"]["HD95"] == pytest.approx(5.0, abs=1e-5)
     assert result["per_case_metrics"]["z"]["PDAC"]["NSD"] == 0.0
     assert result["per_case_metrics"]["x"]["PDAC"]["HD95"] == pytest.approx(1.6, abs=1e-5)
@@ -296,7 +300,7 @@ def test_evaluate_folders_uses_physical_spacing_in_zyx_order(tmp_path: Path) -> 
 
 def test_evaluate_folders_selected_cases(case_folders: tuple[Path, Path]) -> None:
     truth_dir, pred_dir = case_folders
-    result = evaluate_folders(pred_dir, truth_dir, cases=["case_b"], surface=False)
+    result = evaluate_folders(pred_dir, truth_dir, cases=["case_b"], surface=False).to_json()
     assert list(result["per_case"]) == ["case_b"] and result["metrics"] == ["Dice"]
     with pytest.raises(HPNInputError, match=r"extra_without_truth\.nii\.gz: missing truth"):
         evaluate_folders(pred_dir, truth_dir, cases=["case_a", "extra_without_truth"])
@@ -339,7 +343,7 @@ def test_abnormal_pancreas_dice_equals_nnunet(case_folders: tuple[Path, Path], t
 
     truth_dir, pred_dir = copy_folders(case_folders, tmp_path)
     (pred_dir / "extra_without_truth.nii.gz").unlink()      # nnU-Net iterates over predictions
-    ours = evaluate_folders(pred_dir, truth_dir)["per_case"]
+    ours = evaluate_folders(pred_dir, truth_dir).to_json()["per_case"]
     theirs = compute_metrics_on_folder(str(truth_dir), str(pred_dir), str(tmp_path / "nnunet.json"), SimpleITKIO(),
                                        ".nii.gz", [(1, 2, 3), (2,)], None, 1)
     assert len(theirs["metric_per_case"]) == 3
@@ -353,15 +357,16 @@ def test_abnormal_pancreas_dice_equals_nnunet(case_folders: tuple[Path, Path], t
 
 def test_table_and_summary_files(case_folders: tuple[Path, Path], tmp_path: Path) -> None:
     truth_dir, pred_dir = case_folders
-    result = evaluate_folders(pred_dir, truth_dir)
-    table = format_dice_table(result)
+    evaluated = evaluate_folders(pred_dir, truth_dir)
+    result = evaluated.to_json()
+    table = format_dice_table(evaluated)
     lines = table.splitlines()
     assert len(lines) == 2 + len(TARGETS)
     pdac_row = next(line for line in lines if line.startswith("PDAC"))
     assert f"{100 * result['mean']['PDAC']:.2f} ± {100 * result['std']['PDAC']:.2f}" in pdac_row
     assert pdac_row.split()[-3:] == ["1", "2", "3"]           # missed, present, n
 
-    json_path, csv_path = write_summary(result, tmp_path / "out" / "summary.json")
+    json_path, csv_path = write_summary(evaluated, tmp_path / "out" / "summary.json")
     assert csv_path == tmp_path / "out" / "summary.csv"
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(result))
     with csv_path.open(newline="") as file:

@@ -28,6 +28,7 @@ import csv
 import io
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -155,31 +156,79 @@ def _mean_std(values: Iterable[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=0))
 
 
-def _aggregate(per_case: dict[str, dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
-    """Mean and population std (ddof=0) over cases, per target."""
-    means, stds = {}, {}
-    for name in TARGETS:
-        means[name], stds[name] = _mean_std(case_scores[name] for case_scores in per_case.values())
-    return means, stds
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What :func:`evaluate_folders` measured: every metric per case and target, and which targets the truth has.
+
+    ``per_case_metrics[case][target][metric]`` (cases in evaluation order, targets of :data:`TARGETS`, ``metrics``
+    of :data:`METRICS` or Dice only); ``truth_present[case][target]``; ``one_empty[target]``: cases where exactly
+    one of truth / prediction is empty. Aggregates (population std, ddof=0) and counts are derived. ``to_json()``
+    is the ``summary.json`` form (:func:`write_summary`), ``from_json`` reads it back.
+    """
+
+    per_case_metrics: dict[str, dict[str, dict[str, float]]]
+    truth_present: dict[str, dict[str, bool]]
+    one_empty: dict[str, int]
+    metrics: tuple[str, ...] = METRICS
+    tolerance_mm: float = DEFAULT_TOLERANCE_MM
+
+    @property
+    def cases(self) -> list[str]:
+        return list(self.per_case_metrics)
+
+    @property
+    def n_cases(self) -> int:
+        return len(self.per_case_metrics)
+
+    def value(self, case: str, target: str, metric: str = "Dice") -> float:
+        return self.per_case_metrics[case][target][metric]
+
+    def values(self, target: str, metric: str = "Dice", cases: Sequence[str] | None = None) -> list[float]:
+        """The per-case values of one target and metric, in ``cases`` order (default: all, evaluation order)."""
+        return [self.per_case_metrics[case][target][metric] for case in (self.cases if cases is None else cases)]
+
+    def mean(self, target: str, metric: str = "Dice") -> float:
+        return _mean_std(self.values(target, metric))[0]
+
+    def std(self, target: str, metric: str = "Dice") -> float:
+        return _mean_std(self.values(target, metric))[1]
+
+    def present(self, target: str) -> int:
+        """Cases whose truth has ``target``."""
+        return sum(present[target] for present in self.truth_present.values())
+
+    def missed(self, target: str) -> int:
+        """Cases whose truth has ``target`` and whose prediction scores Dice 0 on it."""
+        return sum(self.truth_present[case][target] and self.value(case, target) == 0.0 for case in self.cases)
+
+    def to_json(self) -> dict[str, Any]:
+        means, stds = {t: self.mean(t) for t in TARGETS}, {t: self.std(t) for t in TARGETS}
+        return {"per_case": {case: {t: self.value(case, t) for t in TARGETS} for case in self.cases},
+                "mean": means, "std": stds, "n_cases": self.n_cases,
+                "present": {t: self.present(t) for t in TARGETS}, "missed": {t: self.missed(t) for t in TARGETS},
+                "one_empty": dict(self.one_empty), "metrics": list(self.metrics),
+                "per_case_metrics": self.per_case_metrics, "truth_present": self.truth_present,
+                "aggregate": {t: {m: {"mean": self.mean(t, m), "std": self.std(t, m)} for m in self.metrics}
+                              for t in TARGETS},
+                "tolerance_mm": float(self.tolerance_mm), "empty_convention": EMPTY_CONVENTION}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "EvaluationResult":
+        return cls(data["per_case_metrics"], data["truth_present"], data["one_empty"], tuple(data["metrics"]),
+                   float(data["tolerance_mm"]))
 
 
 def evaluate_folders(pred_dir: Path, truth_dir: Path, file_ending: str = ".nii.gz", *,
                      cases: Sequence[str] | None = None, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
                      surface: bool = True, progress: bool | None = None,
-                     description: str = "evaluating") -> dict[str, Any]:
+                     description: str = "evaluating") -> EvaluationResult:
     """Dice, HD95 and NSD per case and target of ``pred_dir`` against ``truth_dir``.
 
     Evaluates every truth case (or only ``cases``). Each needs a truth and a prediction file ``<case><file_ending>``
     with the same geometry (size, spacing, origin, direction; tolerance 1e-4), otherwise HPNInputError. Other
     predictions are ignored. ``progress``: tqdm bar (None: only on a terminal).
 
-    Returns ``{"per_case": {case: {target: dice}}, "mean": {target: dice mean}, "std": {target: dice std},
-    "n_cases": int, "present": {target: cases with the target in truth}, "missed": {target: cases with the target
-    in truth but Dice == 0}, "one_empty": {target: cases where exactly one of truth / prediction is empty},
-    "metrics": [...], "per_case_metrics": {case: {target: {metric: value}}},
-    "truth_present": {case: {target: bool}},
-    "aggregate": {target: {metric: {"mean": .., "std": ..}}}, "tolerance_mm": float, "empty_convention": str}``.
-    ``std`` is the population standard deviation (ddof=0); HD95 in mm. Empty masks as in the module docstring.
+    Returns an :class:`EvaluationResult`. HD95 in mm; empty masks as in the module docstring.
     """
     pred_dir, truth_dir = Path(pred_dir), Path(truth_dir)
     truth_files = case_files(truth_dir, file_ending, "truth")
@@ -196,8 +245,6 @@ def evaluate_folders(pred_dir: Path, truth_dir: Path, file_ending: str = ".nii.g
     metrics = METRICS if surface else ("Dice",)
 
     per_case_metrics: dict[str, dict[str, dict[str, float]]] = {}
-    present = {name: 0 for name in TARGETS}
-    missed = {name: 0 for name in TARGETS}
     one_empty = {name: 0 for name in TARGETS}
     truth_present: dict[str, dict[str, bool]] = {}
     bar_disabled = None if progress is None else not progress
@@ -219,47 +266,23 @@ def evaluate_folders(pred_dir: Path, truth_dir: Path, file_ending: str = ".nii.g
             truth_any, pred_any = bool(target_mask(truth, labels).any()), bool(target_mask(pred, labels).any())
             truth_present[case][name] = truth_any
             one_empty[name] += int(truth_any != pred_any)
-            if truth_any:
-                present[name] += 1
-                if per_case_metrics[case][name]["Dice"] == 0.0:
-                    missed[name] += 1
-
-    per_case = {case: {name: scores[name]["Dice"] for name in TARGETS} for case, scores in per_case_metrics.items()}
-    means, stds = _aggregate(per_case)
-    aggregate: dict[str, dict[str, dict[str, float]]] = {}
-    for name in TARGETS:
-        aggregate[name] = {}
-        for metric in metrics:
-            mean, std = _mean_std(scores[name][metric] for scores in per_case_metrics.values())
-            aggregate[name][metric] = {"mean": mean, "std": std}
-    return {"per_case": per_case, "mean": means, "std": stds, "n_cases": len(per_case),
-            "present": present, "missed": missed, "one_empty": one_empty, "metrics": list(metrics),
-            "per_case_metrics": per_case_metrics, "truth_present": truth_present, "aggregate": aggregate,
-            "tolerance_mm": float(tolerance_mm), "empty_convention": EMPTY_CONVENTION}
+    return EvaluationResult(per_case_metrics, truth_present, one_empty, tuple(metrics), float(tolerance_mm))
 
 
-def format_dice_table(result: dict[str, Any]) -> str:
+def format_dice_table(result: EvaluationResult) -> str:
     """Plain-text table for a terminal: one row per target with Dice % (and HD95 mm, NSD % when the result has
     them) as mean ± std, then missed, present, n."""
-    metrics = [metric for metric in result.get("metrics", ["Dice"]) if metric in METRICS]
-    tolerance = result.get("tolerance_mm", DEFAULT_TOLERANCE_MM)
+    metrics = [metric for metric in result.metrics if metric in METRICS]
     titles = {"Dice": "Dice % (mean ± std)", "HD95": "HD95 mm (mean ± std)",
-              "NSD": f"NSD@{tolerance:g}mm % (mean ± std)"}
+              "NSD": f"NSD@{result.tolerance_mm:g}mm % (mean ± std)"}
     header = ("target", *(titles[metric] for metric in metrics), "missed", "present", "n")
 
     def cell(name: str, metric: str) -> str:
-        if metric == "Dice" or "aggregate" not in result:
-            mean, std = result["mean"][name], result["std"][name]
-        else:
-            mean, std = result["aggregate"][name][metric]["mean"], result["aggregate"][name][metric]["std"]
         scale = 1.0 if metric == "HD95" else 100.0
-        return f"{scale * mean:.2f} ± {scale * std:.2f}"
+        return f"{scale * result.mean(name, metric):.2f} ± {scale * result.std(name, metric):.2f}"
 
-    rows = [(name, *(cell(name, metric) for metric in metrics),
-             str(result["missed"][name]),
-             str(result["present"][name]) if "present" in result else "-",
-             str(result["n_cases"]))
-            for name in TARGETS if name in result["mean"]]
+    rows = [(name, *(cell(name, metric) for metric in metrics), str(result.missed(name)), str(result.present(name)),
+             str(result.n_cases)) for name in TARGETS]
     widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
@@ -277,8 +300,8 @@ def metric_column(metric: str, target: str) -> str:
     return f"{metric} {unit} {target}" if unit else f"{metric} {target}"
 
 
-def write_summary(result: dict[str, Any], path_json: Path) -> tuple[Path, Path]:
-    """Write ``result`` as JSON to ``path_json`` and the per-case metrics as CSV next to it (same stem, ``.csv``).
+def write_summary(result: EvaluationResult, path_json: Path) -> tuple[Path, Path]:
+    """Write ``result.to_json()`` to ``path_json`` and the per-case metrics as CSV next to it (same stem, ``.csv``).
 
     CSV columns: ``case``, then per target ``Dice <target>`` and, when computed, ``HD95 mm <target>`` and
     ``NSD <target>``. Returns (json path, csv path).
@@ -286,18 +309,13 @@ def write_summary(result: dict[str, Any], path_json: Path) -> tuple[Path, Path]:
     path_json = Path(path_json)
     path_json.parent.mkdir(parents=True, exist_ok=True)
     path_csv = path_json.with_suffix(".csv")
-    write_text_atomically(path_json, json.dumps(result, indent=2) + "\n")
+    write_text_atomically(path_json, json.dumps(result.to_json(), indent=2) + "\n")
 
-    metrics = [metric for metric in result.get("metrics", ["Dice"]) if metric in METRICS]
+    metrics = [metric for metric in result.metrics if metric in METRICS]
     lines = io.StringIO()
     writer = csv.writer(lines, lineterminator="\n")
     writer.writerow(["case", *(metric_column(metric, name) for name in TARGETS for metric in metrics)])
-    for case, scores in result["per_case"].items():
-        values = []
-        for name in TARGETS:
-            for metric in metrics:
-                value = scores[name] if metric == "Dice" else result["per_case_metrics"][case][name][metric]
-                values.append(f"{value:.6f}")
-        writer.writerow([case, *values])
+    for case in result.cases:
+        writer.writerow([case, *(f"{result.value(case, name, metric):.6f}" for name in TARGETS for metric in metrics)])
     write_text_atomically(path_csv, lines.getvalue())
     return path_json, path_csv

@@ -34,8 +34,8 @@ import SimpleITK as sitk
 
 from nnunet_hpn.io.publish import published_folder
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.evaluate.metrics import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, TARGETS, evaluate_folders,
-                                   predicted_cases)
+from nnunet_hpn.evaluate.metrics import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, TARGETS,
+                                         EvaluationResult, evaluate_folders, predicted_cases)
 from nnunet_hpn.io.images import read_label
 from nnunet_hpn.phases import PHASES, channel_file_name, read_channel_names
 
@@ -79,35 +79,35 @@ def paired_wilcoxon(values: Sequence[float], reference: Sequence[float]) -> floa
     return float(wilcoxon(values, reference).pvalue)
 
 
-def missed_and_rescued(results: Mapping[str, dict[str, Any]], single_phase: Sequence[str], hpn: str,
+def missed_and_rescued(results: Mapping[str, EvaluationResult], single_phase: Sequence[str], hpn: str,
                        target: str = "PDAC") -> dict[str, Any]:
     """Cases with ``target`` in the truth missed (Dice 0) by every single-phase method, and those of them where
     ``hpn`` has Dice > 0 (rescued)."""
     first = results[single_phase[0]]
-    present = [case for case in first["per_case"] if first["truth_present"][case][target]]
+    present = [case for case in first.cases if first.truth_present[case][target]]
     missed = [case for case in present
-              if all(results[method]["per_case"][case][target] == 0.0 for method in single_phase)]
-    rescued = [case for case in missed if results[hpn]["per_case"][case][target] > 0.0]
+              if all(results[method].value(case, target) == 0.0 for method in single_phase)]
+    rescued = [case for case in missed if results[hpn].value(case, target) > 0.0]
     return {"target": target, "single_phase": list(single_phase), "hpn": hpn, "n_present": len(present),
             "missed_by_all_single_phase": missed, "rescued": rescued}
 
 
-def largest_gains(results: Mapping[str, dict[str, Any]], reference: str, n: int) -> tuple[str, list[dict]]:
+def largest_gains(results: Mapping[str, EvaluationResult], reference: str, n: int) -> tuple[str, list[dict]]:
     """The ``n`` cases where ``reference`` gains most Dice over the best other method, largest gain first.
 
     Target PDAC over the cases with PDAC in the truth; abnormal pancreas over all cases if none has PDAC.
     Returns (target, [{"case", "gain", "reference_dice", "best_other", "best_other_dice"}]).
     """
     ref = results[reference]
-    target = "PDAC" if any(present["PDAC"] for present in ref["truth_present"].values()) else "abnormal pancreas"
+    target = "PDAC" if ref.present("PDAC") else "abnormal pancreas"
     others = [method for method in results if method != reference]
     rows = []
-    for case, present in ref["truth_present"].items():
+    for case, present in ref.truth_present.items():
         if target == "PDAC" and not present["PDAC"]:
             continue
-        best_other = max(others, key=lambda method: results[method]["per_case"][case][target])
-        best_dice = results[best_other]["per_case"][case][target]
-        reference_dice = ref["per_case"][case][target]
+        best_other = max(others, key=lambda method: results[method].value(case, target))
+        best_dice = results[best_other].value(case, target)
+        reference_dice = ref.value(case, target)
         rows.append({"case": case, "gain": reference_dice - best_dice, "reference_dice": reference_dice,
                      "best_other": best_other, "best_other_dice": best_dice})
     rows.sort(key=lambda row: (-row["gain"], row["case"]))
@@ -169,7 +169,7 @@ def _load_overlay_case(case: str, images_dir: Path, truth_dir: Path, methods: Ma
             raise HPNInputError(f"{path}: size {image.GetSize()} differs from truth size {truth_image.GetSize()}")
         phases[name] = sitk.GetArrayFromImage(image).astype(np.float32)
     predictions = {name: read_label(folder / f"{case}{file_ending}")[0] for name, folder in methods.items()}
-    captions = {name: f"{caption_target} Dice {100 * results[name]['per_case'][case][caption_target]:.1f}%"
+    captions = {name: f"{caption_target} Dice {100 * results[name].value(case, caption_target):.1f}%"
                 for name in methods}
     return OverlayCase(title=case, phases=phases, truth=truth, predictions=predictions,
                        spacing_zyx=tuple(reversed(truth_image.GetSpacing())), captions=captions)
@@ -282,18 +282,17 @@ def format_report_csv(report: dict[str, Any]) -> str:
     return stream.getvalue()
 
 
-def format_per_case_csv(results: Mapping[str, dict[str, Any]]) -> str:
+def format_per_case_csv(results: Mapping[str, EvaluationResult]) -> str:
     """``per_case.csv``: case, method, target, Dice, HD95 (mm), NSD, truth_present."""
     stream = io.StringIO()
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(["case", "method", "target", "Dice", "HD95_mm", "NSD", "truth_present"])
     first = next(iter(results.values()))
-    for case in first["per_case"]:
+    for case in first.cases:
         for method, result in results.items():
             for target in TARGETS:
-                values = result["per_case_metrics"][case][target]
-                writer.writerow([case, method, target, *(f"{values[m]:.6f}" for m in METRICS),
-                                 int(result["truth_present"][case][target])])
+                writer.writerow([case, method, target, *(f"{result.value(case, target, m):.6f}" for m in METRICS),
+                                 int(result.truth_present[case][target])])
     return stream.getvalue()
 
 
@@ -346,15 +345,14 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
     for name, result in results.items():
         summary[name] = {}
         for target in TARGETS:
-            summary[name][target] = {"missed": result["missed"][target], "present": result["present"][target]}
+            summary[name][target] = {"missed": result.missed(target), "present": result.present(target)}
             for metric in METRICS:
-                values = [result["per_case_metrics"][case][target][metric] for case in cases]
-                summary[name][target][metric] = {**result["aggregate"][target][metric],
-                                                 "median": float(np.median(values))}
-    wilcoxon = {name: {target: {metric: paired_wilcoxon(
-        [results[name]["per_case_metrics"][case][target][metric] for case in cases],
-        [results[reference]["per_case_metrics"][case][target][metric] for case in cases]) for metric in METRICS}
-        for target in TARGETS} for name in methods if name != reference}
+                summary[name][target][metric] = {"mean": result.mean(target, metric), "std": result.std(target, metric),
+                                                 "median": float(np.median(result.values(target, metric, cases)))}
+    wilcoxon = {name: {target: {metric: paired_wilcoxon(results[name].values(target, metric, cases),
+                                                        results[reference].values(target, metric, cases))
+                                for metric in METRICS}
+                       for target in TARGETS} for name in methods if name != reference}
     rescue = missed_and_rescued(results, single_phase, hpn) if single_phase is not None else None
     gain_target, gains = largest_gains(results, reference, max(0, n_overlays))
 
@@ -373,15 +371,15 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
         "gains": gains, "boxplots": {target: f"boxplot_{target_slug(target)}.png" for target in TARGETS},
         "overlays": "overlays_largest_gain.png" if overlay_cases else None,
         "overlay_phases": list(overlay_cases[0].phases) if overlay_cases else None,
-        "per_method": results,
+        "per_method": {name: result.to_json() for name, result in results.items()},
     }
 
     from nnunet_hpn.evaluate.figures import save_boxplot_png, save_overlay_grid_png
 
     with published_folder(out_dir, "replace") as staging:
         for target, file_name in report["boxplots"].items():
-            values = {metric: {name: [results[name]["per_case_metrics"][case][target][metric] for case in cases]
-                               for name in methods} for metric in METRICS}
+            values = {metric: {name: results[name].values(target, metric, cases) for name in methods}
+                      for metric in METRICS}
             save_boxplot_png(values, staging / file_name, title=f"{TARGET_TITLES[target]} (n = {len(cases)})",
                              axis_labels={"NSD": f"NSD at {tolerance_mm:g} mm"})
         if overlay_cases:
