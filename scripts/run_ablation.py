@@ -26,7 +26,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any, Optional, Sequence
 from nnunet_hpn.budget import BUDGET_ENV, NO_TTA_ENV, SEED_ENV
 from nnunet_hpn.demo import console_command
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.evaluate.metrics import EvaluationResult, evaluate_folders, write_summary
+from nnunet_hpn.evaluate.metrics import EvaluationResult, evaluate_folders, predicted_cases, write_summary
 
 
 @dataclass(frozen=True)
@@ -515,24 +514,9 @@ def make_union(row_dirs: dict[str, Path], out_dir: Path, file_ending: str) -> in
 
 # ------------------------------------------------------------------------------------------------ step 5: evaluate
 
-def predicted_cases(pred_dir: Path, file_ending: str) -> list[str]:
-    return sorted(path.name[: -len(file_ending)] for path in pred_dir.iterdir()
-                  if path.is_file() and path.name.endswith(file_ending))
-
-
 def evaluate_row(pred_dir: Path, labels_dir: Path, file_ending: str) -> EvaluationResult:
-    """``evaluate_folders`` on the predicted cases only (truth restricted through a folder of symlinks);
-    writes ``pred_dir/summary.json`` and ``summary.csv``."""
-    cases = predicted_cases(pred_dir, file_ending)
-    if not cases:
-        raise AblationError(f"{pred_dir}: no predictions ending in {file_ending!r}")
-    with tempfile.TemporaryDirectory(prefix="hpn_ablation_truth_") as truth_dir:
-        for case in cases:
-            truth = labels_dir / f"{case}{file_ending}"
-            if not truth.is_file():
-                raise AblationError(f"{truth}: no ground truth for predicted case {case!r}")
-            os.symlink(truth.resolve(), Path(truth_dir) / truth.name)
-        result = evaluate_folders(pred_dir, Path(truth_dir), file_ending)
+    """``evaluate_folders`` on the predicted cases only; writes ``pred_dir/summary.json`` and ``summary.csv``."""
+    result = evaluate_folders(pred_dir, labels_dir, file_ending, cases=predicted_cases(pred_dir, file_ending))
     write_summary(result, pred_dir / "summary.json")
     return result
 
