@@ -2,7 +2,7 @@
 (:mod:`nnunet_hpn.model.hyper_connections`)."""
 from __future__ import annotations
 
-from typing import Sequence, Type, Union
+from typing import Sequence, Type
 
 import numpy as np
 import torch
@@ -11,15 +11,20 @@ from dynamic_network_architectures.building_blocks.residual import BasicBlockD, 
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
-from torch.nn.modules.dropout import _DropoutNd
 
 from nnunet_hpn.model.hyper_connections import HyperConnectedPart, n_voxels, stage_output_sizes
+
+#: The block arguments of dynamic_network_architectures' conv and residual blocks that every stage shares.
+BLOCK_ARGUMENTS: tuple[str, ...] = ("conv_bias", "norm_op", "norm_op_kwargs", "dropout_op", "dropout_op_kwargs",
+                                    "nonlin", "nonlin_kwargs")
+
 
 class HyperPairedEncoder(HyperConnectedPart):
     """K encoders (plain conv or residual) run in lockstep, joined by ``enc{i}->enc{j}`` hyper-connections.
 
     ``stems[p]`` (resdsn only) and ``stages[p][s]`` are path ``p``'s modules. forward takes one (B, 1, *spatial)
-    tensor per path and returns ``skips[p][s]`` = (B, features_per_stage[s], *spatial_s).
+    tensor per path and returns ``skips[p][s]`` = (B, features_per_stage[s], *spatial_s). ``block_kwargs``: the
+    :data:`BLOCK_ARGUMENTS` of every block (missing ones None, ``conv_bias`` False).
     """
 
     def __init__(
@@ -33,13 +38,7 @@ class HyperPairedEncoder(HyperConnectedPart):
         n_conv_per_stage: list[int],
         backbone: str,
         encoder_sources: list[list[int]],
-        conv_bias: bool = False,
-        norm_op: Union[None, Type[nn.Module]] = None,
-        norm_op_kwargs: dict | None = None,
-        dropout_op: Union[None, Type[_DropoutNd]] = None,
-        dropout_op_kwargs: dict | None = None,
-        nonlin: Union[None, Type[nn.Module]] = None,
-        nonlin_kwargs: dict | None = None,
+        block_kwargs: dict,
         nonlin_first: bool = False,
     ) -> None:
         super().__init__(n_paths)
@@ -47,10 +46,8 @@ class HyperPairedEncoder(HyperConnectedPart):
         self.encoder_sources = [list(s) for s in encoder_sources]
         self._register([f"enc{i}->enc{j}" for j in range(n_paths) for i in self.encoder_sources[j]])
         self.backbone = backbone
-        block_kwargs = dict(
-            conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
-            dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs,
-        )
+        block_kwargs = {name: block_kwargs.get(name) for name in BLOCK_ARGUMENTS}
+        block_kwargs["conv_bias"] = bool(block_kwargs["conv_bias"])
         stems: list[nn.Module] = []
         paths: list[nn.ModuleList] = []
         for target in range(n_paths):
@@ -83,13 +80,8 @@ class HyperPairedEncoder(HyperConnectedPart):
         self.strides = [maybe_convert_scalar_to_list(conv_op, s) for s in strides]
         self.kernel_sizes = kernel_sizes
         self.conv_op = conv_op
-        self.conv_bias = conv_bias
-        self.norm_op = norm_op
-        self.norm_op_kwargs = norm_op_kwargs
-        self.dropout_op = dropout_op
-        self.dropout_op_kwargs = dropout_op_kwargs
-        self.nonlin = nonlin
-        self.nonlin_kwargs = nonlin_kwargs
+        for name, value in block_kwargs.items():  # conv_bias, norm_op, ... as PlainConvEncoder names them
+            setattr(self, name, value)
         self.nonlin_first = nonlin_first
 
     def forward(self, path_inputs: Sequence[Tensor]) -> list[list[Tensor]]:

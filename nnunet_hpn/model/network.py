@@ -120,8 +120,10 @@ class HyperPairedUNet(nn.Module):
         self.pairing_features: tuple[Tensor, ...] | None = None
         self.encoder = HyperPairedEncoder(
             n_paths, n_stages, features_per_stage, conv_op, kernel_sizes, strides, n_conv_per_stage, backbone,
-            sources[("enc", "enc")], conv_bias, norm_op, norm_op_kwargs, dropout_op, dropout_op_kwargs, nonlin,
-            nonlin_kwargs, nonlin_first,
+            sources[("enc", "enc")],
+            dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
+                 dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs),
+            nonlin_first,
         )
         self.decoder = HyperPairedDecoder(
             self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
