@@ -111,22 +111,6 @@ class PhantomCase:
     def phases(self) -> tuple:
         return tuple(self.images)
 
-    @property
-    def arterial(self) -> np.ndarray:
-        return self.images["arterial"]
-
-    @property
-    def venous(self) -> np.ndarray:
-        return self.images["venous"]
-
-    @property
-    def label_venous(self) -> np.ndarray:
-        return self.labels["venous"]
-
-    @property
-    def tissue_venous(self) -> np.ndarray:
-        return self.tissues["venous"]
-
 
 class _Grid:
     """Voxel-centre coordinates in mm (z, y, x), with the abdomen's centre and semi-axes."""

@@ -64,9 +64,9 @@ def _misalign(image: sitk.Image, label: sitk.Image, seed: int, args: argparse.Na
 def phantom_pairs(args: argparse.Namespace):
     for index in range(args.phantoms):
         case = generate_phantom_case(args.seed, index, tuple(args.phantom_shape))
-        moving, moving_label = _misalign(_phantom_image(case.venous), _phantom_image(case.label_venous),
+        moving, moving_label = _misalign(_phantom_image(case.images["venous"]), _phantom_image(case.labels["venous"]),
                                          args.seed * 1000 + index, args)
-        yield f"phantom_{index:03d}", _phantom_image(case.arterial), _phantom_image(case.label), moving, moving_label
+        yield f"phantom_{index:03d}", _phantom_image(case.images["arterial"]), _phantom_image(case.label), moving, moving_label
 
 
 def _real_ct() -> tuple[sitk.Image, sitk.Image]:

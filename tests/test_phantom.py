@@ -90,7 +90,7 @@ def test_different_seeds_and_cases_differ(written: dict[str, Path]) -> None:
 
 def test_every_case_has_all_labels_in_both_spaces(cases: list[PhantomCase]) -> None:
     for case in cases:
-        for labels in (case.label, case.label_venous):
+        for labels in (case.label, case.labels["venous"]):
             assert labels.dtype == np.uint8
             assert set(np.unique(labels)) == {0, 1, 2, 3}
 
@@ -106,11 +106,11 @@ def test_phase_contrast_of_vessels_and_parenchyma(cases: list[PhantomCase]) -> N
 
 def test_label_follows_deformation_with_similar_volumes(cases: list[PhantomCase]) -> None:
     for case in cases:
-        assert np.count_nonzero(case.label != case.label_venous) > 0
+        assert np.count_nonzero(case.label != case.labels["venous"]) > 0
         arterial_volumes = np.bincount(case.label.ravel(), minlength=4)[1:]
-        venous_volumes = np.bincount(case.label_venous.ravel(), minlength=4)[1:]
+        venous_volumes = np.bincount(case.labels["venous"].ravel(), minlength=4)[1:]
         assert np.all((venous_volumes > 0.6 * arterial_volumes) & (venous_volumes < 1.6 * arterial_volumes))
-        assert case.arterial.dtype == case.venous.dtype == np.int16
+        assert case.images["arterial"].dtype == case.images["venous"].dtype == np.int16
 
 
 def test_some_masses_are_iso_attenuating_in_one_phase_only(cases: list[PhantomCase]) -> None:
@@ -173,7 +173,9 @@ def test_default_two_phase_output_is_unchanged() -> None:
     case = generate_phantom_case(3, 0, SMALL_SHAPE, SPACING)
     assert case.phases == PHASES and case.reference_phase == "arterial"
     for name, digest in TWO_PHASE_SHA256.items():
-        assert hashlib.sha256(getattr(case, name).tobytes()).hexdigest()[:16] == digest, name
+        array = {"arterial": case.images["arterial"], "venous": case.images["venous"], "label": case.label,
+                 "label_venous": case.labels["venous"]}[name]
+        assert hashlib.sha256(array.tobytes()).hexdigest()[:16] == digest, name
 
 
 def test_four_phases_share_streams_with_the_default(four_phase_cases: list[PhantomCase]) -> None:
@@ -181,8 +183,8 @@ def test_four_phases_share_streams_with_the_default(four_phase_cases: list[Phant
         two_phase = generate_phantom_case(0, index, SMALL_SHAPE, SPACING)
         assert case.reference_phase == "noncontrast"
         np.testing.assert_array_equal(case.label, two_phase.label)  # same anatomy in the reference space
-        np.testing.assert_array_equal(case.venous, two_phase.venous)  # venous: the original streams
-        np.testing.assert_array_equal(case.tissue_venous, two_phase.tissue_venous)
+        np.testing.assert_array_equal(case.images["venous"], two_phase.images["venous"])  # venous: the original streams
+        np.testing.assert_array_equal(case.tissues["venous"], two_phase.tissues["venous"])
         three = generate_phantom_case(0, index, SMALL_SHAPE, SPACING, phases=("noncontrast", "venous", "delayed"),
                                       reference_phase="noncontrast")
         np.testing.assert_array_equal(three.images["delayed"], case.images["delayed"])  # keyed by phase name
