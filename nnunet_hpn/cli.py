@@ -25,7 +25,7 @@ def _convert(args: argparse.Namespace) -> None:
     raw_root = Path(args.raw_root) if args.raw_root else None
     target = convert_cases(Path(args.in_dir), args.dataset_id, args.name, raw_root=raw_root, overwrite=args.overwrite,
                            phases=tuple(args.phases), reference_phase=args.reference_phase, register=args.register,
-                           crop_margin_mm=args.crop_to_label)
+                           crop_margin_mm=args.crop_to_label, allow_unusual_intensities=args.allow_unusual_intensities)
     print(f"wrote {target}")
 
 
@@ -41,7 +41,8 @@ def _register(args: argparse.Namespace) -> None:
 
     result = register_files(Path(args.fixed), Path(args.moving), Path(args.output),
                             moving_label_path=Path(args.moving_label) if args.moving_label else None,
-                            fixed_label_path=Path(args.fixed_label) if args.fixed_label else None, method=args.method)
+                            fixed_label_path=Path(args.fixed_label) if args.fixed_label else None, method=args.method,
+                            allow_unusual_intensities=args.allow_unusual_intensities)
     similarity = result.qc["similarity"]
     print(f"NMI {similarity['before']['nmi']} -> {similarity['after']['nmi']} ({args.method}, "
           f"{result.qc['seconds']:.1f} s)")
@@ -65,7 +66,7 @@ def _predict(args: argparse.Namespace) -> None:
             raise HPNInputError(f"--phase {item}: expected NAME=PATH")
         phases[name] = path
     options = dict(folds=args.folds, device=args.device, disable_tta=args.disable_tta, checkpoint=args.checkpoint,
-                   registration=args.registration)
+                   registration=args.registration, allow_unusual_intensities=args.allow_unusual_intensities)
     if args.input and phases:
         raise HPNInputError(f"{args.input}: give either -i IN_DIR or the phases of one case, not both")
     if not args.input and not phases:
@@ -160,6 +161,11 @@ def _tolerance_mm(text: str) -> float:
     return value
 
 
+UNUSUAL_INTENSITIES_HELP = ("accept phase images whose values do not look like CT in HU (few distinct values, far "
+                            "outside -4096..40000, or no value below 0 with a median above 500 as when the rescale "
+                            "intercept is missing): for unusual but real data")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-hpn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut every case (all phases, after --register, and the label) to the label's box plus "
                         "MARGIN_MM, world positions kept: an oracle ROI for experiments, or second-stage training "
                         "data; boxes in <dataset>/crop_boxes.json (every case needs a label)")
+    p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("uncrop", help="paste predictions made on crops back onto the full images "
@@ -214,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-label", help="label on the fixed grid: with --moving-label, pancreas surface distance and "
                                          "Dice before/after in qc.json")
     p.add_argument("--method", choices=["none", "affine", "demons"], default="demons")
+    p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
     p.set_defaults(func=_register)
 
     p = sub.add_parser("predict", help="raw, unaligned phases -> registration -> trained nnU-Net model -> label map "
@@ -234,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="checkpoint_final.pth")
     p.add_argument("--registration", choices=["none", "affine", "demons"], default="demons")
     p.add_argument("--qc", help="one case: write the registration QC (JSON) here")
+    p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("cpu-config", help="add a small-patch, narrow configuration to a plans file for CPU runs")

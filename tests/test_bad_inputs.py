@@ -95,6 +95,46 @@ def _regrid(path: Path, spacing=SPACING_XYZ, direction=None, shape=None) -> None
     _write(_image(array, spacing=spacing, direction=direction), path)
 
 
+def _values(change: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
+    """Rewrite an image with ``change`` applied to its voxel values (same grid)."""
+    def action(path: Path) -> None:
+        _write(_image(change(sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32))), path)
+    return action
+
+
+#: stored values without the rescale intercept, values scaled far outside any CT range, a label map as a phase
+_hu_plus_1024 = _values(lambda hu: hu + 1024)
+_scaled = _values(lambda hu: hu * 1000)
+_as_label_map = _values(lambda hu: (hu > 100).astype(np.float32) + (hu > 160))
+
+
+def _one_slice_case(files: Dict[str, Path]) -> Path:
+    """Every image of the case (phases and labels) cut to its middle slice: one grid, one slice."""
+    for path in files.values():
+        image = sitk.ReadImage(str(path))
+        _write(image[:, :, SHAPE_ZYX[0] // 2:SHAPE_ZYX[0] // 2 + 1], path)
+    return files["arterial"]
+
+
+def _uncompressed(files: Dict[str, Path], key: str, action: Optional[Callable[[Path], None]] = None) -> Path:
+    """``files[key]`` rewritten as an uncompressed ``.nii`` (then damaged by ``action``), and named."""
+    target = files[key].with_name(files[key].name.replace(".nii.gz", ".nii"))
+    sitk.WriteImage(sitk.ReadImage(str(files[key])), str(target), useCompression=False)
+    files[key].unlink()
+    files[key] = target
+    if action is not None:
+        action(target)
+    return target
+
+
+def _nan_in_nii(path: Path) -> None:
+    """One NaN written into the voxel data of an uncompressed float NIfTI, where SimpleITK reads it as 0."""
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
+    array[2, 3, 4] = np.nan
+    image = _image(array)
+    sitk.WriteImage(image, str(path), useCompression=False)
+
+
 def _garbage_dicom_folder(folder: Path) -> Path:
     folder.mkdir(parents=True)
     for index in range(3):
@@ -336,6 +376,35 @@ SCENARIOS: Dict[str, Scenario] = {
         lambda pred, truth: (_truncate(truth / "case_b.nii.gz"), truth / "case_b.nii.gz")[1])),
     "evaluate/4d": Scenario("evaluate", r"4D image, expected a 3D image", _evaluate(
         lambda pred, truth: (_four_d(pred / "case_a.nii.gz"), pred / "case_a.nii.gz")[1])),
+    # the input gate: values that do not look like CT in HU, images that are not volumes, uncompressed NIfTI
+    "convert/hu-plus-1024": Scenario("convert", r"without the rescale intercept \(HU \+ 1024\).*"
+                                     r"--allow-unusual-intensities", _convert(_then(_hu_plus_1024, "venous"))),
+    "convert/scaled-values": Scenario("convert", r"outside any CT range in HU",
+                                      _convert(_then(_scaled, "arterial"))),
+    "convert/label-as-phase": Scenario("convert", r"only 3 distinct values: looks like a label map",
+                                       _convert(_then(_as_label_map, "venous"))),
+    "convert/one-slice": Scenario("convert", r"a phase needs at least 4 voxels along every axis",
+                                  _convert(_one_slice_case)),
+    "register/hu-plus-1024": Scenario("register", r"without the rescale intercept",
+                                      _register(_then(_hu_plus_1024, "arterial"))),
+    "register/label-as-phase": Scenario("register", r"looks like a label map", _register(
+        _then(_as_label_map, "venous"))),
+    "register/one-slice": Scenario("register", r"at least 4 voxels along every axis", _register(
+        lambda files: _one_slice_case({key: files[key] for key in ("arterial", "venous")}))),
+    "register/nii-truncated": Scenario("register", r"bytes, its header needs .* \(truncated", _register(
+        lambda files: _uncompressed(files, "venous", _truncate))),
+    "register/nii-nan": Scenario("register", r"1 NaN/Inf voxels", _register(
+        lambda files: _uncompressed(files, "arterial", _nan_in_nii))),
+    "predict/hu-plus-1024": Scenario("predict", r"without the rescale intercept",
+                                     _predict(_then(_hu_plus_1024, "arterial")), needs_model=True),
+    "predict/scaled-values": Scenario("predict", r"outside any CT range in HU",
+                                      _predict(_then(_scaled, "venous")), needs_model=True),
+    "predict/label-as-phase": Scenario("predict", r"looks like a label map",
+                                       _predict(_then(_as_label_map, "venous")), needs_model=True),
+    "predict/nii-truncated": Scenario("predict", r"bytes, its header needs", _predict(
+        lambda files: _uncompressed(files, "arterial", _truncate)), needs_model=True),
+    "predict/nii-nan": Scenario("predict", r"1 NaN/Inf voxels", _predict(
+        lambda files: _uncompressed(files, "venous", _nan_in_nii)), needs_model=True),
 }
 
 
@@ -382,3 +451,10 @@ def test_truncated_file_really_is_damaged(tmp_path: Path) -> None:
         with gzip.open(path, "rb") as stream:
             while stream.read(1 << 20):
                 pass
+
+
+def test_unusual_intensities_are_accepted_with_the_override(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    argv, raw, _ = _convert(_then(_hu_plus_1024, "venous"))(tmp_path, None)
+    assert main(argv) == 1 and "--allow-unusual-intensities accepts it" in capsys.readouterr().err
+    assert main([*argv, "--allow-unusual-intensities"]) == 0
+    assert (raw / "Dataset007_Bad" / "imagesTr" / "case_a_0001.nii.gz").is_file()

@@ -73,6 +73,25 @@ def check_3d_single_component(image: ImageOrHeader, name: str) -> None:
         raise HPNInputError(f"{name}: {components} components per voxel, expected 1")
 
 
+#: Fewest voxels along any axis of a phase image: a 3D network and the registration need a volume, not a slice.
+MIN_VOXELS_PER_AXIS = 4
+
+
+def check_spacing(image: ImageOrHeader, name: str) -> None:
+    """HPNInputError naming ``name`` unless every voxel spacing is finite and > 0."""
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise HPNInputError(f"{name}: voxel spacing {tuple(spacing.tolist())} mm is not finite and positive")
+
+
+def check_volume_size(image: ImageOrHeader, name: str) -> None:
+    """HPNInputError naming ``name`` when an axis has fewer than :data:`MIN_VOXELS_PER_AXIS` voxels."""
+    size = tuple(int(n) for n in image.GetSize())
+    if min(size) < MIN_VOXELS_PER_AXIS:
+        raise HPNInputError(f"{name}: size {size} voxels; a phase needs at least {MIN_VOXELS_PER_AXIS} voxels along "
+                            f"every axis (a single slice or a thumbnail is not a 3D CT)")
+
+
 def physical_bounds(image: ImageOrHeader) -> tuple[np.ndarray, np.ndarray]:
     """Lowest and highest physical coordinates (mm, x y z) of the image's voxel boxes (half a voxel around the
     centres), over all 8 corners, so any direction matrix works."""

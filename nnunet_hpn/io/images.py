@@ -1,8 +1,13 @@
-"""Reading the images of one case: NIfTI (or any single file SimpleITK reads) and DICOM series folders.
+"""Reading the images of one case: NIfTI (or any single file SimpleITK reads) and DICOM series folders; the one
+input gate every subcommand reads its images through.
 
 Every problem ends in one ``HPNInputError`` line naming the file or folder: missing, unreadable, damaged gzip
-stream, not 3D, more than one component, NaN/Inf voxels, an all-constant (empty) image, a folder without (or with
-several) DICOM series, uneven DICOM slice spacing (missing slices). Label maps (:func:`read_label`) also refuse
+stream or an uncompressed NIfTI shorter than its header says, not 3D, more than one component, spacing not finite
+and positive, NaN/Inf voxels (NIfTI values are read with nibabel, which sees them), a folder without (or with
+several) DICOM series, uneven DICOM slice spacing (missing slices). Phase images (:func:`read_image`,
+:func:`check_phase_voxels`) also refuse an all-constant image, fewer than 4 voxels along an axis, and values that do
+not look like CT in HU (:func:`ct_value_problem`: a label map or mask, stored values without the rescale intercept,
+values far outside any CT range) unless ``allow_unusual_intensities``. Label maps (:func:`read_label`) refuse
 non-integer values and labels outside {0, 1, 2, 3} (an all-background label map is valid).
 """
 from __future__ import annotations
@@ -17,7 +22,7 @@ import SimpleITK as sitk
 from nibabel.filebasedimages import ImageFileError
 
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.io.geometry import check_3d_single_component
+from nnunet_hpn.io.geometry import check_3d_single_component, check_spacing, check_volume_size
 
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_CHUNK_BYTES = 1 << 24
@@ -39,25 +44,39 @@ def read_header(path: Path) -> sitk.ImageFileReader:
     except RuntimeError:
         raise HPNInputError(f"{path}: unreadable or corrupt image file") from None
     check_3d_single_component(reader, str(path))
+    check_spacing(reader, str(path))
     return reader
 
 
 def read_voxels_verified(path: Path) -> np.ndarray:
-    """Voxel values of a ``.nii.gz`` file exactly as stored, or HPNInputError for a damaged file.
+    """Voxel values of a NIfTI file (``.nii.gz`` or ``.nii``) exactly as stored, or HPNInputError for a damaged file.
 
-    SimpleITK's NIfTI reader zero-fills truncated data and reads NaN as 0, so the gzip stream is verified up to
-    its checksum and the values are read with nibabel.
+    SimpleITK's NIfTI reader zero-fills truncated data and reads NaN as 0, so a gzip stream is verified up to its
+    checksum, an uncompressed file's size is checked against its header, and the values are read with nibabel.
     """
     path = Path(path)
-    with path.open("rb") as file:
-        if file.read(2) != GZIP_MAGIC:
-            raise HPNInputError(f"{path}: not gzip-compressed although named *.nii.gz")
+    compressed = path.name.endswith(".gz")
+    if compressed:
+        with path.open("rb") as file:
+            if file.read(2) != GZIP_MAGIC:
+                raise HPNInputError(f"{path}: not gzip-compressed although named *.nii.gz")
     try:
-        with gzip.open(path, "rb") as stream:
-            while stream.read(GZIP_CHUNK_BYTES):
-                pass
-        return np.asanyarray(nibabel.load(path).dataobj)
+        if compressed:
+            with gzip.open(path, "rb") as stream:
+                while stream.read(GZIP_CHUNK_BYTES):
+                    pass
+        image = nibabel.load(path)
+        header = image.header
+        expected = int(header.get_data_offset()) + int(np.prod(header.get_data_shape())) * \
+            header.get_data_dtype().itemsize
     except (OSError, EOFError, zlib.error, ValueError, ImageFileError):
+        raise HPNInputError(f"{path}: unreadable or corrupt image data (truncated or damaged)") from None
+    if not compressed and path.stat().st_size < expected:
+        raise HPNInputError(f"{path}: file has {path.stat().st_size} bytes, its header needs {expected} "
+                            f"(truncated copy or download)")
+    try:
+        return np.asanyarray(image.dataobj)
+    except (OSError, EOFError, zlib.error, ValueError):
         raise HPNInputError(f"{path}: unreadable or corrupt image data (truncated or damaged)") from None
 
 
@@ -71,6 +90,43 @@ def check_not_constant(voxels: np.ndarray, path: str) -> None:
     """Refuse an image whose voxels all have one value (a blank or failed export)."""
     if voxels.min() == voxels.max():
         raise HPNInputError(f"{path}: image is empty (every voxel is {voxels.min():g})")
+
+
+#: Fewest distinct values of a CT phase: a label map or a binary mask has a handful.
+MIN_DISTINCT_CT_VALUES = 16
+#: Values beyond this range (HU) are not a CT in Hounsfield units (padding below -1024 HU goes down to about -3024).
+CT_RANGE_HU: tuple[float, float] = (-4096.0, 40000.0)
+
+
+def ct_value_problem(voxels: np.ndarray) -> str | None:
+    """What makes ``voxels`` not look like a CT in HU, or None: fewer than :data:`MIN_DISTINCT_CT_VALUES` distinct
+    values, values outside :data:`CT_RANGE_HU`, or no value below 0 in 99 % of the volume with a median above
+    500 (stored values without the DICOM rescale intercept, HU + 1024)."""
+    sample = np.asarray(voxels).ravel()[:: max(1, voxels.size // 2_000_000)]  # up to 2 M voxels, evenly spread
+    distinct = np.unique(sample).size
+    if distinct < MIN_DISTINCT_CT_VALUES:
+        return f"only {distinct} distinct values: looks like a label map or a mask, not a CT phase"
+    low, high = float(sample.min()), float(sample.max())
+    if low < CT_RANGE_HU[0] or high > CT_RANGE_HU[1]:
+        return (f"values {low:g}..{high:g} lie outside any CT range in HU ({CT_RANGE_HU[0]:g}..{CT_RANGE_HU[1]:g}); "
+                f"scaled or not a CT")
+    p1, median = (float(v) for v in np.percentile(sample, [1, 50]))
+    if p1 >= 0 and median > 500:
+        return (f"1st percentile {p1:g} and median {median:g}: no air or fat below 0 HU; looks like stored values "
+                f"without the rescale intercept (HU + 1024)")
+    return None
+
+
+def check_phase_voxels(voxels: np.ndarray, image: sitk.Image | sitk.ImageFileReader, path: str,
+                       allow_unusual_intensities: bool = False) -> None:
+    """The checks of a phase image beyond readability: not constant, at least 4 voxels per axis and, unless
+    ``allow_unusual_intensities``, CT values in HU (:func:`ct_value_problem`)."""
+    check_not_constant(voxels, path)
+    check_volume_size(image, path)
+    if not allow_unusual_intensities:
+        problem = ct_value_problem(voxels)
+        if problem is not None:
+            raise HPNInputError(f"{path}: {problem} (--allow-unusual-intensities accepts it)")
 
 
 def _dicom_file_names(folder: Path) -> list[str]:
@@ -124,14 +180,15 @@ def read_dicom_series(folder: Path) -> sitk.Image:
         first_line = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown error"
         raise HPNInputError(f"{folder}: DICOM series could not be read ({first_line})") from None
     check_3d_single_component(image, str(folder))
+    check_spacing(image, str(folder))
     return image
 
 
-def read_image(path: Path | str) -> sitk.Image:
-    """A 3D single-component, non-constant image from an image file (``.nii.gz`` checked for damage and NaN/Inf) or
-    a DICOM series folder."""
+def read_image(path: Path | str, allow_unusual_intensities: bool = False) -> sitk.Image:
+    """A phase image from an image file (NIfTI checked for damage and NaN/Inf) or a DICOM series folder: 3D, one
+    component, :func:`check_phase_voxels`."""
     image = _read_3d(Path(path))
-    check_not_constant(sitk.GetArrayViewFromImage(image), str(path))
+    check_phase_voxels(sitk.GetArrayViewFromImage(image), image, str(path), allow_unusual_intensities)
     return image
 
 
@@ -160,7 +217,7 @@ def _read_3d(path: Path) -> sitk.Image:
     if path.is_dir():
         return read_dicom_series(path)
     reader = read_header(path)
-    if path.name.endswith(".nii.gz"):
+    if path.name.endswith((".nii.gz", ".nii")):
         check_finite(read_voxels_verified(path), str(path))
     try:
         image = reader.Execute()

@@ -9,6 +9,7 @@ complete.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from nnunet_hpn.pipeline.crop import BOXES_FILE, CropBox, crop_image, label_box,
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.listing import case_folders
 from nnunet_hpn.io.images import check_finite as _check_finite
-from nnunet_hpn.io.images import check_not_constant
+from nnunet_hpn.io.images import check_phase_voxels
 from nnunet_hpn.io.images import read_header as _read_header
 from nnunet_hpn.io.images import read_label
 from nnunet_hpn.io.images import read_voxels_verified as _read_voxels
@@ -66,6 +67,7 @@ class _Layout:
     reference: str
     register: bool
     crop_margin_mm: float | None = None
+    allow_unusual_intensities: bool = False
 
     @property
     def reference_index(self) -> int:
@@ -162,7 +164,7 @@ def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = 
     for channel, (phase, path) in enumerate(zip(layout.phases, phase_paths)):
         voxels = _read_voxels(path)
         _check_finite(voxels, str(path))
-        check_not_constant(voxels, str(path))
+        check_phase_voxels(voxels, _read_header(path), str(path), layout.allow_unusual_intensities)
         images_dir.mkdir(exist_ok=True)
         target = images_dir / channel_file_name(case_dir.name, channel, FILE_ENDING)
         if layout.register and path != reference_path:
@@ -248,7 +250,8 @@ def _write_dataset_json(dataset_dir: Path, name: str, num_training: int,
 
 def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | None = None, overwrite: bool = False,
                   progress: bool = True, phases=PHASES, reference_phase: str | None = None,
-                  register: bool = False, crop_margin_mm: float | None = None) -> Path:
+                  register: bool = False, crop_margin_mm: float | None = None,
+                  allow_unusual_intensities: bool = False) -> Path:
     """Build ``raw_root/Dataset{id:03d}_{name}`` (raw_root defaults to ``$nnUNet_raw``) and return its path.
 
     Channel i is ``phases[i]`` (``channel_names`` of dataset.json = the phase names in order). Cases with
@@ -268,6 +271,7 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
         if not crop_margin_mm > 0:
             raise HPNInputError(f"{in_dir}: crop margin must be a positive number of mm, got {crop_margin_mm}")
         layout = _Layout(layout.phases, layout.reference, layout.register, float(crop_margin_mm))
+    layout = dataclasses.replace(layout, allow_unusual_intensities=allow_unusual_intensities)
     if raw_root is None:
         if not os.environ.get("nnUNet_raw"):
             raise HPNInputError("nnUNet_raw: environment variable not set and no raw_root given")

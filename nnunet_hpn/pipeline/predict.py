@@ -108,13 +108,13 @@ def check_phase_names(phases: Sequence[str] | Mapping[str, Path], channel_names:
         raise HPNInputError(f"no phase given; the model takes {', '.join(channel_names)}")
 
 
-def read_phase_images(phase_paths: Mapping[str, Path], channel_names: Sequence[str], out_path: Path
-                      ) -> dict[str, sitk.Image]:
-    """The phase images of one case, checked (names against the model's channels, readable 3D finite non-constant
-    images, ``out_path`` an image file name), keyed by phase."""
+def read_phase_images(phase_paths: Mapping[str, Path], channel_names: Sequence[str], out_path: Path,
+                      allow_unusual_intensities: bool = False) -> dict[str, sitk.Image]:
+    """The phase images of one case, checked (names against the model's channels, the input gate of
+    :func:`nnunet_hpn.io.images.read_image`, ``out_path`` an image file name), keyed by phase."""
     check_phase_names(phase_paths, channel_names)
     _image_suffix(Path(out_path))
-    return {phase: read_image(path) for phase, path in phase_paths.items()}
+    return {phase: read_image(path, allow_unusual_intensities) for phase, path in phase_paths.items()}
 
 
 def _case_inputs(case_dir: Path, channel_names: Sequence[str]) -> dict[str, Path]:
@@ -149,7 +149,7 @@ class HPNPredictor:
 
     def __init__(self, model_dir: Path, folds: Sequence[int | str] = (0,), device: str = "cpu",
                  disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth", registration: str = "demons",
-                 progress: bool = True) -> None:
+                 progress: bool = True, allow_unusual_intensities: bool = False) -> None:
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -173,6 +173,7 @@ class HPNPredictor:
         if device == "cuda" and not torch.cuda.is_available():
             raise HPNInputError("cuda: no CUDA device available (use --device cpu)")
         self.registration = registration
+        self.allow_unusual_intensities = allow_unusual_intensities
         self.progress = progress
         self.predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=not disable_tta,
                                          perform_everything_on_device=device == "cuda", device=torch.device(device),
@@ -205,8 +206,8 @@ class HPNPredictor:
     def predict_files(self, phase_paths: Mapping[str, Path], out_path: Path, qc_path: Path | None = None
                       ) -> CasePrediction:
         """Read the phases (NIfTI files or DICOM series folders), predict, write ``out_path`` (and ``qc_path``)."""
-        return self.predict_and_write(read_phase_images(phase_paths, self.channel_names, out_path), phase_paths,
-                                      out_path, qc_path)
+        images = read_phase_images(phase_paths, self.channel_names, out_path, self.allow_unusual_intensities)
+        return self.predict_and_write(images, phase_paths, out_path, qc_path)
 
     def predict_and_write(self, images: Mapping[str, sitk.Image], phase_paths: Mapping[str, Path], out_path: Path,
                           qc_path: Path | None = None) -> CasePrediction:
@@ -225,20 +226,24 @@ class HPNPredictor:
 
 def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Path, folds: Sequence[int | str] = (0,),
                  device: str = "cpu", disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth",
-                 registration: str = "demons", qc_path: Path | None = None, progress: bool = True) -> CasePrediction:
+                 registration: str = "demons", qc_path: Path | None = None, progress: bool = True,
+                 allow_unusual_intensities: bool = False) -> CasePrediction:
     """One case: ``phase_paths`` (phase name -> NIfTI file or DICOM folder) -> label map at ``out_path``. The inputs
     are read and checked before the model is loaded; neither output may be an input."""
     check_output_not_input(out_path, phase_paths.values(), "-o")
     if qc_path is not None:
         check_output_not_input(qc_path, phase_paths.values(), "--qc")
-    images = read_phase_images(phase_paths, model_channel_names(Path(model_dir)), out_path)  # before the model loads
-    predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress)
+    images = read_phase_images(phase_paths, model_channel_names(Path(model_dir)), out_path,
+                               allow_unusual_intensities)  # before the model loads
+    predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
+                             allow_unusual_intensities)
     return predictor.predict_and_write(images, phase_paths, out_path, qc_path)
 
 
 def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence[int | str] = (0,),
                    device: str = "cpu", disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth",
-                   registration: str = "demons", progress: bool = True) -> list[str]:
+                   registration: str = "demons", progress: bool = True,
+                   allow_unusual_intensities: bool = False) -> list[str]:
     """Every case folder ``in_dir/<case>/`` (``<phase>.nii.gz`` files or ``<phase>/`` DICOM folders, like
     ``convert``'s input) -> ``out_dir/<case>.nii.gz``, QC in ``out_dir/registration_qc/<case>.json``. The model is
     loaded once. Returns the case names."""
@@ -246,7 +251,8 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
     case_dirs = case_folders(in_dir)
     channel_names = model_channel_names(Path(model_dir))
     inputs = {case_dir.name: _case_inputs(case_dir, channel_names) for case_dir in case_dirs}
-    predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress)
+    predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
+                             allow_unusual_intensities)
     if out_dir.exists() and not out_dir.is_dir():
         raise HPNInputError(f"{out_dir}: output path exists and is not a folder")
     with published_folder(out_dir, "merge") as staging:

@@ -513,8 +513,8 @@ OUTPUT_FILES = {"warped": "warped.nii.gz", "displacement": "displacement.nii.gz"
 
 
 def register_files(fixed_path: Path, moving_path: Path, out_dir: Path, *, moving_label_path: Path | None = None,
-                   fixed_label_path: Path | None = None, method: str = "demons", progress: bool = True
-                   ) -> RegistrationResult:
+                   fixed_label_path: Path | None = None, method: str = "demons", progress: bool = True,
+                   allow_unusual_intensities: bool = False) -> RegistrationResult:
     """``nnunet-hpn register``: read the images (NIfTI files or DICOM series folders), register the moving one onto
     the fixed grid, write ``out_dir/{warped,displacement,warped_label}.nii.gz`` and ``qc.json`` (each complete or
     not at all; nothing is written when registration fails)."""
@@ -523,7 +523,8 @@ def register_files(fixed_path: Path, moving_path: Path, out_dir: Path, *, moving
     from nnunet_hpn.io.publish import atomic_file, write_text_atomically
     from nnunet_hpn.io.images import read_image, read_label
 
-    fixed, moving = read_image(fixed_path), read_image(moving_path)
+    fixed = read_image(fixed_path, allow_unusual_intensities)
+    moving = read_image(moving_path, allow_unusual_intensities)
     labels = {}
     for key, path, image, image_path in (("moving", moving_label_path, moving, moving_path),
                                          ("fixed", fixed_label_path, fixed, fixed_path)):
