@@ -119,11 +119,12 @@ def _evaluate(args: argparse.Namespace) -> None:
     from nnunet_hpn.evaluate.metrics import evaluate_folders, format_dice_table, predicted_cases, write_summary
 
     if args.output:
-        from nnunet_hpn.io.publish import check_output_not_input
+        from nnunet_hpn.io.publish import check_output_location, check_output_not_input
 
         inputs = [path for folder in (Path(args.pred_dir), Path(args.gt_dir)) if folder.is_dir()
                   for path in folder.iterdir() if not path.name.endswith((".json", ".csv"))]
         check_output_not_input(Path(args.output), inputs, "-o")
+        check_output_location(Path(args.output), "file", "-o")
     cases = predicted_cases(Path(args.pred_dir)) if args.only_predicted else None
     result = evaluate_folders(Path(args.pred_dir), Path(args.gt_dir), cases=cases, tolerance_mm=args.tolerance_mm,
                               progress=None)
@@ -331,6 +332,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except HPNInputError as e:
         _close_progress_bars()
         print(f"nnunet-hpn {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a file-system problem found at write time (permissions, a full disk, a file in the way)
+        _close_progress_bars()
+        where = e.filename if e.filename is not None else "output"
+        print(f"nnunet-hpn {args.command}: error: {where}: {e.strerror or e}", file=sys.stderr)
         return 1
     return 0
 

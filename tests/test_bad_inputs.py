@@ -215,6 +215,40 @@ def _predict(corrupt: Callable[[Dict[str, Path]], Path]):
     return build
 
 
+def _register_into(prepare: Callable[[Dict[str, Path], Path], Path]):
+    """register whose output location ``prepare(files, out)`` makes bad; returns the path it names."""
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        files = _write_case(tmp / "case")
+        out = tmp / "registered"
+        named = prepare(files, out)
+        argv = ["register", "--fixed", str(files["arterial"]), "--moving", str(files["venous"]), "-o", str(out),
+                "--method", "affine"]
+        return argv, out, named
+    return build
+
+
+def _move_into(files: Dict[str, Path], key: str, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    files[key] = Path(shutil.move(str(files[key]), str(folder / files[key].name)))
+    return files[key]
+
+
+def _predict_to(output: Callable[[Path], Path]):
+    """One good case predicted to the output path ``output(default output)`` returns."""
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        argv, location, _ = _predict(lambda files: files["arterial"])(tmp, model)
+        out = output(Path(argv[argv.index("-o") + 1]))
+        argv[argv.index("-o") + 1] = str(out)
+        return argv, location, out
+    return build
+
+
+def _evaluate_to_folder(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    argv, location, _ = _evaluate(lambda pred, truth: pred)(tmp, model)
+    argv[argv.index("-o") + 1] = str(location)
+    return argv, location, location
+
+
 def _predict_folder(corrupt: Callable[[Path], Path]):
     """Folder mode: case_a is good, case_b is bad; case_a's prediction must not appear either."""
     def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
@@ -376,6 +410,15 @@ SCENARIOS: Dict[str, Scenario] = {
         lambda pred, truth: (_truncate(truth / "case_b.nii.gz"), truth / "case_b.nii.gz")[1])),
     "evaluate/4d": Scenario("evaluate", r"4D image, expected a 3D image", _evaluate(
         lambda pred, truth: (_four_d(pred / "case_a.nii.gz"), pred / "case_a.nii.gz")[1])),
+    # outputs checked before any work
+    "register/moving-inside-output": Scenario("register", r"is a folder holding the input .*venous\.nii\.gz",
+                                              _register_into(lambda files, out: _move_into(files, "venous", out))),
+    "register/output-is-a-file": Scenario("register", r"names an existing file, expected a folder",
+                                          _register_into(lambda files, out: (out.write_text("mine"), out)[1])),
+    "predict/output-parent-is-a-file": Scenario("predict", r"is a file, not a folder", _predict_to(
+        lambda out: ((out.parent / "taken").write_text("a file"), out.parent / "taken" / "case.nii.gz")[1]),
+        needs_model=True),
+    "evaluate/output-is-a-folder": Scenario("evaluate", r"names a folder, expected a file path", _evaluate_to_folder),
     # the input gate: values that do not look like CT in HU, images that are not volumes, uncompressed NIfTI
     "convert/hu-plus-1024": Scenario("convert", r"without the rescale intercept \(HU \+ 1024\).*"
                                      r"--allow-unusual-intensities", _convert(_then(_hu_plus_1024, "venous"))),

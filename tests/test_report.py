@@ -219,16 +219,17 @@ def test_cli_report_replaces_an_earlier_report(folders: dict, report: dict, tmp_
                                                capsys: pytest.CaptureFixture) -> None:
     dirs = folders["dirs"]
     out = Path(shutil.copytree(report["out"], tmp_path / "rep"))
-    (out / "stale.txt").write_text("from an earlier run")
+    (out / "notes.txt").write_text("the user's, not the report's")
     argv = ["report", *(f"{name}={dirs[name]}" for name in METHODS), "--gt", str(dirs["labels"]),
             "--single-phase", "venous", "arterial", "--hpn", "hpn", "--reference", "arterial", "--overlays", "0",
             "-o", str(out)]
     assert main(argv) == 0
     assert "rescued by hpn: 1" in capsys.readouterr().out
-    assert not (out / "stale.txt").exists() and (out / "report.md").is_file()
+    assert (out / "notes.txt").read_text() == "the user's, not the report's"  # a report removes only its own files
+    assert (out / "report.md").is_file()
     saved = json.loads((out / "report.json").read_text())
     assert saved["reference"] == "arterial" and saved["single_phase"] == ["venous", "arterial"]
-    assert not (out / "overlays_largest_gain.png").exists()
+    assert not (out / "overlays_largest_gain.png").exists()  # the earlier report's, not drawn this time
     assert sorted(path.name for path in tmp_path.iterdir()) == ["rep"]               # no staging or backup left
 
 

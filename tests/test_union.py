@@ -140,7 +140,7 @@ def test_bad_labels_and_bad_arguments(tmp_path: Path) -> None:
     assert not (tmp_path / "union").exists()
     with pytest.raises(HPNInputError, match="at least 2"):
         union_folders(inputs[:1], tmp_path / "union")
-    with pytest.raises(HPNInputError, match="must differ"):
+    with pytest.raises(HPNInputError, match="-o would overwrite the input"):
         union_folders(inputs, inputs[0])
     with pytest.raises(HPNInputError, match="does not exist"):
         union_folders([inputs[0], tmp_path / "nope"], tmp_path / "union")

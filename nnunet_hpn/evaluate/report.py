@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_hpn.io.publish import published_folder
+from nnunet_hpn.io.publish import check_output_location, published_folder
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.evaluate.metrics import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, TARGETS,
                                          EvaluationResult, evaluate_folders, predicted_cases)
@@ -114,11 +114,16 @@ def largest_gains(results: Mapping[str, EvaluationResult], reference: str, n: in
     return target, rows[:n]
 
 
+def is_report_file(name: str) -> bool:
+    """Whether a file name is one a report writes (:func:`build_report`); only those are ever replaced."""
+    return name in {REPORT_MARKER, "report.csv", "per_case.csv", "report.json", "overlays_largest_gain.png"} or \
+        bool(re.fullmatch(r"boxplot_[A-Za-z0-9_]+\.png", name))
+
+
 def _check_out_dir(out_dir: Path) -> None:
-    """``out_dir`` may be absent, empty, or a previous report (holding :data:`REPORT_MARKER`)."""
+    """``out_dir`` may be absent, empty, or a previous report (holding :data:`REPORT_MARKER`), and writable."""
+    check_output_location(out_dir, "folder", "-o")
     if out_dir.exists():
-        if not out_dir.is_dir():
-            raise HPNInputError(f"{out_dir}: output exists and is not a folder")
         if any(out_dir.iterdir()) and not (out_dir / REPORT_MARKER).is_file():
             raise HPNInputError(f"{out_dir}: output folder is not empty and holds no {REPORT_MARKER}; "
                                 f"refusing to replace it")
@@ -376,7 +381,7 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
 
     from nnunet_hpn.evaluate.figures import save_boxplot_png, save_overlay_grid_png
 
-    with published_folder(out_dir, "replace") as staging:
+    with published_folder(out_dir, "merge") as staging:
         for target, file_name in report["boxplots"].items():
             values = {metric: {name: results[name].values(target, metric, cases) for name in methods}
                       for metric in METRICS}
@@ -389,6 +394,11 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
         (staging / "per_case.csv").write_text(format_per_case_csv(results), encoding="utf-8")
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (staging / REPORT_MARKER).write_text(format_report_markdown(report), encoding="utf-8")
+        written = {path.name for path in staging.iterdir()}
+        stale = [path for path in out_dir.glob("*") if is_report_file(path.name) and path.name not in written] \
+            if out_dir.is_dir() else []
+    for path in stale:  # an earlier report's figure this report does not draw; other files of the folder stay
+        path.unlink()
     return report
 
 

@@ -104,11 +104,31 @@ def published_folder(target: Path, mode: str = "new", replaces: Sequence[Path] =
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def check_output_not_input(output: Path, inputs: Iterable[Path], option: str) -> None:
-    """HPNInputError if ``output`` is one of ``inputs`` or lies inside one (a DICOM folder): inputs are never
-    overwritten. ``option`` names the flag that set ``output`` (for the message)."""
+def check_output_location(output: Path, kind: str, option: str) -> None:
+    """HPNInputError before any work when ``output`` cannot be written: ``kind`` "file" or "folder"; an existing
+    path of the other type, or a nearest existing parent folder that is not a writable folder, is refused."""
+    output = Path(output)
+    if output.exists():
+        if kind == "file" and output.is_dir():
+            raise HPNInputError(f"{output}: {option} names a folder, expected a file path")
+        if kind == "folder" and not output.is_dir():
+            raise HPNInputError(f"{output}: {option} names an existing file, expected a folder")
+    parent = output if kind == "folder" and output.is_dir() else output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise HPNInputError(f"{output}: {option}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise HPNInputError(f"{output}: {option}: no permission to write in {parent}")
+
+
+def check_output_not_input(output: Path, inputs: Iterable[Path], option: str, folder: bool = False) -> None:
+    """HPNInputError if ``output`` is one of ``inputs`` or lies inside one (a DICOM folder), or, for an output
+    ``folder``, holds one: inputs are never overwritten. ``option`` names the flag that set ``output``."""
     target = Path(output).resolve()
     for source in inputs:
         source = Path(source).resolve()
         if target == source or source in target.parents:
             raise HPNInputError(f"{output}: {option} would overwrite the input {source}; choose another path")
+        if folder and target in source.parents:
+            raise HPNInputError(f"{output}: {option} is a folder holding the input {source}; choose another path")

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 from tqdm import tqdm
 
-from nnunet_hpn.io.publish import published_folder
+from nnunet_hpn.io.publish import check_output_location, check_output_not_input, published_folder
 from nnunet_hpn import LABELS
 from nnunet_hpn.phases import PHASES, channel_file_name, reference_phase as reference_phase_rule
 from nnunet_hpn.pipeline.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
@@ -283,6 +283,8 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
         raise HPNInputError(f"{in_dir}: dataset name {name!r} must be letters, digits, '_' or '-'")
     case_dirs = case_folders(in_dir)
     target = raw_root / f"Dataset{dataset_id:03d}_{name}"
+    check_output_not_input(target, [in_dir], "--raw-root", folder=True)
+    check_output_location(raw_root, "folder", "--raw-root")
     existing = sorted(path for path in raw_root.glob(f"Dataset{dataset_id:03d}_*") if path.is_dir())
     if existing and not overwrite:
         raise HPNInputError(f"{existing[0]}: dataset id {dataset_id} already exists (--overwrite replaces it)")

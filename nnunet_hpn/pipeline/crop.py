@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn.io.publish import published_folder, write_text_atomically
+from nnunet_hpn.io.publish import check_output_location, published_folder, write_text_atomically
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.geometry import Grid, grid_difference
 from nnunet_hpn.phases import channel_file_name
@@ -158,6 +158,7 @@ def uncrop_folder(pred_dir: Path, boxes_path: Path, reference_dir: Path, out_dir
         raise HPNInputError(f"{pred_dir / (unknown[0] + file_ending)}: case not in {boxes_path}")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise HPNInputError(f"{out_dir}: output exists and is not an empty folder")
+    check_output_location(out_dir, "folder", "-o")
     references = {case: find_reference(reference_dir, case, file_ending) for case in cases}
     with published_folder(out_dir, "new") as built:
         for case in tqdm(cases, desc="uncrop", unit="case", disable=not progress):

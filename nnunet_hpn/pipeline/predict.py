@@ -30,7 +30,8 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn.io.publish import atomic_file, check_output_not_input, published_folder, write_text_atomically
+from nnunet_hpn.io.publish import (atomic_file, check_output_location, check_output_not_input, published_folder,
+                                   write_text_atomically)
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.listing import case_folders
 from nnunet_hpn.io.images import IMAGE_FILE_ENDINGS, find_phase_input, read_image
@@ -231,8 +232,10 @@ def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Pat
     """One case: ``phase_paths`` (phase name -> NIfTI file or DICOM folder) -> label map at ``out_path``. The inputs
     are read and checked before the model is loaded; neither output may be an input."""
     check_output_not_input(out_path, phase_paths.values(), "-o")
+    check_output_location(out_path, "file", "-o")
     if qc_path is not None:
         check_output_not_input(qc_path, phase_paths.values(), "--qc")
+        check_output_location(qc_path, "file", "--qc")
     images = read_phase_images(phase_paths, model_channel_names(Path(model_dir)), out_path,
                                allow_unusual_intensities)  # before the model loads
     predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
@@ -251,6 +254,8 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
     case_dirs = case_folders(in_dir)
     channel_names = model_channel_names(Path(model_dir))
     inputs = {case_dir.name: _case_inputs(case_dir, channel_names) for case_dir in case_dirs}
+    check_output_not_input(out_dir, [in_dir], "-o")
+    check_output_location(out_dir, "folder", "-o")
     predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
                              allow_unusual_intensities)
     if out_dir.exists() and not out_dir.is_dir():

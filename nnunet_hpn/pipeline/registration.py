@@ -520,9 +520,12 @@ def register_files(fixed_path: Path, moving_path: Path, out_dir: Path, *, moving
     not at all; nothing is written when registration fails)."""
     import json
 
-    from nnunet_hpn.io.publish import atomic_file, write_text_atomically
     from nnunet_hpn.io.images import read_image, read_label
+    from nnunet_hpn.io.publish import atomic_file, check_output_location, check_output_not_input, write_text_atomically
 
+    inputs = [Path(path) for path in (fixed_path, moving_path, moving_label_path, fixed_label_path) if path is not None]
+    check_output_not_input(out_dir, inputs, "-o", folder=True)
+    check_output_location(Path(out_dir), "folder", "-o")
     fixed = read_image(fixed_path, allow_unusual_intensities)
     moving = read_image(moving_path, allow_unusual_intensities)
     labels = {}

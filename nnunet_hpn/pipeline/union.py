@@ -13,7 +13,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_hpn import LABELS
-from nnunet_hpn.io.publish import published_folder
+from nnunet_hpn.io.publish import check_output_location, check_output_not_input, published_folder
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.geometry import grid_difference
 from nnunet_hpn.io.images import read_label
@@ -99,11 +99,8 @@ def union_folders(input_dirs: list[Path], output_dir: Path, file_ending: str = "
     if len(input_dirs) < 2:
         raise HPNInputError(f"{input_dirs[0] if input_dirs else output_dir}: need at least 2 input folders for "
                             f"a union, got {len(input_dirs)}")
-    if output_dir.exists() and not output_dir.is_dir():
-        raise HPNInputError(f"{output_dir}: output path exists and is not a folder")
-    for folder in input_dirs:
-        if folder.exists() and output_dir.exists() and folder.resolve() == output_dir.resolve():
-            raise HPNInputError(f"{output_dir}: output folder must differ from the input folders")
+    check_output_not_input(output_dir, input_dirs, "-o", folder=True)
+    check_output_location(output_dir, "folder", "-o")
     cases = _matched_cases(input_dirs, file_ending)
 
     with published_folder(output_dir, "merge") as staging:
