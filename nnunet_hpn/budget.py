@@ -1,5 +1,6 @@
 """The environment variables that set an HPN training's budget from outside (CPU ablation runs, the demo's
-scripts): read by every HPN trainer (``nnunet_hpn.nnunet.trainers.hpn_trainer``), written by ``scripts/run_ablation.py``."""
+scripts): read by every HPN trainer (``nnunet_hpn.nnunet.trainers.hpn_trainer``), written by
+``scripts/run_ablation.py``."""
 
 #: Environment variable -> trainer attribute: the training length of every HPN trainer and how often
 #: ``checkpoint_latest.pth`` is written (nnU-Net: every 50 epochs; a long CPU run stopped in between would lose up

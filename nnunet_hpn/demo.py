@@ -5,10 +5,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, List
 
 from nnunet_hpn.phases import PHASES, channel_file_name
 from nnunet_hpn.nnunet.planners.hpn_planner import HPN_PLANS_NAME
+
+if TYPE_CHECKING:  # nnU-Net's evaluation is imported only when the demo runs
+    from nnunet_hpn.evaluate.metrics import EvaluationResult
 
 DEMO_DATASET_ID = 501
 DEMO_DATASET_NAME = "PancreasDualPhase"
@@ -50,7 +53,7 @@ def run_step(step: str, args: List[str], env: Dict[str, str]) -> float:
     return seconds
 
 
-def run_demo(workdir: Path, n_cases: int = 14, seed: int = 0) -> dict:
+def run_demo(workdir: Path, n_cases: int = 14, seed: int = 0) -> "EvaluationResult":
     """Phantoms cut to the pancreas region → conversion → planning/preprocessing → short HPN training → prediction
     of held-out cases → pasted back into the full images → Dice table and PNG overlays. Everything is written under
     ``workdir`` (replaced if it exists). Returns the evaluation result (on the crops)."""

@@ -22,7 +22,8 @@ Phases (:data:`KNOWN_PHASES`, any subset in any order, ``phases=``), each with i
 * ``venous``: bright portal / splenic vein (170-190 HU), brighter liver, hypo-attenuating mass;
 * ``delayed``: washout: vessels ~120 HU, parenchyma ~70 HU, the fibrotic mass retains contrast and is nearly iso.
 
-The anatomy is painted in the space of the *reference phase* (default: arterial if simulated, else the first phase; ``label.nii.gz``). Every
+The anatomy is painted in the space of the *reference phase* (default: arterial if simulated, else the first phase;
+``label.nii.gz``). Every
 other phase is the same anatomy warped by its own smooth random deformation, on the same voxel grid, with its
 labels in ``label_<phase>.nii.gz``. Arterial and venous do not depend on the phase list: they draw from the
 case's own random streams, the other phases from streams of their own (keyed by phase name, so a phase looks the
@@ -378,7 +379,8 @@ def generate_phantom_case(seed: int, case_index: int, shape_zyx: tuple[int, int,
                           spacing_zyx: tuple[float, float, float] = (2.5, 1.5, 1.5), phases: Sequence[str] = PHASES,
                           reference_phase: str | None = None) -> PhantomCase:
     """Generate one case with the given phases; its random streams depend only on (seed, case_index) and, for
-    noncontrast / delayed, the phase name. ``reference_phase`` (default: arterial if simulated, else the first) is not deformed."""
+    noncontrast / delayed, the phase name. ``reference_phase`` (default: arterial if simulated, else the first) is
+    not deformed."""
     phases = tuple(phases)
     reference_phase = check_phases(phases, reference_phase, f"phantom case {case_index}")
     case_seed = np.random.SeedSequence([seed, case_index])

@@ -66,7 +66,8 @@ def phantom_pairs(args: argparse.Namespace):
         case = generate_phantom_case(args.seed, index, tuple(args.phantom_shape))
         moving, moving_label = _misalign(_phantom_image(case.images["venous"]), _phantom_image(case.labels["venous"]),
                                          args.seed * 1000 + index, args)
-        yield f"phantom_{index:03d}", _phantom_image(case.images["arterial"]), _phantom_image(case.label), moving, moving_label
+        yield (f"phantom_{index:03d}", _phantom_image(case.images["arterial"]), _phantom_image(case.label), moving,
+               moving_label)
 
 
 def _real_ct() -> tuple[sitk.Image, sitk.Image]:

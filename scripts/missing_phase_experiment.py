@@ -6,7 +6,8 @@ Steps (every nnU-Net step is the stock command, printed before it runs; finished
 2. ``nnUNetv2_plan_and_preprocess -pl HPNPlanner``, the demo's CPU configuration (patch 32³);
 3. ``nnUNetv2_train`` fold 0 (the same split for both) with each trainer of ``--trainers``
    (default: HPNTrainer_demo and HPNTrainer_phasedropout_demo, the demo's recipe; --epochs sets the length);
-4. input folders: all phases, and each phase missing (filled as ``nnunet_hpn.pipeline.missing_phase`` documents: a constant
+4. input folders: all phases, and each phase missing (filled as ``nnunet_hpn.pipeline.missing_phase`` documents: a
+constant
    0 image, exactly 0 after normalization);
 5. ``nnUNetv2_predict`` of every input folder with each model right after its training, Dice per target with
    ``nnunet_hpn.evaluate.metrics``;

@@ -3,6 +3,7 @@ names the file and the problem, and the output location exactly as before (nothi
 
 ``SCENARIOS`` is the table; docs/BAD_INPUTS.md lists the same ids with their messages (checked below)."""
 import gzip
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -178,6 +179,14 @@ def _convert(corrupt: Callable[[Dict[str, Path]], Path], two_cases: bool = False
         (raw / "Dataset123_Other" / "dataset.json").write_text("{}")
         return ["convert", str(cases), "--dataset-id", "7", "--name", "Bad", "--raw-root", str(raw)], raw, named
     return build
+
+
+def _convert_while_claimed(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    """Another convert (this test's process) holds the claim on dataset id 7."""
+    argv, raw, _ = _convert(lambda files: files["arterial"])(tmp, model)
+    lock = raw / ".Dataset007.lock"
+    lock.write_text(str(os.getpid()))
+    return argv, raw, raw
 
 
 def _existing_dataset(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
@@ -410,6 +419,8 @@ SCENARIOS: Dict[str, Scenario] = {
         lambda pred, truth: (_truncate(truth / "case_b.nii.gz"), truth / "case_b.nii.gz")[1])),
     "evaluate/4d": Scenario("evaluate", r"4D image, expected a 3D image", _evaluate(
         lambda pred, truth: (_four_d(pred / "case_a.nii.gz"), pred / "case_a.nii.gz")[1])),
+    "convert/dataset-id-being-written": Scenario("convert", r"dataset id 7: being written by process \d+",
+                                                 _convert_while_claimed),
     # outputs checked before any work
     "register/moving-inside-output": Scenario("register", r"is a folder holding the input .*venous\.nii\.gz",
                                               _register_into(lambda files, out: _move_into(files, "venous", out))),

@@ -1,4 +1,5 @@
-"""Tests of nnunet_hpn.evaluate.metrics (Dice per target, folder evaluation, summaries) and nnunet_hpn.evaluate.figures."""
+"""Tests of nnunet_hpn.evaluate.metrics (Dice per target, folder evaluation, summaries) and
+nnunet_hpn.evaluate.figures."""
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,5 @@
-"""Registration of one phase onto another (nnunet_hpn.pipeline.registration) and image reading (nnunet_hpn.io.images)."""
+"""Registration of one phase onto another (nnunet_hpn.pipeline.registration) and image reading
+(nnunet_hpn.io.images)."""
 import functools
 import json
 from pathlib import Path
@@ -40,8 +41,9 @@ def _phantom_pair(case_index: int) -> tuple[sitk.Image, sitk.Image, sitk.Image, 
     further deformed by a known smooth field (≤ 4 mm), shifted 3 mm, rotated 2° and put on another grid. Cached:
     callers must not modify the images."""
     case = generate_phantom_case(7, case_index, PHANTOM_SHAPE, PHANTOM_SPACING_ZYX)
-    moving, moving_label, _ = misaligned_copy(_phantom_image(case.images["venous"]), _phantom_image(case.labels["venous"]),
-                                              seed=case_index, max_deformation_mm=4.0, shift_mm=3.0, rotation_deg=2.0)
+    moving, moving_label, _ = misaligned_copy(_phantom_image(case.images["venous"]),
+                                              _phantom_image(case.labels["venous"]), seed=case_index,
+                                              max_deformation_mm=4.0, shift_mm=3.0, rotation_deg=2.0)
     return _phantom_image(case.images["arterial"]), _phantom_image(case.label), moving, moving_label
 
 

@@ -1,4 +1,5 @@
-"""Tests of nnunet_hpn.augment.virtual_pairs: Beta draws (two phases, unchanged), Dirichlet weights (K phases), the mixing
+"""Tests of nnunet_hpn.augment.virtual_pairs: Beta draws (two phases, unchanged), Dirichlet weights (K phases), the
+mixing
 formula, placement in nnU-Net's pipeline."""
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from scipy.stats import beta as beta_distribution
 
-from nnunet_hpn.augment.virtual_pairs import VirtualPairTransform, draw_mixing_weights, insert_virtual_pairs, mixing_matrix
+from nnunet_hpn.augment.virtual_pairs import (VirtualPairTransform, draw_mixing_weights, insert_virtual_pairs,
+                                              mixing_matrix)
 
 PATCH_SIZE = (16, 16, 16)
 ROTATION = (-np.pi / 6, np.pi / 6)  # nnU-Net's 3D default range

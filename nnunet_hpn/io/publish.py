@@ -6,6 +6,7 @@ staging folder next to the target and publishes it in one of three ways (:data:`
 succeeds; on failure the staging folder is removed and the target is as it was.
 """
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -22,12 +23,41 @@ def _permissions(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _hidden_prefix(target_name: str, kind: str) -> str:
+    """Prefix of the hidden files next to an output: ``.<name>.<kind>.<pid>.`` (kind: staging, old, tmp)."""
+    return f".{target_name}.{kind}.{os.getpid()}."
+
+
+def remove_stale(parent: Path, target_name: str) -> list[Path]:
+    """Remove the hidden staging folders, trash folders and temporary files of ``target_name`` in ``parent`` whose
+    process no longer runs (a run killed before it could clean up); returns what was removed."""
+    pattern = re.compile(rf"^\.{re.escape(target_name)}\.(staging|old|tmp)\.(\d+)\.")
+    removed = []
+    for path in Path(parent).iterdir() if Path(parent).is_dir() else []:
+        match = pattern.match(path.name)
+        if match and not _process_alive(int(match.group(2))):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 @contextmanager
 def atomic_file(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yields a temporary path next to ``path``; when the block succeeds it replaces ``path``, else it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    remove_stale(path.parent, path.name)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=_hidden_prefix(path.name, "tmp"), suffix=suffix)
     os.close(handle)
     try:
         yield Path(temporary)
@@ -64,7 +94,7 @@ def _publish(staging: Path, target: Path, mode: str, replaces: Sequence[Path]) -
         os.rename(staging, target)
     elif mode == "replace":
         old = list(dict.fromkeys(path for path in (target, *replaces) if path.exists()))
-        trash = staging_dir(target.parent, prefix=f".{target.name}.old.") if old else None
+        trash = staging_dir(target.parent, prefix=_hidden_prefix(target.name, "old")) if old else None
         moved: list[tuple[Path, Path]] = []
         try:
             for index, path in enumerate(old):
@@ -96,12 +126,42 @@ def published_folder(target: Path, mode: str = "new", replaces: Sequence[Path] =
         raise ValueError(f"unknown publish mode {mode!r}; one of {PUBLISH_MODES}")
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(target.parent, prefix=f".{target.name}.staging.")
+    remove_stale(target.parent, target.name)
+    staging = staging_dir(target.parent, prefix=_hidden_prefix(target.name, "staging"))
     try:
         yield staging
         _publish(staging, target, mode, [Path(path) for path in replaces])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def exclusive_claim(lock: Path, what: str) -> Iterator[None]:
+    """Holds ``lock`` (created exclusively, holding this process's id) for the block: a second process asking for the
+    same claim gets HPNInputError naming ``what``; the lock of a process that no longer runs is taken over."""
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _permissions(directory=False))
+        except FileExistsError:
+            try:
+                owner = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and _process_alive(owner):
+                raise HPNInputError(f"{what}: being written by process {owner} ({lock}); wait for it to finish")
+            lock.unlink(missing_ok=True)  # left by a killed run
+            continue
+        with os.fdopen(handle, "w") as stream:
+            stream.write(str(os.getpid()))
+        break
+    else:
+        raise HPNInputError(f"{what}: could not claim {lock}")
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
 
 
 def check_output_location(output: Path, kind: str, option: str) -> None:

@@ -5,7 +5,8 @@ convolution PyTorch only picks oneDNN (mkldnn) when the batch is larger than 1 o
 heuristic tuned on 2D convolutions, pytorch/pytorch#40610); otherwise it falls back to its im2col
 ``slow_conv3d``. For 3D networks with narrow stages that is 10-15 times slower: a 3x3x3 convolution
 8 -> 8 channels on a 48³ patch took 110.5 ms instead of 7.3 ms, 32 -> 32 on 24³ 57.3 ms instead of 5.5 ms
-(2 threads, this project's CPU; ``scripts/benchmark_conv_kernels.py``, docs/BENCHMARKS.md). Every HPN path is narrower than the
+(2 threads, this project's CPU; ``scripts/benchmark_conv_kernels.py``, docs/BENCHMARKS.md). Every HPN path is
+narrower than the
 early-fusion network's first stages when the paths are narrowed (``HPNTrainer_equalcost``), so this fallback
 would cost HPN more than nnU-Net.
 

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 from tqdm import tqdm
 
-from nnunet_hpn.io.publish import check_output_location, check_output_not_input, published_folder
+from nnunet_hpn.io.publish import check_output_location, check_output_not_input, exclusive_claim, published_folder
 from nnunet_hpn import LABELS
 from nnunet_hpn.phases import PHASES, channel_file_name, reference_phase as reference_phase_rule
 from nnunet_hpn.pipeline.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
@@ -244,7 +244,8 @@ def _write_dataset_json(dataset_dir: Path, name: str, num_training: int,
     """dataset.json written by nnU-Net's own helper."""
     generate_dataset_json(str(dataset_dir), channel_names={str(i): phase for i, phase in enumerate(layout.phases)},
                           labels=dict(LABELS), num_training_cases=num_training, file_ending=FILE_ENDING,
-                          dataset_name=name, description=_description(layout), converted_by="nnunet_hpn.pipeline.convert",
+                          dataset_name=name, description=_description(layout),
+                          converted_by="nnunet_hpn.pipeline.convert",
                           license="see the source data")
 
 
@@ -258,10 +259,12 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     ``label.nii.gz`` go to imagesTr/labelsTr, the others to imagesTs. The label is defined on the reference phase's
     grid (``reference_phase``, default "arterial" if among the phases, else the first). Without ``register`` all
     phases must share that grid; with it, every other phase is registered onto it (diffeomorphic demons, see
-    :mod:`nnunet_hpn.pipeline.registration`; an optional ``label_<phase>.nii.gz`` on that phase's grid is warped along for
+    :mod:`nnunet_hpn.pipeline.registration`; an optional ``label_<phase>.nii.gz`` on that phase's grid is warped
+    along for
     the surface-distance QC) and the QC of every case goes to ``<dataset>/registration_qc/<case>.json`` with a
     ``summary.json``. ``crop_margin_mm``: every case (all phases, after registration, and the label) cut to the box
-    of its label's foreground plus this margin in mm, world positions kept (:mod:`nnunet_hpn.pipeline.crop`; an oracle ROI),
+    of its label's foreground plus this margin in mm, world positions kept (:mod:`nnunet_hpn.pipeline.crop`; an
+    oracle ROI),
     the boxes in ``<dataset>/crop_boxes.json``; every case needs a label then. Nothing is left in the raw root when
     any input is invalid (HPNInputError).
     """
@@ -285,27 +288,30 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     target = raw_root / f"Dataset{dataset_id:03d}_{name}"
     check_output_not_input(target, [in_dir], "--raw-root", folder=True)
     check_output_location(raw_root, "folder", "--raw-root")
-    existing = sorted(path for path in raw_root.glob(f"Dataset{dataset_id:03d}_*") if path.is_dir())
-    if existing and not overwrite:
-        raise HPNInputError(f"{existing[0]}: dataset id {dataset_id} already exists (--overwrite replaces it)")
+    # one claim per dataset id (nnU-Net refuses two folders with one id): a second convert of the id waits its turn
+    with exclusive_claim(raw_root / f".Dataset{dataset_id:03d}.lock", f"{raw_root}: dataset id {dataset_id}"):
+        existing = sorted(path for path in raw_root.glob(f"Dataset{dataset_id:03d}_*") if path.is_dir())
+        if existing and not overwrite:
+            raise HPNInputError(f"{existing[0]}: dataset id {dataset_id} already exists (--overwrite replaces it)")
 
-    boxes: dict[str, CropBox] = {}
-    for case_dir in case_dirs:
-        _check_headers(case_dir, layout)
-        if layout.crop_margin_mm is not None:
-            label_path = _case_files(case_dir, layout)[1]
-            if label_path is None:
-                raise HPNInputError(f"{case_dir}: no {LABEL_FILE}; --crop-to-label needs a label in every case")
-            boxes[case_dir.name] = label_box(read_label(label_path)[1], layout.crop_margin_mm, str(label_path))
-    if all(_case_files(case_dir, layout)[1] is None for case_dir in case_dirs):
-        raise HPNInputError(f"{in_dir}: no case has a {LABEL_FILE}, nothing to train on")
+        boxes: dict[str, CropBox] = {}
+        for case_dir in case_dirs:
+            _check_headers(case_dir, layout)
+            if layout.crop_margin_mm is not None:
+                label_path = _case_files(case_dir, layout)[1]
+                if label_path is None:
+                    raise HPNInputError(f"{case_dir}: no {LABEL_FILE}; --crop-to-label needs a label in every case")
+                boxes[case_dir.name] = label_box(read_label(label_path)[1], layout.crop_margin_mm, str(label_path))
+        if all(_case_files(case_dir, layout)[1] is None for case_dir in case_dirs):
+            raise HPNInputError(f"{in_dir}: no case has a {LABEL_FILE}, nothing to train on")
 
-    with published_folder(target, "replace", replaces=existing) as built_dir:
-        num_training = sum(_check_voxels_and_copy(case_dir, built_dir, layout, progress, boxes.get(case_dir.name))
-                           for case_dir in tqdm(case_dirs, desc="converting cases", unit="case", disable=not progress))
-        if layout.crop_margin_mm is not None:
-            write_boxes(built_dir / BOXES_FILE, boxes, layout.crop_margin_mm, layout.reference)
-        if layout.register:
-            _write_qc_summary(built_dir / QC_FOLDER)
-        _write_dataset_json(built_dir, name, num_training, layout)
+        with published_folder(target, "replace", replaces=existing) as built_dir:
+            num_training = sum(_check_voxels_and_copy(case_dir, built_dir, layout, progress, boxes.get(case_dir.name))
+                               for case_dir in tqdm(case_dirs, desc="converting cases", unit="case",
+                                                    disable=not progress))
+            if layout.crop_margin_mm is not None:
+                write_boxes(built_dir / BOXES_FILE, boxes, layout.crop_margin_mm, layout.reference)
+            if layout.register:
+                _write_qc_summary(built_dir / QC_FOLDER)
+            _write_dataset_json(built_dir, name, num_training, layout)
     return target

@@ -1,10 +1,12 @@
 """A missing phase at prediction time: one documented policy, the same one phase dropout trains with.
 
 Policy ``"zero"`` (the only one): the missing phase becomes a **constant image of 0** on the grid of the first present
-phase (channel order). HPN's normalization (:class:`~nnunet_hpn.nnunet.normalization.HPNCTNormalization`: clip, then z-score
+phase (channel order). HPN's normalization (:class:`~nnunet_hpn.nnunet.normalization.HPNCTNormalization`: clip, then
+z-score
 per case) maps a constant image to exactly 0 (its std is 0, so ``(x - mean) / max(std, 1e-8) = 0``), and resampling
 keeps an all-zero image all-zero, so the network sees the missing channel as exactly 0 everywhere. That is what
-:class:`~nnunet_hpn.augment.phase_dropout.PhaseDropoutTransform` writes into a dropped channel during training (as the last
+:class:`~nnunet_hpn.augment.phase_dropout.PhaseDropoutTransform` writes into a dropped channel during training (as
+the last
 step of the training pipeline, after every augmentation), so a model trained with phase dropout sees at prediction
 exactly the input it was trained to handle. A 0-valued channel adds nothing to nnU-Net's non-zero crop mask
 (``crop_to_nonzero`` takes the union over channels), so the crop comes from the present phases alone.

@@ -11,7 +11,8 @@ reference image, so nnU-Net's preprocessing and its export (resampling back, un-
 the reference image's grid.
 
 A phase the model has but the input lacks is filled by the documented missing-phase policy of
-:mod:`nnunet_hpn.pipeline.missing_phase` (a constant 0 image on the reference grid, exactly 0 after HPN's normalization, as
+:mod:`nnunet_hpn.pipeline.missing_phase` (a constant 0 image on the reference grid, exactly 0 after HPN's
+normalization, as
 phase dropout trains with): the prediction goes ahead, a :class:`~nnunet_hpn.pipeline.missing_phase.MissingPhaseWarning`
 says so, and the QC file records the missing phases. At least one of the model's phases must be given.
 

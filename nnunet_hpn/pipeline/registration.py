@@ -204,7 +204,8 @@ def alignment_metrics(reference: sitk.Image, test: sitk.Image) -> dict:
 
     Mean surface distance: the masks' boundary voxels (``LabelContour``, face connectivity), the distance of each
     boundary voxel of one mask to the nearest boundary voxel of the other, pooled over both masks. HD95: the one
-    definition of the reports (:func:`nnunet_hpn.evaluate.metrics.surface_metrics`, MONAI). Distances are None where a mask
+    definition of the reports (:func:`nnunet_hpn.evaluate.metrics.surface_metrics`, MONAI). Distances are None where
+    a mask
     is empty.
     """
     from nnunet_hpn.evaluate.metrics import surface_metrics

@@ -1,7 +1,8 @@
 """HPN trainers with phase dropout: one model that still predicts when a phase is missing (no second model).
 
 Phase dropout (:mod:`nnunet_hpn.augment.phase_dropout`) blanks whole phases of some training samples, filled exactly as
-:func:`nnunet_hpn.pipeline.missing_phase.fill_missing_phases` fills an absent phase at prediction (0 after normalization).
+:func:`nnunet_hpn.pipeline.missing_phase.fill_missing_phases` fills an absent phase at prediction (0 after
+normalization).
 Only the training pipeline changes (``get_training_transforms``); network, loss and inference are HPNTrainer's.
 """
 from typing import Any, Optional
