@@ -3,6 +3,7 @@ names the file and the problem, and the output location exactly as before (nothi
 
 ``SCENARIOS`` is the table; docs/BAD_INPUTS.md lists the same ids with their messages (checked below)."""
 import gzip
+import json
 import os
 import re
 import shutil
@@ -258,6 +259,41 @@ def _evaluate_to_folder(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Pa
     return argv, location, location
 
 
+def _predict_with_model(change: Callable[[Path], Path]):
+    """One good case predicted with a copy of the model folder that ``change`` damages (returns the path it names)."""
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        copy = Path(shutil.copytree(model, tmp / "model"))
+        argv, location, _ = _predict(lambda files: files["arterial"])(tmp, model)
+        argv[argv.index("-m") + 1] = str(copy)
+        return argv, location, change(copy)
+    return build
+
+
+def _checkpoint(model: Path, content: Optional[bytes] = None, truncate: bool = False) -> Path:
+    path = model / "fold_0" / "checkpoint_final.pth"
+    if truncate:
+        _truncate(path)
+    elif content is not None:
+        path.write_bytes(content)
+    return path
+
+
+def _foreign_checkpoint(model: Path) -> Path:
+    import torch
+
+    path = _checkpoint(model)
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, path)  # a checkpoint of something else
+    return path
+
+
+def _third_channel(model: Path) -> Path:
+    path = model / "dataset.json"
+    dataset = json.loads(path.read_text())
+    dataset["channel_names"]["2"] = "delayed"
+    path.write_text(json.dumps(dataset))
+    return path
+
+
 def _predict_folder(corrupt: Callable[[Path], Path]):
     """Folder mode: case_a is good, case_b is bad; case_a's prediction must not appear either."""
     def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
@@ -421,6 +457,19 @@ SCENARIOS: Dict[str, Scenario] = {
         lambda pred, truth: (_four_d(pred / "case_a.nii.gz"), pred / "case_a.nii.gz")[1])),
     "convert/dataset-id-being-written": Scenario("convert", r"dataset id 7: being written by process \d+",
                                                  _convert_while_claimed),
+    # the model folder checked before the model loads
+    "predict/checkpoint-truncated": Scenario("predict", r"checkpoint cannot be loaded .*truncated or damaged",
+                                             _predict_with_model(lambda m: _checkpoint(m, truncate=True)),
+                                             needs_model=True),
+    "predict/checkpoint-empty": Scenario("predict", r"checkpoint cannot be loaded",
+                                         _predict_with_model(lambda m: _checkpoint(m, content=b"")), needs_model=True),
+    "predict/checkpoint-foreign": Scenario("predict", r"not an nnU-Net checkpoint",
+                                           _predict_with_model(_foreign_checkpoint), needs_model=True),
+    "predict/model-without-plans": Scenario("predict", r"plans\.json: missing",
+                                            _predict_with_model(lambda m: (_delete(m / "plans.json"),
+                                                                           m / "plans.json")[1]), needs_model=True),
+    "predict/model-channel-count": Scenario("predict", r"3 channels \(arterial, venous, delayed\), but .* trained on 2",
+                                            _predict_with_model(_third_channel), needs_model=True),
     # outputs checked before any work
     "register/moving-inside-output": Scenario("register", r"is a folder holding the input .*venous\.nii\.gz",
                                               _register_into(lambda files, out: _move_into(files, "venous", out))),

@@ -53,6 +53,42 @@ def model_channel_names(model_dir: Path) -> list[str]:
     return read_channel_names(dataset_json)
 
 
+def check_model_folder(model_dir: Path, folds: Sequence[int | str], checkpoint: str) -> list[str]:
+    """Everything nnU-Net's predictor will read, checked before it loads (one HPNInputError line each): the folder,
+    ``dataset.json`` with channel names, a readable ``plans.json``, and for every fold a checkpoint file that loads,
+    is an nnU-Net checkpoint and was trained on as many channels as ``dataset.json`` names. Returns the channel
+    names."""
+    import torch
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise HPNInputError(f"{model_dir}: model folder does not exist")
+    channel_names = model_channel_names(model_dir)
+    plans = model_dir / "plans.json"
+    try:
+        json.loads(plans.read_text())
+    except FileNotFoundError:
+        raise HPNInputError(f"{plans}: missing; -m must be a trained model folder") from None
+    except (OSError, ValueError):
+        raise HPNInputError(f"{plans}: unreadable or not JSON") from None
+    for fold in folds:
+        path = model_dir / f"fold_{fold}" / checkpoint
+        if not path.is_file():
+            raise HPNInputError(f"{path}: missing (train fold {fold} first, or pick other folds with -f)")
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # torch raises many kinds for a damaged file
+            raise HPNInputError(f"{path}: checkpoint cannot be loaded ({type(error).__name__}; truncated or "
+                                f"damaged?)") from None
+        if not isinstance(saved, dict) or "network_weights" not in saved or "init_args" not in saved:
+            raise HPNInputError(f"{path}: not an nnU-Net checkpoint (no network_weights / init_args)")
+        trained = saved["init_args"].get("dataset_json", {}).get("channel_names", {})
+        if trained and len(trained) != len(channel_names):
+            raise HPNInputError(f"{model_dir / 'dataset.json'}: {len(channel_names)} channels "
+                                f"({', '.join(channel_names)}), but {path} was trained on {len(trained)}")
+    return channel_names
+
+
 def prediction_reference(channel_names: Sequence[str], available: Sequence[str]) -> str:
     """The phase whose grid the prediction is made on: :func:`nnunet_hpn.phases.reference_phase` among the given
     phases, in the model's channel order."""
@@ -160,14 +196,7 @@ class HPNPredictor:
         _startup_hook.install()  # idempotent: HPNCTNormalization findable by nnU-Net's in-process preprocessing
 
         model_dir = Path(model_dir)
-        if not model_dir.is_dir():
-            raise HPNInputError(f"{model_dir}: model folder does not exist")
-        self.channel_names = model_channel_names(model_dir)
-        for fold in folds:
-            checkpoint_path = model_dir / f"fold_{fold}" / checkpoint
-            if not checkpoint_path.is_file():
-                raise HPNInputError(f"{checkpoint_path}: missing (train fold {fold} first, or pick other folds "
-                                    "with -f)")
+        self.channel_names = check_model_folder(model_dir, folds, checkpoint)
         if registration not in METHODS:
             raise HPNInputError(f"{model_dir}: registration {registration!r} is not one of {list(METHODS)}")
         if device not in ("cpu", "cuda"):
