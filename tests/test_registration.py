@@ -1,6 +1,7 @@
 """Registration of one phase onto another (nnunet_hpn.pipeline.registration) and image reading
 (nnunet_hpn.io.images)."""
 import functools
+import shutil
 import json
 from pathlib import Path
 
@@ -246,8 +247,18 @@ def test_dicom_series_geometry_round_trip_and_missing_slice(tmp_path: Path) -> N
     assert np.allclose(image.GetDirection(), direction, atol=1e-5)
     assert np.array_equal(sitk.GetArrayFromImage(image), volume)
 
+    duplicate = shutil.copytree(tmp_path / "series", tmp_path / "duplicate")
+    shutil.copyfile(duplicate / "slice_002.dcm", duplicate / "slice_002_again.dcm")
+    with pytest.raises(HPNInputError, match=r"slice_002(_again)?\.dcm: same slice position as slice_002"
+                                            r"(_again)?\.dcm .*\(duplicated slice\)"):
+        read_image(duplicate)
+    damaged = shutil.copytree(tmp_path / "series", tmp_path / "damaged")
+    (damaged / "slice_004.dcm").write_bytes((damaged / "slice_004.dcm").read_bytes()[:200])
+    with pytest.raises(HPNInputError, match=r"slice_004\.dcm"):
+        read_image(damaged)
     (tmp_path / "series" / "slice_003.dcm").unlink()
-    with pytest.raises(HPNInputError, match="uneven DICOM slice spacing"):
+    with pytest.raises(HPNInputError, match=r"uneven DICOM slice spacing: 5 mm between slice_002\.dcm and "
+                                            r"slice_004\.dcm, 2\.5 mm elsewhere"):
         read_image(tmp_path / "series")
 
 

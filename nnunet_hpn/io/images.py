@@ -149,7 +149,10 @@ def _check_slice_gaps(folder: Path, names: list[str]) -> None:
     for name in names:
         reader = sitk.ImageFileReader()
         reader.SetFileName(name)
-        reader.ReadImageInformation()
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            raise HPNInputError(f"{name}: DICOM slice of {folder} cannot be read (damaged file)") from None
         if not reader.HasMetaDataKey("0020|0032") or not reader.HasMetaDataKey("0020|0037"):
             return  # without ImagePositionPatient/ImageOrientationPatient GDCM falls back to the file order
         position = np.array([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
@@ -157,14 +160,24 @@ def _check_slice_gaps(folder: Path, names: list[str]) -> None:
             row_col = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")])
             normal = np.cross(row_col[:3], row_col[3:])
         positions.append(float(position @ normal))
-    gaps = np.diff(np.sort(positions))
+    order = np.argsort(positions)
+    ordered = [names[i] for i in order]
+    gaps = np.diff(np.asarray(positions)[order])
     median = float(np.median(gaps))
-    if median <= 0:
-        raise HPNInputError(f"{folder}: DICOM slices share one position (duplicated slices?)")
-    worst = float(np.max(np.abs(gaps - median)) / median)
-    if worst > SLICE_GAP_TOLERANCE:
-        raise HPNInputError(f"{folder}: uneven DICOM slice spacing (gaps {gaps.min():.3g}..{gaps.max():.3g} mm; "
-                            "missing slices?)")
+    if median <= 0 or (gaps < SLICE_GAP_TOLERANCE * median).any():
+        at = int(np.argmin(gaps))
+        raise HPNInputError(f"{ordered[at + 1]}: same slice position as {Path(ordered[at]).name} in {folder} "
+                            f"(duplicated slice)")
+    deviation = np.abs(gaps - median) / median
+    if deviation.max() > SLICE_GAP_TOLERANCE:
+        at = int(np.argmax(deviation))
+        unused = sorted(path.name for path in Path(folder).iterdir()
+                        if path.is_file() and str(path) not in set(names) and not path.name.startswith("."))
+        hint = f"; files of the folder that are no readable slice of the series: {', '.join(unused[:3])}" \
+            if unused else ""
+        raise HPNInputError(f"{folder}: uneven DICOM slice spacing: {gaps[at]:.3g} mm between "
+                            f"{Path(ordered[at]).name} and {Path(ordered[at + 1]).name}, {median:.3g} mm elsewhere "
+                            f"(missing slices?{hint})")
 
 
 def read_dicom_series(folder: Path) -> sitk.Image:
