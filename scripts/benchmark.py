@@ -56,9 +56,6 @@ import numpy as np
 import torch
 from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
-from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import Tensor, nn
@@ -71,7 +68,7 @@ from nnunet_hpn.phases import PHASES
 from nnunet_hpn.nnunet.plans_tools import NNUNET_3D_OPERATIONS
 from nnunet_hpn.nnunet.trainers.equal_cost import HPNTrainer_equalcost
 from nnunet_hpn.nnunet.trainers.hpn_trainer import (
-    EarlyFusionTrainer, HPNTrainer, HyperNetTrainer, SegmentationPlusPairingLoss, unwrap_network)
+    EarlyFusionTrainer, HPNTrainer, HyperNetTrainer, unwrap_network)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 N_PHASES = len(PHASES)
@@ -150,24 +147,38 @@ def build_network(spec: ModelSpec, configuration: ConfigurationManager, n_classe
 
 
 def deep_supervision_scales(configuration: ConfigurationManager) -> list[list[float]]:
-    """nnUNetTrainer._get_deep_supervision_scales."""
-    return [list(s) for s in 1 / np.cumprod(np.vstack(configuration.pool_op_kernel_sizes), axis=0)][:-1]
+    """The scales of nnU-Net's deep-supervision targets for this plans entry (the trainer's own method)."""
+    return loss_trainer(HPNTrainer, configuration, None, torch.device("cpu"))._get_deep_supervision_scales()
+
+
+def loss_trainer(trainer_class: type, configuration: ConfigurationManager, network: Optional[nn.Module],
+                 device: torch.device) -> HPNTrainer:
+    """A trainer object holding only what ``_build_loss`` and ``_get_deep_supervision_scales`` read (plans entry,
+    labels, network, device): the benchmark's loss is the trainer's own, without a dataset on disk."""
+    trainer = object.__new__(trainer_class)
+    trainer.configuration_manager = configuration
+    trainer.label_manager = LabelManager(LABELS, None)
+    trainer.is_ddp = False
+    trainer.enable_deep_supervision = True
+    trainer.device = device
+    trainer.network = network
+    return trainer
 
 
 def build_loss(spec: ModelSpec, configuration: ConfigurationManager, network: nn.Module,
                compile_loss: bool) -> nn.Module:
-    """nnUNetTrainer._build_loss for labels with deep supervision (+ HPN's pairing term, as HPNTrainer._build_loss)."""
-    loss: nn.Module = DC_and_CE_loss({"batch_dice": configuration.batch_dice, "smooth": 1e-5, "do_bg": False,
-                                      "ddp": False}, {}, weight_ce=1, weight_dice=1, ignore_label=None,
-                                     dice_class=MemoryEfficientSoftDiceLoss)
-    if compile_loss:
-        loss.dc = torch.compile(loss.dc)
-    weights = np.array([1 / (2 ** i) for i in range(len(deep_supervision_scales(configuration)))])
-    weights[-1] = 0
-    loss = DeepSupervisionWrapper(loss, weights / weights.sum())
-    if spec.trainer.pairing_loss_weight > 0 and getattr(unwrap_network(network), "n_paths", 1) >= 2:
-        loss = SegmentationPlusPairingLoss(loss, lambda: unwrap_network(network), spec.trainer.pairing_loss_weight)
-    return loss
+    """``spec.trainer``'s own ``_build_loss``: nnU-Net's Dice + CE with deep supervision (+ HPN's pairing term);
+    ``compile_loss``: the Dice term compiled as nnU-Net does on CUDA (``nnUNet_compile``)."""
+    device = next(network.parameters()).device
+    previous = os.environ.get("nnUNet_compile")
+    os.environ["nnUNet_compile"] = "t" if compile_loss and device.type == "cuda" else "f"  # nnU-Net: CUDA only
+    try:
+        return loss_trainer(spec.trainer, configuration, network, device)._build_loss()
+    finally:
+        if previous is None:
+            os.environ.pop("nnUNet_compile")
+        else:
+            os.environ["nnUNet_compile"] = previous
 
 
 def synthetic_batch(configuration: ConfigurationManager, n_classes: int, device: torch.device,

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from nnunet_hpn.nnunet.trainers.hpn_trainer import SegmentationPlusPairingLoss
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "benchmark.py"
 TINY = ["--patch", "16", "--features", "4", "16", "--batch", "2"]
@@ -42,7 +44,7 @@ def test_rows_are_built_by_their_trainers_from_one_plans_entry(benchmark) -> Non
         expected = {"nnunet": "PlainConvUNet", "nnunet_onednn": "PlainConvUNet",
                     "hpn_resdsn": "HyperPairedResDSN"}.get(key, "HyperPairedUNet")
         assert type(network).__name__ == expected
-        assert isinstance(setup.loss, benchmark.SegmentationPlusPairingLoss) == (
+        assert isinstance(setup.loss, SegmentationPlusPairingLoss) == (
             key not in ("nnunet", "nnunet_onednn", "hypernet"))
         convs = [type(m).__name__ for m in network.modules() if isinstance(m, torch.nn.Conv3d)]
         assert set(convs) == ({"Conv3d"} if key == "nnunet" else {"OneDNNConv3d"})  # stock baseline untouched
