@@ -525,6 +525,8 @@ def test_bad_input_exits_1_with_one_line_and_writes_nothing(scenario_id: str, tm
     scenario = SCENARIOS[scenario_id]
     argv, output, named = scenario.build(tmp_path, model_for(scenario))
     before = _snapshot(output)
+    inputs_before = {name: value for name, value in _snapshot(tmp_path).items()
+                     if not (tmp_path / name).resolve().is_relative_to(output.resolve())}
     capsys.readouterr()
 
     assert main(argv) == 1
@@ -537,6 +539,9 @@ def test_bad_input_exits_1_with_one_line_and_writes_nothing(scenario_id: str, tm
     assert str(named) in lines[0], f"{named} not named in: {lines[0]}"
     assert re.search(scenario.problem, lines[0]), f"{scenario.problem!r} not in: {lines[0]}"
     assert _snapshot(output) == before, f"{output} changed"
+    inputs_after = {name: value for name, value in _snapshot(tmp_path).items()
+                    if not (tmp_path / name).resolve().is_relative_to(output.resolve())}
+    assert inputs_after == inputs_before, "an input changed"
     leftovers = [path.name for path in output.parent.iterdir() if path.name.startswith(".")]
     assert not leftovers, f"temporary files left next to {output}: {leftovers}"
 
