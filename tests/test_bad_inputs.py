@@ -259,6 +259,32 @@ def _evaluate_to_folder(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Pa
     return argv, location, location
 
 
+def _predict_onto_input(option: str):
+    """One case whose ``-o`` or ``--qc`` names its venous input."""
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        argv, _, _ = _predict(lambda files: files["arterial"])(tmp, model)
+        venous = tmp / "case" / "venous.nii.gz"
+        if option == "-o":
+            argv[argv.index("-o") + 1] = str(venous)
+        else:
+            argv += [option, str(venous)]
+        return argv, venous, venous
+    return build
+
+
+def _evaluate_onto_truth(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    argv, _, _ = _evaluate(lambda pred, truth: pred)(tmp, model)
+    label = tmp / "truth" / "case_a.nii.gz"
+    argv[argv.index("-o") + 1] = str(label)
+    return argv, label, label
+
+
+def _fractional_label(path: Path) -> None:
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
+    array[4, 10, 10] = 1.0000001
+    _write(_image(array), path)
+
+
 def _predict_with_model(change: Callable[[Path], Path]):
     """One good case predicted with a copy of the model folder that ``change`` damages (returns the path it names)."""
     def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
@@ -471,6 +497,14 @@ SCENARIOS: Dict[str, Scenario] = {
     "predict/model-channel-count": Scenario("predict", r"3 channels \(arterial, venous, delayed\), but .* trained on 2",
                                             _predict_with_model(_third_channel), needs_model=True),
     # outputs checked before any work
+    "predict/output-is-an-input": Scenario("predict", r"-o would overwrite the input .*venous\.nii\.gz",
+                                           _predict_onto_input("-o"), needs_model=True),
+    "predict/qc-is-an-input": Scenario("predict", r"--qc would overwrite the input .*venous\.nii\.gz",
+                                       _predict_onto_input("--qc"), needs_model=True),
+    "evaluate/output-is-a-truth-label": Scenario("evaluate", r"-o would overwrite the input .*case_a\.nii\.gz",
+                                                 _evaluate_onto_truth),
+    "convert/label-not-integer": Scenario("convert", r"non-integer values \(e\.g\. 1\.0000001",
+                                          _convert(_then(_fractional_label, "label"))),
     "register/moving-inside-output": Scenario("register", r"is a folder holding the input .*venous\.nii\.gz",
                                               _register_into(lambda files, out: _move_into(files, "venous", out))),
     "register/output-is-a-file": Scenario("register", r"names an existing file, expected a folder",
