@@ -528,6 +528,10 @@ SCENARIOS: Dict[str, Scenario] = {
         _then(_as_label_map, "venous"))),
     "register/one-slice": Scenario("register", r"at least 4 voxels along every axis", _register(
         lambda files: _one_slice_case({key: files[key] for key in ("arterial", "venous")}))),
+    "register/too-small-for-the-pyramid": Scenario("register", r"the affine registration onto .*arterial\.nii\.gz "
+                                                   r"failed \(VirtualSampledPointSet must have 1 or more points\); "
+                                                   r"images of \[7, 6, 5\] voxels may be too small", _register(
+        lambda files: [_regrid(files[key], shape=(5, 6, 7)) for key in ("arterial", "venous")] and files["venous"])),
     "register/nii-truncated": Scenario("register", r"bytes, its header needs .* \(truncated", _register(
         lambda files: _uncompressed(files, "venous", _truncate))),
     "register/nii-nan": Scenario("register", r"1 NaN/Inf voxels", _register(

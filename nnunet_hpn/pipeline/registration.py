@@ -24,6 +24,7 @@ pancreas (label > 0) mean surface distance, HD95 and Dice, in mm, before and aft
 """
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -397,6 +398,18 @@ def _not_worse(nmi_after: float, nmi_before: float) -> bool:
                                             or nmi_after >= nmi_before - SIMILARITY_TOLERANCE))
 
 
+def _stage_failed(stage: str, error: RuntimeError, fixed: sitk.Image, fixed_name: str,
+                  moving_name: str) -> HPNInputError:
+    """One line for an ITK failure inside a registration stage."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    # "ITK ERROR: SomeFilter(0x55d0...): what went wrong." -> "what went wrong"
+    reason = re.sub(r"^(ITK ERROR: )?\w+\(0x[0-9a-f]+\):\s*", "", lines[-1]).rstrip(".") if lines else \
+        type(error).__name__
+    return HPNInputError(f"{moving_name}: the {stage} registration onto {fixed_name} failed ({reason}); images of "
+                         f"{list(fixed.GetSize())} voxels may be too small for its resolution pyramid (try --method "
+                         f"none)")
+
+
 def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label: sitk.Image | None = None,
                           fixed_label: sitk.Image | None = None, method: str = "demons", progress: bool = True,
                           fixed_name: str = "fixed image", moving_name: str = "moving image",
@@ -449,7 +462,11 @@ def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label
     bar = _LevelProgress(progress)
     if method in ("affine", "demons"):
         stage_start = time.perf_counter()
-        affine, init = _affine_stage(fixed_w, moving_own, settings, bar)
+        try:
+            affine, init = _affine_stage(fixed_w, moving_own, settings, bar)
+        except RuntimeError as error:  # ITK: e.g. too few voxels left at a coarse pyramid level
+            bar.close()
+            raise _stage_failed("affine", error, fixed, fixed_name, moving_name) from None
         after = similarity(affine)
         kept = _not_worse(after["nmi"], similarity_now["nmi"])
         qc["stages"].append({"stage": "affine", "initialisation": init, "similarity": after, "kept": kept,
@@ -466,7 +483,11 @@ def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label
         fixed_d = _prepared(fixed, settings.demons_window_hu, grid, settings.image_sigma_mm)
         moving_d = sitk.Resample(_prepared(moving, settings.demons_window_hu, moving_grid, settings.image_sigma_mm),
                                  grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        displacement_w = _demons_stage(fixed_d, moving_d, settings, bar)
+        try:
+            displacement_w = _demons_stage(fixed_d, moving_d, settings, bar)
+        except RuntimeError as error:
+            bar.close()
+            raise _stage_failed("demons", error, fixed, fixed_name, moving_name) from None
         field_qc = _field_qc(displacement_w)
         candidate = sitk.CompositeTransform([transform, sitk.DisplacementFieldTransform(displacement_w)])
         after = similarity(candidate)
