@@ -66,7 +66,8 @@ def _predict(args: argparse.Namespace) -> None:
             raise HPNInputError(f"--phase {item}: expected NAME=PATH")
         phases[name] = path
     options = dict(folds=args.folds, device=args.device, disable_tta=args.disable_tta, checkpoint=args.checkpoint,
-                   registration=args.registration, allow_unusual_intensities=args.allow_unusual_intensities)
+                   registration=args.registration, allow_unusual_intensities=args.allow_unusual_intensities,
+                   step_size=args.step_size)
     if args.input and phases:
         raise HPNInputError(f"{args.input}: give either -i IN_DIR or the phases of one case, not both")
     if not args.input and not phases:
@@ -186,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="IN_DIR/<case>/{arterial,venous,label}.nii.gz -> $nnUNet_raw/DatasetXXX_NAME")
     p.add_argument("in_dir")
-    p.add_argument("--dataset-id", type=int, required=True)
+    p.add_argument("-d", "--dataset-id", type=int, required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--raw-root", help="defaults to $nnUNet_raw")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with the same id")
@@ -238,9 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>")
     p.add_argument("-o", "--output", required=True, help="OUT.nii.gz (one case) or OUT_DIR (folder mode)")
     p.add_argument("-f", "--folds", nargs="+", default=["0"], help="folds to ensemble (default: 0)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--disable-tta", action="store_true", help="no test-time mirroring")
-    p.add_argument("--checkpoint", default="checkpoint_final.pth")
+    p.add_argument("-device", "--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
+                   help="no test-time mirroring")
+    p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
+    p.add_argument("-step_size", "--step-size", dest="step_size", type=float, default=0.5,
+                   help="sliding-window step as a fraction of the patch (nnU-Net's -step_size, default 0.5)")
     p.add_argument("--registration", choices=["none", "affine", "demons"], default="demons")
     p.add_argument("--qc", help="one case: write the registration QC (JSON) here")
     p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
@@ -249,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cpu-config", help="add a small-patch, narrow configuration to a plans file for CPU runs")
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     p.add_argument("-p", "--plans", default="nnUNetHPNPlans")
-    p.add_argument("--name", default="3d_cpu")
+    p.add_argument("-c", "--name", default="3d_cpu", help="name of the new configuration (default 3d_cpu)")
     p.add_argument("--patch-size", type=int, nargs=3, default=(32, 48, 48))
     p.add_argument("--base-features", type=int, default=8)
     p.add_argument("--max-features", type=int, default=64)

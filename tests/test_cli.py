@@ -90,3 +90,17 @@ def test_evaluate_refuses_an_output_onto_a_truth_label(tmp_path, capsys) -> None
     assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(truth)]) == 1
     assert "-o would overwrite the input" in capsys.readouterr().err
     assert truth.read_bytes() == before
+
+
+def test_nnunet_flag_spellings_are_accepted():
+    """The flags nnU-Net users type (``-d -c -device -chk --disable_tta -step_size``) mean the same as ours."""
+    from nnunet_hpn.cli import build_parser
+
+    parser = build_parser()
+    predict = parser.parse_args(["predict", "-i", "in", "-m", "model", "-o", "out", "-device", "cpu", "-chk",
+                                 "checkpoint_best.pth", "--disable_tta", "-step_size", "0.7", "-f", "0", "1"])
+    assert (predict.device, predict.checkpoint, predict.disable_tta, predict.step_size, predict.folds) == (
+        "cpu", "checkpoint_best.pth", True, 0.7, ["0", "1"])
+    assert parser.parse_args(["predict", "-i", "in", "-m", "m", "-o", "o", "--disable-tta"]).disable_tta
+    assert parser.parse_args(["convert", "in", "-d", "7", "--name", "X"]).dataset_id == 7
+    assert parser.parse_args(["cpu-config", "-d", "7", "-c", "3d_small"]).name == "3d_small"

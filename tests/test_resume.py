@@ -92,6 +92,9 @@ def test_killed_training_resumes_from_its_checkpoint_and_finishes(interrupted_an
     resumed_log = _logs(fold)[-1].read_text()
     assert _epochs_started(resumed_log) == [1, 2], resumed_log
     assert f"continuing {TRAINER} from epoch 1 with the checkpoint's settings" in resumed_log
+    # the first run says where its budget came from; the resumed one (no HPN_* variable) has the checkpoint's
+    assert "budget from the environment: HPN_NUM_EPOCHS=3, HPN_ITERATIONS_PER_EPOCH=4" in run["first_log"]
+    assert "budget from the environment" not in resumed_log
     assert "pairing loss" in resumed_log and "Training done." in resumed_log
     final = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 3

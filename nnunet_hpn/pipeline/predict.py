@@ -187,7 +187,7 @@ class HPNPredictor:
 
     def __init__(self, model_dir: Path, folds: Sequence[int | str] = (0,), device: str = "cpu",
                  disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth", registration: str = "demons",
-                 progress: bool = True, allow_unusual_intensities: bool = False) -> None:
+                 progress: bool = True, allow_unusual_intensities: bool = False, step_size: float = 0.5) -> None:
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -206,7 +206,9 @@ class HPNPredictor:
         self.registration = registration
         self.allow_unusual_intensities = allow_unusual_intensities
         self.progress = progress
-        self.predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=not disable_tta,
+        if not 0 < step_size <= 1:
+            raise HPNInputError(f"-step_size {step_size}: must be in (0, 1] (fraction of the patch size)")
+        self.predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=not disable_tta,
                                          perform_everything_on_device=device == "cuda", device=torch.device(device),
                                          verbose=False, allow_tqdm=progress)
         self.predictor.initialize_from_trained_model_folder(
@@ -258,7 +260,7 @@ class HPNPredictor:
 def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Path, folds: Sequence[int | str] = (0,),
                  device: str = "cpu", disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth",
                  registration: str = "demons", qc_path: Path | None = None, progress: bool = True,
-                 allow_unusual_intensities: bool = False) -> CasePrediction:
+                 allow_unusual_intensities: bool = False, step_size: float = 0.5) -> CasePrediction:
     """One case: ``phase_paths`` (phase name -> NIfTI file or DICOM folder) -> label map at ``out_path``. The inputs
     are read and checked before the model is loaded; neither output may be an input."""
     check_output_not_input(out_path, phase_paths.values(), "-o")
@@ -269,14 +271,14 @@ def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Pat
     images = read_phase_images(phase_paths, model_channel_names(Path(model_dir)), out_path,
                                allow_unusual_intensities)  # before the model loads
     predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
-                             allow_unusual_intensities)
+                             allow_unusual_intensities, step_size)
     return predictor.predict_and_write(images, phase_paths, out_path, qc_path)
 
 
 def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence[int | str] = (0,),
                    device: str = "cpu", disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth",
                    registration: str = "demons", progress: bool = True,
-                   allow_unusual_intensities: bool = False) -> list[str]:
+                   allow_unusual_intensities: bool = False, step_size: float = 0.5) -> list[str]:
     """Every case folder ``in_dir/<case>/`` (``<phase>.nii.gz`` files or ``<phase>/`` DICOM folders, like
     ``convert``'s input) -> ``out_dir/<case>.nii.gz``, QC in ``out_dir/registration_qc/<case>.json``. The model is
     loaded once. Returns the case names."""
@@ -287,7 +289,7 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
     check_output_not_input(out_dir, [in_dir], "-o")
     check_output_location(out_dir, "folder", "-o")
     predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
-                             allow_unusual_intensities)
+                             allow_unusual_intensities, step_size)
     if out_dir.exists() and not out_dir.is_dir():
         raise HPNInputError(f"{out_dir}: output path exists and is not a folder")
     with published_folder(out_dir, "merge") as staging:

@@ -51,6 +51,11 @@ def apply_seed_environment() -> None:
         torch.manual_seed(seed)
 
 
+def environment_overrides() -> list[str]:
+    """``NAME=value`` of every ``HPN_*`` budget, seed and test-time-mirroring variable that is set."""
+    return [f"{name}={os.environ[name]}" for name in (*BUDGET_ENV, SEED_ENV, NO_TTA_ENV) if os.environ.get(name)]
+
+
 def apply_budget_environment(trainer: nnUNetTrainer) -> None:
     """Training length from the ``HPN_*`` variables, where set."""
     for variable, attribute in BUDGET_ENV.items():
@@ -299,6 +304,10 @@ class HPNTrainer(nnUNetTrainer):
             f"{getattr(network, 'path_channels', 'all (one path)')}, hyper-connections "
             f"{list(getattr(network, 'hyper_connections', ())) or 'none'}, pairing loss weight "
             f"{self.pairing_loss_weight}, virtual pairs {virtual}")
+        overrides = environment_overrides()
+        if overrides:  # the budget differs from the trainer's own: say so where the user looks
+            self.print_to_log_file(f"budget from the environment: {', '.join(overrides)} (num_epochs "
+                                   f"{self.num_epochs}, iterations per epoch {self.num_iterations_per_epoch})")
 
     def current_pairing_weight(self) -> float:
         """λ for the current epoch: constant, or ramped up over ``pairing_warmup_epochs``."""
