@@ -118,3 +118,24 @@ def test_pairing_weight_is_constant_for_hpn_and_ramped_for_the_demo(make_trainer
     assert (demo.num_epochs, demo.num_iterations_per_epoch, demo.oversample_foreground_percent) == (40, 25, 1.0)
     assert demo.initial_lr == 0.03 and hpn.initial_lr == 0.01  # nnU-Net's default for every Table-1 row
     assert demo.optimizer.param_groups[0]["lr"] == 0.03
+
+
+def test_cross_entropy_class_weights_reach_every_ce_term(make_trainer):
+    """``ce_class_weights`` weights nnU-Net's CE inside Dice + CE and the deep-supervision wrapper; None keeps it."""
+    plain = make_trainer("HPNTrainer")
+    terms = [m for m in plain.loss.modules() if isinstance(m, torch.nn.CrossEntropyLoss)]
+    assert terms and all(term.weight is None for term in terms)
+
+    weighted = make_trainer("HPNTrainer_demo")
+    terms = [m for m in weighted.loss.modules() if isinstance(m, torch.nn.CrossEntropyLoss)]
+    assert terms and all(term.weight.tolist() == list(hpn_trainer.HPNTrainer_demo.ce_class_weights) for term in terms)
+    # pancreas voxels right, PDAC voxels wrong: the weighted mean leans towards the PDAC error
+    target = torch.ones(1, 1, 4, 4, 4)
+    target[..., 2:] = 2.0
+    logits = torch.zeros(1, 4, 4, 4, 4)
+    logits[:, 1, ..., :2] = 5.0
+    logits[:, 0, ..., 2:] = 5.0
+    plain_ce = next(m for m in plain.loss.modules() if isinstance(m, torch.nn.CrossEntropyLoss))
+    assert terms[0](logits, target).item() > 1.5 * plain_ce(logits, target).item()
+    with pytest.raises(ValueError, match="3 cross-entropy class weights for 4 classes"):
+        hpn_trainer.weight_cross_entropy(plain.loss, (1.0, 1.0, 2.0), 4, torch.device("cpu"))
