@@ -8,7 +8,7 @@ Functions accept images or readers after ``ReadImageInformation`` (header only).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -84,9 +84,10 @@ def check_spacing(image: ImageOrHeader, name: str) -> None:
         raise HPNInputError(f"{name}: voxel spacing {tuple(spacing.tolist())} mm is not finite and positive")
 
 
-def check_volume_size(image: ImageOrHeader, name: str) -> None:
-    """HPNInputError naming ``name`` when an axis has fewer than :data:`MIN_VOXELS_PER_AXIS` voxels."""
-    size = tuple(int(n) for n in image.GetSize())
+def check_volume_size(size_xyz: Sequence[int], name: str) -> None:
+    """HPNInputError naming ``name`` when an axis of ``size_xyz`` has fewer than :data:`MIN_VOXELS_PER_AXIS`
+    voxels."""
+    size = tuple(int(n) for n in size_xyz)
     if min(size) < MIN_VOXELS_PER_AXIS:
         raise HPNInputError(f"{name}: size {size} voxels; a phase needs at least {MIN_VOXELS_PER_AXIS} voxels along "
                             f"every axis (a single slice or a thumbnail is not a 3D CT)")

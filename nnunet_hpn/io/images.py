@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import zlib
 from pathlib import Path
+from typing import Sequence
 
 import nibabel
 import numpy as np
@@ -117,12 +118,12 @@ def ct_value_problem(voxels: np.ndarray) -> str | None:
     return None
 
 
-def check_phase_voxels(voxels: np.ndarray, image: sitk.Image | sitk.ImageFileReader, path: str,
+def check_phase_voxels(voxels: np.ndarray, size_xyz: Sequence[int], path: str,
                        allow_unusual_intensities: bool = False) -> None:
-    """The checks of a phase image beyond readability: not constant, at least 4 voxels per axis and, unless
-    ``allow_unusual_intensities``, CT values in HU (:func:`ct_value_problem`)."""
+    """The checks of a phase image beyond readability: not constant, at least 4 voxels per axis of ``size_xyz``
+    and, unless ``allow_unusual_intensities``, CT values in HU (:func:`ct_value_problem`)."""
     check_not_constant(voxels, path)
-    check_volume_size(image, path)
+    check_volume_size(size_xyz, path)
     if not allow_unusual_intensities:
         problem = ct_value_problem(voxels)
         if problem is not None:
@@ -171,8 +172,9 @@ def _check_slice_gaps(folder: Path, names: list[str]) -> None:
     deviation = np.abs(gaps - median) / median
     if deviation.max() > SLICE_GAP_TOLERANCE:
         at = int(np.argmax(deviation))
+        in_series = set(names)
         unused = sorted(path.name for path in Path(folder).iterdir()
-                        if path.is_file() and str(path) not in set(names) and not path.name.startswith("."))
+                        if path.is_file() and str(path) not in in_series and not path.name.startswith("."))
         hint = f"; files of the folder that are no readable slice of the series: {', '.join(unused[:3])}" \
             if unused else ""
         raise HPNInputError(f"{folder}: uneven DICOM slice spacing: {gaps[at]:.3g} mm between "
@@ -201,7 +203,7 @@ def read_image(path: Path | str, allow_unusual_intensities: bool = False) -> sit
     """A phase image from an image file (NIfTI checked for damage and NaN/Inf) or a DICOM series folder: 3D, one
     component, :func:`check_phase_voxels`."""
     image = _read_3d(Path(path))
-    check_phase_voxels(sitk.GetArrayViewFromImage(image), image, str(path), allow_unusual_intensities)
+    check_phase_voxels(sitk.GetArrayViewFromImage(image), image.GetSize(), str(path), allow_unusual_intensities)
     return image
 
 

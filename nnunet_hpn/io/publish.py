@@ -107,15 +107,13 @@ def _publish(staging: Path, target: Path, mode: str, replaces: Sequence[Path]) -
             raise
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
-    elif mode == "merge":
+    else:  # "merge" (published_folder checked the mode)
         files = sorted(path for path in staging.rglob("*") if path.is_file())
         for path in files:
             destination = target / path.relative_to(staging)
             destination.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, destination)
         target.mkdir(parents=True, exist_ok=True)
-    else:
-        raise ValueError(f"unknown publish mode {mode!r}; one of {PUBLISH_MODES}")
 
 
 @contextmanager

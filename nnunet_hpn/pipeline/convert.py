@@ -164,7 +164,8 @@ def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = 
     for channel, (phase, path) in enumerate(zip(layout.phases, phase_paths)):
         voxels = _read_voxels(path)
         _check_finite(voxels, str(path))
-        check_phase_voxels(voxels, _read_header(path), str(path), layout.allow_unusual_intensities)
+        # nibabel's arrays are in (x, y, z) order: the shape is the size
+        check_phase_voxels(voxels, voxels.shape, str(path), layout.allow_unusual_intensities)
         images_dir.mkdir(exist_ok=True)
         target = images_dir / channel_file_name(case_dir.name, channel, FILE_ENDING)
         if layout.register and path != reference_path:
