@@ -169,3 +169,29 @@ def test_four_phases_fit_the_memory_target_with_smaller_patches(realistic_hpn_pl
     assert four["architecture"]["arch_kwargs"]["path_channels"] == [0, 1, 2, 3]
     assert len(four["architecture"]["arch_kwargs"]["hyper_connections"]) == 36
     assert _estimate(four, channels=4) * (four["batch_size"] - 0.5) / 2 <= REFERENCE_3D
+
+
+def test_planners_share_data_only_where_the_spacing_is_the_same(realistic_dataset, planned_dataset, monkeypatch):
+    """HPNPlanner, HPNResDSNPlanner and HPNStarPlanner on a 96×512×512 fingerprint: configurations with the same
+    data identifier have the same spacing (2d, 3d_fullres reuse nnUNetHPNPlans' data), and 3d_lowres, whose spacing
+    comes out of each network's memory search, gets a folder of its own where the spacings differ."""
+    from nnunet_hpn.nnunet.planners import HPNPlanner, HPNResDSNPlanner
+    from nnunet_hpn.nnunet.planners.hpn_planner import HPN_PLANS_NAME, HPNStarPlanner
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, planned_dataset["env"][key])
+    spacing_of: dict[str, list] = {}
+    lowres_spacings = {}
+    for planner_cls in (HPNPlanner, HPNResDSNPlanner, HPNStarPlanner):
+        planner = planner_cls(realistic_dataset)
+        planner.plan_experiment()
+        configurations = planner.plans["configurations"]
+        assert "3d_lowres" in configurations
+        assert configurations["3d_fullres"]["data_identifier"] == f"{HPN_PLANS_NAME}_3d_fullres"
+        for name, config in configurations.items():
+            if "data_identifier" not in config:  # the cascade inherits 3d_fullres'
+                continue
+            spacing = [round(float(s), 6) for s in config["spacing"]]
+            assert spacing_of.setdefault(config["data_identifier"], spacing) == spacing, (planner_cls, name)
+        lowres_spacings[planner_cls.__name__] = tuple(configurations["3d_lowres"]["spacing"])
+    assert lowres_spacings["HPNResDSNPlanner"] != lowres_spacings["HPNPlanner"]

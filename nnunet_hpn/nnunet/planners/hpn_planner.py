@@ -80,6 +80,8 @@ class HPNPlanner(ExperimentPlanner):
     hyper_connection_pattern: str = "all"
     #: hub of the "star" pattern, a dataset.json channel name (None: nnunet_hpn.phases.reference_phase's rule)
     reference_phase: Optional[str] = None
+    #: plans whose preprocessed data this planner reuses where the spacing cannot differ (None: its own data)
+    reuses_data_of: Optional[str] = None
 
     def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
                  preprocessor_name: str = "DefaultPreprocessor", plans_name: Optional[str] = None,
@@ -150,6 +152,16 @@ class HPNPlanner(ExperimentPlanner):
         })
         return plan
 
+    def generate_data_identifier(self, configuration_name: str) -> str:
+        """``<plans>_<configuration>``; with ``reuses_data_of``, that plans' data for ``2d`` and ``3d_fullres``.
+
+        Only those two have the dataset's target spacing whatever the network; ``3d_lowres``'s spacing comes out of
+        the memory search, which differs per network, so it keeps its own folder (as nnU-Net's ResEnc planners do).
+        """
+        if self.reuses_data_of is not None and configuration_name in ("2d", "3d_fullres"):
+            return f"{self.reuses_data_of}_{configuration_name}"
+        return super().generate_data_identifier(configuration_name)
+
     def save_plans(self, plans: dict) -> None:
         """Stores the HU window per phase where the normalization reads it, and the phases / pattern (top level)."""
         for props in plans["foreground_intensity_properties_per_channel"].values():
@@ -164,25 +176,22 @@ class HPNResDSNPlanner(HPNPlanner):
     """Same planning with the 3D-ResDSN backbone (residual encoder blocks, deep supervision).
 
     One residual block (two convolutions) per encoder stage, so the encoder has as many convolutions as the plain
-    backbone's. Preprocessing is identical to :class:`HPNPlanner`, so the data of ``nnUNetHPNPlans`` is reused.
+    backbone's. Preprocessing is identical to :class:`HPNPlanner`, so the ``2d`` and ``3d_fullres`` data of
+    ``nnUNetHPNPlans`` is reused (``3d_lowres`` has its own: its spacing depends on the network).
     """
 
     network_class = HyperPairedResDSN
     default_plans_name = HPN_RESDSN_PLANS_NAME
     encoder_blocks_per_stage = 1
-
-    def generate_data_identifier(self, configuration_name: str) -> str:
-        return f"{HPN_PLANS_NAME}_{configuration_name}"
+    reuses_data_of = HPN_PLANS_NAME
 
 
 class HPNStarPlanner(HPNPlanner):
     """HPNPlanner with the cheaper ``"star"`` pattern for many phases: hyper-connections only between the reference
     phase's path (``reference_phase``, else arterial, else channel 0) and each other path. Plans
-    ``nnUNetHPNStarPlans``; preprocessing is identical to :class:`HPNPlanner`, so the data of ``nnUNetHPNPlans`` is
-    reused. For two phases it plans the same network as HPNPlanner."""
+    ``nnUNetHPNStarPlans``; preprocessing is identical to :class:`HPNPlanner`, so the ``2d`` and ``3d_fullres`` data of
+    ``nnUNetHPNPlans`` is reused. For two phases it plans the same network as HPNPlanner."""
 
     default_plans_name = HPN_STAR_PLANS_NAME
     hyper_connection_pattern = "star"
-
-    def generate_data_identifier(self, configuration_name: str) -> str:
-        return f"{HPN_PLANS_NAME}_{configuration_name}"
+    reuses_data_of = HPN_PLANS_NAME
