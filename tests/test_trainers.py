@@ -139,3 +139,40 @@ def test_cross_entropy_class_weights_reach_every_ce_term(make_trainer):
     assert terms[0](logits, target).item() > 1.5 * plain_ce(logits, target).item()
     with pytest.raises(ValueError, match="3 cross-entropy class weights for 4 classes"):
         hpn_trainer.weight_cross_entropy(plain.loss, (1.0, 1.0, 2.0), 4, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", ["HPNTrainer", "SinglePhaseTrainer_arterial", "HPNTrainer_phasedropout"])
+def test_cascade_stage1_channels_reach_every_path(make_trainer, name):
+    """3d_cascade_fullres appends the previous stage's one-hot segmentation (3 foreground labels) after the phases:
+    the network reads them in every path, a single-phase row still ignores the other phase, and phase dropout never
+    blanks them."""
+    from nnunet_hpn.augment.phase_dropout import PhaseDropoutTransform
+
+    trainer = make_trainer(name)
+    n_phases, n_labels = 2, len(trainer.label_manager.foreground_labels)
+    network = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager,
+                                                 n_phases + n_labels, 4, enable_deep_supervision=False).eval()
+    assert network.context_channels == [2, 3, 4]
+    rng = np.random.default_rng(3)
+    patch = trainer.configuration_manager.patch_size
+    x = torch.from_numpy(rng.standard_normal((1, n_phases, *patch)).astype(np.float32))
+    stage1 = torch.zeros((1, n_labels, *patch))
+    other_stage1 = stage1.clone()
+    other_stage1[:, 1, 2:6, 2:6, 2:6] = 1.0  # a PDAC blob in the stage-1 segmentation
+    with torch.no_grad():
+        reference = network(torch.cat((x, stage1), 1))
+        assert not torch.equal(reference, network(torch.cat((x, other_stage1), 1)))
+        if name == "SinglePhaseTrainer_arterial":
+            noisy = x.clone()
+            noisy[:, 1] *= 100
+            assert torch.equal(reference, network(torch.cat((noisy, stage1), 1)))
+    if name == "HPNTrainer_phasedropout":
+        pipeline = trainer.get_training_transforms(patch, ((0, 0),) * 3, None, (0, 1, 2), False, is_cascaded=True,
+                                                   foreground_labels=trainer.label_manager.foreground_labels)
+        dropout = pipeline.transforms[-1]
+        assert isinstance(dropout, PhaseDropoutTransform) and dropout.n_context_channels == n_labels
+        image = torch.ones((n_phases + n_labels, 4, 4, 4))
+        for _ in range(50):
+            dropout.p = 1.0
+            params = dropout.get_parameters(image=image)
+            assert params["dropped"] and set(params["dropped"]) <= {0, 1}

@@ -28,14 +28,16 @@ DEFAULT_DROPOUT_PROBABILITY: float = 0.3
 class PhaseDropoutTransform(ImageOnlyTransform):
     """Per sample, with probability ``p``, set between 1 and ``max_dropped`` phase channels to the fill value 0.
 
-    ``image`` is (C, X, Y, Z) (or (C, X, Y)); ``channels`` are the phase channels (None: all C). ``max_dropped``
+    ``image`` is (C, X, Y, Z) (or (C, X, Y)); ``channels`` are the phase channels (None: all C but the last
+    ``n_context_channels``, the previous stage's one-hot segmentation nnU-Net's cascade appends). ``max_dropped``
     (None: K - 1) is capped at K - 1, so one phase always remains. ``get_parameters`` returns ``{"dropped": tuple of
     channel indices}`` (empty: sample unchanged). The input tensor is not modified; a new tensor is returned when a
     phase is dropped.
     """
 
     def __init__(self, p: float = DEFAULT_DROPOUT_PROBABILITY, channels: Optional[Sequence[int]] = None,
-                 max_dropped: Optional[int] = None, policy: str = DEFAULT_FILL_POLICY) -> None:
+                 max_dropped: Optional[int] = None, policy: str = DEFAULT_FILL_POLICY,
+                 n_context_channels: int = 0) -> None:
         super().__init__()
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"p must lie in [0, 1], got {p}")
@@ -43,14 +45,18 @@ class PhaseDropoutTransform(ImageOnlyTransform):
             raise ValueError(f"channels must be at least two different channel indices, got {channels}")
         if max_dropped is not None and max_dropped < 1:
             raise ValueError(f"max_dropped must be at least 1, got {max_dropped}")
+        if n_context_channels < 0:
+            raise ValueError(f"n_context_channels must be >= 0, got {n_context_channels}")
         check_fill_policy(policy)
         self.p = float(p)
         self.channels = None if channels is None else tuple(int(c) for c in channels)
         self.max_dropped = max_dropped
         self.policy = policy
+        self.n_context_channels = int(n_context_channels)
 
     def _phase_channels(self, image: torch.Tensor) -> tuple[int, ...]:
-        channels = self.channels if self.channels is not None else tuple(range(image.shape[0]))
+        channels = (self.channels if self.channels is not None
+                    else tuple(range(image.shape[0] - self.n_context_channels)))
         if len(channels) < 2:
             raise ValueError(f"phase dropout needs at least two phase channels, image has shape {tuple(image.shape)}")
         if max(channels) >= image.shape[0]:
@@ -79,7 +85,7 @@ class PhaseDropoutTransform(ImageOnlyTransform):
 
 def append_phase_dropout(transforms: ComposeTransforms, p: float = DEFAULT_DROPOUT_PROBABILITY,
                          channels: Optional[Sequence[int]] = None,
-                         max_dropped: Optional[int] = None) -> ComposeTransforms:
+                         max_dropped: Optional[int] = None, n_context_channels: int = 0) -> ComposeTransforms:
     """A copy of nnU-Net's *training* pipeline with a :class:`PhaseDropoutTransform` as its last step.
 
     The input pipeline is not modified. Raises ValueError if it already contains a PhaseDropoutTransform.
@@ -89,4 +95,5 @@ def append_phase_dropout(transforms: ComposeTransforms, p: float = DEFAULT_DROPO
     steps = list(transforms.transforms)
     if any(isinstance(step, PhaseDropoutTransform) for step in steps):
         raise ValueError("the training pipeline already contains a PhaseDropoutTransform")
-    return ComposeTransforms(steps + [PhaseDropoutTransform(p=p, channels=channels, max_dropped=max_dropped)])
+    return ComposeTransforms(steps + [PhaseDropoutTransform(p=p, channels=channels, max_dropped=max_dropped,
+                                                            n_context_channels=n_context_channels)])

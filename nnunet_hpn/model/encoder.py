@@ -22,8 +22,9 @@ BLOCK_ARGUMENTS: tuple[str, ...] = ("conv_bias", "norm_op", "norm_op_kwargs", "d
 class HyperPairedEncoder(HyperConnectedPart):
     """K encoders (plain conv or residual) run in lockstep, joined by ``enc{i}->enc{j}`` hyper-connections.
 
-    ``stems[p]`` (resdsn only) and ``stages[p][s]`` are path ``p``'s modules. forward takes one (B, 1, *spatial)
-    tensor per path and returns ``skips[p][s]`` = (B, features_per_stage[s], *spatial_s). ``block_kwargs``: the
+    ``stems[p]`` (resdsn only) and ``stages[p][s]`` are path ``p``'s modules. forward takes one
+    (B, channels_per_path, *spatial) tensor per path (its phase, then any context channels) and returns
+    ``skips[p][s]`` = (B, features_per_stage[s], *spatial_s). ``block_kwargs``: the
     :data:`BLOCK_ARGUMENTS` of every block (missing ones None, ``conv_bias`` False).
     """
 
@@ -40,6 +41,7 @@ class HyperPairedEncoder(HyperConnectedPart):
         encoder_sources: list[list[int]],
         block_kwargs: dict,
         nonlin_first: bool = False,
+        channels_per_path: int = 1,
     ) -> None:
         super().__init__(n_paths)
         #: encoder_sources[j] = source paths i of the built enc{i}->enc{j} connections.
@@ -53,12 +55,12 @@ class HyperPairedEncoder(HyperConnectedPart):
         for target in range(n_paths):
             stages: list[nn.Module] = []
             if backbone == "resdsn":
-                # like ResidualEncoder's default stem: one conv, no stride, phase channel -> features_per_stage[0]
-                stems.append(StackedConvBlocks(1, conv_op, 1, features_per_stage[0], kernel_sizes[0], 1,
-                                               **block_kwargs))
+                # like ResidualEncoder's default stem: one conv, no stride, path input -> features_per_stage[0]
+                stems.append(StackedConvBlocks(1, conv_op, channels_per_path, features_per_stage[0], kernel_sizes[0],
+                                               1, **block_kwargs))
             for s in range(n_stages):
                 if s == 0:
-                    in_channels = features_per_stage[0] if backbone == "resdsn" else 1
+                    in_channels = features_per_stage[0] if backbone == "resdsn" else channels_per_path
                 else:
                     in_channels = features_per_stage[s - 1] * (1 + len(self.encoder_sources[target]))
                 if backbone == "resdsn":
@@ -85,7 +87,8 @@ class HyperPairedEncoder(HyperConnectedPart):
         self.nonlin_first = nonlin_first
 
     def forward(self, path_inputs: Sequence[Tensor]) -> list[list[Tensor]]:
-        """path_inputs: K x (B, 1, *spatial) -> skips[path][stage] = (B, features_per_stage[stage], *spatial_stage)."""
+        """path_inputs: K x (B, channels_per_path, *spatial) -> skips[path][stage] =
+        (B, features_per_stage[stage], *spatial_stage)."""
         if self.stems is not None:
             current = [stem(x) for stem, x in zip(self.stems, path_inputs)]
         else:

@@ -38,8 +38,10 @@ class HyperPairedUNet(nn.Module):
       single-path U-Net on that channel that ignores the other channels.
     * ``hyper_connections``: names of the connections to build (see :func:`all_hyper_connection_names`);
       None = all.
+    * ``context_channels``: input channels every path reads next to its own phase channel (nnU-Net's cascade: the
+      previous stage's one-hot segmentation, appended after the phases); default none.
 
-    forward: x (B, C, *spatial) with C > max(path_channels) -> logits (B, num_classes, *spatial), or with deep
+    forward: x (B, C, *spatial) with C > max(path_channels, context_channels) -> logits (B, num_classes, *spatial), or with deep
     supervision a list of n_stages-1 logits tensors, highest resolution first. In training mode it also stores
     ``pairing_features``: per path the last decoder output (B, features_per_stage[0], *spatial), which feeds the
     shared classifier and the pairing loss; in eval mode that attribute is None.
@@ -71,6 +73,7 @@ class HyperPairedUNet(nn.Module):
         backbone: str | None = None,
         path_channels: Sequence[int] | None = None,
         hyper_connections: Sequence[str] | None = None,
+        context_channels: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         backbone = backbone or self.default_backbone
@@ -89,6 +92,12 @@ class HyperPairedUNet(nn.Module):
                 f"path_channels {path_channels} name channels {bad_channels} outside the {input_channels} input "
                 f"channels (valid: 0..{input_channels - 1})"
             )
+        context_channels = [int(c) for c in context_channels or ()]
+        bad_context = [c for c in context_channels if not 0 <= c < input_channels or c in path_channels]
+        if bad_context:
+            raise ValueError(
+                f"context_channels {context_channels}: {bad_context} are outside the {input_channels} input channels "
+                f"or also path channels {path_channels}")
         n_paths = len(path_channels)
         valid_names = all_hyper_connection_names(n_paths)
         if hyper_connections is None:
@@ -116,6 +125,7 @@ class HyperPairedUNet(nn.Module):
         self.num_classes = num_classes
         self.backbone = backbone
         self.path_channels: list[int] = path_channels
+        self.context_channels: list[int] = context_channels
         self.hyper_connections: tuple[str, ...] = tuple(built)
         self.pairing_features: tuple[Tensor, ...] | None = None
         self.encoder = HyperPairedEncoder(
@@ -123,7 +133,7 @@ class HyperPairedUNet(nn.Module):
             sources[("enc", "enc")],
             dict(conv_bias=conv_bias, norm_op=norm_op, norm_op_kwargs=norm_op_kwargs, dropout_op=dropout_op,
                  dropout_op_kwargs=dropout_op_kwargs, nonlin=nonlin, nonlin_kwargs=nonlin_kwargs),
-            nonlin_first,
+            nonlin_first, channels_per_path=1 + len(context_channels),
         )
         self.decoder = HyperPairedDecoder(
             self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
@@ -157,12 +167,17 @@ class HyperPairedUNet(nn.Module):
         n_spatial = convert_conv_op_to_dim(self.encoder.conv_op)
         if x.ndim != n_spatial + 2:
             raise ValueError(f"expected input (B, C, {n_spatial} spatial dims), got shape {tuple(x.shape)}")
-        if x.shape[1] <= max(self.path_channels):
+        needed = max(self.path_channels + self.context_channels) + 1
+        if x.shape[1] < needed:
             raise ValueError(
-                f"input has {x.shape[1]} channel(s) but path_channels {self.path_channels} need at least "
-                f"{max(self.path_channels) + 1} (channel 0 arterial, channel 1 venous)"
+                f"input has {x.shape[1]} channel(s) but path_channels {self.path_channels} and context_channels "
+                f"{self.context_channels} need at least {needed} (channel 0 arterial, channel 1 venous)"
             )
-        skips = self.encoder([x[:, c:c + 1] for c in self.path_channels])
+        if self.context_channels:
+            path_inputs = [x[:, [c, *self.context_channels]] for c in self.path_channels]
+        else:
+            path_inputs = [x[:, c:c + 1] for c in self.path_channels]
+        skips = self.encoder(path_inputs)
         logits, last_decoder_outputs = self.decoder(skips)
         self.pairing_features = last_decoder_outputs if self.training else None
         return logits

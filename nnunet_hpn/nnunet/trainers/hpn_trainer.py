@@ -190,8 +190,16 @@ class HPNTrainer(nnUNetTrainer):
     def network_class_and_kwargs(cls, configuration_manager: ConfigurationManager, num_input_channels: int,
                                  num_output_channels: int) -> Tuple[str, dict]:
         """Dotted class name and keyword arguments of this row's network: ``build_network_architecture`` builds it
-        and the checkpoint records it, so a variant with another network overrides this method."""
-        return configuration_manager.network_arch_class_name, cls.network_kwargs(configuration_manager)
+        and the checkpoint records it, so a variant with another network overrides this method.
+
+        Input channels beyond the plans' phases (``3d_cascade_fullres``: the previous stage's one-hot segmentation)
+        reach every path as ``context_channels``.
+        """
+        kwargs = cls.network_kwargs(configuration_manager)
+        n_phases = len(configuration_manager.network_arch_init_kwargs["path_channels"])
+        if num_input_channels > n_phases:
+            kwargs["context_channels"] = list(range(n_phases, num_input_channels))
+        return configuration_manager.network_arch_class_name, kwargs
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,

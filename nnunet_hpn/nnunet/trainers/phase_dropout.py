@@ -5,9 +5,11 @@ Phase dropout (:mod:`nnunet_hpn.augment.phase_dropout`) blanks whole phases of s
 normalization).
 Only the training pipeline changes (``get_training_transforms``); network, loss and inference are HPNTrainer's.
 """
+import inspect
 from typing import Any, Optional
 
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_hpn.phases import DEFAULT_FILL_POLICY
 from nnunet_hpn.augment.phase_dropout import DEFAULT_DROPOUT_PROBABILITY, append_phase_dropout
@@ -27,9 +29,12 @@ class PhaseDropoutMixin:
     @classmethod
     def get_training_transforms(cls, *args: Any, **kwargs: Any) -> BasicTransform:
         """The parent's training pipeline (nnU-Net's arguments, passed on unchanged; virtual pairs included where the
-        row uses them) + phase dropout last."""
+        row uses them) + phase dropout last, which leaves the cascade's segmentation channels alone."""
+        arguments = inspect.signature(nnUNetTrainer.get_training_transforms).bind(*args, **kwargs).arguments
+        n_context = len(arguments.get("foreground_labels") or ()) if arguments.get("is_cascaded") else 0
         return append_phase_dropout(super().get_training_transforms(*args, **kwargs),
-                                    p=cls.phase_dropout_probability, max_dropped=cls.phase_dropout_max_dropped)
+                                    p=cls.phase_dropout_probability, max_dropped=cls.phase_dropout_max_dropped,
+                                    n_context_channels=n_context)
 
     def on_train_start(self) -> None:
         super().on_train_start()
