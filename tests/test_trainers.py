@@ -176,3 +176,17 @@ def test_cascade_stage1_channels_reach_every_path(make_trainer, name):
             dropout.p = 1.0
             params = dropout.get_parameters(image=image)
             assert params["dropped"] and set(params["dropped"]) <= {0, 1}
+
+
+@pytest.mark.parametrize("name", ["HPNTrainer", "HyperNetTrainer", "SinglePhaseTrainer_venous"])
+def test_pairing_features_are_kept_only_where_the_pairing_loss_reads_them(make_trainer, name):
+    trainer = make_trainer(name)
+    network = hpn_trainer.unwrap_network(trainer.network).train()
+    uses_pairing = isinstance(trainer.loss, hpn_trainer.SegmentationPlusPairingLoss)
+    assert uses_pairing == (name == "HPNTrainer")
+    patch = trainer.configuration_manager.patch_size
+    network(torch.zeros((1, 2, *patch)))
+    features = network.pop_pairing_features()
+    assert (features is not None) == uses_pairing
+    if uses_pairing:
+        assert len(features) == 2 and features[0].shape[2:] == tuple(patch)

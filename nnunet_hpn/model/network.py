@@ -44,7 +44,8 @@ class HyperPairedUNet(nn.Module):
     forward: x (B, C, *spatial) with C > max(path_channels, context_channels) -> logits (B, num_classes, *spatial), or with deep
     supervision a list of n_stages-1 logits tensors, highest resolution first. In training mode it also stores
     ``pairing_features``: per path the last decoder output (B, features_per_stage[0], *spatial), which feeds the
-    shared classifier and the pairing loss; in eval mode that attribute is None.
+    shared classifier and the pairing loss; in eval mode, or with ``keep_pairing_features`` False (no pairing loss
+    reads them), that attribute is None.
     """
 
     #: backbone when the plans give none (``HyperPairedResDSN``: "resdsn")
@@ -128,6 +129,8 @@ class HyperPairedUNet(nn.Module):
         self.context_channels: list[int] = context_channels
         self.hyper_connections: tuple[str, ...] = tuple(built)
         self.pairing_features: tuple[Tensor, ...] | None = None
+        #: False: a training forward does not keep the full-resolution features (no pairing loss needs them)
+        self.keep_pairing_features: bool = True
         self.encoder = HyperPairedEncoder(
             n_paths, n_stages, features_per_stage, conv_op, kernel_sizes, strides, n_conv_per_stage, backbone,
             sources[("enc", "enc")],
@@ -179,7 +182,7 @@ class HyperPairedUNet(nn.Module):
             path_inputs = [x[:, c:c + 1] for c in self.path_channels]
         skips = self.encoder(path_inputs)
         logits, last_decoder_outputs = self.decoder(skips)
-        self.pairing_features = last_decoder_outputs if self.training else None
+        self.pairing_features = last_decoder_outputs if self.training and self.keep_pairing_features else None
         return logits
 
     def pop_pairing_features(self) -> tuple[Tensor, ...] | None:

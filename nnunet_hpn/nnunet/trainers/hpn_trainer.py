@@ -210,6 +210,8 @@ class HPNTrainer(nnUNetTrainer):
         network = get_network_from_plans(class_name, kwargs, configuration_manager.network_arch_init_kwargs_req_import,
                                          num_input_channels, num_output_channels, allow_init=True,
                                          deep_supervision=enable_deep_supervision)
+        if hasattr(network, "keep_pairing_features"):  # only the pairing loss reads them
+            network.keep_pairing_features = cls.pairing_loss_weight > 0 and network.n_paths >= 2
         return use_onednn_for_cpu_inference(network) if cls.onednn_cpu_inference else network
 
     @classmethod
