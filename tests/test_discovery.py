@@ -103,3 +103,20 @@ def test_without_the_package_nnunet_still_works(tmp_path: Path):
     assert "HPN_IMPORTABLE False" in proc.stdout and "EXT None" in proc.stdout
     assert "STOCK_PLANNER ExperimentPlanner" in proc.stdout and "HPN_PLANNER None" in proc.stdout
     assert "STOCK_TRAINER nnUNetTrainer" in proc.stdout
+
+
+def test_installed_nnunet_is_inside_the_declared_range():
+    """pip must not replace a user's nnU-Net 2.8.x: the package declares a range (2.8 brings ``nnUNet_extTrainer``),
+    the installed nnU-Net lies inside it, and the installed metadata is the checkout's (else: ``make env``)."""
+    import tomllib
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    declared = next(Requirement(r) for r in pyproject["project"]["dependencies"] if r.startswith("nnunetv2"))
+    assert str(declared.specifier) in ("<2.9,>=2.8.1", ">=2.8.1,<2.9")
+    installed = next(Requirement(r) for r in requires("nnunet-hpn") if r.startswith("nnunetv2"))
+    assert installed.specifier == declared.specifier, "installed metadata is stale: run 'make env'"
+    assert declared.specifier.contains(version("nnunetv2"))
+    assert not declared.specifier.contains("2.7.0") and declared.specifier.contains("2.8.9")
