@@ -55,6 +55,23 @@ def _register(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
+def _model_folder(args: argparse.Namespace) -> Path:
+    """``-m MODEL_DIR``, or the folder nnU-Net's ``-d -c -tr -p`` name under ``$nnUNet_results``."""
+    if args.model and args.dataset:
+        raise HPNInputError(f"{args.model}: give either -m MODEL_DIR or -d DATASET -c CONFIGURATION, not both")
+    if args.model:
+        return Path(args.model)
+    if not args.dataset or not args.configuration:
+        raise HPNInputError(f"{args.output}: no model; give -m MODEL_DIR or -d DATASET -c CONFIGURATION "
+                            "[-tr TRAINER] [-p PLANS]")
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    try:
+        return Path(get_output_folder(args.dataset, args.trainer, args.plans, args.configuration))
+    except (RuntimeError, TypeError) as error:  # nnU-Net: no dataset with that id, or $nnUNet_results unset
+        raise HPNInputError(f"-d {args.dataset}: {str(error).splitlines()[0]}") from None
+
+
 def _predict(args: argparse.Namespace) -> None:
     from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning
     from nnunet_hpn.pipeline.predict import predict_case, predict_folder
@@ -67,17 +84,26 @@ def _predict(args: argparse.Namespace) -> None:
         phases[name] = path
     options = dict(folds=args.folds, device=args.device, disable_tta=args.disable_tta, checkpoint=args.checkpoint,
                    registration=args.registration, allow_unusual_intensities=args.allow_unusual_intensities,
-                   step_size=args.step_size)
+                   step_size=args.step_size, save_probabilities=args.save_probabilities)
     if args.input and phases:
         raise HPNInputError(f"{args.input}: give either -i IN_DIR or the phases of one case, not both")
     if not args.input and not phases:
         raise HPNInputError(f"{args.output}: no input; give --arterial/--venous/--phase NAME=PATH or -i IN_DIR")
+    folder_only = [flag for flag, given in (("--continue_prediction", args.continue_prediction),
+                                            ("-npp", args.npp != 1), ("-nps", args.nps != 1),
+                                            ("-num_parts", args.num_parts != 1), ("-part_id", args.part_id != 0))
+                   if given]
+    if folder_only and not args.input:
+        raise HPNInputError(f"{args.output}: {folder_only[0]} needs folder mode (-i IN_DIR)")
+    model = _model_folder(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MissingPhaseWarning)
         if args.input:
-            cases = predict_folder(Path(args.input), Path(args.output), Path(args.model), **options)
+            cases = predict_folder(Path(args.input), Path(args.output), model, n_processes_preprocessing=args.npp,
+                                   n_processes_export=args.nps, continue_prediction=args.continue_prediction,
+                                   num_parts=args.num_parts, part_id=args.part_id, **options)
         else:
-            predict_case({name: Path(path) for name, path in phases.items()}, Path(args.model), Path(args.output),
+            predict_case({name: Path(path) for name, path in phases.items()}, model, Path(args.output),
                          qc_path=Path(args.qc) if args.qc else None, **options)
     for warning in caught:
         if issubclass(warning.category, MissingPhaseWarning):
@@ -150,6 +176,13 @@ def _demo(args: argparse.Namespace) -> None:
     from nnunet_hpn.demo import run_demo
 
     run_demo(Path(args.workdir), n_cases=args.cases, seed=args.seed)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _tolerance_mm(text: str) -> float:
@@ -235,8 +268,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any phase of the model by name (repeatable)")
     p.add_argument("-i", "--input", metavar="IN_DIR",
                    help="folder mode: IN_DIR/<case>/<phase>.nii.gz (or <phase>/ DICOM folders)")
-    p.add_argument("-m", "--model", required=True, metavar="MODEL_DIR",
-                   help="nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>")
+    p.add_argument("-m", "--model", metavar="MODEL_DIR",
+                   help="nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration> (or -d -c [-tr] [-p])")
+    p.add_argument("-d", "--dataset", help="instead of -m, as nnUNetv2_predict: dataset id or name")
+    p.add_argument("-c", "--configuration", help="with -d: configuration, e.g. 3d_fullres")
+    p.add_argument("-tr", "--trainer", default="HPNTrainer", help="with -d: trainer (default HPNTrainer)")
+    p.add_argument("-p", "--plans", default="nnUNetHPNPlans", help="with -d: plans (default nnUNetHPNPlans)")
     p.add_argument("-o", "--output", required=True, help="OUT.nii.gz (one case) or OUT_DIR (folder mode)")
     p.add_argument("-f", "--folds", nargs="+", default=["0"], help="folds to ensemble (default: 0)")
     p.add_argument("-device", "--device", choices=["cpu", "cuda"], default="cpu")
@@ -245,6 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
     p.add_argument("-step_size", "--step-size", dest="step_size", type=float, default=0.5,
                    help="sliding-window step as a fraction of the patch (nnU-Net's -step_size, default 0.5)")
+    p.add_argument("--save_probabilities", "--save-probabilities", dest="save_probabilities", action="store_true",
+                   help="also nnU-Net's <case>.npz / <case>.pkl (folder mode: + dataset.json, plans.json), as "
+                        "nnUNetv2_ensemble reads them")
+    p.add_argument("--continue_prediction", "--continue-prediction", dest="continue_prediction",
+                   action="store_true", help="folder mode: skip cases whose outputs are already in OUT_DIR")
+    p.add_argument("-npp", type=_positive_int, default=1,
+                   help="folder mode: processes reading and registering cases (default 1; nnU-Net: 3)")
+    p.add_argument("-nps", type=_positive_int, default=1,
+                   help="folder mode: threads writing label maps and probabilities (default 1; nnU-Net: 3)")
+    p.add_argument("-num_parts", type=_positive_int, default=1, help="folder mode: split the cases into N parts")
+    p.add_argument("-part_id", type=int, default=0, help="folder mode: the part to predict (0 .. num_parts-1)")
     p.add_argument("--registration", choices=["none", "affine", "demons"], default="demons")
     p.add_argument("--qc", help="one case: write the registration QC (JSON) here")
     p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)

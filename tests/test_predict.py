@@ -135,3 +135,71 @@ def test_nnunet_properties_match_simpleitkio(tmp_path: Path) -> None:
     ours = nnunet_properties(sitk.ReadImage(str(tmp_path / "image.nii.gz")))
     assert ours["spacing"] == expected["spacing"]
     assert ours["sitk_stuff"] == expected["sitk_stuff"]
+
+
+def test_nnunet_predict_flags_parts_continue_and_probabilities_for_the_ensemble(
+        planned_dataset, predict_model, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture) -> None:
+    """nnUNetv2_predict's way of naming the model (-d -c -tr -p), -num_parts/-part_id, --continue_prediction,
+    -npp/-nps and --save_probabilities, whose folders the stock nnUNetv2_ensemble reads."""
+    from conftest import DATASET_ID, PREDICT_PLANS, PREDICT_TRAINER, TINY_CONFIGURATION, run_stock
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):  # nnU-Net 2.8 reads its folders when it uses them
+        monkeypatch.setenv(name, planned_dataset["env"][name])
+    monkeypatch.setenv("nnUNet_results", str(predict_model.parents[1]))
+    in_dir = tmp_path / "cases"
+    cases = sorted(planned_dataset["test_cases"])
+    for case in cases:
+        _unaligned_case(planned_dataset, case, in_dir / case)
+    out_dir = tmp_path / "pred"
+    model_flags = ["-d", str(DATASET_ID), "-c", TINY_CONFIGURATION, "-tr", PREDICT_TRAINER, "-p", PREDICT_PLANS]
+    common = ["predict", "-i", str(in_dir), "-o", str(out_dir), *model_flags, "--disable_tta", "--registration", "affine",
+              "--save_probabilities", "-num_parts", "2"]
+    assert main([*common, "-part_id", "0", "-npp", "2", "-nps", "2"]) == 0
+    assert sorted(p.name for p in out_dir.iterdir() if p.is_file()) == sorted(
+        [f"{cases[0]}.nii.gz", f"{cases[0]}.npz", f"{cases[0]}.pkl", "dataset.json", "plans.json"])
+    first = (out_dir / f"{cases[0]}.nii.gz").stat().st_mtime_ns
+    assert main([*common, "-part_id", "1", "--continue_prediction"]) == 0
+    assert (out_dir / f"{cases[1]}.npz").is_file() and (out_dir / f"{cases[0]}.nii.gz").stat().st_mtime_ns == first
+    capsys.readouterr()
+    assert main([*common, "-part_id", "1", "--continue_prediction"]) == 0
+    assert "wrote 0 label maps" in capsys.readouterr().out  # everything there already
+
+    probabilities = np.load(out_dir / f"{cases[1]}.npz")["probabilities"]
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(out_dir / f"{cases[1]}.nii.gz")))
+    assert probabilities.shape == (4, *label.shape) and np.allclose(probabilities.sum(0), 1, atol=1e-4)
+    ensembled = tmp_path / "ensembled"
+    run_stock(["nnUNetv2_ensemble", "-i", str(out_dir), str(out_dir), "-o", str(ensembled), "-np", "1"],
+              planned_dataset["env"])
+    for case in cases:
+        ours = sitk.ReadImage(str(out_dir / f"{case}.nii.gz"))
+        stock = sitk.ReadImage(str(ensembled / f"{case}.nii.gz"))
+        _assert_same_grid(stock, ours)
+        assert np.array_equal(sitk.GetArrayFromImage(stock), sitk.GetArrayFromImage(ours))
+
+
+def test_predict_parses_nnunet_spellings_and_refuses_folder_flags_for_one_case(planned_dataset, tmp_path: Path,
+                                                                               monkeypatch, capsys) -> None:
+    from nnunet_hpn.cli import build_parser
+
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(name, planned_dataset["env"][name])
+    args = build_parser().parse_args(
+        ["predict", "-i", "in", "-o", "out", "-d", "5", "-c", "3d_fullres", "-tr", "HPNTrainer_virtual", "-p", "P",
+         "-f", "0", "1", "-chk", "checkpoint_best.pth", "-device", "cuda", "-step_size", "0.7", "--disable_tta",
+         "--save_probabilities", "--continue_prediction", "-npp", "2", "-nps", "3", "-num_parts", "4",
+         "-part_id", "3"])
+    assert (args.dataset, args.configuration, args.trainer, args.plans, args.folds, args.checkpoint, args.device,
+            args.step_size, args.disable_tta, args.save_probabilities, args.continue_prediction, args.npp, args.nps,
+            args.num_parts, args.part_id) == ("5", "3d_fullres", "HPNTrainer_virtual", "P", ["0", "1"],
+                                              "checkpoint_best.pth", "cuda", 0.7, True, True, True, 2, 3, 4, 3)
+    out = tmp_path / "out.nii.gz"
+    assert main(["predict", "--arterial", "a.nii.gz", "-m", "model", "-o", str(out), "-npp", "2"]) == 1
+    assert "-npp needs folder mode" in capsys.readouterr().err
+    assert main(["predict", "--arterial", "a.nii.gz", "-m", "model", "-d", "5", "-o", str(out)]) == 1
+    assert "not both" in capsys.readouterr().err
+    assert main(["predict", "--arterial", "a.nii.gz", "-d", "5", "-o", str(out)]) == 1
+    assert "no model" in capsys.readouterr().err
+    assert main(["predict", "--arterial", "a.nii.gz", "-d", "987", "-c", "3d_fullres", "-o", str(out)]) == 1
+    error = capsys.readouterr().err
+    assert "-d 987: Could not find a dataset with the ID 987" in error and error.count("\n") == 1
+    assert not out.exists()

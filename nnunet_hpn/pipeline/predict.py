@@ -17,15 +17,21 @@ phase dropout trains with): the prediction goes ahead, a :class:`~nnunet_hpn.pip
 says so, and the QC file records the missing phases. At least one of the model's phases must be given.
 
 Folder mode stages every output in a hidden folder next to ``OUT_DIR`` and moves the files in only when every case
-succeeded: a bad case leaves ``OUT_DIR`` as it was.
+succeeded: a bad case leaves ``OUT_DIR`` as it was. nnU-Net's predict options keep their meaning: ``-npp`` cases read
+and registered in parallel processes, ``-nps`` threads writing the outputs, ``--save_probabilities`` nnU-Net's
+``<case>.npz`` / ``<case>.pkl`` (plus ``dataset.json`` and ``plans.json`` in folder mode, so ``nnUNetv2_ensemble``
+reads the folder), ``--continue_prediction`` skips cases already in ``OUT_DIR``, ``-num_parts`` / ``-part_id``
+predict one share of the cases.
 """
 from __future__ import annotations
 
 import json
+import pickle
 import warnings
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -114,11 +120,44 @@ def align_phases(phases: Mapping[str, sitk.Image], reference: str, method: str =
     return aligned, qc
 
 
+@dataclass
+class AlignedCase:
+    """One case ready for the network: every given phase on the reference phase's grid, the registration QC per
+    registered phase, and the inputs' names (file paths) per phase."""
+
+    phases: dict[str, sitk.Image]
+    reference_phase: str
+    qc: dict
+    names: dict[str, str]
+
+
+def align_case(phases: Mapping[str, sitk.Image], channel_names: Sequence[str], method: str = "demons",
+               names: Mapping[str, str] | None = None, progress: bool = True) -> AlignedCase:
+    """The phases of one case checked against the model's channels and registered onto the reference phase."""
+    check_phase_names(list(phases), channel_names)
+    reference = prediction_reference(channel_names, list(phases))
+    aligned, qc = align_phases(phases, reference, method, names, progress)
+    return AlignedCase(aligned, reference, qc, {phase: str(name) for phase, name in (names or {}).items()})
+
+
+def read_and_align_case(phase_paths: Mapping[str, Path], channel_names: Sequence[str], method: str,
+                        allow_unusual_intensities: bool, progress: bool = False) -> AlignedCase:
+    """Read (input gate of :func:`read_image`) and register one case; the unit of work of ``-npp`` processes."""
+    images = {phase: read_image(path, allow_unusual_intensities) for phase, path in phase_paths.items()}
+    return align_case(images, channel_names, method, {phase: str(path) for phase, path in phase_paths.items()},
+                      progress)
+
+
 def nnunet_properties(reference: sitk.Image) -> dict:
     """The properties dict nnU-Net's ``SimpleITKIO.read_images`` returns for a 3D image."""
     return {"sitk_stuff": {"spacing": reference.GetSpacing(), "origin": reference.GetOrigin(),
                            "direction": reference.GetDirection()},
             "spacing": [abs(s) for s in list(reference.GetSpacing())[::-1]]}
+
+
+def truncated_name(path: Path) -> Path:
+    """``path`` without its image file ending (nnU-Net's ``output_file_truncated``: ``<case>`` of ``<case>.nii.gz``)."""
+    return Path(path).with_name(Path(path).name[:-len(_image_suffix(Path(path)))])
 
 
 def _image_suffix(path: Path) -> str:
@@ -173,13 +212,26 @@ def _case_inputs(case_dir: Path, channel_names: Sequence[str]) -> dict[str, Path
 
 @dataclass
 class CasePrediction:
-    """A label map on the reference image's grid, the reference phase, the registration QC per phase and the
-    model phases that were missing from the input (filled by the missing-phase policy)."""
+    """A label map on the reference image's grid, the reference phase, the registration QC per phase, the
+    model phases that were missing from the input (filled by the missing-phase policy) and, with
+    ``save_probabilities``, nnU-Net's class probabilities (num_classes, z, y, x) with the properties its ``.pkl``
+    holds."""
 
     label: sitk.Image
     reference_phase: str
     qc: dict
     missing_phases: list[str] = field(default_factory=list)
+    probabilities: np.ndarray | None = None
+    properties: dict | None = None
+
+
+def write_probabilities(probabilities: np.ndarray, properties: dict, truncated: Path) -> None:
+    """nnU-Net's probability export: ``<truncated>.npz`` (key ``probabilities``) and ``<truncated>.pkl``
+    (the image properties), each complete or not at all."""
+    with atomic_file(truncated.with_name(truncated.name + ".npz"), suffix=".npz") as temporary:
+        np.savez_compressed(temporary, probabilities=probabilities)
+    with atomic_file(truncated.with_name(truncated.name + ".pkl"), suffix=".pkl") as temporary:
+        temporary.write_bytes(pickle.dumps(properties))
 
 
 class HPNPredictor:
@@ -187,7 +239,8 @@ class HPNPredictor:
 
     def __init__(self, model_dir: Path, folds: Sequence[int | str] = (0,), device: str = "cpu",
                  disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth", registration: str = "demons",
-                 progress: bool = True, allow_unusual_intensities: bool = False, step_size: float = 0.5) -> None:
+                 progress: bool = True, allow_unusual_intensities: bool = False, step_size: float = 0.5,
+                 save_probabilities: bool = False) -> None:
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -203,7 +256,9 @@ class HPNPredictor:
             raise HPNInputError(f"{device}: device must be cpu or cuda")
         if device == "cuda" and not torch.cuda.is_available():
             raise HPNInputError("cuda: no CUDA device available (use --device cpu)")
+        self.model_dir = model_dir
         self.registration = registration
+        self.save_probabilities = save_probabilities
         self.allow_unusual_intensities = allow_unusual_intensities
         self.progress = progress
         if not 0 < step_size <= 1:
@@ -218,9 +273,11 @@ class HPNPredictor:
     def predict_images(self, phases: Mapping[str, sitk.Image], names: Mapping[str, str] | None = None
                        ) -> CasePrediction:
         """Label map (uint8) of one case given its phase images (any grids that overlap in physical space)."""
-        check_phase_names(list(phases), self.channel_names)
-        reference = prediction_reference(self.channel_names, list(phases))
-        aligned, qc = align_phases(phases, reference, self.registration, names, self.progress)
+        return self.predict_aligned(align_case(phases, self.channel_names, self.registration, names, self.progress))
+
+    def predict_aligned(self, case: AlignedCase) -> CasePrediction:
+        """Label map (uint8) of one registered case (:func:`align_case`)."""
+        aligned, reference, qc, names = case.phases, case.reference_phase, case.qc, case.names
         # the reference phase first: a filled channel takes its grid
         ordered = {reference: aligned[reference], **aligned}
         with warnings.catch_warnings():
@@ -231,10 +288,14 @@ class HPNPredictor:
             warnings.warn(f"{where}: {missing_phase_message(missing, self.channel_names)}", MissingPhaseWarning,
                           stacklevel=2)
         data = np.stack([sitk.GetArrayFromImage(channel).astype(np.float32) for channel in channels])
-        segmentation = self.predictor.predict_single_npy_array(data, nnunet_properties(aligned[reference]))
+        properties = nnunet_properties(aligned[reference])
+        output = self.predictor.predict_single_npy_array(data, properties,
+                                                         save_or_return_probabilities=self.save_probabilities)
+        segmentation, probabilities = output if self.save_probabilities else (output, None)
         label = sitk.GetImageFromArray(np.asarray(segmentation).astype(np.uint8))
         label.CopyInformation(aligned[reference])
-        return CasePrediction(label=label, reference_phase=reference, qc=qc, missing_phases=missing)
+        return CasePrediction(label=label, reference_phase=reference, qc=qc, missing_phases=missing,
+                              probabilities=probabilities, properties=properties if self.save_probabilities else None)
 
     def predict_files(self, phase_paths: Mapping[str, Path], out_path: Path, qc_path: Path | None = None
                       ) -> CasePrediction:
@@ -246,7 +307,15 @@ class HPNPredictor:
                           qc_path: Path | None = None) -> CasePrediction:
         """Predict from phase images already read from ``phase_paths``; write ``out_path`` (and ``qc_path``)."""
         result = self.predict_images(images, {phase: str(path) for phase, path in phase_paths.items()})
+        self.write(result, phase_paths, out_path, qc_path)
+        return result
+
+    def write(self, result: CasePrediction, phase_paths: Mapping[str, Path], out_path: Path,
+              qc_path: Path | None = None) -> None:
+        """The label map at ``out_path``, nnU-Net's ``.npz`` / ``.pkl`` beside it (with probabilities) and the QC."""
         write_image_atomically(result.label, Path(out_path))
+        if result.probabilities is not None:
+            write_probabilities(result.probabilities, result.properties, truncated_name(Path(out_path)))
         if qc_path is not None:
             record = {"reference_phase": result.reference_phase,
                       "inputs": {phase: str(path) for phase, path in phase_paths.items()},
@@ -254,45 +323,103 @@ class HPNPredictor:
             if result.missing_phases:
                 record["missing_phase_policy"] = missing_phase_message(result.missing_phases, self.channel_names)
             write_text_atomically(Path(qc_path), json.dumps(record, indent=2))
-        return result
 
 
 def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Path, folds: Sequence[int | str] = (0,),
                  device: str = "cpu", disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth",
                  registration: str = "demons", qc_path: Path | None = None, progress: bool = True,
-                 allow_unusual_intensities: bool = False, step_size: float = 0.5) -> CasePrediction:
-    """One case: ``phase_paths`` (phase name -> NIfTI file or DICOM folder) -> label map at ``out_path``. The inputs
-    are read and checked before the model is loaded; neither output may be an input."""
-    check_output_not_input(out_path, phase_paths.values(), "-o")
-    check_output_location(out_path, "file", "-o")
+                 allow_unusual_intensities: bool = False, step_size: float = 0.5,
+                 save_probabilities: bool = False) -> CasePrediction:
+    """One case: ``phase_paths`` (phase name -> NIfTI file or DICOM folder) -> label map at ``out_path`` (and with
+    ``save_probabilities`` nnU-Net's ``.npz`` / ``.pkl`` beside it). The inputs are read and checked before the model
+    is loaded; no output may be an input."""
+    outputs = [(out_path, "-o")]
+    if save_probabilities:
+        truncated = truncated_name(Path(out_path))
+        outputs += [(truncated.with_name(truncated.name + ending), "--save_probabilities") for ending in (".npz", ".pkl")]
     if qc_path is not None:
-        check_output_not_input(qc_path, phase_paths.values(), "--qc")
-        check_output_location(qc_path, "file", "--qc")
+        outputs.append((qc_path, "--qc"))
+    for path, flag in outputs:
+        check_output_not_input(Path(path), phase_paths.values(), flag)
+        check_output_location(Path(path), "file", flag)
     images = read_phase_images(phase_paths, model_channel_names(Path(model_dir)), out_path,
                                allow_unusual_intensities)  # before the model loads
     predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
-                             allow_unusual_intensities, step_size)
+                             allow_unusual_intensities, step_size, save_probabilities)
     return predictor.predict_and_write(images, phase_paths, out_path, qc_path)
+
+
+def case_outputs(out_dir: Path, case: str, save_probabilities: bool) -> list[Path]:
+    """The files one folder-mode case writes into ``out_dir`` (besides its QC)."""
+    names = [f"{case}.nii.gz"] + ([f"{case}.npz", f"{case}.pkl"] if save_probabilities else [])
+    return [Path(out_dir) / name for name in names]
+
+
+def select_part(cases: Sequence[str], num_parts: int, part_id: int) -> list[str]:
+    """nnU-Net's ``-num_parts`` / ``-part_id``: every ``num_parts``-th case of the sorted list, from ``part_id``."""
+    if num_parts < 1 or not 0 <= part_id < num_parts:
+        raise HPNInputError(f"-part_id {part_id} -num_parts {num_parts}: need num_parts >= 1 and "
+                            f"0 <= part_id < num_parts")
+    return sorted(cases)[part_id::num_parts]
+
+
+def _aligned_cases(inputs: Mapping[str, Mapping[str, Path]], channel_names: Sequence[str], registration: str,
+                   allow_unusual_intensities: bool, n_processes: int, progress: bool) -> Iterator[AlignedCase]:
+    """The cases of ``inputs`` read and registered in order: in this process, or ``n_processes`` worker processes
+    working at most ``2 × n_processes`` cases ahead (so a long folder is never all in memory)."""
+    if n_processes <= 1:
+        for phase_paths in inputs.values():
+            yield read_and_align_case(phase_paths, channel_names, registration, allow_unusual_intensities, progress)
+        return
+    import multiprocessing
+
+    jobs = iter(inputs.values())
+    with ProcessPoolExecutor(n_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending: list[Future] = []
+        for phase_paths in jobs:
+            pending.append(pool.submit(read_and_align_case, phase_paths, channel_names, registration,
+                                       allow_unusual_intensities))
+            if len(pending) >= 2 * n_processes:
+                yield pending.pop(0).result()
+        for future in pending:
+            yield future.result()
 
 
 def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence[int | str] = (0,),
                    device: str = "cpu", disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth",
                    registration: str = "demons", progress: bool = True,
-                   allow_unusual_intensities: bool = False, step_size: float = 0.5) -> list[str]:
+                   allow_unusual_intensities: bool = False, step_size: float = 0.5, save_probabilities: bool = False,
+                   n_processes_preprocessing: int = 1, n_processes_export: int = 1,
+                   continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0) -> list[str]:
     """Every case folder ``in_dir/<case>/`` (``<phase>.nii.gz`` files or ``<phase>/`` DICOM folders, like
     ``convert``'s input) -> ``out_dir/<case>.nii.gz``, QC in ``out_dir/registration_qc/<case>.json``. The model is
-    loaded once. Returns the case names."""
+    loaded once. Returns the names of the cases predicted (without those ``continue_prediction`` skipped)."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     case_dirs = case_folders(in_dir)
     channel_names = model_channel_names(Path(model_dir))
     inputs = {case_dir.name: _case_inputs(case_dir, channel_names) for case_dir in case_dirs}
+    inputs = {case: inputs[case] for case in select_part(list(inputs), num_parts, part_id)}
+    if continue_prediction:
+        inputs = {case: paths for case, paths in inputs.items()
+                  if not all(path.is_file() for path in case_outputs(out_dir, case, save_probabilities))}
     check_output_not_input(out_dir, [in_dir], "-o")
     check_output_location(out_dir, "folder", "-o")
     predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
-                             allow_unusual_intensities, step_size)
+                             allow_unusual_intensities, step_size, save_probabilities)
     if out_dir.exists() and not out_dir.is_dir():
         raise HPNInputError(f"{out_dir}: output path exists and is not a folder")
-    with published_folder(out_dir, "merge") as staging:
-        for case, phase_paths in tqdm(inputs.items(), desc="predicting cases", unit="case", disable=not progress):
-            predictor.predict_files(phase_paths, staging / f"{case}.nii.gz", staging / QC_FOLDER / f"{case}.json")
+    with published_folder(out_dir, "merge") as staging, ThreadPoolExecutor(max(1, n_processes_export)) as writers:
+        if save_probabilities:  # what nnUNetv2_ensemble reads from each folder
+            for name in ("dataset.json", "plans.json"):
+                write_text_atomically(staging / name, (Path(model_dir) / name).read_text())
+        aligned = _aligned_cases(inputs, channel_names, registration, allow_unusual_intensities,
+                                 n_processes_preprocessing, progress and n_processes_preprocessing <= 1)
+        writes = []
+        for (case, phase_paths), case_data in tqdm(zip(inputs.items(), aligned), total=len(inputs),
+                                                   desc="predicting cases", unit="case", disable=not progress):
+            result = predictor.predict_aligned(case_data)
+            writes.append(writers.submit(predictor.write, result, phase_paths, staging / f"{case}.nii.gz",
+                                         staging / QC_FOLDER / f"{case}.json"))
+        for write in writes:
+            write.result()  # an error in a writer fails the folder before anything is published
     return list(inputs)
