@@ -143,8 +143,10 @@ def _split(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from nnunet_hpn.evaluate.metrics import evaluate_folders, format_dice_table, predicted_cases, write_summary
+    from nnunet_hpn.evaluate.metrics import (check_folder_order, evaluate_folders, format_dice_table,
+                                             predicted_cases, write_summary)
 
+    check_folder_order(Path(args.gt_dir), Path(args.pred_dir))
     if args.output:
         from nnunet_hpn.io.publish import check_output_location, check_output_not_input
 
@@ -328,8 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Dice (nnU-Net's helpers), HD95 and normalised surface Dice (MONAI, physical mm "
                                    "from the image spacing) per case and target; mean ± population std; missed = "
                                    "target in truth but Dice 0. " + empty_rule)
-    p.add_argument("pred_dir")
-    p.add_argument("gt_dir")
+    p.add_argument("gt_dir", metavar="GT_DIR", help="ground-truth label maps (nnUNetv2_evaluate_folder's order)")
+    p.add_argument("pred_dir", metavar="PRED_DIR", help="predicted label maps <case>.nii.gz")
     p.add_argument("-o", "--output", help="summary .json (a per-case .csv is written next to it)")
     p.add_argument("--tolerance-mm", type=_tolerance_mm, default=2.0, help="NSD tolerance in mm (default 2)")
     p.add_argument("--only-predicted", action="store_true",

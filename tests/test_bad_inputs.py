@@ -361,7 +361,7 @@ def _evaluate(corrupt: Callable[[Path, Path], Path]):
         out = tmp / "evaluation"
         out.mkdir()
         (out / "summary.json").write_text('{"an": "earlier result"}')
-        return ["evaluate", str(predictions), str(truth), "-o", str(out / "summary.json")], out, named
+        return ["evaluate", str(truth), str(predictions), "-o", str(out / "summary.json")], out, named
     return build
 
 

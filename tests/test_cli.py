@@ -53,7 +53,7 @@ def test_union_subcommand(tmp_path: Path, capsys):
 @pytest.mark.parametrize("command", ["evaluate", "report"])
 @pytest.mark.parametrize("tolerance", ["-1", "nan", "inf", "two"])
 def test_tolerance_must_be_a_finite_non_negative_number(tmp_path, capsys, command: str, tolerance: str) -> None:
-    args = [command, str(tmp_path / "pred"), str(tmp_path / "gt")] if command == "evaluate" else \
+    args = [command, str(tmp_path / "gt"), str(tmp_path / "pred")] if command == "evaluate" else \
         [command, f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--gt", str(tmp_path / "gt"), "-o", str(tmp_path / "r")]
     with pytest.raises(SystemExit) as error:
         main([*args, "--tolerance-mm", tolerance])
@@ -87,7 +87,7 @@ def test_evaluate_refuses_an_output_onto_a_truth_label(tmp_path, capsys) -> None
     _tiny_image(tmp_path / "pred" / "case.nii.gz")
     truth = _tiny_image(tmp_path / "gt" / "case.nii.gz")
     before = truth.read_bytes()
-    assert main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(truth)]) == 1
+    assert main(["evaluate", str(tmp_path / "gt"), str(tmp_path / "pred"), "-o", str(truth)]) == 1
     assert "-o would overwrite the input" in capsys.readouterr().err
     assert truth.read_bytes() == before
 

@@ -387,7 +387,7 @@ def test_cli_evaluate_writes_json_csv_and_table(case_folders: tuple[Path, Path],
                                                 capsys: pytest.CaptureFixture) -> None:
     truth_dir, pred_dir = case_folders
     out = tmp_path / "out" / "summary.json"
-    assert main(["evaluate", str(pred_dir), str(truth_dir), "-o", str(out), "--tolerance-mm", "1.5"]) == 0
+    assert main(["evaluate", str(truth_dir), str(pred_dir), "-o", str(out), "--tolerance-mm", "1.5"]) == 0
     printed = capsys.readouterr().out
     assert "NSD@1.5mm" in printed and "HD95 mm" in printed and f"wrote {out}" in printed
     summary = json.loads(out.read_text())
@@ -404,7 +404,7 @@ def test_cli_evaluate_error_is_one_line_and_writes_nothing(problem: str, case_fo
     else:
         (pred_dir / "case_b.nii.gz").unlink()
     out = tmp_path / "out" / "summary.json"
-    assert main(["evaluate", str(pred_dir), str(truth_dir), "-o", str(out)]) == 1
+    assert main(["evaluate", str(truth_dir), str(pred_dir), "-o", str(out)]) == 1
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and error.startswith("nnunet-hpn evaluate: error: ")
     assert "case_b.nii.gz" in error and ("spacing" if problem == "geometry" else "missing") in error
@@ -417,7 +417,7 @@ def test_cli_evaluate_only_predicted(case_folders: tuple[Path, Path], tmp_path: 
     (pred_dir / "extra_without_truth.nii.gz").unlink()
     (pred_dir / "case_c.nii.gz").unlink()
     out = tmp_path / "summary.json"
-    assert main(["evaluate", str(pred_dir), str(truth_dir), "--only-predicted", "-o", str(out)]) == 0
+    assert main(["evaluate", str(truth_dir), str(pred_dir), "--only-predicted", "-o", str(out)]) == 0
     assert json.loads(out.read_text())["n_cases"] == 2
     capsys.readouterr()
 
@@ -492,3 +492,18 @@ def test_overlay_from_files(tmp_path: Path) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 32, 41), dtype=np.uint8)), str(paths["truth"]))
     with pytest.raises(HPNInputError, match=r"truth\.nii\.gz.*size"):
         save_overlay_from_files(phases, paths["truth"], None, tmp_path / "y.png")
+
+
+@pytest.mark.parametrize("marker", ["predict_from_raw_data_args.json", "registration_qc", "case_a.npz"])
+def test_cli_evaluate_refuses_swapped_folders(marker: str, case_folders: tuple[Path, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """``evaluate GT PRED`` is nnU-Net's order; a prediction folder (what nnUNetv2_predict or nnunet-hpn predict
+    leave in it) given as GT_DIR next to a plain label folder is refused with one line, nothing written."""
+    truth_dir, pred_dir = copy_folders(case_folders, tmp_path)
+    (pred_dir / marker).mkdir() if "." not in marker else (pred_dir / marker).write_text("{}")
+    out = tmp_path / "out" / "summary.json"
+    assert main(["evaluate", str(pred_dir), str(truth_dir), "-o", str(out)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and f"{pred_dir}: given as GT_DIR but looks like a prediction folder" in error
+    assert marker in error and "GT_DIR PRED_DIR" in error and not out.parent.exists()
+    assert main(["evaluate", str(truth_dir), str(pred_dir), "-o", str(out)]) == 0  # the right order

@@ -141,6 +141,34 @@ def metrics_per_target(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequenc
     return result
 
 
+#: what a folder of predictions holds and a folder of ground truth does not: nnUNetv2_predict's records, nnU-Net's
+#: validation summary, ``nnunet-hpn predict``'s registration QC (and probabilities, ``*.npz``)
+PREDICTION_FOLDER_MARKERS: tuple[str, ...] = ("predict_from_raw_data_args.json", "plans.json", "summary.json",
+                                              "registration_qc")
+
+
+def prediction_folder_marker(folder: Path) -> str | None:
+    """The first entry of ``folder`` that only prediction folders hold (:data:`PREDICTION_FOLDER_MARKERS`, a
+    ``.npz``), or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    for name in PREDICTION_FOLDER_MARKERS:
+        if (folder / name).exists():
+            return name
+    probabilities = next(folder.glob("*.npz"), None)
+    return probabilities.name if probabilities else None
+
+
+def check_folder_order(truth_dir: Path, pred_dir: Path) -> None:
+    """HPNInputError when ``truth_dir`` looks like a prediction folder and ``pred_dir`` does not (the folders given in
+    the reverse of nnU-Net's ``GT PRED`` order)."""
+    marker = prediction_folder_marker(truth_dir)
+    if marker and not prediction_folder_marker(pred_dir):
+        raise HPNInputError(f"{truth_dir}: given as GT_DIR but looks like a prediction folder (it holds {marker}) "
+                            f"and {pred_dir} does not; the order is nnU-Net's: GT_DIR PRED_DIR")
+
+
 def predicted_cases(pred_dir: Path, file_ending: str = ".nii.gz") -> list[str]:
     """Sorted case names of the files in ``pred_dir`` ending in ``file_ending`` (HPNInputError if none)."""
     return list(case_files(pred_dir, file_ending, "prediction"))
