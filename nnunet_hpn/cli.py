@@ -156,7 +156,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         check_output_location(Path(args.output), "file", "-o")
     cases = predicted_cases(Path(args.pred_dir)) if args.only_predicted else None
     result = evaluate_folders(Path(args.pred_dir), Path(args.gt_dir), cases=cases, tolerance_mm=args.tolerance_mm,
-                              progress=None)
+                              progress=None, n_processes=args.np)
     print(format_dice_table(result))
     if args.output:
         write_summary(result, Path(args.output))
@@ -169,7 +169,7 @@ def _report(args: argparse.Namespace) -> None:
     report = build_report(parse_method_args(args.runs), Path(args.gt), Path(args.output),
                           images_dir=Path(args.images) if args.images else None, reference=args.reference,
                           single_phase=args.single_phase, hpn=args.hpn, tolerance_mm=args.tolerance_mm,
-                          n_overlays=args.overlays, progress=None)
+                          n_overlays=args.overlays, progress=None, n_processes=args.np)
     print(format_report_summary(report))
     print(f"wrote {Path(args.output) / 'report.md'} (+ report.csv, per_case.csv, report.json, PNGs)")
 
@@ -334,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pred_dir", metavar="PRED_DIR", help="predicted label maps <case>.nii.gz")
     p.add_argument("-o", "--output", help="summary .json (a per-case .csv is written next to it)")
     p.add_argument("--tolerance-mm", type=_tolerance_mm, default=2.0, help="NSD tolerance in mm (default 2)")
+    p.add_argument("-np", type=_positive_int, default=1, help="processes evaluating cases (default 1)")
     p.add_argument("--only-predicted", action="store_true",
                    help="evaluate only the cases in PRED_DIR (default: every case of GT_DIR needs a prediction)")
     p.set_defaults(func=_evaluate)
@@ -357,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default: the reference)")
     p.add_argument("--tolerance-mm", type=_tolerance_mm, default=2.0, help="NSD tolerance in mm (default 2)")
     p.add_argument("--overlays", type=int, default=3, help="cases with the largest gain to draw (default 3)")
+    p.add_argument("-np", type=_positive_int, default=1, help="processes evaluating cases (default 1)")
     p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR",
                    help="report folder (created, or replaced if it holds an earlier report.md)")
     p.set_defaults(func=_report)

@@ -104,3 +104,6 @@ def test_nnunet_flag_spellings_are_accepted():
     assert parser.parse_args(["predict", "-i", "in", "-m", "m", "-o", "o", "--disable-tta"]).disable_tta
     assert parser.parse_args(["convert", "in", "-d", "7", "--name", "X"]).dataset_id == 7
     assert parser.parse_args(["cpu-config", "-d", "7", "-c", "3d_small"]).name == "3d_small"
+    evaluate = parser.parse_args(["evaluate", "gt", "pred", "-np", "3"])
+    assert (evaluate.gt_dir, evaluate.pred_dir, evaluate.np) == ("gt", "pred", 3)
+    assert parser.parse_args(["report", "a=x", "--gt", "gt", "-o", "r", "-np", "2"]).np == 2

@@ -507,3 +507,15 @@ def test_cli_evaluate_refuses_swapped_folders(marker: str, case_folders: tuple[P
     assert len(error.splitlines()) == 1 and f"{pred_dir}: given as GT_DIR but looks like a prediction folder" in error
     assert marker in error and "GT_DIR PRED_DIR" in error and not out.parent.exists()
     assert main(["evaluate", str(truth_dir), str(pred_dir), "-o", str(out)]) == 0  # the right order
+
+
+def test_cli_evaluate_in_worker_processes_gives_the_same_summary(case_folders: tuple[Path, Path], tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    truth_dir, pred_dir = case_folders
+    summaries = []
+    for n in ("1", "2"):
+        out = tmp_path / f"np{n}" / "summary.json"
+        assert main(["evaluate", str(truth_dir), str(pred_dir), "-o", str(out), "-np", n]) == 0
+        summaries.append(json.loads(out.read_text()))
+    assert summaries[0] == summaries[1] and summaries[0]["n_cases"] == 3
+    capsys.readouterr()

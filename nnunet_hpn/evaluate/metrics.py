@@ -246,15 +246,35 @@ class EvaluationResult:
                    float(data["tolerance_mm"]))
 
 
+def evaluate_case(truth_file: Path, pred_file: Path, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
+                  surface: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, bool], dict[str, int]]:
+    """One case: metrics per target, whether the truth has each target, and whether exactly one of truth and
+    prediction is empty per target (0/1). HPNInputError for unreadable labels or different geometries."""
+    truth, truth_image = read_label(truth_file)
+    pred, pred_image = read_label(pred_file)
+    difference = grid_difference(truth_image, pred_image)
+    if difference is not None:
+        raise HPNInputError(f"{pred_file}: geometry differs from {truth_file}: {difference} (prediction vs truth)")
+    spacing_zyx = tuple(reversed(truth_image.GetSpacing()))
+    metrics = metrics_per_target(pred, truth, spacing_zyx, tolerance_mm, surface=surface)
+    present, one_empty = {}, {}
+    for name, labels in TARGETS.items():
+        truth_any, pred_any = bool(target_mask(truth, labels).any()), bool(target_mask(pred, labels).any())
+        present[name] = truth_any
+        one_empty[name] = int(truth_any != pred_any)
+    return metrics, present, one_empty
+
+
 def evaluate_folders(pred_dir: Path, truth_dir: Path, file_ending: str = ".nii.gz", *,
                      cases: Sequence[str] | None = None, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
                      surface: bool = True, progress: bool | None = None,
-                     description: str = "evaluating") -> EvaluationResult:
+                     description: str = "evaluating", n_processes: int = 1) -> EvaluationResult:
     """Dice, HD95 and NSD per case and target of ``pred_dir`` against ``truth_dir``.
 
     Evaluates every truth case (or only ``cases``). Each needs a truth and a prediction file ``<case><file_ending>``
     with the same geometry (size, spacing, origin, direction; tolerance 1e-4), otherwise HPNInputError. Other
-    predictions are ignored. ``progress``: tqdm bar (None: only on a terminal).
+    predictions are ignored. ``progress``: tqdm bar (None: only on a terminal). ``n_processes`` > 1: cases evaluated
+    in that many worker processes (nnU-Net's ``-np``).
 
     Returns an :class:`EvaluationResult`. HD95 in mm; empty masks as in the module docstring.
     """
@@ -272,28 +292,25 @@ def evaluate_folders(pred_dir: Path, truth_dir: Path, file_ending: str = ".nii.g
         raise HPNInputError(f"{pred_dir}: no cases to evaluate")
     metrics = METRICS if surface else ("Dice",)
 
-    per_case_metrics: dict[str, dict[str, dict[str, float]]] = {}
-    one_empty = {name: 0 for name in TARGETS}
-    truth_present: dict[str, dict[str, bool]] = {}
-    bar_disabled = None if progress is None else not progress
-    for case, truth_file in tqdm(truth_files.items(), desc=description, unit="case", disable=bar_disabled,
-                                 leave=False):
-        pred_file = pred_dir / truth_file.name
+    pairs = [(truth_file, pred_dir / truth_file.name) for truth_file in truth_files.values()]
+    for truth_file, pred_file in pairs:  # before any work: one line for the first missing file
         if not pred_file.is_file():
             raise HPNInputError(f"{pred_file}: missing prediction for truth case {truth_file}")
-        truth, truth_image = read_label(truth_file)
-        pred, pred_image = read_label(pred_file)
-        difference = grid_difference(truth_image, pred_image)
-        if difference is not None:
-            raise HPNInputError(f"{pred_file}: geometry differs from {truth_file}: {difference} (prediction vs truth)")
+    jobs = [(truth_file, pred_file, tolerance_mm, surface) for truth_file, pred_file in pairs]
+    bar_disabled = None if progress is None else not progress
+    if n_processes > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-        spacing_zyx = tuple(reversed(truth_image.GetSpacing()))
-        per_case_metrics[case] = metrics_per_target(pred, truth, spacing_zyx, tolerance_mm, surface=surface)
-        truth_present[case] = {}
-        for name, labels in TARGETS.items():
-            truth_any, pred_any = bool(target_mask(truth, labels).any()), bool(target_mask(pred, labels).any())
-            truth_present[case][name] = truth_any
-            one_empty[name] += int(truth_any != pred_any)
+        with ProcessPoolExecutor(n_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+            outcomes = list(tqdm(pool.map(evaluate_case, *zip(*jobs)), total=len(jobs), desc=description,
+                                 unit="case", disable=bar_disabled, leave=False))
+    else:
+        outcomes = [evaluate_case(*job) for job in tqdm(jobs, desc=description, unit="case", disable=bar_disabled,
+                                                         leave=False)]
+    per_case_metrics = {case: outcome[0] for case, outcome in zip(truth_files, outcomes)}
+    truth_present = {case: outcome[1] for case, outcome in zip(truth_files, outcomes)}
+    one_empty = {name: sum(outcome[2][name] for outcome in outcomes) for name in TARGETS}
     return EvaluationResult(per_case_metrics, truth_present, one_empty, tuple(metrics), float(tolerance_mm))
 
 

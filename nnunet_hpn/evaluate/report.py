@@ -304,7 +304,7 @@ def format_per_case_csv(results: Mapping[str, EvaluationResult]) -> str:
 def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *, images_dir: Path | None = None,
                  reference: str | None = None, single_phase: Sequence[str] | None = None, hpn: str | None = None,
                  tolerance_mm: float = DEFAULT_TOLERANCE_MM, n_overlays: int = 3, file_ending: str = ".nii.gz",
-                 progress: bool | None = None) -> dict[str, Any]:
+                 progress: bool | None = None, n_processes: int = 1) -> dict[str, Any]:
     """Evaluate every method against ``truth_dir`` and write the report folder ``out_dir`` (see module docstring).
 
     ``reference``: method the p-values and gains compare against (default ``hpn``, else the last method).
@@ -343,7 +343,8 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
     cases = _common_cases(methods, file_ending)
 
     results = {name: evaluate_folders(folder, truth_dir, file_ending, cases=cases, tolerance_mm=tolerance_mm,
-                                      progress=progress, description=f"evaluating {name}")
+                                      progress=progress, description=f"evaluating {name}",
+                                      n_processes=n_processes)
                for name, folder in methods.items()}
 
     summary: dict[str, dict[str, Any]] = {}
