@@ -60,3 +60,16 @@ def test_find_best_configuration(planned_dataset, trained_model):
     proc = run_stock(["nnUNetv2_find_best_configuration", str(DATASET_ID), "-c", TINY_CONFIGURATION,
                       "-tr", TRAINER, "-p", PLANS, "-f", "0", "-np", "2"], planned_dataset["env"])
     assert f"-tr {TRAINER}" in proc.stdout and f"-p {PLANS}" in proc.stdout
+
+
+def test_plot_overlay_pngs_reads_the_cpu_configuration(planned_dataset, tmp_path):
+    """``cpu-config``'s configuration is complete enough for stock commands that read it without resolving
+    ``inherits_from``: nnUNetv2_plot_overlay_pngs finds its data and draws one PNG per case."""
+    plans = json.loads(planned_dataset["plans_file"].read_text())
+    tiny = plans["configurations"][TINY_CONFIGURATION]
+    assert tiny["data_identifier"] == plans["configurations"]["3d_fullres"]["data_identifier"]
+    out = tmp_path / "overlays"
+    run_stock(["nnUNetv2_plot_overlay_pngs", "-d", str(DATASET_ID), "-o", str(out), "-c", TINY_CONFIGURATION,
+               "-p", "nnUNetHPNPlans", "-np", "1"], planned_dataset["env"])
+    n_cases = len(list((planned_dataset["raw"] / "labelsTr").glob("*.nii.gz")))
+    assert len(list(out.glob("*.png"))) == n_cases

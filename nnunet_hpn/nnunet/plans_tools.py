@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_hpn.errors import HPNInputError
 
@@ -27,8 +28,10 @@ def add_small_configuration(plans_file: Path, name: str = "3d_cpu", patch_size: 
                             parent: str = "3d_fullres") -> dict:
     """Adds configuration ``name`` (a small patch and narrow network, for CPU runs) to ``plans_file``.
 
-    It inherits everything else, including the preprocessed data, from ``parent``; the network topology (stages,
-    strides, kernels) for the new patch comes from nnU-Net's own ``get_pool_and_conv_props``. Returns the new entry.
+    Everything else, including the preprocessed data, is ``parent``'s: its resolved settings are written out in full
+    (``inherits_from`` kept as a note), because some stock commands (``nnUNetv2_plot_overlay_pngs``) read a
+    configuration without resolving inheritance. The network topology (stages, strides, kernels) for the new patch
+    comes from nnU-Net's own ``get_pool_and_conv_props``. Returns the new entry.
     """
     plans_file = Path(plans_file)
     if not plans_file.is_file():
@@ -36,7 +39,7 @@ def add_small_configuration(plans_file: Path, name: str = "3d_cpu", patch_size: 
     plans = json.loads(plans_file.read_text())
     if parent not in plans["configurations"]:
         raise HPNInputError(f"{plans_file}: has no configuration '{parent}' to inherit from")
-    parent_config = plans["configurations"][parent]
+    parent_config = PlansManager(plans).get_configuration(parent).configuration  # inheritance resolved
     _, strides, kernel_sizes, patch, _ = get_pool_and_conv_props(parent_config["spacing"], list(patch_size), 4, 999999)
     n_stages = len(strides)
     architecture = deepcopy(parent_config["architecture"])
@@ -49,8 +52,8 @@ def add_small_configuration(plans_file: Path, name: str = "3d_cpu", patch_size: 
         "n_conv_per_stage": list(arch_kwargs["n_conv_per_stage"])[:1] * n_stages,
         "n_conv_per_stage_decoder": list(arch_kwargs["n_conv_per_stage_decoder"])[:1] * (n_stages - 1),
     })
-    entry = {"inherits_from": parent, "patch_size": [int(p) for p in patch], "batch_size": batch_size,
-             "architecture": architecture}
+    entry = {**deepcopy(parent_config), "inherits_from": parent, "patch_size": [int(p) for p in patch],
+             "batch_size": batch_size, "architecture": architecture}
     plans["configurations"][name] = entry
     plans_file.write_text(json.dumps(plans, indent=4))
     return entry
