@@ -7,7 +7,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.errors import HPNInputError, HPNWarning
 
 
 def _phantom(args: argparse.Namespace) -> None:
@@ -25,8 +25,17 @@ def _convert(args: argparse.Namespace) -> None:
     raw_root = Path(args.raw_root) if args.raw_root else None
     target = convert_cases(Path(args.in_dir), args.dataset_id, args.name, raw_root=raw_root, overwrite=args.overwrite,
                            phases=tuple(args.phases), reference_phase=args.reference_phase, register=args.register,
-                           crop_margin_mm=args.crop_to_label, allow_unusual_intensities=args.allow_unusual_intensities)
+                           crop_margin_mm=args.crop_to_label, allow_unusual_intensities=args.allow_unusual_intensities,
+                           n_processes=args.np if args.np is not None else _default_processes(args.register))
     print(f"wrote {target}")
+
+
+def _default_processes(register: bool) -> int:
+    """convert's ``-np`` default: nnU-Net's (``nnUNet_def_n_proc``) for registration, which is CPU-bound; 1 for plain
+    copies."""
+    from nnunetv2.configuration import default_num_processes
+
+    return default_num_processes if register else 1
 
 
 def _uncrop(args: argparse.Namespace) -> None:
@@ -50,8 +59,6 @@ def _register(args: argparse.Namespace) -> None:
         before, after = result.qc["pancreas"]["before"], result.qc["pancreas"]["after"]
         print(f"pancreas mean surface distance {before['mean_surface_distance_mm']} -> "
               f"{after['mean_surface_distance_mm']} mm, Dice {before['dice']} -> {after['dice']}")
-    for warning in result.qc["warnings"]:
-        print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {args.output}")
 
 
@@ -73,7 +80,6 @@ def _model_folder(args: argparse.Namespace) -> Path:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning
     from nnunet_hpn.pipeline.predict import predict_case, predict_folder
 
     phases = {name: path for name, path in (("arterial", args.arterial), ("venous", args.venous)) if path}
@@ -96,20 +102,13 @@ def _predict(args: argparse.Namespace) -> None:
     if folder_only and not args.input:
         raise HPNInputError(f"{args.output}: {folder_only[0]} needs folder mode (-i IN_DIR)")
     model = _model_folder(args)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", MissingPhaseWarning)
-        if args.input:
-            cases = predict_folder(Path(args.input), Path(args.output), model, n_processes_preprocessing=args.npp,
-                                   n_processes_export=args.nps, continue_prediction=args.continue_prediction,
-                                   num_parts=args.num_parts, part_id=args.part_id, **options)
-        else:
-            predict_case({name: Path(path) for name, path in phases.items()}, model, Path(args.output),
-                         qc_path=Path(args.qc) if args.qc else None, **options)
-    for warning in caught:
-        if issubclass(warning.category, MissingPhaseWarning):
-            print(f"warning: {warning.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    if args.input:
+        cases = predict_folder(Path(args.input), Path(args.output), model, n_processes_preprocessing=args.npp,
+                               n_processes_export=args.nps, continue_prediction=args.continue_prediction,
+                               num_parts=args.num_parts, part_id=args.part_id, **options)
+    else:
+        predict_case({name: Path(path) for name, path in phases.items()}, model, Path(args.output),
+                     qc_path=Path(args.qc) if args.qc else None, **options)
     print(f"wrote {len(cases)} label maps to {args.output}" if args.input else f"wrote {args.output}")
 
 
@@ -237,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut every case (all phases, after --register, and the label) to the label's box plus "
                         "MARGIN_MM, world positions kept: an oracle ROI for experiments, or second-stage training "
                         "data; boxes in <dataset>/crop_boxes.json (every case needs a label)")
+    p.add_argument("-np", type=_positive_int, default=None,
+                   help="worker processes (default: with --register nnU-Net's nnUNet_def_n_proc, else 1)")
     p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
     p.set_defaults(func=_convert)
 
@@ -380,11 +381,25 @@ def _close_progress_bars() -> None:
             bar.close()
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning) -> None:
+    """An :class:`~nnunet_hpn.errors.HPNWarning` as one ``warning: <message>`` line on stderr; others as Python
+    shows them."""
+    if issubclass(category, HPNWarning):
+        from tqdm import tqdm
+
+        tqdm.write(f"warning: {message}", file=sys.stderr)  # above any progress bar, which is then redrawn
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
-        func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", HPNWarning)  # every case's warning, not only the first
+            warnings.showwarning = _show_warning
+            func(args)
     except HPNInputError as e:
         _close_progress_bars()
         print(f"nnunet-hpn {args.command}: error: {e}", file=sys.stderr)

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,6 +195,45 @@ def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = 
     return True
 
 
+def _convert_case_in_worker(case_dir: Path, dataset_dir: Path, layout: _Layout, box: CropBox | None
+                            ) -> tuple[bool, list[tuple[str, type]]]:
+    """:func:`_check_voxels_and_copy` in a worker process; its warnings are returned (message, category), so that the
+    main process shows each once, in its own way."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        has_label = _check_voxels_and_copy(case_dir, dataset_dir, layout, False, box)
+    return has_label, [(str(w.message), w.category) for w in caught]
+
+
+def _convert_all(case_dirs: list[Path], dataset_dir: Path, layout: _Layout, boxes: dict[str, CropBox],
+                 n_processes: int, progress: bool) -> int:
+    """Every case checked and copied (registered) into ``dataset_dir``, in ``n_processes`` worker processes when
+    more than one; one progress bar over the cases. Returns the number of labelled cases."""
+    bar = dict(desc="converting cases", unit="case", disable=not progress)
+    if n_processes <= 1 or len(case_dirs) <= 1:
+        return sum(_check_voxels_and_copy(case_dir, dataset_dir, layout, progress, boxes.get(case_dir.name))
+                   for case_dir in tqdm(case_dirs, **bar))
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    n_labelled = 0
+    workers = min(n_processes, len(case_dirs))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_convert_case_in_worker, case_dir, dataset_dir, layout, boxes.get(case_dir.name))
+                   for case_dir in case_dirs]
+        try:
+            for future in tqdm(as_completed(futures), total=len(futures), **bar):
+                has_label, caught = future.result()
+                n_labelled += int(has_label)
+                for message, category in caught:
+                    warnings.warn(message, category, stacklevel=2)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return n_labelled
+
+
 def _mean_sd(values: list) -> dict | None:
     values = [v for v in values if v is not None]
     return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4),
@@ -253,7 +293,7 @@ def _write_dataset_json(dataset_dir: Path, name: str, num_training: int,
 def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | None = None, overwrite: bool = False,
                   progress: bool = True, phases=PHASES, reference_phase: str | None = None,
                   register: bool = False, crop_margin_mm: float | None = None,
-                  allow_unusual_intensities: bool = False) -> Path:
+                  allow_unusual_intensities: bool = False, n_processes: int = 1) -> Path:
     """Build ``raw_root/Dataset{id:03d}_{name}`` (raw_root defaults to ``$nnUNet_raw``) and return its path.
 
     Channel i is ``phases[i]`` (``channel_names`` of dataset.json = the phase names in order). Cases with
@@ -267,7 +307,8 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     of its label's foreground plus this margin in mm, world positions kept (:mod:`nnunet_hpn.pipeline.crop`; an
     oracle ROI),
     the boxes in ``<dataset>/crop_boxes.json``; every case needs a label then. Nothing is left in the raw root when
-    any input is invalid (HPNInputError).
+    any input is invalid (HPNInputError). ``n_processes`` > 1: cases converted (registered) in that many worker
+    processes.
     """
     in_dir = Path(in_dir)
     layout = _layout(in_dir, phases, reference_phase, register)
@@ -307,9 +348,7 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
             raise HPNInputError(f"{in_dir}: no case has a {LABEL_FILE}, nothing to train on")
 
         with published_folder(target, "replace", replaces=existing) as built_dir:
-            num_training = sum(_check_voxels_and_copy(case_dir, built_dir, layout, progress, boxes.get(case_dir.name))
-                               for case_dir in tqdm(case_dirs, desc="converting cases", unit="case",
-                                                    disable=not progress))
+            num_training = _convert_all(case_dirs, built_dir, layout, boxes, n_processes, progress)
             if layout.crop_margin_mm is not None:
                 write_boxes(built_dir / BOXES_FILE, boxes, layout.crop_margin_mm, layout.reference)
             if layout.register:

@@ -29,13 +29,13 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_hpn.io.publish import published_folder
-from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.errors import HPNInputError, HPNWarning
 from nnunet_hpn.phases import (DEFAULT_FILL_POLICY, FILL_POLICIES, channel_file_name, channel_files,
                                check_fill_policy)
 
 
 
-class MissingPhaseWarning(UserWarning):
+class MissingPhaseWarning(HPNWarning):
     """A phase the model was trained with is absent from the input and was filled by the documented policy."""
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.errors import HPNInputError, HPNWarning
 from nnunet_hpn.io.geometry import check_3d_single_component, check_overlap, check_same_grid, physical_bounds
 from nnunet_hpn.phases import HU_WINDOW
 
@@ -46,7 +46,7 @@ SIMILARITY_TOLERANCE = 1e-3
 BODY_THRESHOLD_HU = -500.0
 
 
-class RegistrationWarning(UserWarning):
+class RegistrationWarning(HPNWarning):
     """A registration result that needs a look (worse similarity or surface distance, little overlap, folding)."""
 
 
