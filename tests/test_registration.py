@@ -74,6 +74,8 @@ def test_demons_recovers_known_phantom_deformation(case_index: int) -> None:
     assert [stage["stage"] for stage in result.qc["stages"]] == ["affine", "demons"]
     assert result.qc["similarity"]["after"]["nmi"] > result.qc["similarity"]["before"]["nmi"]
     assert result.qc["stages"][-1]["folded_fraction"] == 0
+    # invertible on the whole fixed grid: the displacement written out never folds
+    assert result.qc["displacement"]["jacobian_min"] > 0 and result.qc["displacement"]["folded_fraction"] == 0
     # the displacement field is the transform: resampling through it gives the warped label again
     field = sitk.DisplacementFieldTransform(sitk.Cast(result.displacement, sitk.sitkVectorFloat64))
     again = sitk.Resample(moving_label, fixed, field, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
@@ -273,3 +275,39 @@ def test_read_image_errors(tmp_path: Path) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(values), str(tmp_path / "nan.nii.gz"))
     with pytest.raises(HPNInputError, match=r"nan\.nii\.gz: 1 NaN/Inf voxels"):
         read_image(tmp_path / "nan.nii.gz")
+
+
+def test_a_folding_demons_field_is_replaced_by_its_exponential_which_does_not_fold() -> None:
+    """Scaling and squaring: a field that folds (a contraction towards the centre by 1.5 × the distance, so points
+    cross it), taken as a velocity field, gives a displacement with a positive Jacobian everywhere, and a small
+    field is barely changed."""
+    size = (32, 32, 32)
+    z, y, x = np.meshgrid(*(np.arange(n) - (n - 1) / 2 for n in size), indexing="ij")
+    bump = 1.5 * np.exp(-(x ** 2 + y ** 2 + z ** 2) / (2 * 5.0 ** 2))
+    contraction = np.stack([-x * bump, -y * bump, -z * bump], axis=-1)  # (z, y, x, [dx, dy, dz]) mm, spacing 1
+    field = sitk.GetImageFromArray(contraction, isVector=True)
+    assert registration._field_qc(field)["folded_fraction"] > 0
+    exponential = registration.exponential_of_velocity(field)
+    qc = registration._field_qc(exponential)
+    assert qc["jacobian_min"] > 0 and qc["folded_fraction"] == 0
+    assert exponential.GetSize() == field.GetSize() and exponential.GetOrigin() == field.GetOrigin()
+    small = sitk.GetImageFromArray(contraction * 0.02, isVector=True)
+    difference = sitk.GetArrayFromImage(registration.exponential_of_velocity(small)) - contraction * 0.02
+    assert np.abs(difference).max() < 0.01  # exp(v) ≈ id + v for small v
+
+
+def test_demons_stage_is_kept_on_a_pancreas_crop_and_recovers_the_deformation() -> None:
+    """Phantom cases cropped to the pancreas box + 20 mm (the CPU Table 1's data): the deformable stage improves
+    the alignment and is not dropped, and the displacement does not fold."""
+    from nnunet_hpn.pipeline.crop import crop_image, label_box
+
+    fixed, fixed_label, moving, moving_label = _phantom_pair(0)
+    box = label_box(fixed_label, 20.0, "fixed label")
+    fixed_crop, fixed_label_crop = crop_image(fixed, box, "fixed"), crop_image(fixed_label, box, "fixed label")
+    result = register_to_reference(fixed_crop, moving, moving_label=moving_label, fixed_label=fixed_label_crop,
+                                   progress=False)
+    demons = [stage for stage in result.qc["stages"] if stage["stage"] == "demons"][0]
+    assert demons["kept"] and not result.qc["warnings"]
+    pancreas = result.qc["pancreas"]
+    assert pancreas["after"]["mean_surface_distance_mm"] < 0.5 * pancreas["before"]["mean_surface_distance_mm"]
+    assert result.qc["displacement"]["jacobian_min"] > 0

@@ -14,7 +14,11 @@ demons (pancreas surface distance 1.01 ± 0.52 mm). :func:`register_to_reference
 4. ``method="demons"``: multi-resolution symmetric-forces demons (``FastSymmetricForcesDemonsRegistrationFilter``;
    ``DiffeomorphicDemonsRegistrationFilter`` with ``demons_filter="diffeomorphic"``), Gaussian smoothing of the
    displacement field, on the affinely aligned images windowed to [-100, 60] HU (fat to parenchyma: organs whose
-   enhancement differs between the phases look alike, the fat/organ borders drive it);
+   enhancement differs between the phases look alike, the fat/organ borders drive it). A demons field that folds
+   (Jacobian determinant ≤ 0 somewhere) is replaced by its exponential as a stationary velocity field
+   (:func:`exponential_of_velocity`, scaling and squaring), which is invertible; ``qc["stages"]`` says which field
+   was used and ``qc["displacement"]`` holds the smallest Jacobian determinant and the folded share of the
+   displacement written out, on the whole fixed grid;
 5. the transforms composed into one transform, the moving image warped onto the fixed grid with linear, its label
    with nearest-neighbour interpolation, and the displacement field written on the fixed grid.
 
@@ -381,6 +385,26 @@ def _demons_stage(fixed_d: sitk.Image, moving_d: sitk.Image, settings: Registrat
     return displacement
 
 
+def exponential_of_velocity(velocity: sitk.Image, max_step_voxels: float = 0.5) -> sitk.Image:
+    """exp(v): the displacement of the flow of the stationary velocity field ``velocity`` (``sitkVectorFloat64``, mm)
+    over unit time, by scaling and squaring: v / 2^n with n chosen so that no step exceeds ``max_step_voxels``,
+    then n self-compositions d <- d + d∘(id + d). Every step is a small displacement (Jacobian positive), and
+    compositions of such maps stay invertible: the result does not fold. Returns a ``sitkVectorFloat64`` field on
+    ``velocity``'s grid."""
+    magnitude = np.linalg.norm(sitk.GetArrayViewFromImage(velocity), axis=-1).max(initial=0.0)
+    limit = max_step_voxels * min(velocity.GetSpacing())
+    n_squarings = max(0, int(np.ceil(np.log2(magnitude / limit)))) if magnitude > limit else 0
+    displacement = sitk.Compose([sitk.VectorIndexSelectionCast(velocity, i, sitk.sitkFloat64) / 2.0 ** n_squarings
+                                 for i in range(3)])
+    displacement.CopyInformation(velocity)
+    for _ in range(n_squarings):
+        along = sitk.Resample(displacement, displacement,
+                              sitk.DisplacementFieldTransform(sitk.Image(displacement)), sitk.sitkLinear, 0.0,
+                              sitk.sitkVectorFloat64, useNearestNeighborExtrapolator=True)
+        displacement = displacement + along
+    return displacement
+
+
 def _field_qc(displacement_w: sitk.Image) -> dict:
     """Size of the displacements, smallest Jacobian determinant of ``p -> p + d(p)`` and the folded (≤ 0) share."""
     magnitude = np.linalg.norm(sitk.GetArrayFromImage(displacement_w), axis=-1)
@@ -489,6 +513,13 @@ def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label
             bar.close()
             raise _stage_failed("demons", error, fixed, fixed_name, moving_name) from None
         field_qc = _field_qc(displacement_w)
+        if field_qc["folded_fraction"] > 0:  # not invertible: its exponential as a velocity field is
+            folded = field_qc["folded_fraction"]
+            displacement_w = exponential_of_velocity(displacement_w)
+            field_qc = {**_field_qc(displacement_w), "field": "exponential of the demons field (which folded in "
+                                                             f"{folded:.3%} of the working grid)"}
+        else:
+            field_qc["field"] = "demons"
         candidate = sitk.CompositeTransform([transform, sitk.DisplacementFieldTransform(displacement_w)])
         after = similarity(candidate)
         kept = _not_worse(after["nmi"], similarity_now["nmi"])
@@ -511,6 +542,8 @@ def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label
     warped_label = None if moving_label is None else label_on_grid(moving_label, fixed, transform)
     displacement = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat32, fixed.GetSize(),
                                                      fixed.GetOrigin(), fixed.GetSpacing(), fixed.GetDirection())
+    if method != "none":  # of the displacement written out, on the whole fixed grid
+        qc["displacement"] = _field_qc(displacement)
     if moving_label is not None and fixed_label is not None:
         before = alignment_metrics(fixed_label, label_on_grid(moving_label, fixed))
         after = alignment_metrics(fixed_label, warped_label)
