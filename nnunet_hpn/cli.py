@@ -26,7 +26,8 @@ def _convert(args: argparse.Namespace) -> None:
     target = convert_cases(Path(args.in_dir), args.dataset_id, args.name, raw_root=raw_root, overwrite=args.overwrite,
                            phases=tuple(args.phases), reference_phase=args.reference_phase, register=args.register,
                            crop_margin_mm=args.crop_to_label, allow_unusual_intensities=args.allow_unusual_intensities,
-                           n_processes=args.np if args.np is not None else _default_processes(args.register))
+                           n_processes=args.np if args.np is not None else _default_processes(args.register),
+                           registration_method=args.registration_method)
     print(f"wrote {target}")
 
 
@@ -203,6 +204,8 @@ UNUSUAL_INTENSITIES_HELP = ("accept phase images whose values do not look like C
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nnunet_hpn.pipeline.registration import METHODS
+
     parser = argparse.ArgumentParser(prog="nnunet-hpn", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -236,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cut every case (all phases, after --register, and the label) to the label's box plus "
                         "MARGIN_MM, world positions kept: an oracle ROI for experiments, or second-stage training "
                         "data; boxes in <dataset>/crop_boxes.json (every case needs a label)")
+    p.add_argument("--registration-method", choices=[m for m in METHODS if m != "none"],
+                   default="demons", help="with --register: demons (default), syn (needs antspyx) or affine")
     p.add_argument("-np", type=_positive_int, default=None,
                    help="worker processes (default: with --register nnU-Net's nnUNet_def_n_proc, else 1)")
     p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
@@ -258,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-label", help="label on the moving grid, warped with nearest-neighbour interpolation")
     p.add_argument("--fixed-label", help="label on the fixed grid: with --moving-label, pancreas surface distance and "
                                          "Dice before/after in qc.json")
-    p.add_argument("--method", choices=["none", "affine", "demons"], default="demons")
+    p.add_argument("--method", choices=list(METHODS), default="demons",
+                   help="demons (default), syn (ANTs SyN; needs antspyx), affine or none")
     p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
     p.set_defaults(func=_register)
 
@@ -296,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder mode: threads writing label maps and probabilities (default 1; nnU-Net: 3)")
     p.add_argument("-num_parts", type=_positive_int, default=1, help="folder mode: split the cases into N parts")
     p.add_argument("-part_id", type=int, default=0, help="folder mode: the part to predict (0 .. num_parts-1)")
-    p.add_argument("--registration", choices=["none", "affine", "demons"], default="demons")
+    p.add_argument("--registration", choices=list(METHODS), default="demons",
+                   help="demons (default), syn (ANTs SyN; needs antspyx), affine or none")
     p.add_argument("--qc", help="one case: write the registration QC (JSON) here")
     p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
     p.set_defaults(func=_predict)

@@ -311,3 +311,46 @@ def test_demons_stage_is_kept_on_a_pancreas_crop_and_recovers_the_deformation() 
     pancreas = result.qc["pancreas"]
     assert pancreas["after"]["mean_surface_distance_mm"] < 0.5 * pancreas["before"]["mean_surface_distance_mm"]
     assert result.qc["displacement"]["jacobian_min"] > 0
+
+
+def test_syn_backend_writes_what_demons_writes_and_recovers_the_deformation(tmp_path: Path) -> None:
+    """``register --method syn`` (ANTs SyN) and ``--method demons``: the same files, the same qc.json keys, both
+    better than before, neither folds."""
+    pytest.importorskip("ants", reason="antspyx (the syn backend, in the test extra) is not installed")
+    fixed, fixed_label, moving, moving_label = _phantom_pair(1)
+    paths = {}
+    for name, image in (("fixed", fixed), ("fixed_label", fixed_label), ("moving", moving),
+                        ("moving_label", moving_label)):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        sitk.WriteImage(image, str(paths[name]))
+    records = {}
+    for method in ("demons", "syn"):
+        out = tmp_path / method
+        assert main(["register", "--fixed", str(paths["fixed"]), "--moving", str(paths["moving"]), "-o", str(out),
+                     "--moving-label", str(paths["moving_label"]), "--fixed-label", str(paths["fixed_label"]),
+                     "--method", method]) == 0
+        records[method] = (sorted(p.name for p in out.iterdir()), json.loads((out / "qc.json").read_text()))
+    assert records["demons"][0] == records["syn"][0]
+    demons, syn = records["demons"][1], records["syn"][1]
+    assert set(demons) == set(syn)
+    assert [stage["stage"] for stage in syn["stages"]] == ["affine", "syn"] and syn["stages"][-1]["kept"]
+    for qc in (demons, syn):
+        assert qc["pancreas"]["after"]["mean_surface_distance_mm"] < 0.6 * qc["pancreas"]["before"][
+            "mean_surface_distance_mm"]
+        assert qc["displacement"]["jacobian_min"] > 0
+
+
+def test_syn_without_antspyx_is_one_line_naming_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    import sys
+
+    fixed, _, moving, _ = _phantom_pair(1)
+    sitk.WriteImage(fixed, str(tmp_path / "fixed.nii.gz"))
+    sitk.WriteImage(moving, str(tmp_path / "moving.nii.gz"))
+    monkeypatch.setitem(sys.modules, "ants", None)  # import ants -> ImportError
+    out = tmp_path / "out"
+    assert main(["register", "--fixed", str(tmp_path / "fixed.nii.gz"), "--moving", str(tmp_path / "moving.nii.gz"),
+                 "-o", str(out), "--method", "syn"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "needs the package antspyx (pip install antspyx)" in lines[-1] and lines[-1].startswith("nnunet-hpn")
+    assert not out.exists()

@@ -35,7 +35,7 @@ from nnunet_hpn.io.images import read_header as _read_header
 from nnunet_hpn.io.images import read_label
 from nnunet_hpn.io.images import read_voxels_verified as _read_voxels
 from nnunet_hpn.io.geometry import check_overlap, check_same_grid
-from nnunet_hpn.pipeline.registration import register_to_reference
+from nnunet_hpn.pipeline.registration import METHODS, register_to_reference
 
 FILE_ENDING = ".nii.gz"
 LABEL_FILE = "label" + FILE_ENDING
@@ -69,6 +69,7 @@ class _Layout:
     register: bool
     crop_margin_mm: float | None = None
     allow_unusual_intensities: bool = False
+    registration_method: str = "demons"
 
     @property
     def reference_index(self) -> int:
@@ -141,14 +142,14 @@ def _write_image(image: sitk.Image, source: Path, target: Path, box: CropBox | N
 
 
 def _register_phase(case_dir: Path, phase: str, path: Path, reference_path: Path, label_path: Path | None,
-                    target: Path, progress: bool, box: CropBox | None = None) -> dict:
+                    target: Path, progress: bool, box: CropBox | None = None, method: str = "demons") -> dict:
     """Register one phase onto the reference grid, write the warped image to ``target`` (cut to ``box``); its QC."""
     phase_label = _phase_label(case_dir, phase)
     result = register_to_reference(
         sitk.ReadImage(str(reference_path)), sitk.ReadImage(str(path)),
         moving_label=None if phase_label is None else sitk.ReadImage(str(phase_label)),
         fixed_label=None if label_path is None or phase_label is None else sitk.ReadImage(str(label_path)),
-        method="demons", progress=progress, fixed_name=str(reference_path), moving_name=str(path))
+        method=method, progress=progress, fixed_name=str(reference_path), moving_name=str(path))
     _write_image(result.warped, path, target, box)
     return result.qc
 
@@ -171,7 +172,7 @@ def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = 
         target = images_dir / channel_file_name(case_dir.name, channel, FILE_ENDING)
         if layout.register and path != reference_path:
             case_qc[phase] = _register_phase(case_dir, phase, path, reference_path, label_path, target, progress,
-                                             box)
+                                             box, layout.registration_method)
         elif box is not None:
             _write_image(sitk.ReadImage(str(path)), path, target, box)
         else:
@@ -293,7 +294,8 @@ def _write_dataset_json(dataset_dir: Path, name: str, num_training: int,
 def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | None = None, overwrite: bool = False,
                   progress: bool = True, phases=PHASES, reference_phase: str | None = None,
                   register: bool = False, crop_margin_mm: float | None = None,
-                  allow_unusual_intensities: bool = False, n_processes: int = 1) -> Path:
+                  allow_unusual_intensities: bool = False, n_processes: int = 1,
+                  registration_method: str = "demons") -> Path:
     """Build ``raw_root/Dataset{id:03d}_{name}`` (raw_root defaults to ``$nnUNet_raw``) and return its path.
 
     Channel i is ``phases[i]`` (``channel_names`` of dataset.json = the phase names in order). Cases with
@@ -308,7 +310,7 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     oracle ROI),
     the boxes in ``<dataset>/crop_boxes.json``; every case needs a label then. Nothing is left in the raw root when
     any input is invalid (HPNInputError). ``n_processes`` > 1: cases converted (registered) in that many worker
-    processes.
+    processes; ``registration_method``: :data:`~nnunet_hpn.pipeline.registration.METHODS` but "none".
     """
     in_dir = Path(in_dir)
     layout = _layout(in_dir, phases, reference_phase, register)
@@ -316,7 +318,11 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
         if not crop_margin_mm > 0:
             raise HPNInputError(f"{in_dir}: crop margin must be a positive number of mm, got {crop_margin_mm}")
         layout = _Layout(layout.phases, layout.reference, layout.register, float(crop_margin_mm))
-    layout = dataclasses.replace(layout, allow_unusual_intensities=allow_unusual_intensities)
+    if registration_method not in METHODS or registration_method == "none":
+        raise HPNInputError(f"{in_dir}: registration method {registration_method!r} is not one of "
+                            f"{[m for m in METHODS if m != 'none']}")
+    layout = dataclasses.replace(layout, allow_unusual_intensities=allow_unusual_intensities,
+                                 registration_method=registration_method)
     if raw_root is None:
         if not os.environ.get("nnUNet_raw"):
             raise HPNInputError("nnUNet_raw: environment variable not set and no raw_root given")

@@ -42,7 +42,9 @@ from nnunet_hpn.errors import HPNInputError, HPNWarning
 from nnunet_hpn.io.geometry import check_3d_single_component, check_overlap, check_same_grid, physical_bounds
 from nnunet_hpn.phases import HU_WINDOW
 
-METHODS = ("none", "affine", "demons")
+METHODS = ("none", "affine", "demons", "syn")
+#: the deformable methods: each runs after the affine stage, on the working grid, and yields a displacement field
+DEFORMABLE_METHODS = ("demons", "syn")
 #: HU window of the paper's preprocessing: the affine stage and the similarity QC use it.
 #: A stage must not lower the NMI by more than this to be kept.
 SIMILARITY_TOLERANCE = 1e-3
@@ -81,6 +83,16 @@ class RegistrationSettings:
     #: Gaussian smoothing of the displacement field (voxels of each level) and the largest update step (voxels).
     demons_field_sigma: float = 2.0
     demons_max_step: float = 2.0
+    #: ANTs SyN (``method="syn"``, package antspyx): iterations per level (coarse to fine), metric, gradient step,
+    #: smoothing of the update and of the total field (voxels)
+    syn_iterations: tuple[int, ...] = (40, 20, 0)
+    syn_metric: str = "mattes"
+    syn_gradient_step: float = 0.2
+    syn_flow_sigma: float = 3.0
+    syn_total_sigma: float = 0.0
+    #: the deformable field falls to 0 over this margin at the working grid's border (which lies 10 mm outside the
+    #: body), so that it continues without a jump onto the whole fixed grid
+    field_taper_mm: float = 8.0
     seed: int = 12345
 
 
@@ -385,6 +397,56 @@ def _demons_stage(fixed_d: sitk.Image, moving_d: sitk.Image, settings: Registrat
     return displacement
 
 
+def _syn_stage(fixed_d: sitk.Image, moving_d: sitk.Image, settings: RegistrationSettings, moving_name: str,
+               progress: _LevelProgress) -> sitk.Image:
+    """ANTs SyN (symmetric normalisation, diffeomorphic; antspyx) of ``moving_d`` onto ``fixed_d`` (both on the working
+    grid, affinely aligned): the forward displacement field (``sitkVectorFloat64``, mm) on the working grid.
+    HPNInputError naming the package when antspyx is not installed."""
+    try:
+        import ants
+    except ImportError:
+        raise HPNInputError(f"{moving_name}: registration method 'syn' needs the package antspyx "
+                            "(pip install antspyx)") from None
+    import tempfile
+
+    def to_ants(image: sitk.Image):
+        return ants.from_numpy(sitk.GetArrayFromImage(image).T.astype(np.float32), origin=image.GetOrigin(),
+                               spacing=image.GetSpacing(), direction=np.asarray(image.GetDirection()).reshape(3, 3))
+
+    progress.start("SyN", 1)
+    with tempfile.TemporaryDirectory(prefix="hpn_syn_") as folder:
+        result = ants.registration(to_ants(fixed_d), to_ants(moving_d), type_of_transform="SyNOnly",
+                                   outprefix=str(Path(folder) / "syn_"), syn_metric=settings.syn_metric,
+                                   reg_iterations=tuple(settings.syn_iterations), grad_step=settings.syn_gradient_step,
+                                   flow_sigma=settings.syn_flow_sigma, total_sigma=settings.syn_total_sigma,
+                                   random_seed=settings.seed, verbose=False)
+        warp = next(path for path in result["fwdtransforms"] if path.endswith(".nii.gz"))
+        displacement = sitk.ReadImage(warp, sitk.sitkVectorFloat64)
+    progress.step()
+    progress.close()
+    if displacement.GetSize() != fixed_d.GetSize():
+        displacement = sitk.Resample(displacement, fixed_d, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                     sitk.sitkVectorFloat64)
+    return displacement
+
+
+def tapered_to_the_border(field: sitk.Image, width_mm: float) -> sitk.Image:
+    """``field`` (a vector image) multiplied by a window that is 1 inside and falls to 0 at the grid's border along
+    a half cosine over ``width_mm``: outside its grid a displacement field transform moves nothing, so a field that is
+    0 at the border continues without a jump (which would fold the displacement on a larger grid)."""
+    spacing = np.asarray(field.GetSpacing())
+    window = np.ones(field.GetSize()[::-1])
+    for axis_xyz, (n, step) in enumerate(zip(field.GetSize(), spacing)):
+        distance = np.minimum(np.arange(n), np.arange(n)[::-1]) * step  # mm to the nearest border voxel
+        ramp = 0.5 - 0.5 * np.cos(np.pi * np.clip(distance / max(width_mm, 1e-6), 0.0, 1.0))
+        shape = [1, 1, 1]
+        shape[2 - axis_xyz] = n
+        window = window * ramp.reshape(shape)
+    tapered = sitk.GetImageFromArray(sitk.GetArrayViewFromImage(field) * window[..., None], isVector=True)
+    tapered.CopyInformation(field)
+    return sitk.Cast(tapered, field.GetPixelID())
+
+
 def exponential_of_velocity(velocity: sitk.Image, max_step_voxels: float = 0.5) -> sitk.Image:
     """exp(v): the displacement of the flow of the stationary velocity field ``velocity`` (``sitkVectorFloat64``, mm)
     over unit time, by scaling and squaring: v / 2^n with n chosen so that no step exceeds ``max_step_voxels``,
@@ -484,7 +546,7 @@ def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label
     similarity_before = similarity(identity)
     similarity_now = similarity_before
     bar = _LevelProgress(progress)
-    if method in ("affine", "demons"):
+    if method == "affine" or method in DEFORMABLE_METHODS:
         stage_start = time.perf_counter()
         try:
             affine, init = _affine_stage(fixed_w, moving_own, settings, bar)
@@ -502,36 +564,38 @@ def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label
         else:
             warn(f"the affine stage lowered the similarity (NMI {similarity_now['nmi']} -> {after['nmi']}); "
                  "kept the scanner alignment")
-    if method == "demons":
+    if method in DEFORMABLE_METHODS:
         stage_start = time.perf_counter()
         fixed_d = _prepared(fixed, settings.demons_window_hu, grid, settings.image_sigma_mm)
         moving_d = sitk.Resample(_prepared(moving, settings.demons_window_hu, moving_grid, settings.image_sigma_mm),
                                  grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         try:
-            displacement_w = _demons_stage(fixed_d, moving_d, settings, bar)
+            displacement_w = (_demons_stage(fixed_d, moving_d, settings, bar) if method == "demons" else
+                              _syn_stage(fixed_d, moving_d, settings, moving_name, bar))
         except RuntimeError as error:
             bar.close()
-            raise _stage_failed("demons", error, fixed, fixed_name, moving_name) from None
+            raise _stage_failed(method, error, fixed, fixed_name, moving_name) from None
+        displacement_w = tapered_to_the_border(displacement_w, settings.field_taper_mm)
         field_qc = _field_qc(displacement_w)
         if field_qc["folded_fraction"] > 0:  # not invertible: its exponential as a velocity field is
             folded = field_qc["folded_fraction"]
             displacement_w = exponential_of_velocity(displacement_w)
-            field_qc = {**_field_qc(displacement_w), "field": "exponential of the demons field (which folded in "
+            field_qc = {**_field_qc(displacement_w), "field": f"exponential of the {method} field (which folded in "
                                                              f"{folded:.3%} of the working grid)"}
         else:
-            field_qc["field"] = "demons"
+            field_qc["field"] = method
         candidate = sitk.CompositeTransform([transform, sitk.DisplacementFieldTransform(displacement_w)])
         after = similarity(candidate)
         kept = _not_worse(after["nmi"], similarity_now["nmi"])
-        qc["stages"].append({"stage": "demons", "similarity": after, "kept": kept,
+        qc["stages"].append({"stage": method, "similarity": after, "kept": kept,
                              "seconds": round(time.perf_counter() - stage_start, 2), **field_qc})
         if kept:
             transform, similarity_now = candidate, after
         else:
-            warn(f"the demons stage lowered the similarity (NMI {similarity_now['nmi']} -> {after['nmi']}); "
+            warn(f"the {method} stage lowered the similarity (NMI {similarity_now['nmi']} -> {after['nmi']}); "
                  "kept the previous stage")
         if kept and field_qc["folded_fraction"] > 0:
-            warn(f"the demons displacement folds in {field_qc['folded_fraction']:.3%} of the working grid")
+            warn(f"the {method} displacement folds in {field_qc['folded_fraction']:.3%} of the working grid")
     bar.close()
     qc["similarity"] = {"before": similarity_before, "after": similarity_now}
 
