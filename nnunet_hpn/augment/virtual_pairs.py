@@ -130,7 +130,7 @@ class VirtualPairTransform(ImageOnlyTransform):
         return mixed
 
 
-def _spatial_block_end(transforms: list[BasicTransform]) -> int:
+def spatial_block_end(transforms: list[BasicTransform]) -> int:
     """Index right after nnU-Net's spatial block: ``SpatialTransform`` plus a following ``Convert2DTo3DTransform``."""
     spatial_indices = [i for i, transform in enumerate(transforms) if isinstance(transform, SpatialTransform)]
     if len(spatial_indices) != 1:
@@ -158,5 +158,5 @@ def insert_virtual_pairs(transforms: ComposeTransforms, alpha: float = DEFAULT_A
     steps = list(transforms.transforms)
     if any(isinstance(step, VirtualPairTransform) for step in steps):
         raise ValueError("the training pipeline already contains a VirtualPairTransform")
-    steps.insert(_spatial_block_end(steps), VirtualPairTransform(alpha=alpha, channels=channels))
+    steps.insert(spatial_block_end(steps), VirtualPairTransform(alpha=alpha, channels=channels))
     return ComposeTransforms(steps)

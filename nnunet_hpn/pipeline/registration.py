@@ -14,11 +14,11 @@ demons (pancreas surface distance 1.01 ± 0.52 mm). :func:`register_to_reference
 4. ``method="demons"``: multi-resolution symmetric-forces demons (``FastSymmetricForcesDemonsRegistrationFilter``;
    ``DiffeomorphicDemonsRegistrationFilter`` with ``demons_filter="diffeomorphic"``), Gaussian smoothing of the
    displacement field, on the affinely aligned images windowed to [-100, 60] HU (fat to parenchyma: organs whose
-   enhancement differs between the phases look alike, the fat/organ borders drive it). A demons field that folds
-   (Jacobian determinant ≤ 0 somewhere) is replaced by its exponential as a stationary velocity field
-   (:func:`exponential_of_velocity`, scaling and squaring), which is invertible; ``qc["stages"]`` says which field
-   was used and ``qc["displacement"]`` holds the smallest Jacobian determinant and the folded share of the
-   displacement written out, on the whole fixed grid;
+   enhancement differs between the phases look alike, the fat/organ borders drive it); or ``method="syn"``: ANTs
+   SyN (antspyx) on the same images. The field falls to 0 at the working grid's border (:func:`tapered_to_the_border`)
+   and a field that folds (Jacobian determinant ≤ 0 somewhere) is smoothed until it does not (:func:`unfolded`);
+   ``qc["stages"]`` says which, and ``qc["displacement"]`` holds the smallest Jacobian determinant and the folded
+   share of the displacement written out, on the whole fixed grid;
 5. the transforms composed into one transform, the moving image warped onto the fixed grid with linear, its label
    with nearest-neighbour interpolation, and the displacement field written on the fixed grid.
 
@@ -48,6 +48,9 @@ DEFORMABLE_METHODS = ("demons", "syn")
 #: HU window of the paper's preprocessing: the affine stage and the similarity QC use it.
 #: A stage must not lower the NMI by more than this to be kept.
 SIMILARITY_TOLERANCE = 1e-3
+#: a deformable field whose Jacobian determinant is below this somewhere is smoothed (:func:`unfolded`): invertible
+#: with a margin, not only just
+MIN_JACOBIAN = 0.01
 #: Voxels above this HU belong to the body (for cropping the working grid).
 BODY_THRESHOLD_HU = -500.0
 
@@ -90,8 +93,8 @@ class RegistrationSettings:
     syn_gradient_step: float = 0.2
     syn_flow_sigma: float = 3.0
     syn_total_sigma: float = 0.0
-    #: the deformable field falls to 0 over this margin at the working grid's border (which lies 10 mm outside the
-    #: body), so that it continues without a jump onto the whole fixed grid
+    #: the deformable field falls to 0 over this margin (at least 3 working voxels) at the working grid's border
+    #: (which lies 10 mm outside the body), so that it continues without a jump onto the whole fixed grid
     field_taper_mm: float = 8.0
     seed: int = 12345
 
@@ -447,24 +450,21 @@ def tapered_to_the_border(field: sitk.Image, width_mm: float) -> sitk.Image:
     return sitk.Cast(tapered, field.GetPixelID())
 
 
-def exponential_of_velocity(velocity: sitk.Image, max_step_voxels: float = 0.5) -> sitk.Image:
-    """exp(v): the displacement of the flow of the stationary velocity field ``velocity`` (``sitkVectorFloat64``, mm)
-    over unit time, by scaling and squaring: v / 2^n with n chosen so that no step exceeds ``max_step_voxels``,
-    then n self-compositions d <- d + d∘(id + d). Every step is a small displacement (Jacobian positive), and
-    compositions of such maps stay invertible: the result does not fold. Returns a ``sitkVectorFloat64`` field on
-    ``velocity``'s grid."""
-    magnitude = np.linalg.norm(sitk.GetArrayViewFromImage(velocity), axis=-1).max(initial=0.0)
-    limit = max_step_voxels * min(velocity.GetSpacing())
-    n_squarings = max(0, int(np.ceil(np.log2(magnitude / limit)))) if magnitude > limit else 0
-    displacement = sitk.Compose([sitk.VectorIndexSelectionCast(velocity, i, sitk.sitkFloat64) / 2.0 ** n_squarings
-                                 for i in range(3)])
-    displacement.CopyInformation(velocity)
-    for _ in range(n_squarings):
-        along = sitk.Resample(displacement, displacement,
-                              sitk.DisplacementFieldTransform(sitk.Image(displacement)), sitk.sitkLinear, 0.0,
-                              sitk.sitkVectorFloat64, useNearestNeighborExtrapolator=True)
-        displacement = displacement + along
-    return displacement
+def unfolded(field: sitk.Image, max_rounds: int = 6) -> tuple[sitk.Image, int]:
+    """``field`` (``sitkVectorFloat64``, mm) smoothed with Gaussians of 1, 2, 4, … voxels until its Jacobian
+    determinant is at least :data:`MIN_JACOBIAN` everywhere (smoothing lowers every derivative; a constant field never folds), the first
+    (narrowest) that suffices. Returns the field and the number of rounds (0: it did not fold); still folded after
+    ``max_rounds``: the last field, -1."""
+    spacing = np.asarray(field.GetSpacing(), dtype=float)
+    current = field
+    for rounds in range(max_rounds + 1):
+        jacobian = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(current))
+        if float(jacobian.min()) >= MIN_JACOBIAN:
+            return current, rounds
+        if rounds < max_rounds:
+            current = sitk.Cast(sitk.SmoothingRecursiveGaussian(field, (spacing * 2.0 ** rounds).tolist()),
+                                sitk.sitkVectorFloat64)
+    return current, -1
 
 
 def _field_qc(displacement_w: sitk.Image) -> dict:
@@ -575,15 +575,14 @@ def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label
         except RuntimeError as error:
             bar.close()
             raise _stage_failed(method, error, fixed, fixed_name, moving_name) from None
-        displacement_w = tapered_to_the_border(displacement_w, settings.field_taper_mm)
+        taper_mm = max(settings.field_taper_mm, 3 * max(grid.GetSpacing()))  # at least 3 working voxels
+        displacement_w = tapered_to_the_border(displacement_w, taper_mm)
+        folded = _field_qc(displacement_w)["folded_fraction"]
+        displacement_w, rounds = unfolded(displacement_w)
         field_qc = _field_qc(displacement_w)
-        if field_qc["folded_fraction"] > 0:  # not invertible: its exponential as a velocity field is
-            folded = field_qc["folded_fraction"]
-            displacement_w = exponential_of_velocity(displacement_w)
-            field_qc = {**_field_qc(displacement_w), "field": f"exponential of the {method} field (which folded in "
-                                                             f"{folded:.3%} of the working grid)"}
-        else:
-            field_qc["field"] = method
+        field_qc["field"] = method if rounds == 0 else (
+            f"the {method} field smoothed with a {2 ** (rounds - 1)}-voxel Gaussian (it folded in {folded:.3%} of "
+            "the working grid)" if rounds > 0 else f"the {method} field, still folding after smoothing")
         candidate = sitk.CompositeTransform([transform, sitk.DisplacementFieldTransform(displacement_w)])
         after = similarity(candidate)
         kept = _not_worse(after["nmi"], similarity_now["nmi"])
