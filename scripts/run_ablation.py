@@ -69,10 +69,14 @@ ROWS: dict[str, Row] = {row.name: row for row in (
     Row("hpn_virtual", "HPN (virtual pairs)", "HPNTrainer_virtual"),
     Row("hpn_union", "HPN (union of original + virtual)", needs=("hpn", "hpn_virtual")),
     Row("hpn_warmup", "HPN, λ ramped up over 12 epochs (original pairs)", "HPNTrainer_warmup"),
+    Row("hpn_misalign", "HPN, misalignment augmentation (≤ 4 mm)", "HPNTrainer_misalign"),
+    Row("early_fusion_misalign", "early fusion, misalignment augmentation (≤ 4 mm)", "EarlyFusionTrainer_misalign"),
 )}
 
-#: The paper's nine rows (the default); the others are this project's additions.
-PAPER_ROWS: tuple[str, ...] = tuple(name for name in ROWS if name != "hpn_warmup")
+#: This project's additions to the paper's rows.
+EXTRA_ROWS: tuple[str, ...] = ("hpn_warmup", "hpn_misalign", "early_fusion_misalign")
+#: The paper's nine rows (the default).
+PAPER_ROWS: tuple[str, ...] = tuple(name for name in ROWS if name not in EXTRA_ROWS)
 
 BACKBONES: dict[str, Backbone] = {backbone.name: backbone for backbone in (
     Backbone("unet", "3D U-Net", "nnUNetHPNPlans", "HPNPlanner"),

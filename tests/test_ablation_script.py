@@ -40,12 +40,13 @@ def test_derived_rows_pull_in_what_they_need_in_paper_order():
 
 
 def test_every_trained_row_names_an_hpn_trainer():
+    import nnunet_hpn.nnunet.trainers as trainers
     from nnunet_hpn.nnunet.trainers import hpn_trainer
 
     for row in ablation.ROWS.values():
         assert (row.trainer is None) == bool(row.needs)
         if row.trainer:
-            assert issubclass(getattr(hpn_trainer, row.trainer), hpn_trainer.HPNTrainer)
+            assert issubclass(getattr(trainers, row.trainer), hpn_trainer.HPNTrainer)
 
 
 def test_argument_defaults_and_errors(capsys):
