@@ -55,6 +55,15 @@ def _assert_on_grid(image: sitk.Image, reference: sitk.Image) -> None:
     assert image.GetDirection() == reference.GetDirection()
 
 
+def _phantom_pair_files(folder: Path, case_index: int) -> dict[str, Path]:
+    """:func:`_phantom_pair` written to ``folder`` as fixed / fixed_label / moving / moving_label ``.nii.gz``."""
+    images = dict(zip(("fixed", "fixed_label", "moving", "moving_label"), _phantom_pair(case_index)))
+    paths = {name: folder / f"{name}.nii.gz" for name in images}
+    for name, image in images.items():
+        sitk.WriteImage(image, str(paths[name]))
+    return paths
+
+
 @pytest.mark.parametrize("case_index", [0, 1])
 def test_demons_recovers_known_phantom_deformation(case_index: int) -> None:
     fixed, fixed_label, moving, moving_label = _phantom_pair(case_index)
@@ -144,21 +153,16 @@ def test_stage_that_lowers_similarity_is_dropped_with_a_warning(monkeypatch: pyt
 
 
 def test_register_command_writes_outputs(tmp_path: Path) -> None:
-    fixed, fixed_label, moving, moving_label = _phantom_pair(1)
-    paths = {}
-    for name, image in (("arterial", fixed), ("label", fixed_label), ("venous", moving),
-                        ("label_venous", moving_label)):
-        paths[name] = tmp_path / f"{name}.nii.gz"
-        sitk.WriteImage(image, str(paths[name]))
+    paths = _phantom_pair_files(tmp_path, 1)
     out_dir = tmp_path / "registered"
 
-    assert main(["register", "--fixed", str(paths["arterial"]), "--moving", str(paths["venous"]), "-o", str(out_dir),
-                 "--moving-label", str(paths["label_venous"]), "--fixed-label", str(paths["label"]),
+    assert main(["register", "--fixed", str(paths["fixed"]), "--moving", str(paths["moving"]), "-o", str(out_dir),
+                 "--moving-label", str(paths["moving_label"]), "--fixed-label", str(paths["fixed_label"]),
                  "--method", "affine"]) == 0
 
     assert sorted(p.name for p in out_dir.iterdir()) == ["displacement.nii.gz", "qc.json", "warped.nii.gz",
                                                          "warped_label.nii.gz"]
-    fixed_read = sitk.ReadImage(str(paths["arterial"]))
+    fixed_read = sitk.ReadImage(str(paths["fixed"]))
     for name in ("warped", "warped_label", "displacement"):
         image = sitk.ReadImage(str(out_dir / f"{name}.nii.gz"))
         assert image.GetSize() == fixed_read.GetSize()
@@ -317,12 +321,7 @@ def test_syn_backend_writes_what_demons_writes_and_recovers_the_deformation(tmp_
     """``register --method syn`` (ANTs SyN) and ``--method demons``: the same files, the same qc.json keys, both
     better than before, neither folds."""
     pytest.importorskip("ants", reason="antspyx (the syn backend, in the test extra) is not installed")
-    fixed, fixed_label, moving, moving_label = _phantom_pair(1)
-    paths = {}
-    for name, image in (("fixed", fixed), ("fixed_label", fixed_label), ("moving", moving),
-                        ("moving_label", moving_label)):
-        paths[name] = tmp_path / f"{name}.nii.gz"
-        sitk.WriteImage(image, str(paths[name]))
+    paths = _phantom_pair_files(tmp_path, 1)
     records = {}
     for method in ("demons", "syn"):
         out = tmp_path / method
@@ -344,13 +343,11 @@ def test_syn_without_antspyx_is_one_line_naming_the_package(tmp_path: Path, monk
                                                             capsys: pytest.CaptureFixture) -> None:
     import sys
 
-    fixed, _, moving, _ = _phantom_pair(1)
-    sitk.WriteImage(fixed, str(tmp_path / "fixed.nii.gz"))
-    sitk.WriteImage(moving, str(tmp_path / "moving.nii.gz"))
+    paths = _phantom_pair_files(tmp_path, 1)
     monkeypatch.setitem(sys.modules, "ants", None)  # import ants -> ImportError
     out = tmp_path / "out"
-    assert main(["register", "--fixed", str(tmp_path / "fixed.nii.gz"), "--moving", str(tmp_path / "moving.nii.gz"),
-                 "-o", str(out), "--method", "syn"]) == 1
+    assert main(["register", "--fixed", str(paths["fixed"]), "--moving", str(paths["moving"]), "-o", str(out),
+                 "--method", "syn"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert "needs the package antspyx (pip install antspyx)" in lines[-1] and lines[-1].startswith("nnunet-hpn")
     assert not out.exists()

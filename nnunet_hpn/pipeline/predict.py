@@ -297,12 +297,6 @@ class HPNPredictor:
         return CasePrediction(label=label, reference_phase=reference, qc=qc, missing_phases=missing,
                               probabilities=probabilities, properties=properties if self.save_probabilities else None)
 
-    def predict_files(self, phase_paths: Mapping[str, Path], out_path: Path, qc_path: Path | None = None
-                      ) -> CasePrediction:
-        """Read the phases (NIfTI files or DICOM series folders), predict, write ``out_path`` (and ``qc_path``)."""
-        images = read_phase_images(phase_paths, self.channel_names, out_path, self.allow_unusual_intensities)
-        return self.predict_and_write(images, phase_paths, out_path, qc_path)
-
     def predict_and_write(self, images: Mapping[str, sitk.Image], phase_paths: Mapping[str, Path], out_path: Path,
                           qc_path: Path | None = None) -> CasePrediction:
         """Predict from phase images already read from ``phase_paths``; write ``out_path`` (and ``qc_path``)."""

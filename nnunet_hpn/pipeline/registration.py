@@ -452,14 +452,13 @@ def tapered_to_the_border(field: sitk.Image, width_mm: float) -> sitk.Image:
 
 def unfolded(field: sitk.Image, max_rounds: int = 6) -> tuple[sitk.Image, int]:
     """``field`` (``sitkVectorFloat64``, mm) smoothed with Gaussians of 1, 2, 4, … voxels until its Jacobian
-    determinant is at least :data:`MIN_JACOBIAN` everywhere (smoothing lowers every derivative; a constant field never folds), the first
-    (narrowest) that suffices. Returns the field and the number of rounds (0: it did not fold); still folded after
+    determinant is at least :data:`MIN_JACOBIAN` everywhere (smoothing lowers every derivative; a constant field
+    never folds), the first (narrowest) that suffices. Returns the field and the number of rounds (0: it did not fold); still folded after
     ``max_rounds``: the last field, -1."""
     spacing = np.asarray(field.GetSpacing(), dtype=float)
     current = field
     for rounds in range(max_rounds + 1):
-        jacobian = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(current))
-        if float(jacobian.min()) >= MIN_JACOBIAN:
+        if float(jacobian_determinant(current).min()) >= MIN_JACOBIAN:
             return current, rounds
         if rounds < max_rounds:
             current = sitk.Cast(sitk.SmoothingRecursiveGaussian(field, (spacing * 2.0 ** rounds).tolist()),
@@ -467,10 +466,16 @@ def unfolded(field: sitk.Image, max_rounds: int = 6) -> tuple[sitk.Image, int]:
     return current, -1
 
 
-def _field_qc(displacement_w: sitk.Image) -> dict:
-    """Size of the displacements, smallest Jacobian determinant of ``p -> p + d(p)`` and the folded (≤ 0) share."""
+def jacobian_determinant(field: sitk.Image) -> np.ndarray:
+    """Jacobian determinant of ``p -> p + field(p)`` per voxel, (z, y, x)."""
+    return sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(field))
+
+
+def _field_qc(displacement_w: sitk.Image, jacobian: np.ndarray | None = None) -> dict:
+    """Size of the displacements, smallest Jacobian determinant of ``p -> p + d(p)`` and the folded (≤ 0) share
+    (``jacobian``: :func:`jacobian_determinant` of the field, where already computed)."""
     magnitude = np.linalg.norm(sitk.GetArrayFromImage(displacement_w), axis=-1)
-    jacobian = sitk.GetArrayFromImage(sitk.DisplacementFieldJacobianDeterminant(displacement_w))
+    jacobian = jacobian_determinant(displacement_w) if jacobian is None else jacobian
     return {"displacement_mm": {"mean": round(float(magnitude.mean()), 3), "max": round(float(magnitude.max()), 3)},
             "jacobian_min": round(float(jacobian.min()), 4), "folded_fraction": round(float((jacobian <= 0).mean()), 6)}
 
@@ -577,12 +582,16 @@ def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label
             raise _stage_failed(method, error, fixed, fixed_name, moving_name) from None
         taper_mm = max(settings.field_taper_mm, 3 * max(grid.GetSpacing()))  # at least 3 working voxels
         displacement_w = tapered_to_the_border(displacement_w, taper_mm)
-        folded = _field_qc(displacement_w)["folded_fraction"]
-        displacement_w, rounds = unfolded(displacement_w)
-        field_qc = _field_qc(displacement_w)
-        field_qc["field"] = method if rounds == 0 else (
-            f"the {method} field smoothed with a {2 ** (rounds - 1)}-voxel Gaussian (it folded in {folded:.3%} of "
-            "the working grid)" if rounds > 0 else f"the {method} field, still folding after smoothing")
+        jacobian = jacobian_determinant(displacement_w)
+        if float(jacobian.min()) >= MIN_JACOBIAN:
+            field_qc = {**_field_qc(displacement_w, jacobian), "field": method}
+        else:
+            folded = float((jacobian <= 0).mean())
+            displacement_w, rounds = unfolded(displacement_w)
+            how = (f"smoothed with a {2 ** (rounds - 1)}-voxel Gaussian" if rounds > 0 else "still folding after "
+                   "smoothing")
+            field_qc = {**_field_qc(displacement_w), "field": f"the {method} field {how} (it folded in "
+                                                              f"{folded:.3%} of the working grid)"}
         candidate = sitk.CompositeTransform([transform, sitk.DisplacementFieldTransform(displacement_w)])
         after = similarity(candidate)
         kept = _not_worse(after["nmi"], similarity_now["nmi"])
