@@ -152,8 +152,8 @@ def test_nnunet_predict_flags_parts_continue_and_probabilities_for_the_ensemble(
         _unaligned_case(planned_dataset, case, in_dir / case)
     out_dir = tmp_path / "pred"
     model_flags = ["-d", str(DATASET_ID), "-c", TINY_CONFIGURATION, "-tr", PREDICT_TRAINER, "-p", PREDICT_PLANS]
-    common = ["predict", "-i", str(in_dir), "-o", str(out_dir), *model_flags, "--disable_tta", "--registration", "affine",
-              "--save_probabilities", "-num_parts", "2"]
+    common = ["predict", "-i", str(in_dir), "-o", str(out_dir), *model_flags, "--disable_tta", "--registration",
+              "affine", "--save_probabilities", "-num_parts", "2"]
     assert main([*common, "-part_id", "0", "-npp", "2", "-nps", "2"]) == 0
     assert sorted(p.name for p in out_dir.iterdir() if p.is_file()) == sorted(
         [f"{cases[0]}.nii.gz", f"{cases[0]}.npz", f"{cases[0]}.pkl", "dataset.json", "plans.json"])

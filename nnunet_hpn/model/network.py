@@ -41,8 +41,8 @@ class HyperPairedUNet(nn.Module):
     * ``context_channels``: input channels every path reads next to its own phase channel (nnU-Net's cascade: the
       previous stage's one-hot segmentation, appended after the phases); default none.
 
-    forward: x (B, C, *spatial) with C > max(path_channels, context_channels) -> logits (B, num_classes, *spatial), or with deep
-    supervision a list of n_stages-1 logits tensors, highest resolution first. In training mode it also stores
+    forward: x (B, C, *spatial) with C > max(path_channels, context_channels) -> logits (B, num_classes, *spatial), or
+    with deep supervision a list of n_stages-1 logits tensors, highest resolution first. In training mode it also stores
     ``pairing_features``: per path the last decoder output (B, features_per_stage[0], *spatial), which feeds the
     shared classifier and the pairing loss; in eval mode, or with ``keep_pairing_features`` False (no pairing loss
     reads them), that attribute is None.

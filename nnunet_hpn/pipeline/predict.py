@@ -225,12 +225,18 @@ class CasePrediction:
     properties: dict | None = None
 
 
+def probability_files(truncated: Path) -> tuple[Path, Path]:
+    """nnU-Net's probability files of ``<truncated>``: ``<truncated>.npz`` and ``<truncated>.pkl``."""
+    return truncated.with_name(truncated.name + ".npz"), truncated.with_name(truncated.name + ".pkl")
+
+
 def write_probabilities(probabilities: np.ndarray, properties: dict, truncated: Path) -> None:
-    """nnU-Net's probability export: ``<truncated>.npz`` (key ``probabilities``) and ``<truncated>.pkl``
-    (the image properties), each complete or not at all."""
-    with atomic_file(truncated.with_name(truncated.name + ".npz"), suffix=".npz") as temporary:
+    """nnU-Net's probability export (:func:`probability_files`): the ``.npz`` (key ``probabilities``) and the
+    ``.pkl`` (the image properties), each complete or not at all."""
+    npz, pkl = probability_files(truncated)
+    with atomic_file(npz, suffix=".npz") as temporary:
         np.savez_compressed(temporary, probabilities=probabilities)
-    with atomic_file(truncated.with_name(truncated.name + ".pkl"), suffix=".pkl") as temporary:
+    with atomic_file(pkl, suffix=".pkl") as temporary:
         temporary.write_bytes(pickle.dumps(properties))
 
 
@@ -256,7 +262,6 @@ class HPNPredictor:
             raise HPNInputError(f"{device}: device must be cpu or cuda")
         if device == "cuda" and not torch.cuda.is_available():
             raise HPNInputError("cuda: no CUDA device available (use --device cpu)")
-        self.model_dir = model_dir
         self.registration = registration
         self.save_probabilities = save_probabilities
         self.allow_unusual_intensities = allow_unusual_intensities
@@ -329,8 +334,7 @@ def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Pat
     is loaded; no output may be an input."""
     outputs = [(out_path, "-o")]
     if save_probabilities:
-        truncated = truncated_name(Path(out_path))
-        outputs += [(truncated.with_name(truncated.name + ending), "--save_probabilities") for ending in (".npz", ".pkl")]
+        outputs += [(path, "--save_probabilities") for path in probability_files(truncated_name(Path(out_path)))]
     if qc_path is not None:
         outputs.append((qc_path, "--qc"))
     for path, flag in outputs:
@@ -345,8 +349,8 @@ def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Pat
 
 def case_outputs(out_dir: Path, case: str, save_probabilities: bool) -> list[Path]:
     """The files one folder-mode case writes into ``out_dir`` (besides its QC)."""
-    names = [f"{case}.nii.gz"] + ([f"{case}.npz", f"{case}.pkl"] if save_probabilities else [])
-    return [Path(out_dir) / name for name in names]
+    label = Path(out_dir) / f"{case}.nii.gz"
+    return [label, *(probability_files(truncated_name(label)) if save_probabilities else ())]
 
 
 def select_part(cases: Sequence[str], num_parts: int, part_id: int) -> list[str]:
@@ -367,10 +371,9 @@ def _aligned_cases(inputs: Mapping[str, Mapping[str, Path]], channel_names: Sequ
         return
     import multiprocessing
 
-    jobs = iter(inputs.values())
     with ProcessPoolExecutor(n_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending: list[Future] = []
-        for phase_paths in jobs:
+        for phase_paths in inputs.values():
             pending.append(pool.submit(read_and_align_case, phase_paths, channel_names, registration,
                                        allow_unusual_intensities))
             if len(pending) >= 2 * n_processes:

@@ -453,8 +453,8 @@ def tapered_to_the_border(field: sitk.Image, width_mm: float) -> sitk.Image:
 def unfolded(field: sitk.Image, max_rounds: int = 6) -> tuple[sitk.Image, int]:
     """``field`` (``sitkVectorFloat64``, mm) smoothed with Gaussians of 1, 2, 4, … voxels until its Jacobian
     determinant is at least :data:`MIN_JACOBIAN` everywhere (smoothing lowers every derivative; a constant field
-    never folds), the first (narrowest) that suffices. Returns the field and the number of rounds (0: it did not fold); still folded after
-    ``max_rounds``: the last field, -1."""
+    never folds), the first (narrowest) that suffices. Returns the field and the number of rounds (0: it did not
+    fold); still folded after ``max_rounds``: the last field, -1."""
     spacing = np.asarray(field.GetSpacing(), dtype=float)
     current = field
     for rounds in range(max_rounds + 1):
