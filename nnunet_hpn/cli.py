@@ -80,8 +80,24 @@ def _model_folder(args: argparse.Namespace) -> Path:
         raise HPNInputError(f"-d {args.dataset}: {str(error).splitlines()[0]}") from None
 
 
+def _locator_dataset(args: argparse.Namespace) -> None:
+    from nnunetv2.paths import nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    from nnunet_hpn.pipeline.locator import write_locator_dataset
+
+    if not nnUNet_raw:
+        raise HPNInputError("nnUNet_raw: environment variable not set")
+    try:
+        source = Path(nnUNet_raw) / maybe_convert_to_dataset_name(args.dataset)
+    except RuntimeError as error:  # nnU-Net: no dataset with that id
+        raise HPNInputError(f"-d {args.dataset}: {str(error).splitlines()[0]}") from None
+    target = write_locator_dataset(source, args.target_id, all_phases=args.all_phases)
+    print(f"wrote {target}")
+
+
 def _predict(args: argparse.Namespace) -> None:
-    from nnunet_hpn.pipeline.predict import predict_case, predict_folder
+    from nnunet_hpn.pipeline.predict import TwoStage, predict_case, predict_folder
 
     phases = {name: path for name, path in (("arterial", args.arterial), ("venous", args.venous)) if path}
     for item in args.phase:
@@ -91,7 +107,13 @@ def _predict(args: argparse.Namespace) -> None:
         phases[name] = path
     options = dict(folds=args.folds, device=args.device, disable_tta=args.disable_tta, checkpoint=args.checkpoint,
                    registration=args.registration, allow_unusual_intensities=args.allow_unusual_intensities,
-                   step_size=args.step_size, save_probabilities=args.save_probabilities)
+                   step_size=args.step_size, save_probabilities=args.save_probabilities,
+                   output_format=args.output_format,
+                   two_stage=TwoStage(Path(args.locator) if args.locator else None, tuple(args.locator_folds),
+                                      *(() if args.locator_margin is None else (args.locator_margin,)),
+                                      strict=args.strict))
+    if (args.strict or args.locator_margin is not None) and not args.locator:
+        raise HPNInputError(f"{args.output}: --strict and --locator-margin need --locator MODEL_DIR")
     if args.input and phases:
         raise HPNInputError(f"{args.input}: give either -i IN_DIR or the phases of one case, not both")
     if not args.input and not phases:
@@ -204,6 +226,7 @@ UNUSUAL_INTENSITIES_HELP = ("accept phase images whose values do not look like C
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM
     from nnunet_hpn.pipeline.registration import METHODS
 
     parser = argparse.ArgumentParser(prog="nnunet-hpn", description=__doc__)
@@ -305,8 +328,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registration", choices=list(METHODS), default="demons",
                    help="demons (default), syn (ANTs SyN; needs antspyx), affine or none")
     p.add_argument("--qc", help="one case: write the registration QC (JSON) here")
+    p.add_argument("--locator", metavar="MODEL_DIR",
+                   help="two-stage: a trained nnU-Net model folder with a pancreas label (e.g. trained on "
+                        "'nnunet-hpn locator-dataset'); HPN runs on its largest component's box + margin and the "
+                        "labels are pasted back into the full scan")
+    p.add_argument("--locator-folds", nargs="+", default=["0"], help="folds of the locator (default: 0)")
+    p.add_argument("--locator-margin", type=float, default=None, metavar="MM",
+                   help=f"margin around the locator's box in mm (default {STAGE2_MARGIN_MM:g}, as stage 2 trains)")
+    p.add_argument("--strict", action="store_true",
+                   help="with --locator: an empty locator mask is an error (default: warn, segment the whole scan)")
+    p.add_argument("--output-format", choices=["nifti", "dicom-seg"], default="nifti",
+                   help="dicom-seg: also <case>.seg.dcm, a DICOM Segmentation referencing the arterial DICOM series "
+                        "(needs highdicom: pip install 'nnunet-hpn[dicom]')")
     p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
     p.set_defaults(func=_predict)
+
+    p = sub.add_parser("locator-dataset", help="stage 1 of two-stage HPN: an nnU-Net dataset with one label (abnormal "
+                                               "pancreas) derived from an HPN dataset, for the stock nnUNetv2_* "
+                                               "commands")
+    p.add_argument("-d", "--dataset", required=True, help="the HPN dataset (id or name, in $nnUNet_raw)")
+    p.add_argument("--target-id", type=int, required=True, help="id of the new dataset (Dataset<ID>_<name>Locator)")
+    p.add_argument("--all-phases", action="store_true",
+                   help="every phase as a channel (default: only the reference phase)")
+    p.set_defaults(func=_locator_dataset)
 
     p = sub.add_parser("cpu-config", help="add a small-patch, narrow configuration to a plans file for CPU runs")
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name")

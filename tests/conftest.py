@@ -35,6 +35,40 @@ def run_stock(args: List[str], env: Dict[str, str], timeout: float = 600) -> sub
     return proc
 
 
+#: Study / series / frame-of-reference UIDs of the series :func:`write_dicom_series` writes.
+DICOM_STUDY_UID, DICOM_SERIES_UID, DICOM_FRAME_UID = ("1.2.826.0.1.3680043.2.1125.1.41",
+                                                      "1.2.826.0.1.3680043.2.1125.1.42",
+                                                      "1.2.826.0.1.3680043.2.1125.1.43")
+
+
+def write_dicom_series(volume, folder: Path, spacing, origin, direction) -> None:
+    """A minimal CT series, one file per slice, with position/orientation tags, patient, study, series, frame of
+    reference and per-slice SOP instance UIDs (what a DICOM Segmentation needs to reference it)."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    orientation = "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
+                                                    direction[1], direction[4], direction[7]))
+    for z in range(volume.shape[0]):
+        slice_image = image[:, :, z]
+        position = image.TransformIndexToPhysicalPoint((0, 0, z))
+        for tag, value in (("0008|0060", "CT"), ("0020|000e", DICOM_SERIES_UID), ("0020|000d", DICOM_STUDY_UID),
+                           ("0020|0052", DICOM_FRAME_UID), ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"),
+                           ("0008|0018", f"{DICOM_SERIES_UID}.{z + 1}"), ("0010|0020", "HPN-TEST"),
+                           ("0010|0010", "Phantom^HPN"), ("0020|0037", orientation),
+                           ("0020|0032", "\\".join(f"{v:.6f}" for v in position)), ("0020|0013", str(z + 1)),
+                           ("0028|0030", f"{spacing[1]:.6f}\\{spacing[0]:.6f}"), ("0018|0050", f"{spacing[2]:.6f}")):
+            slice_image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice_{z:03d}.dcm"))
+        writer.Execute(slice_image)
+
+
 @pytest.fixture(scope="session")
 def planned_dataset(tmp_path_factory) -> dict:
     """6 labelled + 2 unlabelled phantom cases → Dataset990_HPNTest, planned and preprocessed by

@@ -15,6 +15,7 @@ from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.images import read_image
 from nnunet_hpn.phantom import generate_phantom_case, phantom_image
 from nnunet_hpn.io.geometry import physical_bounds
+from conftest import write_dicom_series
 from misalignment import misaligned_copy
 from nnunet_hpn.pipeline.registration import RegistrationWarning, alignment_metrics, register_to_reference
 
@@ -220,33 +221,10 @@ def test_dicom_series_is_read_with_its_geometry() -> None:
     assert aorta.size and 120 < np.median(aorta) < 300
 
 
-def _write_dicom_series(volume: np.ndarray, folder: Path, spacing, origin, direction) -> None:
-    """A minimal CT series, one file per slice, with position/orientation tags."""
-    image = sitk.GetImageFromArray(volume)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    image.SetDirection(direction)
-    folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    orientation = "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
-                                                    direction[1], direction[4], direction[7]))
-    for z in range(volume.shape[0]):
-        slice_image = image[:, :, z]
-        position = image.TransformIndexToPhysicalPoint((0, 0, z))
-        for tag, value in (("0008|0060", "CT"), ("0020|000e", "1.2.826.0.1.3680043.2.1125.1.42"),
-                           ("0020|000d", "1.2.826.0.1.3680043.2.1125.1.41"), ("0020|0037", orientation),
-                           ("0020|0032", "\\".join(f"{v:.6f}" for v in position)), ("0020|0013", str(z + 1)),
-                           ("0028|0030", f"{spacing[1]:.6f}\\{spacing[0]:.6f}"), ("0018|0050", f"{spacing[2]:.6f}")):
-            slice_image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice_{z:03d}.dcm"))
-        writer.Execute(slice_image)
-
-
 def test_dicom_series_geometry_round_trip_and_missing_slice(tmp_path: Path) -> None:
     volume = (np.arange(6 * 10 * 12).reshape(6, 10, 12) % 700 - 200).astype(np.int16)
     direction = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # rotated 90° in-plane
-    _write_dicom_series(volume, tmp_path / "series", (0.7, 0.8, 2.5), (-20.0, 15.0, 100.0), direction)
+    write_dicom_series(volume, tmp_path / "series", (0.7, 0.8, 2.5), (-20.0, 15.0, 100.0), direction)
     image = read_image(tmp_path / "series")
     assert image.GetSize() == (12, 10, 6)
     assert np.allclose(image.GetSpacing(), (0.7, 0.8, 2.5), atol=1e-4)

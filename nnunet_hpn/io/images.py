@@ -130,7 +130,7 @@ def check_phase_voxels(voxels: np.ndarray, size_xyz: Sequence[int], path: str,
             raise HPNInputError(f"{path}: {problem} (--allow-unusual-intensities accepts it)")
 
 
-def _dicom_file_names(folder: Path) -> list[str]:
+def dicom_file_names(folder: Path) -> list[str]:
     """File names of the one DICOM series in ``folder``, sorted by slice position (GDCM)."""
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
@@ -185,7 +185,7 @@ def _check_slice_gaps(folder: Path, names: list[str]) -> None:
 def read_dicom_series(folder: Path) -> sitk.Image:
     """The one DICOM series in ``folder`` as a 3D image (SimpleITK's series reader; geometry from the headers)."""
     folder = Path(folder)
-    names = _dicom_file_names(folder)
+    names = dicom_file_names(folder)
     _check_slice_gaps(folder, names)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(names)

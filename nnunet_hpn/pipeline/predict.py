@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,13 +42,18 @@ from nnunet_hpn.io.publish import (atomic_file, check_output_location, check_out
                                    write_text_atomically)
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.listing import case_folders
+from nnunet_hpn.io.dicom_seg import DICOM_SEG_ENDING, import_highdicom, write_dicom_seg
 from nnunet_hpn.io.images import IMAGE_FILE_ENDINGS, find_phase_input, read_image
 from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
 from nnunet_hpn.phases import read_channel_names, reference_phase
+from nnunet_hpn.pipeline.crop import CropBox, crop_image, uncrop_image
+from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM, Locator, LocatorWarning
 from nnunet_hpn.pipeline.registration import METHODS, register_to_reference
 
 #: Sub-folder of a folder-mode output that holds the registration QC of every case.
 QC_FOLDER = "registration_qc"
+#: ``--output-format`` values: NIfTI label maps, or NIfTI plus a DICOM Segmentation (``<case>.seg.dcm``)
+OUTPUT_FORMATS = ("nifti", "dicom-seg")
 
 
 def model_channel_names(model_dir: Path) -> list[str]:
@@ -129,6 +135,12 @@ class AlignedCase:
     reference_phase: str
     qc: dict
     names: dict[str, str]
+
+    def cropped(self, box: CropBox) -> "AlignedCase":
+        """The same case cut to ``box`` (a box on the reference grid; world positions kept)."""
+        where = self.names.get(self.reference_phase, self.reference_phase)
+        return AlignedCase({phase: crop_image(image, box, self.names.get(phase, where))
+                            for phase, image in self.phases.items()}, self.reference_phase, self.qc, self.names)
 
 
 def align_case(phases: Mapping[str, sitk.Image], channel_names: Sequence[str], method: str = "demons",
@@ -223,11 +235,38 @@ class CasePrediction:
     missing_phases: list[str] = field(default_factory=list)
     probabilities: np.ndarray | None = None
     properties: dict | None = None
+    #: two-stage prediction: the locator's box, volumes and seconds, stage 2's seconds, or the fallback taken
+    locator: dict | None = None
 
 
 def probability_files(truncated: Path) -> tuple[Path, Path]:
     """nnU-Net's probability files of ``<truncated>``: ``<truncated>.npz`` and ``<truncated>.pkl``."""
     return truncated.with_name(truncated.name + ".npz"), truncated.with_name(truncated.name + ".pkl")
+
+
+def dicom_seg_file(truncated: Path) -> Path:
+    """The DICOM Segmentation written beside ``<truncated>.nii.gz``: ``<truncated>.seg.dcm``."""
+    return truncated.with_name(truncated.name + DICOM_SEG_ENDING)
+
+
+def uncrop_probabilities(probabilities: np.ndarray, box: CropBox) -> np.ndarray:
+    """Class probabilities (num_classes, z, y, x) on ``box``'s crop pasted into its full grid; outside the box the
+    background (class 0) has probability 1."""
+    (nx, ny, nz), (x0, y0, z0) = box.full_size_xyz, box.start_xyz
+    full = np.zeros((probabilities.shape[0], nz, ny, nx), dtype=probabilities.dtype)
+    full[0] = 1
+    sx, sy, sz = box.size_xyz
+    full[:, z0:z0 + sz, y0:y0 + sy, x0:x0 + sx] = probabilities
+    return full
+
+
+def check_dicom_seg_input(phase_paths: Mapping[str, Path], channel_names: Sequence[str]) -> None:
+    """``--output-format dicom-seg`` needs highdicom and the reference phase given as a DICOM series folder."""
+    import_highdicom()
+    reference = prediction_reference(channel_names, list(phase_paths))
+    if not Path(phase_paths[reference]).is_dir():
+        raise HPNInputError(f"{phase_paths[reference]}: --output-format dicom-seg needs the {reference} phase as a "
+                            f"DICOM series folder (the Segmentation references its instances)")
 
 
 def write_probabilities(probabilities: np.ndarray, properties: dict, truncated: Path) -> None:
@@ -246,7 +285,9 @@ class HPNPredictor:
     def __init__(self, model_dir: Path, folds: Sequence[int | str] = (0,), device: str = "cpu",
                  disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth", registration: str = "demons",
                  progress: bool = True, allow_unusual_intensities: bool = False, step_size: float = 0.5,
-                 save_probabilities: bool = False) -> None:
+                 save_probabilities: bool = False, locator: Locator | None = None,
+                 locator_margin_mm: float = STAGE2_MARGIN_MM, strict: bool = False,
+                 output_format: str = "nifti") -> None:
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -264,6 +305,12 @@ class HPNPredictor:
             raise HPNInputError("cuda: no CUDA device available (use --device cpu)")
         self.registration = registration
         self.save_probabilities = save_probabilities
+        if output_format not in OUTPUT_FORMATS:
+            raise HPNInputError(f"--output-format {output_format}: not one of {', '.join(OUTPUT_FORMATS)}")
+        self.output_format = output_format
+        self.locator, self.locator_margin_mm, self.strict = locator, locator_margin_mm, strict
+        if locator is not None:
+            locator.check_phases(self.channel_names, reference_phase(self.channel_names))
         self.allow_unusual_intensities = allow_unusual_intensities
         self.progress = progress
         if not 0 < step_size <= 1:
@@ -281,7 +328,34 @@ class HPNPredictor:
         return self.predict_aligned(align_case(phases, self.channel_names, self.registration, names, self.progress))
 
     def predict_aligned(self, case: AlignedCase) -> CasePrediction:
-        """Label map (uint8) of one registered case (:func:`align_case`)."""
+        """Label map (uint8) of one registered case (:func:`align_case`) on its reference grid. With a locator: HPN
+        on the locator's box (:meth:`Locator.locate`) pasted back into zeros, or on the whole scan when the locator
+        finds nothing (a :class:`LocatorWarning`; an HPNInputError with ``strict``)."""
+        if self.locator is None:
+            return self.predict_on_grid(case)
+        box, record = self.locator.locate(case.phases, case.reference_phase, self.locator_margin_mm)
+        start = time.perf_counter()
+        if box is None:
+            where = case.names.get(case.reference_phase, case.reference_phase)
+            message = f"{where}: the locator {self.locator.model_dir} found no pancreas"
+            if self.strict:
+                raise HPNInputError(f"{message} (--strict: no whole-scan fallback)")
+            warnings.warn(f"{message}; segmenting the whole scan instead", LocatorWarning, stacklevel=2)
+            result = self.predict_on_grid(case)
+            record["fallback"] = "whole scan"
+        else:
+            result = self.predict_on_grid(case.cropped(box))
+            full = case.phases[case.reference_phase]
+            result.label = uncrop_image(result.label, box, full, "stage 2 label map")
+            if result.probabilities is not None:
+                result.probabilities = uncrop_probabilities(result.probabilities, box)
+                result.properties = nnunet_properties(full)
+        record["stage2_seconds"] = round(time.perf_counter() - start, 2)
+        result.locator = record
+        return result
+
+    def predict_on_grid(self, case: AlignedCase) -> CasePrediction:
+        """Label map (uint8) of one registered case on its reference grid, HPN on the whole of it."""
         aligned, reference, qc, names = case.phases, case.reference_phase, case.qc, case.names
         # the reference phase first: a filled channel takes its grid
         ordered = {reference: aligned[reference], **aligned}
@@ -311,46 +385,78 @@ class HPNPredictor:
 
     def write(self, result: CasePrediction, phase_paths: Mapping[str, Path], out_path: Path,
               qc_path: Path | None = None) -> None:
-        """The label map at ``out_path``, nnU-Net's ``.npz`` / ``.pkl`` beside it (with probabilities) and the QC."""
+        """The label map at ``out_path``, nnU-Net's ``.npz`` / ``.pkl`` beside it (with probabilities), the DICOM
+        Segmentation beside it (``dicom-seg``) and the QC."""
         write_image_atomically(result.label, Path(out_path))
         if result.probabilities is not None:
             write_probabilities(result.probabilities, result.properties, truncated_name(Path(out_path)))
+        if self.output_format == "dicom-seg":
+            write_dicom_seg(result.label, Path(phase_paths[result.reference_phase]),
+                            dicom_seg_file(truncated_name(Path(out_path))))
         if qc_path is not None:
             record = {"reference_phase": result.reference_phase,
                       "inputs": {phase: str(path) for phase, path in phase_paths.items()},
                       "missing_phases": result.missing_phases, "phases": result.qc}
             if result.missing_phases:
                 record["missing_phase_policy"] = missing_phase_message(result.missing_phases, self.channel_names)
+            if result.locator is not None:
+                record["locator"] = result.locator
             write_text_atomically(Path(qc_path), json.dumps(record, indent=2))
+
+
+@dataclass(frozen=True)
+class TwoStage:
+    """The two-stage options of ``predict``: the locator model folder (None: HPN on the whole scan), its folds,
+    the margin (mm) around its box, and ``strict`` (an empty locator mask is an error, not a whole-scan fallback)."""
+
+    locator_dir: Path | None = None
+    folds: tuple[int | str, ...] = (0,)
+    margin_mm: float = STAGE2_MARGIN_MM
+    strict: bool = False
+
+    def load(self, device: str, checkpoint: str) -> tuple[Locator | None, float, bool]:
+        """HPNPredictor's ``locator``, ``locator_margin_mm`` and ``strict`` arguments (the locator model loaded)."""
+        if not self.margin_mm > 0:
+            raise HPNInputError(f"--locator-margin {self.margin_mm}: must be a positive number of mm")
+        locator = None if self.locator_dir is None else Locator(self.locator_dir, self.folds, device, checkpoint)
+        return locator, self.margin_mm, self.strict
 
 
 def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Path, folds: Sequence[int | str] = (0,),
                  device: str = "cpu", disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth",
                  registration: str = "demons", qc_path: Path | None = None, progress: bool = True,
                  allow_unusual_intensities: bool = False, step_size: float = 0.5,
-                 save_probabilities: bool = False) -> CasePrediction:
+                 save_probabilities: bool = False, two_stage: TwoStage | None = None,
+                 output_format: str = "nifti") -> CasePrediction:
     """One case: ``phase_paths`` (phase name -> NIfTI file or DICOM folder) -> label map at ``out_path`` (and with
-    ``save_probabilities`` nnU-Net's ``.npz`` / ``.pkl`` beside it). The inputs are read and checked before the model
-    is loaded; no output may be an input."""
+    ``save_probabilities`` nnU-Net's ``.npz`` / ``.pkl`` beside it; with ``dicom-seg`` a DICOM Segmentation). The
+    inputs are read and checked before the models are loaded; no output may be an input."""
     outputs = [(out_path, "-o")]
     if save_probabilities:
         outputs += [(path, "--save_probabilities") for path in probability_files(truncated_name(Path(out_path)))]
+    if output_format == "dicom-seg":
+        outputs.append((dicom_seg_file(truncated_name(Path(out_path))), "--output-format dicom-seg"))
     if qc_path is not None:
         outputs.append((qc_path, "--qc"))
     for path, flag in outputs:
         check_output_not_input(Path(path), phase_paths.values(), flag)
         check_output_location(Path(path), "file", flag)
-    images = read_phase_images(phase_paths, model_channel_names(Path(model_dir)), out_path,
-                               allow_unusual_intensities)  # before the model loads
+    channel_names = model_channel_names(Path(model_dir))
+    if output_format == "dicom-seg":
+        check_phase_names(phase_paths, channel_names)
+        check_dicom_seg_input(phase_paths, channel_names)
+    images = read_phase_images(phase_paths, channel_names, out_path, allow_unusual_intensities)  # before the models
     predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
-                             allow_unusual_intensities, step_size, save_probabilities)
+                             allow_unusual_intensities, step_size, save_probabilities,
+                             *(two_stage or TwoStage()).load(device, checkpoint), output_format=output_format)
     return predictor.predict_and_write(images, phase_paths, out_path, qc_path)
 
 
-def case_outputs(out_dir: Path, case: str, save_probabilities: bool) -> list[Path]:
+def case_outputs(out_dir: Path, case: str, save_probabilities: bool, output_format: str = "nifti") -> list[Path]:
     """The files one folder-mode case writes into ``out_dir`` (besides its QC)."""
     label = Path(out_dir) / f"{case}.nii.gz"
-    return [label, *(probability_files(truncated_name(label)) if save_probabilities else ())]
+    return [label, *(probability_files(truncated_name(label)) if save_probabilities else ()),
+            *([dicom_seg_file(truncated_name(label))] if output_format == "dicom-seg" else [])]
 
 
 def select_part(cases: Sequence[str], num_parts: int, part_id: int) -> list[str]:
@@ -387,7 +493,8 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
                    registration: str = "demons", progress: bool = True,
                    allow_unusual_intensities: bool = False, step_size: float = 0.5, save_probabilities: bool = False,
                    n_processes_preprocessing: int = 1, n_processes_export: int = 1,
-                   continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0) -> list[str]:
+                   continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
+                   two_stage: TwoStage | None = None, output_format: str = "nifti") -> list[str]:
     """Every case folder ``in_dir/<case>/`` (``<phase>.nii.gz`` files or ``<phase>/`` DICOM folders, like
     ``convert``'s input) -> ``out_dir/<case>.nii.gz``, QC in ``out_dir/registration_qc/<case>.json``. The model is
     loaded once. Returns the names of the cases predicted (without those ``continue_prediction`` skipped)."""
@@ -398,11 +505,16 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
     inputs = {case: inputs[case] for case in select_part(list(inputs), num_parts, part_id)}
     if continue_prediction:
         inputs = {case: paths for case, paths in inputs.items()
-                  if not all(path.is_file() for path in case_outputs(out_dir, case, save_probabilities))}
+                  if not all(path.is_file() for path in case_outputs(out_dir, case, save_probabilities,
+                                                                     output_format))}
+    if output_format == "dicom-seg":
+        for phase_paths in inputs.values():
+            check_dicom_seg_input(phase_paths, channel_names)
     check_output_not_input(out_dir, [in_dir], "-o")
     check_output_location(out_dir, "folder", "-o")
     predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
-                             allow_unusual_intensities, step_size, save_probabilities)
+                             allow_unusual_intensities, step_size, save_probabilities,
+                             *(two_stage or TwoStage()).load(device, checkpoint), output_format=output_format)
     if out_dir.exists() and not out_dir.is_dir():
         raise HPNInputError(f"{out_dir}: output path exists and is not a folder")
     with published_folder(out_dir, "merge") as staging, ThreadPoolExecutor(max(1, n_processes_export)) as writers:

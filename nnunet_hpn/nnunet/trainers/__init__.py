@@ -13,6 +13,7 @@ from nnunet_hpn.nnunet.trainers.hpn_trainer import (
     SinglePhaseTrainer_venous,
 )
 from nnunet_hpn.nnunet.trainers.misalignment import EarlyFusionTrainer_misalign, HPNTrainer_misalign
+from nnunet_hpn.nnunet.trainers.stage2 import HPNTrainer_stage2, HPNTrainer_stage2_virtual
 from nnunet_hpn.nnunet.trainers.phase_dropout import (
     HPNTrainer_phasedropout,
     HPNTrainer_phasedropout_cpu_smoke,
@@ -23,4 +24,5 @@ __all__ = ["HPNTrainer", "HPNTrainer_virtual", "HPNTrainer_warmup", "HyperNetTra
            "SinglePhaseTrainer_arterial", "SinglePhaseTrainer_venous", "EarlyFusionTrainer",
            "HPNTrainer_cpu_smoke", "HPNTrainer_demo", "HPNTrainer_phasedropout",
            "HPNTrainer_phasedropout_cpu_smoke", "HPNTrainer_phasedropout_demo", "HPNTrainer_equalcost",
-           "HPNTrainer_equalcost_demo", "HPNTrainer_misalign", "EarlyFusionTrainer_misalign"]
+           "HPNTrainer_equalcost_demo", "HPNTrainer_misalign", "EarlyFusionTrainer_misalign",
+           "HPNTrainer_stage2", "HPNTrainer_stage2_virtual"]

@@ -1,0 +1,217 @@
+"""Two-stage whole-scan inference, stage 1: a locator model finds the pancreas, stage 2 (HPN) segments its region.
+
+PDAC is a few cubic centimetres inside a scan of 512×512×150+ voxels; the practice of the field is to locate the
+pancreas at low resolution first and segment the tumour in a crop at full resolution. The pieces:
+
+* **Locator dataset** (:func:`write_locator_dataset`, ``nnunet-hpn locator-dataset``): an nnU-Net dataset derived from
+  an HPN dataset with one label, the abnormal pancreas (1 ∪ 2 ∪ 3), and the reference phase (or every phase) as
+  channels, for the stock ``nnUNetv2_plan_and_preprocess`` / ``nnUNetv2_train`` at a coarse configuration.
+* **Locator** (:class:`Locator`): any trained nnU-Net model folder whose labels include a pancreas (the locator
+  dataset's, HPN's own, or a multi-organ model with a label named "pancreas"); its channels are phases of the case,
+  or a single channel of any name (fed the reference phase).
+* **Box** (:func:`locator_box`): the largest connected component of the locator's mask, its bounding box plus
+  :data:`STAGE2_MARGIN_MM` (the crop of :mod:`nnunet_hpn.pipeline.crop`, world positions kept).
+
+Stage 2 is trained on label crops of :data:`STAGE2_TRAINING_MARGIN_MM` (``convert --crop-to-label``) with the box
+jittered during training (:mod:`nnunet_hpn.augment.box_jitter`), so that it tolerates a box up to
+:data:`BOX_JITTER_MM` tighter or wider than the inference margin. ``nnunet-hpn predict --locator`` puts it together
+(:meth:`nnunet_hpn.pipeline.predict.HPNPredictor.predict_aligned`).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from nnunet_hpn import LABELS
+from nnunet_hpn.errors import HPNInputError, HPNWarning
+from nnunet_hpn.io.publish import check_output_location, published_folder
+from nnunet_hpn.phases import channel_file_name, channel_files, channel_names, reference_phase
+from nnunet_hpn.pipeline.crop import CropBox, label_box
+
+#: Margin (mm) around the locator's pancreas box at inference.
+STAGE2_MARGIN_MM: float = 20.0
+#: Largest change (mm) of each side of the box during stage-2 training (box jitter).
+BOX_JITTER_MM: float = 10.0
+#: Margin (mm) of stage 2's training crops (``convert --crop-to-label``): room for the widest jittered box.
+STAGE2_TRAINING_MARGIN_MM: float = STAGE2_MARGIN_MM + BOX_JITTER_MM
+#: The locator dataset's labels.
+LOCATOR_LABELS: dict[str, int] = {"background": 0, "pancreas": 1}
+
+
+class LocatorWarning(HPNWarning):
+    """The locator found no pancreas: the case is segmented on the whole scan."""
+
+
+def pancreas_label_values(dataset_json: Mapping, where: str) -> tuple[int, ...]:
+    """The label values of a model's ``dataset.json`` that together make the pancreas mask: every foreground label
+    of HPN's label set, else the labels whose name contains "pancreas". One-line HPNInputError for region-based
+    labels or a label set without a pancreas."""
+    labels = dataset_json.get("labels")
+    if not isinstance(labels, Mapping) or not labels:
+        raise HPNInputError(f"{where}: no 'labels' in dataset.json")
+    if any(not isinstance(value, int) or isinstance(value, bool) for value in labels.values()):
+        raise HPNInputError(f"{where}: region-based labels ({dict(labels)}); a locator must output a label map "
+                            f"with a 'pancreas' label")
+    if dict(labels) == LABELS:
+        return tuple(value for value in LABELS.values() if value > 0)
+    values = tuple(value for name, value in labels.items() if "pancreas" in name.lower() and value > 0)
+    if not values:
+        shown = ", ".join(f"{name}={value}" for name, value in labels.items())
+        raise HPNInputError(f"{where}: labels {{{shown}}} have no 'pancreas' label; a locator must output a pancreas "
+                            f"mask (e.g. a model trained on 'nnunet-hpn locator-dataset')")
+    return values
+
+
+def locator_inputs(locator_channels: Sequence[str], phases: Sequence[str], reference: str, where: str) -> list[str]:
+    """The case's phases fed to the locator's channels, in its channel order: the phases its channels are named
+    after, or the reference phase for a single channel of another name (e.g. "CT")."""
+    if all(name in phases for name in locator_channels):
+        return list(locator_channels)
+    if len(locator_channels) == 1:
+        return [reference]
+    raise HPNInputError(f"{where}: the locator's channels ({', '.join(locator_channels)}) are not phases of the "
+                        f"case ({', '.join(phases)}); a locator takes one channel or channels named after phases")
+
+
+def largest_component(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """The largest 26-connected component of a boolean (z, y, x) mask and the number of components."""
+    from scipy import ndimage
+
+    labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    if count <= 1:
+        return mask.astype(bool), count
+    sizes = np.bincount(labelled.ravel())[1:]
+    return labelled == (int(np.argmax(sizes)) + 1), count
+
+
+def locator_box(mask: np.ndarray, reference: sitk.Image, margin_mm: float = STAGE2_MARGIN_MM,
+                where: str = "locator") -> tuple[CropBox, dict]:
+    """The crop box of the largest component of ``mask`` (z, y, x, on ``reference``'s grid) grown by ``margin_mm``,
+    and what the QC file records of it. ``mask`` must not be empty."""
+    component, count = largest_component(mask)
+    image = sitk.GetImageFromArray(component.astype(np.uint8))
+    image.CopyInformation(reference)
+    box = label_box(image, margin_mm, where)
+    voxel_ml = float(np.prod(reference.GetSpacing())) / 1000.0
+    return box, {"components": int(count), "mask_volume_ml": round(float(mask.sum()) * voxel_ml, 3),
+                 "component_volume_ml": round(float(component.sum()) * voxel_ml, 3), "margin_mm": margin_mm,
+                 "box": {"start_xyz": list(box.start_xyz), "size_xyz": list(box.size_xyz),
+                         "full_size_xyz": list(box.full_size_xyz)}}
+
+
+class Locator:
+    """A trained nnU-Net model folder used as stage 1: :meth:`pancreas_mask` of a registered case."""
+
+    def __init__(self, model_dir: Path, folds: Sequence[int | str] = (0,), device: str = "cpu",
+                 checkpoint: str = "checkpoint_final.pth", disable_tta: bool = True, progress: bool = False) -> None:
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        from nnunet_hpn.pipeline.predict import check_model_folder
+
+        self.model_dir = Path(model_dir)
+        dataset_json = self.model_dir / "dataset.json"
+        if not dataset_json.is_file():
+            raise HPNInputError(f"{dataset_json}: missing; --locator must be a trained nnU-Net model folder")
+        try:
+            meta = json.loads(dataset_json.read_text())
+        except (OSError, ValueError):
+            raise HPNInputError(f"{dataset_json}: unreadable or not JSON") from None
+        self.label_values = pancreas_label_values(meta, str(dataset_json))  # before any checkpoint loads
+        self.channel_names = check_model_folder(self.model_dir, folds, checkpoint)
+        self.predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=not disable_tta,
+                                         perform_everything_on_device=device == "cuda", device=torch.device(device),
+                                         verbose=False, allow_tqdm=progress)
+        self.predictor.initialize_from_trained_model_folder(
+            str(self.model_dir), use_folds=tuple(int(f) if str(f).isdigit() else f for f in folds),
+            checkpoint_name=checkpoint)
+
+    def check_phases(self, phases: Sequence[str], reference: str) -> list[str]:
+        """The phases the locator reads (:func:`locator_inputs`), checked before any case is read."""
+        return locator_inputs(self.channel_names, phases, reference, str(self.model_dir / "dataset.json"))
+
+    def pancreas_mask(self, phases: Mapping[str, sitk.Image], reference: str) -> np.ndarray:
+        """Boolean (z, y, x) pancreas mask on the ``reference`` phase's grid (every phase must be on that grid)."""
+        from nnunet_hpn.pipeline.predict import nnunet_properties
+
+        inputs = self.check_phases(list(phases), reference)
+        data = np.stack([sitk.GetArrayFromImage(phases[name]).astype(np.float32) for name in inputs])
+        segmentation = self.predictor.predict_single_npy_array(data, nnunet_properties(phases[reference]))
+        return np.isin(np.asarray(segmentation), self.label_values)
+
+    def locate(self, phases: Mapping[str, sitk.Image], reference: str, margin_mm: float = STAGE2_MARGIN_MM
+               ) -> tuple[CropBox | None, dict]:
+        """The stage-2 box of one registered case (None when the mask is empty) and its QC record (the box,
+        volumes, seconds)."""
+        start = time.perf_counter()
+        mask = self.pancreas_mask(phases, reference)
+        qc: dict = {"model": str(self.model_dir)}
+        box = None
+        if mask.any():
+            box, record = locator_box(mask, phases[reference], margin_mm, str(self.model_dir))
+            qc.update(record)
+        else:
+            qc.update({"components": 0, "mask_volume_ml": 0.0})
+        qc["seconds"] = round(time.perf_counter() - start, 2)
+        return box, qc
+
+
+def write_locator_dataset(source_dir: Path, target_id: int, all_phases: bool = False, progress: bool = True
+                          ) -> Path:
+    """``Dataset{target_id:03d}_{source name}Locator`` next to the HPN dataset ``source_dir`` (a raw dataset folder):
+    the same training cases with one label, the abnormal pancreas (label > 0), and the reference phase as its
+    only channel (``all_phases``: every phase, in the source's channel order). Images are copied unchanged; the
+    folder appears complete or not at all."""
+    source_dir = Path(source_dir)
+    dataset_json = source_dir / "dataset.json"
+    try:
+        meta = json.loads(dataset_json.read_text())
+        phases = channel_names(meta)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise HPNInputError(f"{dataset_json}: missing or no readable channel_names") from None
+    if dict(meta.get("labels", {})) != LABELS:
+        raise HPNInputError(f"{dataset_json}: labels {meta.get('labels')} are not HPN's {LABELS}")
+    if not 1 <= target_id <= 999:
+        raise HPNInputError(f"{source_dir}: dataset id must be in 1..999, got {target_id}")
+    ending = meta.get("file_ending", ".nii.gz")
+    used = list(phases) if all_phases else [reference_phase(phases)]
+    cases = channel_files(source_dir / "imagesTr", len(phases), ending)
+    labels_dir = source_dir / "labelsTr"
+    missing = [case for case in cases if not (labels_dir / f"{case}{ending}").is_file()]
+    if missing:
+        raise HPNInputError(f"{labels_dir / (missing[0] + ending)}: missing (every training case needs a label)")
+    raw_root = source_dir.parent
+    existing = sorted(raw_root.glob(f"Dataset{target_id:03d}_*"))
+    if existing:
+        raise HPNInputError(f"{existing[0]}: dataset id {target_id} already exists; pick another id")
+    name = source_dir.name.split("_", 1)[1] if "_" in source_dir.name else source_dir.name
+    target = raw_root / f"Dataset{target_id:03d}_{name}Locator"
+    check_output_location(raw_root, "folder", "--raw-root")
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    with published_folder(target, "new") as built:
+        (built / "imagesTr").mkdir()
+        (built / "labelsTr").mkdir()
+        for case, files in tqdm(sorted(cases.items()), desc="locator dataset", unit="case", disable=not progress):
+            for channel, phase in enumerate(used):
+                shutil.copyfile(files[phases.index(phase)], built / "imagesTr" / channel_file_name(case, channel,
+                                                                                                  ending))
+            label = sitk.ReadImage(str(labels_dir / f"{case}{ending}"))
+            mask = sitk.Cast(label > 0, sitk.sitkUInt8)
+            mask.CopyInformation(label)
+            sitk.WriteImage(mask, str(built / "labelsTr" / f"{case}{ending}"), useCompression=True)
+        generate_dataset_json(str(built), channel_names={str(i): phase for i, phase in enumerate(used)},
+                              labels=dict(LOCATOR_LABELS), num_training_cases=len(cases), file_ending=ending,
+                              dataset_name=target.name,
+                              description=f"Pancreas locator (stage 1 of two-stage HPN) derived from "
+                                          f"{source_dir.name}: label 1 = abnormal pancreas (pancreas, PDAC and duct "
+                                          f"of the source); channels {', '.join(used)}.",
+                              converted_by="nnunet_hpn.pipeline.locator", license="as the source dataset")
+    return target
