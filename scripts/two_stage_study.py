@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""Two-stage vs whole-scan HPN on whole (uncropped) phantoms (issue 21's measurement).
+
+On the CPU Table 1's phantoms (``scripts/cpu_table1.py``: 24 cases, seed 8, full 48×96×96 grids) and its
+PDAC-stratified 3-fold split, per fold:
+
+1. **whole-scan HPN**: ``convert --register`` (no crop) → ``HPNTrainer`` at the table's preset (3d_cpu, patch 32³,
+   80 × 25 iterations);
+2. **stage 2**: ``convert --register --crop-to-label 30`` (``STAGE2_TRAINING_MARGIN_MM``) → ``HPNTrainer_stage2``
+   (box jitter 20 ± 10 mm) at the same preset;
+3. **locator**: ``nnunet-hpn locator-dataset`` of the whole-scan dataset (arterial phase, label abnormal pancreas) →
+   the stock ``nnUNetv2_plan_and_preprocess`` and ``nnUNetTrainer_5epochs`` (5 × 250 iterations) on a 3d_cpu
+   configuration (patch 32×64×64) of the stock ``nnUNetPlans``;
+4. every fold's held-out cases predicted from the raw, unregistered phantom files by ``nnunet-hpn predict`` — once on
+   the whole scan, once with ``--locator`` — and evaluated on the full grid (Dice of abnormal pancreas, PDAC, duct;
+   seconds per case from the wall time and the QC files; training seconds per model).
+
+Resumable: trained folds, predictions and evaluations that exist are kept. Results: ``study.md`` / ``study.json`` in
+``--docs``.
+
+    nice -n 10 python scripts/two_stage_study.py --workdir work_dirs/table1 --docs docs/two_stage
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+import cpu_table1  # beside this script
+from nnunet_hpn.demo import console_command
+from nnunet_hpn.evaluate.metrics import TARGETS, evaluate_folders
+from nnunet_hpn.pipeline.locator import STAGE2_TRAINING_MARGIN_MM
+
+WHOLE_ID, STAGE2_ID, LOCATOR_ID = 531, 532, 533
+WHOLE_NAME, STAGE2_NAME = "PancreasWholeTable1", "PancreasStage2Table1"
+LOCATOR_TRAINER, LOCATOR_PLANS, LOCATOR_PATCH = "nnUNetTrainer_5epochs", "nnUNetPlans", ("32", "64", "64")
+#: model name -> (dataset id, run_ablation row)
+HPN_MODELS: dict[str, tuple[int, str]] = {"whole_scan": (WHOLE_ID, "hpn"), "stage2": (STAGE2_ID, "hpn_stage2")}
+
+
+def raw_dataset(workdir: Path, dataset_id: int) -> Path:
+    found = sorted((workdir / "nnUNet_raw").glob(f"Dataset{dataset_id:03d}_*"))
+    return found[0] if found else workdir / "nnUNet_raw" / f"Dataset{dataset_id:03d}_missing"
+
+
+def prepare(workdir: Path, env: dict[str, str]) -> None:
+    """The three raw datasets (skipped when present), the locator's plans and CPU configuration, and the table's
+    split copied into every preprocessed dataset, so that each fold holds out the same cases as the table."""
+    phantoms = workdir / "phantoms"
+    cpu_table1.prepare_dataset(workdir, env)  # the table's phantoms and split
+    for dataset_id, name, crop in ((WHOLE_ID, WHOLE_NAME, None), (STAGE2_ID, STAGE2_NAME, STAGE2_TRAINING_MARGIN_MM)):
+        if not (raw_dataset(workdir, dataset_id) / "dataset.json").is_file():
+            command = [console_command("nnunet-hpn"), "convert", str(phantoms), "-d", str(dataset_id), "--name", name,
+                       "--raw-root", env["nnUNet_raw"], "--register"]
+            cpu_table1.run(command + (["--crop-to-label", f"{crop:g}"] if crop else []), env)
+    if not (raw_dataset(workdir, LOCATOR_ID) / "dataset.json").is_file():
+        cpu_table1.run([console_command("nnunet-hpn"), "locator-dataset", "-d", str(WHOLE_ID), "--target-id",
+                        str(LOCATOR_ID)], env)
+    locator_raw = raw_dataset(workdir, LOCATOR_ID)
+    preprocessed = workdir / "nnUNet_preprocessed"
+    plans = preprocessed / locator_raw.name / f"{LOCATOR_PLANS}.json"
+    if not plans.is_file():
+        cpu_table1.run([console_command("nnUNetv2_plan_and_preprocess"), "-d", str(LOCATOR_ID), "-c", "3d_fullres",
+                        "-np", "2", "-npfp", "2"], env)
+    if "3d_cpu" not in json.loads(plans.read_text())["configurations"]:
+        cpu_table1.run([console_command("nnunet-hpn"), "cpu-config", "-d", str(LOCATOR_ID), "-p", LOCATOR_PLANS,
+                        "-c", "3d_cpu", "--patch-size", *LOCATOR_PATCH], env)
+    split = (preprocessed / f"Dataset{cpu_table1.DATASET_ID}_{cpu_table1.DATASET_NAME}" / "splits_final.json")
+    if not split.is_file():
+        raise SystemExit(f"{split}: missing; run scripts/cpu_table1.py first (the study holds out the table's cases)")
+    for dataset_id in (WHOLE_ID, STAGE2_ID, LOCATOR_ID):
+        target = preprocessed / raw_dataset(workdir, dataset_id).name / "splits_final.json"
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(split.read_text())
+
+
+def train_locator(workdir: Path, fold: int, env: dict[str, str], trainer: str = LOCATOR_TRAINER) -> Optional[float]:
+    """The stock locator training of ``fold`` (resumed from checkpoint_latest.pth; skipped when finished);
+    returns its wall time here (None when it was trained before)."""
+    fold_dir = locator_model(workdir, trainer) / f"fold_{fold}"
+    if (fold_dir / "checkpoint_final.pth").is_file():
+        return None
+    command = [console_command("nnUNetv2_train"), str(LOCATOR_ID), "3d_cpu", str(fold), "-tr", trainer,
+               "-p", LOCATOR_PLANS, "-device", "cpu"]
+    start = time.perf_counter()
+    cpu_table1.run(command + (["--c"] if (fold_dir / "checkpoint_latest.pth").is_file() else []), env)
+    return time.perf_counter() - start
+
+
+def locator_model(workdir: Path, trainer: str = LOCATOR_TRAINER) -> Path:
+    return (workdir / "nnUNet_results" / raw_dataset(workdir, LOCATOR_ID).name
+            / f"{trainer}__{LOCATOR_PLANS}__3d_cpu")
+
+
+def train_hpn(workdir: Path, model: str, fold: int, env: dict[str, str], budget: Sequence[str] = ()
+              ) -> Optional[float]:
+    """``run_ablation.py`` with the table's preset (``budget``: run_ablation arguments that override it) for one
+    HPN model and fold; its wall time (None: trained before)."""
+    dataset_id, row = HPN_MODELS[model]
+    out = workdir / "two_stage" / "runs" / f"{model}_fold_{fold}"
+    cpu_table1.run([sys.executable, str(cpu_table1.SCRIPTS / "run_ablation.py"), "-d", str(dataset_id),
+                    *cpu_table1.PRESET, *budget, "--folds", str(fold), "--rows", row, "-o", str(out)], env)
+    entry = json.loads((out / "run_info.json").read_text())["trainings"].get(f"unet/{row}/fold_{fold}")
+    return entry["seconds"] if entry else None
+
+
+def hpn_model(workdir: Path, model: str) -> Path:
+    dataset_id, row = HPN_MODELS[model]
+    trainer = cpu_table1.run_ablation.ROWS[row].trainer
+    return workdir / "nnUNet_results" / raw_dataset(workdir, dataset_id).name / f"{trainer}__{cpu_table1.PLANS}__3d_cpu"
+
+
+def held_out_inputs(workdir: Path, cases: Sequence[str], out: Path) -> Path:
+    """``predict``'s folder input: ``out/<case>/{arterial,venous}.nii.gz`` linked to the raw, unregistered
+    phantom files."""
+    for case in cases:
+        (out / case).mkdir(parents=True, exist_ok=True)
+        for phase in ("arterial", "venous"):
+            target = out / case / f"{phase}.nii.gz"
+            if not target.exists():
+                os.link(workdir / "phantoms" / case / f"{phase}.nii.gz", target)
+    return out
+
+
+def predict(workdir: Path, method: str, fold: int, cases: Sequence[str], env: dict[str, str],
+            locator_trainer: str = LOCATOR_TRAINER) -> dict:
+    """One fold's held-out cases predicted by ``method`` (whole_scan | two_stage); the wall time and the per-case
+    seconds of the QC files (kept in ``timing.json`` beside the predictions)."""
+    out = workdir / "two_stage" / "predictions" / method / f"fold_{fold}"
+    timing_file = out.parent / f"timing_fold_{fold}.json"
+    if timing_file.is_file() and all((out / f"{case}.nii.gz").is_file() for case in cases):
+        return json.loads(timing_file.read_text())
+    inputs = held_out_inputs(workdir, cases, workdir / "two_stage" / "inputs" / f"fold_{fold}")
+    model = hpn_model(workdir, "stage2" if method == "two_stage" else "whole_scan")
+    command = [console_command("nnunet-hpn"), "predict", "-i", str(inputs), "-o", str(out), "-m", str(model),
+               "-f", str(fold), "--disable-tta"]
+    if method == "two_stage":
+        command += ["--locator", str(locator_model(workdir, locator_trainer)), "--locator-folds", str(fold)]
+    start = time.perf_counter()
+    cpu_table1.run(command, env)
+    timing = {"wall_seconds": round(time.perf_counter() - start, 1), "cases": len(cases), "locator": {}}
+    for case in cases:
+        record = json.loads((out / "registration_qc" / f"{case}.json").read_text()).get("locator")
+        if record:
+            timing["locator"][case] = record
+    timing_file.write_text(json.dumps(timing, indent=2) + "\n")
+    return timing
+
+
+def summarize(results: dict, timings: dict, trainings: dict) -> list[str]:
+    """The markdown table of ``study.md``."""
+    lines = ["| method | " + " | ".join(f"{target} Dice %" for target in TARGETS)
+             + " | inference s/case (wall, incl. registration) | stage 1 / stage 2 s/case | training s (folds run) |",
+             "|---|" + "---:|" * (len(TARGETS) + 3)]
+    for method, result in results.items():
+        per_fold = timings[method]
+        wall = sum(t["wall_seconds"] for t in per_fold) / max(1, sum(t["cases"] for t in per_fold))
+        records = [r for t in per_fold for r in t["locator"].values()]
+        stages = (f"{sum(r['seconds'] for r in records) / len(records):.1f} / "
+                  f"{sum(r['stage2_seconds'] for r in records) / len(records):.1f}") if records else "–"
+        cells = [f"{100 * result.mean(t, 'Dice'):.2f} ± {100 * result.std(t, 'Dice'):.2f}" for t in TARGETS]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {wall:.1f} | {stages} | "
+                     f"{trainings.get(method, '–')} |")
+    return lines
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path("work_dirs/table1"))
+    parser.add_argument("--docs", type=Path, default=Path("docs/two_stage"))
+    parser.add_argument("--folds", nargs="+", type=int, default=list(cpu_table1.FOLDS))
+    parser.add_argument("--budget", nargs=2, type=int, metavar=("EPOCHS", "ITERATIONS"),
+                        help="quick check: HPN models at EPOCHS × ITERATIONS instead of the table's 80 × 25, the "
+                             "locator with nnUNetTrainer_1epoch")
+    args = parser.parse_args(argv)
+    budget = ("--epochs", str(args.budget[0]), "--iterations", str(args.budget[1])) if args.budget else ()
+    locator_trainer = "nnUNetTrainer_1epoch" if args.budget else LOCATOR_TRAINER
+    workdir, docs = args.workdir.resolve(), args.docs.resolve()
+    env = cpu_table1.nnunet_env(workdir)
+    prepare(workdir, env)
+    state_file = workdir / "two_stage" / "training_seconds.json"
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    seconds = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    for fold in args.folds:
+        for name, train in (("locator", lambda f: train_locator(workdir, f, env, locator_trainer)),
+                            ("whole_scan", lambda f: train_hpn(workdir, "whole_scan", f, env, budget)),
+                            ("stage2", lambda f: train_hpn(workdir, "stage2", f, env, budget))):
+            spent = train(fold)
+            if spent is not None:
+                seconds[f"{name}/fold_{fold}"] = round(spent, 1)
+                state_file.write_text(json.dumps(seconds, indent=2) + "\n")
+    splits = json.loads((workdir / "nnUNet_preprocessed" / raw_dataset(workdir, WHOLE_ID).name
+                         / "splits_final.json").read_text())
+    labels = raw_dataset(workdir, WHOLE_ID) / "labelsTr"
+    results, timings = {}, {}
+    for method in ("whole_scan", "two_stage"):
+        timings[method] = [predict(workdir, method, fold, splits[fold]["val"], env, locator_trainer)
+                           for fold in args.folds]
+        merged = workdir / "two_stage" / "predictions" / method / "all"
+        merged.mkdir(parents=True, exist_ok=True)
+        for fold in args.folds:
+            for path in (workdir / "two_stage" / "predictions" / method / f"fold_{fold}").glob("*.nii.gz"):
+                if not (merged / path.name).exists():
+                    os.link(path, merged / path.name)
+        cases = [case for fold in args.folds for case in splits[fold]["val"]]
+        results[method] = evaluate_folders(merged, labels, cases=cases, progress=False)
+    trainings = {"whole_scan": sum(v for k, v in seconds.items() if k.startswith("whole_scan/")),
+                 "two_stage": sum(v for k, v in seconds.items() if k.startswith(("stage2/", "locator/")))}
+    lines = summarize(results, timings, {k: f"{v:.0f}" for k, v in trainings.items()})
+    docs.mkdir(parents=True, exist_ok=True)
+    info = {"date": datetime.date.today().isoformat(),
+            "device": f"CPU ({os.cpu_count()} logical), {platform.processor() or platform.machine()}",
+            "folds": args.folds, "preset": list(cpu_table1.PRESET),
+            "budget": list(budget) or "the table's preset",
+            "locator": {"trainer": locator_trainer, "plans": LOCATOR_PLANS, "patch": list(LOCATOR_PATCH)},
+            "training_seconds": seconds, "timings": timings,
+            "dice": {method: {t: round(100 * r.mean(t, "Dice"), 2) for t in TARGETS} for method, r in results.items()},
+            "command": "python scripts/two_stage_study.py " + " ".join(argv or sys.argv[1:])}
+    (docs / "study.json").write_text(json.dumps(info, indent=2) + "\n")
+    (docs / "study.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
