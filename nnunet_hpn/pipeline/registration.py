@@ -64,11 +64,13 @@ class RegistrationSettings:
     """Parameters of :func:`register_to_reference`; the defaults are the benchmarked ones (docs/BENCHMARKS.md)."""
 
     window_hu: tuple[float, float] = HU_WINDOW
-    #: Finest spacing (mm) of the working grid, and its largest number of voxels (coarser spacing beyond).
+    #: Finest spacing (mm) of the working grid, and its largest number of voxels (coarser spacing beyond): 1.5 M
+    #: keeps a 3 mm abdominal CT on its own grid; the clinical-size pair stays within 30 s on 2 cores.
     working_spacing_mm: float = 1.5
-    max_working_voxels: int = 1_000_000
-    #: Gaussian pre-smoothing of the working images (mm), against CT noise.
-    image_sigma_mm: float = 1.0
+    max_working_voxels: int = 1_500_000
+    #: Gaussian pre-smoothing of the working images (mm), against CT noise (0.5 and 1.0 equally accurate on the
+    #: held-out real-CT pairs; 0.5 slightly better on the tuning pairs).
+    image_sigma_mm: float = 0.5
     #: Rigid and affine stages: pyramid shrink factors of the working grid, iterations per level, sampled share.
     affine_shrink_factors: tuple[int, ...] = (4, 2)
     affine_iterations: int = 100
