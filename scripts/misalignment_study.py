@@ -1,23 +1,27 @@
 #!/usr/bin/env python
 """How HPN and early fusion behave when the phases are not perfectly aligned (issue 20's robustness study).
 
-On the CPU Table 1's data (``scripts/cpu_table1.py``: 24 cropped phantoms, its split and training preset):
+On the CPU Table 1's data (``scripts/cpu_table1.py``: 24 cropped phantoms, its split and training preset), one
+fold at a time (so that a study longer than one session still lands whole):
 
-1. **models**: early fusion and HPN (the table's rows; trained here only if their folds are missing) and the same
-   two trained with misalignment augmentation (``EarlyFusionTrainer_misalign``, ``HPNTrainer_misalign``: the
-   non-reference phase warped by up to 4 mm during training), all at the table's budget;
-2. **injected misalignment**: every held-out case's venous phase (already registered onto the arterial one) warped
-   by a known smooth field of at most L mm plus a rigid shift of L/2 mm (``misalignment.misaligned_copy``, beside
-   this script; one seed per case and level), L in :data:`LEVELS_MM`; each fold's model predicts its own validation
-   cases, so every case is predicted by a model that never saw it;
+1. **models**: early fusion and HPN (the table's rows) and the same two trained with misalignment augmentation
+   (``EarlyFusionTrainer_misalign``, ``HPNTrainer_misalign``: the non-reference phase warped by up to 4 mm during
+   training), all with the table's preset and budget (``cpu_table1.train_fold``; a finished fold is reused);
+2. **injected misalignment**: the fold's held-out cases' venous phase (already registered onto the arterial one)
+   warped by a known smooth field of at most L mm plus a rigid shift of L/2 mm (``misalignment.misaligned_copy``,
+   beside this script; one seed per case and level), L in :data:`LEVELS_MM`, predicted by the fold's models, so
+   every case is predicted by models that never saw it;
 3. **registration on unaligned input**: the table's phantoms converted again with the venous phase registered by
    ``none`` / ``affine`` / ``demons`` (then cut to the same label box), predicted by the HPN and early-fusion models;
-4. Dice of abnormal pancreas, PDAC and duct per model and level (``nnunet-hpn evaluate``), one PNG with the curves
-   (Dice against misalignment, one line per model), ``study.md`` / ``study.json`` in ``--docs``.
+4. the fold's per-case Dice of abnormal pancreas, PDAC and duct is **archived** in ``--docs``/``folds/fold_<k>.json``
+   (with ``--git-commit``, committed): an archived fold is never run again, on this machine or another;
+5. after each fold, from all archived folds: ``study.md`` (mean Dice per model and level, paired Wilcoxon p of
+   HPN against early fusion and of each augmented model against its plain one, the registration table),
+   ``study.json`` and ``dice_vs_misalignment.png`` (Dice against misalignment, one line per model).
 
-Resumable: trained folds, predicted folders and evaluations that exist are kept.
+The archive is tied to the table's cropped labels and split (hashes stored beside it, as in ``cpu_table1``).
 
-    nice -n 10 python scripts/misalignment_study.py --workdir work_dirs/table1 --docs docs/misalignment
+    nice -n 10 python scripts/misalignment_study.py --workdir work_dirs/table1 --docs docs/misalignment --git-commit
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -38,6 +43,7 @@ import cpu_table1  # beside this script
 from misalignment import misaligned_copy
 from nnunet_hpn.demo import console_command
 from nnunet_hpn.evaluate.metrics import TARGETS, evaluate_folders
+from nnunet_hpn.evaluate.report import WILCOXON_NOTE, paired_wilcoxon
 
 #: largest smooth displacement (mm) injected into the venous phase; the rigid shift is half of it
 LEVELS_MM: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
@@ -46,6 +52,8 @@ MODELS: tuple[str, ...] = ("early_fusion", "hpn", "early_fusion_misalign", "hpn_
 REGISTRATIONS: tuple[str, ...] = ("none", "affine", "demons")
 #: dataset ids of the re-converted phantoms, one per registration method
 REGISTRATION_DATASET_IDS = {"none": 521, "affine": 522, "demons": 523}
+#: the models predicting the registration comparison
+REGISTRATION_MODELS: tuple[str, ...] = ("early_fusion", "hpn")
 
 
 def case_seed(case: str, level_mm: float) -> int:
@@ -90,21 +98,6 @@ def predict(inputs: Path, out: Path, row: str, fold: int, env: dict[str, str]) -
                    env)
 
 
-def gather(folds_out: Sequence[Path], merged: Path) -> Path:
-    """The per-fold prediction folders linked into one folder of all cases."""
-    merged.mkdir(parents=True, exist_ok=True)
-    for folder in folds_out:
-        for path in folder.glob("*.nii.gz"):
-            target = merged / path.name
-            if not target.exists():
-                os.link(path, target)
-    return merged
-
-
-def dice_row(result) -> dict[str, float]:
-    return {name: round(100 * result.mean(name, "Dice"), 2) for name in TARGETS}
-
-
 def plot_curves(records: dict[str, dict[str, dict[str, float]]], out: Path) -> None:
     """One panel per target: Dice against injected misalignment, one line per model."""
     import matplotlib
@@ -127,92 +120,185 @@ def plot_curves(records: dict[str, dict[str, dict[str, float]]], out: Path) -> N
     plt.close(figure)
 
 
+def dice_per_case(result, cases: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{case: {target: Dice %}}`` of an :class:`EvaluationResult`."""
+    return {case: {target: round(100 * result.per_case_metrics[case][target]["Dice"], 4) for target in TARGETS}
+            for case in cases}
+
+
+def registration_dataset(workdir: Path, method: str, env: dict[str, str]) -> Path:
+    """The table's phantoms converted again with the venous phase registered by ``method`` (``none``: as generated)
+    and cut to the same label box; converted once per machine (deterministic, so every fold sees the same data)."""
+    dataset_id = REGISTRATION_DATASET_IDS[method]
+    converted = workdir / "nnUNet_raw" / f"Dataset{dataset_id}_MisalignStudy{method.capitalize()}"
+    if not (converted / "dataset.json").is_file():
+        command = [console_command("nnunet-hpn"), "convert", str(workdir / "phantoms"), "-d", str(dataset_id),
+                   "--name", f"MisalignStudy{method.capitalize()}", "--raw-root", env["nnUNet_raw"],
+                   "--crop-to-label", f"{cpu_table1.CROP_MARGIN_MM:g}"]
+        if method != "none":
+            command += ["--register", "--registration-method", method, "-np", "1"]
+        cpu_table1.run(command, env)
+    return converted
+
+
+def run_fold(workdir: Path, raw: Path, fold: int, cases: Sequence[str], models: Sequence[str],
+             levels: Sequence[float], registrations: Sequence[str], env: dict[str, str]) -> dict:
+    """Train (or reuse) ``models``' fold ``fold``, predict its validation ``cases`` at every injected level and
+    after every registration method; returns the fold's archive record (per-case Dice %)."""
+    seconds = {model: cpu_table1.train_fold(workdir, model, fold, env) for model in models}
+    study = workdir / "misalignment_study"
+    injected: dict[str, dict[str, dict]] = {model: {} for model in models}
+    for level in levels:
+        inputs = study / "inputs" / f"level_{level:g}" / f"fold_{fold}"
+        write_misaligned_inputs(raw / "imagesTr", cases, level, inputs)
+        for model in models:
+            out = study / "predictions" / model / f"level_{level:g}" / f"fold_{fold}"
+            predict(inputs, out, model, fold, env)
+            result = evaluate_folders(out, raw / "labelsTr", cases=cases, surface=False, progress=False)
+            injected[model][f"{level:g}"] = dice_per_case(result, cases)
+            print(f"fold {fold}: {model} at {level:g} mm: {mean_dice(injected[model][f'{level:g}'])}", flush=True)
+    registration: dict[str, dict[str, dict]] = {}
+    for method in registrations:
+        converted = registration_dataset(workdir, method, env)
+        inputs = study / "registration_inputs" / method / f"fold_{fold}"
+        inputs.mkdir(parents=True, exist_ok=True)
+        for case in cases:
+            for channel in (0, 1):
+                source = converted / "imagesTr" / f"{case}_{channel:04d}.nii.gz"
+                if not (inputs / source.name).exists():
+                    os.link(source, inputs / source.name)
+        for model in REGISTRATION_MODELS:
+            if model not in models:
+                continue
+            out = study / "registration_predictions" / model / method / f"fold_{fold}"
+            predict(inputs, out, model, fold, env)
+            result = evaluate_folders(out, converted / "labelsTr", cases=cases, surface=False, progress=False)
+            registration.setdefault(model, {})[method] = dice_per_case(result, cases)
+            print(f"fold {fold}: {model} with {method} registration: "
+                  f"{mean_dice(registration[model][method])}", flush=True)
+    return {"fold": fold, "cases": list(cases), "levels_mm": [float(level) for level in levels],
+            "injected": injected, "registration": registration, "training_seconds": seconds,
+            "preset": list(cpu_table1.PRESET), "date": datetime.date.today().isoformat(), "device": device()}
+
+
+def mean_dice(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean Dice % per target over the cases of ``per_case``."""
+    return {target: round(float(np.mean([values[target] for values in per_case.values()])), 2)
+            for target in TARGETS}
+
+
+def device() -> str:
+    return f"CPU ({os.cpu_count()} logical), {platform.processor() or platform.machine()}"
+
+
+def pooled(folds: Sequence[dict], key: str) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """The archived folds' ``key`` (``injected`` / ``registration``) merged over folds: {model: {level: {case: …}}}."""
+    merged: dict = {}
+    for record in folds:
+        for model, per_level in record[key].items():
+            for level, per_case in per_level.items():
+                merged.setdefault(model, {}).setdefault(level, {}).update(per_case)
+    return merged
+
+
+#: paired comparisons reported at every level: (model, reference)
+COMPARISONS: tuple[tuple[str, str], ...] = (("hpn", "early_fusion"), ("hpn_misalign", "hpn"),
+                                           ("early_fusion_misalign", "early_fusion"),
+                                           ("hpn_misalign", "early_fusion_misalign"))
+
+
+def write_docs(folds: Sequence[dict], docs: Path, command: str) -> None:
+    """``study.md`` / ``study.json`` / ``dice_vs_misalignment.png`` from the archived folds (interim while some
+    folds are missing)."""
+    injected, registration = pooled(folds, "injected"), pooled(folds, "registration")
+    levels = folds[0]["levels_mm"]
+    means = {model: {level: mean_dice(per_case) for level, per_case in per_level.items()}
+             for model, per_level in injected.items()}
+    reg_means = {model: {method: mean_dice(per_case) for method, per_case in per_method.items()}
+                 for model, per_method in registration.items()}
+    n_cases = len({case for record in folds for case in record["cases"]})
+    pvalues: dict[str, dict[str, dict[str, float]]] = {}
+    for model, reference in COMPARISONS:
+        if model not in injected or reference not in injected:
+            continue
+        for level in injected[model]:
+            cases = sorted(injected[model][level])
+            pvalues.setdefault(f"{model} vs {reference}", {})[level] = {
+                target: paired_wilcoxon([injected[model][level][c][target] for c in cases],
+                                        [injected[reference][level][c][target] for c in cases])
+                for target in TARGETS}
+    plot_curves(means, docs / "dice_vs_misalignment.png")
+    info = {"folds": [record["fold"] for record in folds], "n_cases": n_cases, "levels_mm": levels,
+            "injected_mean_dice": means, "registration_mean_dice": reg_means, "wilcoxon_p": pvalues,
+            "training_seconds": {record["fold"]: record["training_seconds"] for record in folds},
+            "dates": sorted({record["date"] for record in folds}), "devices": sorted({r["device"] for r in folds}),
+            "preset": folds[0]["preset"], "command": command}
+    (docs / "study.json").write_text(json.dumps(info, indent=2) + "\n")
+    keys = [f"{level:g}" for level in levels]
+    lines = [f"Folds {', '.join(str(r['fold']) for r in folds)} of 3 ({n_cases} held-out cases); mean Dice %.", "",
+             "| model | " + " | ".join(f"{key} mm" for key in keys) + " |", "|---|" + "---:|" * len(keys)]
+    for target in TARGETS:
+        lines.append(f"| **{target}** |" + " |" * len(keys))
+        for model, per_level in means.items():
+            lines.append(f"| {model} | " + " | ".join(f"{per_level[key][target]:.2f}" for key in keys) + " |")
+    if pvalues:
+        lines += ["", "Paired two-sided Wilcoxon p over the held-out cases (" + WILCOXON_NOTE.split(",")[0] + ")", "",
+                  "| comparison | target | " + " | ".join(f"{key} mm" for key in keys) + " |",
+                  "|---|---|" + "---:|" * len(keys)]
+        for name, per_level in pvalues.items():
+            for target in TARGETS:
+                lines.append(f"| {name} | {target} | " + " | ".join(f"{per_level[key][target]:.3g}" for key in keys)
+                             + " |")
+    if reg_means:
+        methods = [m for m in REGISTRATIONS if any(m in per for per in reg_means.values())]
+        lines += ["", "Registration of the raw, unaligned phantoms (mean Dice %)", "",
+                  "| model | target | " + " | ".join(methods) + " |", "|---|---|" + "---:|" * len(methods)]
+        for model, per_method in reg_means.items():
+            for target in TARGETS:
+                lines.append(f"| {model} | {target} | " + " | ".join(f"{per_method[m][target]:.2f}" for m in methods)
+                             + " |")
+    (docs / "study.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines), flush=True)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("work_dirs/table1"))
     parser.add_argument("--docs", type=Path, default=Path("docs/misalignment"))
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--levels", nargs="+", type=float, default=list(LEVELS_MM))
-    parser.add_argument("--no-registration", action="store_true", help="skip the none/affine/demons comparison")
+    parser.add_argument("--folds", nargs="+", type=int, default=list(cpu_table1.FOLDS), choices=cpu_table1.FOLDS)
+    parser.add_argument("--git-commit", action="store_true", help="commit --docs after every archived fold")
     args = parser.parse_args(argv)
     workdir, docs = args.workdir.resolve(), args.docs.resolve()
+    archive = docs / "folds"
+    command = "python scripts/misalignment_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
     env = cpu_table1.nnunet_env(workdir)
     raw = cpu_table1.prepare_dataset(workdir, env)
-    splits_file = workdir / "nnUNet_preprocessed" / raw.name / "splits_final.json"
-    for row in args.models:  # the table's preset; finished folds are skipped
-        for fold in cpu_table1.FOLDS:
-            cpu_table1.train_fold(workdir, row, fold, env)
-    splits = json.loads(splits_file.read_text())
-    study = workdir / "misalignment_study"
-    labels = raw / "labelsTr"
-    records: dict[str, dict[str, dict[str, float]]] = {model: {} for model in args.models}
-    for level in args.levels:
-        for model in args.models:
-            fold_outputs = []
-            for fold in cpu_table1.FOLDS:
-                inputs = study / "inputs" / f"level_{level:g}" / f"fold_{fold}"
-                write_misaligned_inputs(raw / "imagesTr", splits[fold]["val"], level, inputs)
-                out = study / "predictions" / model / f"level_{level:g}" / f"fold_{fold}"
-                predict(inputs, out, model, fold, env)
-                fold_outputs.append(out)
-            merged = gather(fold_outputs, study / "predictions" / model / f"level_{level:g}" / "all")
-            records[model][f"{level:g}"] = dice_row(evaluate_folders(merged, labels, progress=False))
-            print(f"{model} at {level:g} mm: {records[model][f'{level:g}']}", flush=True)
-
-    registration: dict[str, dict[str, dict[str, float]]] = {}
-    if not args.no_registration:
-        phantoms = workdir / "phantoms"
-        for method in REGISTRATIONS:
-            dataset_id = REGISTRATION_DATASET_IDS[method]
-            converted = workdir / "nnUNet_raw" / f"Dataset{dataset_id}_MisalignStudy{method.capitalize()}"
-            if not (converted / "dataset.json").is_file():
-                command = [console_command("nnunet-hpn"), "convert", str(phantoms), "-d", str(dataset_id), "--name",
-                           f"MisalignStudy{method.capitalize()}", "--raw-root", env["nnUNet_raw"],
-                           "--crop-to-label", f"{cpu_table1.CROP_MARGIN_MM:g}"]
-                if method != "none":
-                    command += ["--register", "--registration-method", method, "-np", "1"]
-                cpu_table1.run(command, env)
-            for model in ("early_fusion", "hpn"):
-                fold_outputs = []
-                for fold in cpu_table1.FOLDS:
-                    inputs = study / "registration_inputs" / method / f"fold_{fold}"
-                    inputs.mkdir(parents=True, exist_ok=True)
-                    for case in splits[fold]["val"]:
-                        for channel in (0, 1):
-                            source = converted / "imagesTr" / f"{case}_{channel:04d}.nii.gz"
-                            if not (inputs / source.name).exists():
-                                os.link(source, inputs / source.name)
-                    out = study / "registration_predictions" / model / method / f"fold_{fold}"
-                    predict(inputs, out, model, fold, env)
-                    fold_outputs.append(out)
-                merged = gather(fold_outputs, study / "registration_predictions" / model / method / "all")
-                registration.setdefault(model, {})[method] = dice_row(
-                    evaluate_folders(merged, converted / "labelsTr", progress=False))
-                print(f"{model} with {method} registration: {registration[model][method]}", flush=True)
-
-    docs.mkdir(parents=True, exist_ok=True)
-    plot_curves(records, docs / "dice_vs_misalignment.png")
-    info = {"date": datetime.date.today().isoformat(), "device": f"CPU ({os.cpu_count()} logical), "
-                                                               f"{platform.processor() or platform.machine()}",
-            "preset": list(cpu_table1.PRESET), "levels_mm": args.levels, "injected": records,
-            "registration": registration,
-            "command": "python scripts/misalignment_study.py " + " ".join(argv or sys.argv[1:])}
-    (docs / "study.json").write_text(json.dumps(info, indent=2) + "\n")
-    lines = ["| model | " + " | ".join(f"{level:g} mm" for level in args.levels) + " |",
-             "|---|" + "---:|" * len(args.levels)]
-    for target in TARGETS:
-        lines.append(f"| **{target}** |" + " |" * len(args.levels))
-        for model, per_level in records.items():
-            lines.append(f"| {model} | " + " | ".join(f"{per_level[f'{level:g}'][target]:.2f}"
-                                                     for level in args.levels) + " |")
-    if registration:
-        lines += ["", "| model | target | " + " | ".join(REGISTRATIONS) + " |", "|---|---|" + "---:|" * 3]
-        for model, per_method in registration.items():
-            for target in TARGETS:
-                lines.append(f"| {model} | {target} | " + " | ".join(f"{per_method[m][target]:.2f}"
-                                                                    for m in REGISTRATIONS) + " |")
-    (docs / "study.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    try:
+        cpu_table1.check_or_record(archive, "labels.sha256.json",
+                                   {"labelsTr": cpu_table1.labels_digest(raw / "labelsTr")})
+        for fold in args.folds:
+            target = archive / f"fold_{fold}.json"
+            if target.is_file():
+                print(f"misalignment_study: fold {fold}: archived in {target}", flush=True)
+                continue
+            cpu_table1.train_fold(workdir, MODELS[0], fold, env)  # writes the split on the first run
+            splits = json.loads((Path(env["nnUNet_preprocessed"]) / raw.name / "splits_final.json").read_text())
+            cpu_table1.check_or_record(archive, "splits_final.json", splits)
+            record = run_fold(workdir, raw, fold, splits[fold]["val"], MODELS, LEVELS_MM, REGISTRATIONS, env)
+            target.write_text(json.dumps(record, indent=1) + "\n")
+            folds = [json.loads((archive / f"fold_{k}.json").read_text()) for k in cpu_table1.FOLDS
+                     if (archive / f"fold_{k}.json").is_file()]
+            write_docs(folds, docs, command)
+            if args.git_commit:
+                cpu_table1.git_commit(docs, f"Misalignment study: fold {fold} archived "
+                                            f"({len(folds)} of {len(cpu_table1.FOLDS)} folds)")
+    except cpu_table1.ArchiveMismatch as error:
+        print(f"misalignment_study: error: {error}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as error:
+        print(f"misalignment_study: {' '.join(map(str, error.cmd[:3]))} … failed (exit {error.returncode}); "
+              f"re-run to resume", file=sys.stderr)
+        return 1
     return 0
 
 
