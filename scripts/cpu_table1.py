@@ -295,6 +295,12 @@ def write_by_kind(workdir: Path, rows: list[str], docs: Path) -> None:
     (docs / "by_kind.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def dice_per_case(result, cases: Sequence[str]) -> dict[str, dict[str, float]]:
+    """``{case: {target: Dice %}}`` of an ``EvaluationResult`` (the studies' per-fold archive records)."""
+    return {case: {target: round(100 * result.per_case_metrics[case][target]["Dice"], 4)
+                   for target in result.per_case_metrics[case]} for case in cases}
+
+
 def git_commit(docs: Path, message: str) -> None:
     """Commit ``docs`` only (other staged or unstaged changes stay as they are); a failure is printed, not fatal."""
     try:

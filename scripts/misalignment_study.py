@@ -120,12 +120,6 @@ def plot_curves(records: dict[str, dict[str, dict[str, float]]], out: Path) -> N
     plt.close(figure)
 
 
-def dice_per_case(result, cases: Sequence[str]) -> dict[str, dict[str, float]]:
-    """``{case: {target: Dice %}}`` of an :class:`EvaluationResult`."""
-    return {case: {target: round(100 * result.per_case_metrics[case][target]["Dice"], 4) for target in TARGETS}
-            for case in cases}
-
-
 def registration_dataset(workdir: Path, method: str, env: dict[str, str]) -> Path:
     """The table's phantoms converted again with the venous phase registered by ``method`` (``none``: as generated)
     and cut to the same label box; converted once per machine (deterministic, so every fold sees the same data)."""
@@ -155,7 +149,7 @@ def run_fold(workdir: Path, raw: Path, fold: int, cases: Sequence[str], models: 
             out = study / "predictions" / model / f"level_{level:g}" / f"fold_{fold}"
             predict(inputs, out, model, fold, env)
             result = evaluate_folders(out, raw / "labelsTr", cases=cases, surface=False, progress=False)
-            injected[model][f"{level:g}"] = dice_per_case(result, cases)
+            injected[model][f"{level:g}"] = cpu_table1.dice_per_case(result, cases)
             print(f"fold {fold}: {model} at {level:g} mm: {mean_dice(injected[model][f'{level:g}'])}", flush=True)
     registration: dict[str, dict[str, dict]] = {}
     for method in registrations:
@@ -173,7 +167,7 @@ def run_fold(workdir: Path, raw: Path, fold: int, cases: Sequence[str], models: 
             out = study / "registration_predictions" / model / method / f"fold_{fold}"
             predict(inputs, out, model, fold, env)
             result = evaluate_folders(out, converted / "labelsTr", cases=cases, surface=False, progress=False)
-            registration.setdefault(model, {})[method] = dice_per_case(result, cases)
+            registration.setdefault(model, {})[method] = cpu_table1.dice_per_case(result, cases)
             print(f"fold {fold}: {model} with {method} registration: "
                   f"{mean_dice(registration[model][method])}", flush=True)
     return {"fold": fold, "cases": list(cases), "levels_mm": [float(level) for level in levels],
@@ -192,7 +186,7 @@ def device() -> str:
 
 
 def pooled(folds: Sequence[dict], key: str) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-    """The archived folds' ``key`` (``injected`` / ``registration``) merged over folds: {model: {level: {case: …}}}."""
+    """The archived folds' ``key`` (``injected`` / ``registration``) merged: {model: {level: {case: …}}}."""
     merged: dict = {}
     for record in folds:
         for model, per_level in record[key].items():

@@ -15,10 +15,12 @@ PDAC-stratified 3-fold split, per fold:
    the whole scan, once with ``--locator`` — and evaluated on the full grid (Dice of abnormal pancreas, PDAC, duct;
    seconds per case from the wall time and the QC files; training seconds per model).
 
-Resumable: trained folds, predictions and evaluations that exist are kept. Results: ``study.md`` / ``study.json`` in
-``--docs``.
+Each finished fold is **archived** as ``--docs``/``folds/fold_<k>.json`` (per-case Dice, timings, training seconds;
+with ``--git-commit``, committed), never run again, on this machine or another; after each fold ``study.md``
+(Dice mean ± std over the archived folds' held-out cases, seconds, paired Wilcoxon p of two-stage against
+whole-scan) is rewritten. Within a fold, trained models and predictions that exist are kept.
 
-    nice -n 10 python scripts/two_stage_study.py --workdir work_dirs/table1 --docs docs/two_stage
+    nice -n 10 python scripts/two_stage_study.py --workdir work_dirs/table1 --docs docs/two_stage --git-commit
 """
 from __future__ import annotations
 
@@ -27,14 +29,18 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 import cpu_table1  # beside this script
 from nnunet_hpn.demo import console_command
 from nnunet_hpn.evaluate.metrics import TARGETS, evaluate_folders
+from nnunet_hpn.evaluate.report import paired_wilcoxon
 from nnunet_hpn.pipeline.locator import STAGE2_TRAINING_MARGIN_MM
 
 WHOLE_ID, STAGE2_ID, LOCATOR_ID = 531, 532, 533
@@ -42,6 +48,8 @@ WHOLE_NAME, STAGE2_NAME = "PancreasWholeTable1", "PancreasStage2Table1"
 LOCATOR_TRAINER, LOCATOR_PLANS, LOCATOR_PATCH = "nnUNetTrainer_5epochs", "nnUNetPlans", ("32", "64", "64")
 #: model name -> (dataset id, run_ablation row)
 HPN_MODELS: dict[str, tuple[int, str]] = {"whole_scan": (WHOLE_ID, "hpn"), "stage2": (STAGE2_ID, "hpn_stage2")}
+#: the inference methods compared
+METHODS: tuple[str, ...] = ("whole_scan", "two_stage")
 
 
 def raw_dataset(workdir: Path, dataset_id: int) -> Path:
@@ -154,20 +162,62 @@ def predict(workdir: Path, method: str, fold: int, cases: Sequence[str], env: di
     return timing
 
 
-def summarize(results: dict, timings: dict, trainings: dict) -> list[str]:
-    """The markdown table of ``study.md``."""
-    lines = ["| method | " + " | ".join(f"{target} Dice %" for target in TARGETS)
+def run_fold(workdir: Path, fold: int, cases: Sequence[str], env: dict[str, str], budget: Sequence[str],
+             locator_trainer: str) -> dict:
+    """Train (or reuse) the fold's locator, whole-scan and stage-2 HPN, predict its held-out ``cases`` both ways;
+    the fold's archive record (per-case Dice %, timings, training seconds)."""
+    state_file = workdir / "two_stage" / "training_seconds.json"
+    state_file.parent.mkdir(parents=True, exist_ok=True)
+    seconds = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    for name, train in (("locator", lambda: train_locator(workdir, fold, env, locator_trainer)),
+                        ("whole_scan", lambda: train_hpn(workdir, "whole_scan", fold, env, budget)),
+                        ("stage2", lambda: train_hpn(workdir, "stage2", fold, env, budget))):
+        spent = train()
+        if spent is not None:  # a training resumed after a kill: the time of its last run only
+            seconds[f"{name}/fold_{fold}"] = round(spent, 1)
+            state_file.write_text(json.dumps(seconds, indent=2) + "\n")
+    labels = raw_dataset(workdir, WHOLE_ID) / "labelsTr"
+    dice, timings = {}, {}
+    for method in METHODS:
+        timings[method] = predict(workdir, method, fold, cases, env, locator_trainer)
+        out = workdir / "two_stage" / "predictions" / method / f"fold_{fold}"
+        result = evaluate_folders(out, labels, cases=cases, surface=False, progress=False)
+        dice[method] = cpu_table1.dice_per_case(result, cases)
+    return {"fold": fold, "cases": list(cases), "dice": dice, "timing": timings,
+            "training_seconds": {name: seconds.get(f"{name}/fold_{fold}") for name in ("locator", "whole_scan",
+                                                                                       "stage2")},
+            "budget": list(budget) or "the table's preset", "preset": list(cpu_table1.PRESET),
+            "locator": {"trainer": locator_trainer, "plans": LOCATOR_PLANS, "patch": list(LOCATOR_PATCH)},
+            "date": datetime.date.today().isoformat(),
+            "device": f"CPU ({os.cpu_count()} logical), {platform.processor() or platform.machine()}"}
+
+
+def summarize(folds: Sequence[dict]) -> list[str]:
+    """The markdown of ``study.md`` from the archived fold records: Dice mean ± std over the pooled held-out cases,
+    seconds per case, training seconds, paired Wilcoxon p of two-stage against whole-scan."""
+    cases = [case for record in folds for case in record["cases"]]
+    dice = {method: {case: record["dice"][method][case] for record in folds for case in record["cases"]}
+            for method in METHODS}
+    training = {"whole_scan": ("whole_scan",), "two_stage": ("locator", "stage2")}
+    lines = [f"Folds {', '.join(str(r['fold']) for r in folds)} of 3 ({len(cases)} held-out cases).", "",
+             "| method | " + " | ".join(f"{target} Dice %" for target in TARGETS)
              + " | inference s/case (wall, incl. registration) | stage 1 / stage 2 s/case | training s (folds run) |",
              "|---|" + "---:|" * (len(TARGETS) + 3)]
-    for method, result in results.items():
-        per_fold = timings[method]
-        wall = sum(t["wall_seconds"] for t in per_fold) / max(1, sum(t["cases"] for t in per_fold))
-        records = [r for t in per_fold for r in t["locator"].values()]
-        stages = (f"{sum(r['seconds'] for r in records) / len(records):.1f} / "
-                  f"{sum(r['stage2_seconds'] for r in records) / len(records):.1f}") if records else "–"
-        cells = [f"{100 * result.mean(t, 'Dice'):.2f} ± {100 * result.std(t, 'Dice'):.2f}" for t in TARGETS]
+    for method in METHODS:
+        wall = (sum(r["timing"][method]["wall_seconds"] for r in folds)
+                / max(1, sum(r["timing"][method]["cases"] for r in folds)))
+        records = [q for r in folds for q in r["timing"][method]["locator"].values()]
+        stages = (f"{sum(q['seconds'] for q in records) / len(records):.1f} / "
+                  f"{sum(q['stage2_seconds'] for q in records) / len(records):.1f}") if records else "–"
+        spent = [r["training_seconds"][name] for r in folds for name in training[method]]
+        values = {t: [dice[method][c][t] for c in cases] for t in TARGETS}
+        cells = [f"{np.mean(values[t]):.2f} ± {np.std(values[t]):.2f}" for t in TARGETS]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {wall:.1f} | {stages} | "
-                     f"{trainings.get(method, '–')} |")
+                     + (f"{sum(spent):.0f}" if None not in spent else "–") + " |")
+    pvalues = {t: paired_wilcoxon([dice["two_stage"][c][t] for c in cases], [dice["whole_scan"][c][t] for c in cases])
+               for t in TARGETS}
+    lines += ["", "two_stage vs whole_scan, paired two-sided Wilcoxon p: "
+              + ", ".join(f"{t} {p:.3g}" for t, p in pvalues.items())]
     return lines
 
 
@@ -175,57 +225,49 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("work_dirs/table1"))
     parser.add_argument("--docs", type=Path, default=Path("docs/two_stage"))
-    parser.add_argument("--folds", nargs="+", type=int, default=list(cpu_table1.FOLDS))
+    parser.add_argument("--folds", nargs="+", type=int, default=list(cpu_table1.FOLDS), choices=cpu_table1.FOLDS)
     parser.add_argument("--budget", nargs=2, type=int, metavar=("EPOCHS", "ITERATIONS"),
                         help="quick check: HPN models at EPOCHS × ITERATIONS instead of the table's 80 × 25, the "
-                             "locator with nnUNetTrainer_1epoch")
+                             "locator with nnUNetTrainer_1epoch (archived in --docs like a real run: use another)")
+    parser.add_argument("--git-commit", action="store_true", help="commit --docs after every archived fold")
     args = parser.parse_args(argv)
     budget = ("--epochs", str(args.budget[0]), "--iterations", str(args.budget[1])) if args.budget else ()
     locator_trainer = "nnUNetTrainer_1epoch" if args.budget else LOCATOR_TRAINER
     workdir, docs = args.workdir.resolve(), args.docs.resolve()
+    archive = docs / "folds"
+    command = "python scripts/two_stage_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
     env = cpu_table1.nnunet_env(workdir)
     prepare(workdir, env)
-    state_file = workdir / "two_stage" / "training_seconds.json"
-    state_file.parent.mkdir(parents=True, exist_ok=True)
-    seconds = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    for fold in args.folds:
-        for name, train in (("locator", lambda f: train_locator(workdir, f, env, locator_trainer)),
-                            ("whole_scan", lambda f: train_hpn(workdir, "whole_scan", f, env, budget)),
-                            ("stage2", lambda f: train_hpn(workdir, "stage2", f, env, budget))):
-            spent = train(fold)
-            if spent is not None:
-                seconds[f"{name}/fold_{fold}"] = round(spent, 1)
-                state_file.write_text(json.dumps(seconds, indent=2) + "\n")
     splits = json.loads((workdir / "nnUNet_preprocessed" / raw_dataset(workdir, WHOLE_ID).name
                          / "splits_final.json").read_text())
-    labels = raw_dataset(workdir, WHOLE_ID) / "labelsTr"
-    results, timings = {}, {}
-    for method in ("whole_scan", "two_stage"):
-        timings[method] = [predict(workdir, method, fold, splits[fold]["val"], env, locator_trainer)
-                           for fold in args.folds]
-        merged = workdir / "two_stage" / "predictions" / method / "all"
-        merged.mkdir(parents=True, exist_ok=True)
+    try:
+        cpu_table1.check_or_record(archive, "labels.sha256.json",
+                                   {"labelsTr": cpu_table1.labels_digest(raw_dataset(workdir, WHOLE_ID) / "labelsTr")})
+        cpu_table1.check_or_record(archive, "splits_final.json", splits)
         for fold in args.folds:
-            for path in (workdir / "two_stage" / "predictions" / method / f"fold_{fold}").glob("*.nii.gz"):
-                if not (merged / path.name).exists():
-                    os.link(path, merged / path.name)
-        cases = [case for fold in args.folds for case in splits[fold]["val"]]
-        results[method] = evaluate_folders(merged, labels, cases=cases, progress=False)
-    trainings = {"whole_scan": sum(v for k, v in seconds.items() if k.startswith("whole_scan/")),
-                 "two_stage": sum(v for k, v in seconds.items() if k.startswith(("stage2/", "locator/")))}
-    lines = summarize(results, timings, {k: f"{v:.0f}" for k, v in trainings.items()})
-    docs.mkdir(parents=True, exist_ok=True)
-    info = {"date": datetime.date.today().isoformat(),
-            "device": f"CPU ({os.cpu_count()} logical), {platform.processor() or platform.machine()}",
-            "folds": args.folds, "preset": list(cpu_table1.PRESET),
-            "budget": list(budget) or "the table's preset",
-            "locator": {"trainer": locator_trainer, "plans": LOCATOR_PLANS, "patch": list(LOCATOR_PATCH)},
-            "training_seconds": seconds, "timings": timings,
-            "dice": {method: {t: round(100 * r.mean(t, "Dice"), 2) for t in TARGETS} for method, r in results.items()},
-            "command": "python scripts/two_stage_study.py " + " ".join(argv or sys.argv[1:])}
-    (docs / "study.json").write_text(json.dumps(info, indent=2) + "\n")
-    (docs / "study.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+            target = archive / f"fold_{fold}.json"
+            if target.is_file():
+                print(f"two_stage_study: fold {fold}: archived in {target}", flush=True)
+                continue
+            target.write_text(json.dumps(run_fold(workdir, fold, splits[fold]["val"], env, budget, locator_trainer),
+                                         indent=1) + "\n")
+            folds = [json.loads((archive / f"fold_{k}.json").read_text()) for k in cpu_table1.FOLDS
+                     if (archive / f"fold_{k}.json").is_file()]
+            lines = summarize(folds)
+            (docs / "study.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+            (docs / "study.json").write_text(json.dumps({"folds": [r["fold"] for r in folds], "command": command,
+                                                         "records": "folds/fold_<k>.json"}, indent=2) + "\n")
+            print("\n".join(lines), flush=True)
+            if args.git_commit:
+                cpu_table1.git_commit(docs, f"Two-stage study: fold {fold} archived ({len(folds)} of "
+                                            f"{len(cpu_table1.FOLDS)} folds)")
+    except cpu_table1.ArchiveMismatch as error:
+        print(f"two_stage_study: error: {error}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as error:
+        print(f"two_stage_study: {' '.join(map(str, error.cmd[:3]))} … failed (exit {error.returncode}); "
+              f"re-run to resume", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,9 +1,9 @@
 """scripts/two_stage_study.py's bookkeeping: held-out inputs are the raw phantom files (linked, never copied or
-changed), and the results table reports Dice and the seconds of each stage from the QC records."""
+changed), and the results table pools the archived folds' Dice and the seconds of each stage from the QC records."""
 from pathlib import Path
 
 import two_stage_study
-from nnunet_hpn.evaluate.metrics import TARGETS, EvaluationResult
+from nnunet_hpn.evaluate.metrics import TARGETS
 
 
 def test_held_out_inputs_link_the_raw_phases(tmp_path: Path) -> None:
@@ -18,17 +18,22 @@ def test_held_out_inputs_link_the_raw_phases(tmp_path: Path) -> None:
     two_stage_study.held_out_inputs(tmp_path, ["b"], tmp_path / "inputs")  # resumable: links that exist are kept
 
 
-def test_summary_reports_dice_and_stage_seconds() -> None:
-    def result(dice: float) -> EvaluationResult:
-        cases = {case: {target: {"Dice": dice} for target in TARGETS} for case in ("a", "b")}
-        return EvaluationResult(cases, {case: {t: True for t in TARGETS} for case in cases}, {t: 0 for t in TARGETS},
-                                metrics=("Dice",))
+def test_summary_pools_the_archived_folds() -> None:
+    def fold(number: int, cases: list[str], whole: float, two: float, stage_seconds: tuple[float, float]) -> dict:
+        return {"fold": number, "cases": cases,
+                "dice": {"whole_scan": {c: {t: whole + i for t in TARGETS} for i, c in enumerate(cases)},
+                         "two_stage": {c: {t: two + i for t in TARGETS} for i, c in enumerate(cases)}},
+                "timing": {"whole_scan": {"wall_seconds": 15.0 * len(cases), "cases": len(cases), "locator": {}},
+                           "two_stage": {"wall_seconds": 10.0 * len(cases), "cases": len(cases),
+                                         "locator": {c: {"seconds": stage_seconds[0], "stage2_seconds":
+                                                         stage_seconds[1]} for c in cases}}},
+                "training_seconds": {"locator": 50.0, "whole_scan": 100.0, "stage2": 75.0}}
 
-    timings = {"whole_scan": [{"wall_seconds": 30.0, "cases": 2, "locator": {}}],
-               "two_stage": [{"wall_seconds": 20.0, "cases": 2,
-                              "locator": {"a": {"seconds": 3.0, "stage2_seconds": 5.0},
-                                          "b": {"seconds": 1.0, "stage2_seconds": 3.0}}}]}
-    lines = two_stage_study.summarize({"whole_scan": result(0.5), "two_stage": result(0.75)}, timings,
-                                      {"whole_scan": "100", "two_stage": "250"})
-    assert lines[2] == "| whole_scan | " + " | ".join(["50.00 ± 0.00"] * len(TARGETS)) + " | 15.0 | – | 100 |"
-    assert lines[3] == "| two_stage | " + " | ".join(["75.00 ± 0.00"] * len(TARGETS)) + " | 10.0 | 2.0 / 4.0 | 250 |"
+    lines = two_stage_study.summarize([fold(0, ["a", "b"], 40.0, 60.0, (3.0, 5.0)),
+                                       fold(2, ["c", "d"], 40.0, 60.0, (1.0, 3.0))])
+    assert lines[0] == "Folds 0, 2 of 3 (4 held-out cases)."
+    # per fold the cases score base + 0 and base + 1: pooled mean base + 0.5, std 0.5
+    assert lines[4] == "| whole_scan | " + " | ".join(["40.50 ± 0.50"] * len(TARGETS)) + " | 15.0 | – | 200 |"
+    assert lines[5] == "| two_stage | " + " | ".join(["60.50 ± 0.50"] * len(TARGETS)) + " | 10.0 | 2.0 / 4.0 | 250 |"
+    # two-stage better on all 4 pairs (equal differences): the signed-rank test's p, not significant at n = 4
+    assert lines[7].startswith("two_stage vs whole_scan, paired two-sided Wilcoxon p: abnormal pancreas ")
