@@ -393,18 +393,8 @@ def test_register_in_worker_processes_matches_one_process_and_warns_once_per_war
                   for path in sorted((dataset / "imagesTr").glob("*.nii.gz"))}
         outputs[n] = (images, {name: record["phases"]["venous"]["similarity"] for name, record in qc.items()})
     assert outputs["1"][0].keys() == outputs["2"][0].keys() and len(outputs["1"][0]) == 6
-    # ITK's thread pool sums in a scheduling-dependent order; on the half-off pair hpn_001 (ill-posed: only its
-    # warnings are compared above) the optimiser amplifies that (0.3 % and 3.5 % of voxels differed in two runs)
-    well_posed = ("hpn_000", "hpn_002")
+    # the same images and QC, voxel for voxel, the half-off pair hpn_001 included (registration is reproducible
+    # whatever the number of processes and threads: test_registration)
     for name, image in outputs["1"][0].items():
-        other = outputs["2"][0][name]
-        if name.endswith("_0000.nii.gz"):  # the reference phase is copied
-            assert np.array_equal(image, other)
-        elif name.startswith(well_posed):
-            assert np.mean(image != other) < 0.01, name
-        else:
-            assert image.shape == other.shape
-    for name, similarity in outputs["1"][1].items():
-        assert similarity["before"] == outputs["2"][1][name]["before"]
-        if name.startswith(well_posed):
-            assert abs(similarity["after"]["nmi"] - outputs["2"][1][name]["after"]["nmi"]) < 0.005, name
+        assert np.array_equal(image, outputs["2"][0][name]), name
+    assert outputs["1"][1] == outputs["2"][1]

@@ -329,3 +329,20 @@ def test_syn_without_antspyx_is_one_line_naming_the_package(tmp_path: Path, monk
     lines = capsys.readouterr().err.strip().splitlines()
     assert "needs the package antspyx (pip install antspyx)" in lines[-1] and lines[-1].startswith("nnunet-hpn")
     assert not out.exists()
+
+
+def test_registration_is_reproducible_on_two_threads_and_on_one() -> None:
+    """The same pair, registered again (2 ITK threads) and on one thread, gives the same image voxel for voxel and
+    the same global thread setting afterwards: on a pair moved half off the fixed box, where unordered thread sums
+    in the Mattes metric changed 2-4 % of the voxels between runs."""
+    fixed, _, moving, _ = _phantom_pair(0)
+    moving = sitk.Image(moving)
+    extent_x = moving.GetSize()[0] * moving.GetSpacing()[0]
+    moving.SetOrigin((moving.GetOrigin()[0] + 0.6 * extent_x, *moving.GetOrigin()[1:]))
+    with pytest.warns(RegistrationWarning):
+        runs = [sitk.GetArrayFromImage(register_to_reference(fixed, moving, progress=False).warped) for _ in range(3)]
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == 2
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    with pytest.warns(RegistrationWarning):
+        runs.append(sitk.GetArrayFromImage(register_to_reference(fixed, moving, progress=False).warped))
+    assert all(np.array_equal(runs[0], run) for run in runs[1:])
