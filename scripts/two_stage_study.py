@@ -18,9 +18,12 @@ PDAC-stratified 3-fold split, per fold:
 Each finished fold is **archived** as ``--docs``/``folds/fold_<k>.json`` (per-case Dice, timings, training seconds;
 with ``--git-commit``, committed), never run again, on this machine or another; after each fold ``study.md``
 (Dice mean ± std over the archived folds' held-out cases, seconds, paired Wilcoxon p of two-stage against
-whole-scan) is rewritten. Within a fold, trained models and predictions that exist are kept.
+whole-scan) is rewritten. Within a fold, trained models and predictions that exist are kept. ``--real-ct``: then
+the first fold whose models are on this machine is timed on the registration benchmark's real-CT pairs (3 mm and
+clinical-size; whole scan, two-stage, stage 2 on an oracle pancreas crop; seconds only: no model is trained on real
+CT), kept in ``real_ct.json``.
 
-    nice -n 10 python scripts/two_stage_study.py --workdir work_dirs/table1 --docs docs/two_stage --git-commit
+    nice -n 10 python scripts/two_stage_study.py --workdir work_dirs/table1 --docs docs/two_stage --git-commit --real-ct
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ import cpu_table1  # beside this script
 from nnunet_hpn.demo import console_command
 from nnunet_hpn.evaluate.metrics import TARGETS, evaluate_folders
 from nnunet_hpn.evaluate.report import paired_wilcoxon
-from nnunet_hpn.pipeline.locator import STAGE2_TRAINING_MARGIN_MM
+from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM, STAGE2_TRAINING_MARGIN_MM
 
 WHOLE_ID, STAGE2_ID, LOCATOR_ID = 531, 532, 533
 WHOLE_NAME, STAGE2_NAME = "PancreasWholeTable1", "PancreasStage2Table1"
@@ -221,6 +224,121 @@ def summarize(folds: Sequence[dict]) -> list[str]:
     return lines
 
 
+def real_ct_pairs(out: Path) -> dict[str, Path]:
+    """The registration benchmark's real-CT pairs (``benchmark_registration``: the 3 mm TotalSegmentator example CT
+    and its clinical-size resampling, the venous-like copy misaligned and noisy), as ``out/<case>/{arterial,
+    venous,label}.nii.gz`` (label: the pancreas of the TotalSegmentator output), plus ``<case>_oracle_crop``: both
+    phases cut to their own pancreas box + :data:`STAGE2_MARGIN_MM` (stage 2 on a box a perfect locator would give).
+    Written once; an empty dict when the real CT is absent."""
+    import argparse as _argparse
+
+    import SimpleITK as sitk
+    import benchmark_registration as bench  # beside this script
+    from nnunet_hpn.pipeline.crop import crop_image, label_box
+
+    if not (bench.REAL_DIR / "example_ct.nii.gz").is_file():
+        print(f"two_stage_study: {bench.REAL_DIR}: absent; no real-CT timing", flush=True)
+        return {}
+    settings = _argparse.Namespace(real_pairs=1, clinical_pairs=1, deformation_mm=4.0, shift_mm=3.0, rotation_deg=2.0,
+                                   noise_hu=10.0)
+    cases: dict[str, Path] = {}
+    pairs = (*bench.real_pairs(settings), *bench.clinical_pairs(settings))
+    for name, fixed, fixed_label, moving, moving_label in pairs:
+        whole = {"arterial": (fixed, fixed_label), "venous": (moving, moving_label)}
+        oracle = {}
+        for phase, (image, label) in whole.items():
+            box = label_box(label, STAGE2_MARGIN_MM, f"{name} {phase} pancreas")
+            oracle[phase] = (crop_image(image, box, phase), crop_image(label, box, phase))
+        for case, images in ((name, whole), (f"{name}_oracle_crop", oracle)):
+            folder = out / case / case  # predict's folder input: one case folder inside
+            cases[case] = folder.parent
+            if (folder / "venous.nii.gz").is_file():
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(images["arterial"][1], str(folder / "label.nii.gz"), useCompression=True)
+            for phase, (image, _) in images.items():
+                sitk.WriteImage(image, str(folder / f"{phase}.nii.gz"), useCompression=True)
+    return cases
+
+
+def real_ct_timing(workdir: Path, fold: int, env: dict[str, str], locator_trainer: str) -> dict:
+    """Seconds per case of fold ``fold``'s models on the real-CT pairs (no real-CT training data: timing only; the
+    locator trained on phantoms may find nothing there, its QC record says what it did): whole-scan HPN, two-stage
+    (locator + stage 2 on its box, or its whole-scan fallback) and stage 2 alone on the oracle crop."""
+    root = workdir / "two_stage" / "real_ct"
+    cases = real_ct_pairs(root / "inputs")
+    runs = {"whole_scan": ("whole_scan", False), "two_stage": ("stage2", True),
+            "stage2_on_oracle_crop": ("stage2", False)}
+    timing: dict[str, dict] = {}
+    for case, inputs in cases.items():
+        oracle = case.endswith("_oracle_crop")
+        for run_name, (model, with_locator) in runs.items():
+            if oracle != (run_name == "stage2_on_oracle_crop"):
+                continue
+            out = root / "predictions" / run_name / case
+            record_file = out / "timing.json"
+            if not record_file.is_file():
+                command = [console_command("nnunet-hpn"), "predict", "-i", str(inputs), "-o", str(out / "labels"),
+                           "-m", str(hpn_model(workdir, model)), "-f", str(fold), "--disable-tta"]
+                if with_locator:
+                    command += ["--locator", str(locator_model(workdir, locator_trainer)), "--locator-folds",
+                                str(fold)]
+                start = time.perf_counter()
+                cpu_table1.run(command, env)
+                qc = json.loads((out / "labels" / "registration_qc" / f"{case}.json").read_text())
+                record = {"wall_seconds": round(time.perf_counter() - start, 1), "locator": qc.get("locator"),
+                          "grid": sitk_size(inputs / case / "arterial.nii.gz")}
+                record_file.write_text(json.dumps(record, indent=2) + "\n")
+            timing.setdefault(run_name, {})[case.removesuffix("_oracle_crop")] = json.loads(record_file.read_text())
+    return timing
+
+
+def sitk_size(path: Path) -> list[int]:
+    """The (x, y, z) voxel size of an image file, from its header."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return list(reader.GetSize())
+
+
+def real_ct_lines(timing: dict) -> list[str]:
+    """The real-CT timing table of ``study.md``."""
+    lines = ["", "Real-CT pairs (the models of one fold, trained on phantoms: seconds only, no Dice; wall time of one "
+             "`nnunet-hpn predict` per case, model loading and registration included)", "",
+             "| case | grid (x,y,z) | whole scan s | two-stage s (what the locator did) | stage 2 on the oracle crop s "
+             "(crop grid) |", "|---|---|---:|---:|---:|"]
+    for case, whole in timing.get("whole_scan", {}).items():
+        two = timing.get("two_stage", {}).get(case, {})
+        locator = two.get("locator") or {}
+        seconds = f"locator {locator.get('seconds', '–')} s, stage 2 {locator.get('stage2_seconds', '–')} s"
+        did = f"fell back to the whole scan; {seconds}" if locator.get("fallback") else f"box found; {seconds}"
+        oracle = timing.get("stage2_on_oracle_crop", {}).get(case, {})
+        lines.append(f"| {case} | {'x'.join(map(str, whole['grid']))} | {whole['wall_seconds']:.1f} | "
+                     f"{two.get('wall_seconds', float('nan')):.1f} ({did}) | "
+                     f"{oracle.get('wall_seconds', float('nan')):.1f} ({'x'.join(map(str, oracle.get('grid', [])))}) |")
+    return lines
+
+
+def write_study(docs: Path, command: str) -> int:
+    """``study.md`` / ``study.json`` from the archived folds (and the real-CT timing, once measured); the number of
+    archived folds."""
+    archive = docs / "folds"
+    folds = [json.loads((archive / f"fold_{k}.json").read_text()) for k in cpu_table1.FOLDS
+             if (archive / f"fold_{k}.json").is_file()]
+    if not folds:
+        return 0
+    lines = summarize(folds)
+    if (docs / "real_ct.json").is_file():
+        lines += real_ct_lines(json.loads((docs / "real_ct.json").read_text())["timing"])
+    (docs / "study.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (docs / "study.json").write_text(json.dumps({"folds": [r["fold"] for r in folds], "command": command,
+                                                 "records": "folds/fold_<k>.json, real_ct.json"}, indent=2) + "\n")
+    print("\n".join(lines), flush=True)
+    return len(folds)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("work_dirs/table1"))
@@ -230,6 +348,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="quick check: HPN models at EPOCHS × ITERATIONS instead of the table's 80 × 25, the "
                              "locator with nnUNetTrainer_1epoch (archived in --docs like a real run: use another)")
     parser.add_argument("--git-commit", action="store_true", help="commit --docs after every archived fold")
+    parser.add_argument("--real-ct", action="store_true",
+                        help="then time the first trained fold's models on the real-CT pairs (docs: real_ct.json)")
     args = parser.parse_args(argv)
     budget = ("--epochs", str(args.budget[0]), "--iterations", str(args.budget[1])) if args.budget else ()
     locator_trainer = "nnUNetTrainer_1epoch" if args.budget else LOCATOR_TRAINER
@@ -251,16 +371,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 continue
             target.write_text(json.dumps(run_fold(workdir, fold, splits[fold]["val"], env, budget, locator_trainer),
                                          indent=1) + "\n")
-            folds = [json.loads((archive / f"fold_{k}.json").read_text()) for k in cpu_table1.FOLDS
-                     if (archive / f"fold_{k}.json").is_file()]
-            lines = summarize(folds)
-            (docs / "study.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-            (docs / "study.json").write_text(json.dumps({"folds": [r["fold"] for r in folds], "command": command,
-                                                         "records": "folds/fold_<k>.json"}, indent=2) + "\n")
-            print("\n".join(lines), flush=True)
+            n_folds = write_study(docs, command)
             if args.git_commit:
-                cpu_table1.git_commit(docs, f"Two-stage study: fold {fold} archived ({len(folds)} of "
+                cpu_table1.git_commit(docs, f"Two-stage study: fold {fold} archived ({n_folds} of "
                                             f"{len(cpu_table1.FOLDS)} folds)")
+        if args.real_ct and not (docs / "real_ct.json").is_file():
+            trained = [fold for fold in args.folds if all(
+                (path / f"fold_{fold}" / "checkpoint_final.pth").is_file()
+                for path in (hpn_model(workdir, "whole_scan"), hpn_model(workdir, "stage2"),
+                             locator_model(workdir, locator_trainer)))]
+            if not trained:
+                print("two_stage_study: --real-ct: no fold of --folds has its three models on this machine",
+                      file=sys.stderr)
+                return 1
+            timing = real_ct_timing(workdir, trained[0], env, locator_trainer)
+            if timing:
+                (docs / "real_ct.json").write_text(json.dumps(
+                    {"fold": trained[0], "timing": timing, "date": datetime.date.today().isoformat(),
+                     "device": f"CPU ({os.cpu_count()} logical), {platform.processor() or platform.machine()}"},
+                    indent=2) + "\n")
+                write_study(docs, command)
+                if args.git_commit:
+                    cpu_table1.git_commit(docs, "Two-stage study: real-CT timing")
     except cpu_table1.ArchiveMismatch as error:
         print(f"two_stage_study: error: {error}", file=sys.stderr)
         return 1

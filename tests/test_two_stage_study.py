@@ -37,3 +37,14 @@ def test_summary_pools_the_archived_folds() -> None:
     assert lines[5] == "| two_stage | " + " | ".join(["60.50 ± 0.50"] * len(TARGETS)) + " | 10.0 | 2.0 / 4.0 | 250 |"
     # two-stage better on all 4 pairs (equal differences): the signed-rank test's p, not significant at n = 4
     assert lines[7].startswith("two_stage vs whole_scan, paired two-sided Wilcoxon p: abnormal pancreas ")
+
+
+def test_real_ct_table_says_what_the_locator_did() -> None:
+    timing = {"whole_scan": {"real_ct_0": {"wall_seconds": 90.0, "grid": [512, 512, 150], "locator": None}},
+              "two_stage": {"real_ct_0": {"wall_seconds": 95.0, "grid": [512, 512, 150],
+                                          "locator": {"seconds": 4.0, "stage2_seconds": 80.0,
+                                                      "fallback": "whole scan"}}},
+              "stage2_on_oracle_crop": {"real_ct_0": {"wall_seconds": 12.5, "grid": [120, 90, 40], "locator": None}}}
+    lines = two_stage_study.real_ct_lines(timing)
+    assert lines[-1] == ("| real_ct_0 | 512x512x150 | 90.0 | 95.0 (fell back to the whole scan; locator 4.0 s, "
+                         "stage 2 80.0 s) | 12.5 (120x90x40) |")
