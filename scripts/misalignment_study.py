@@ -98,7 +98,7 @@ def predict(inputs: Path, out: Path, row: str, fold: int, env: dict[str, str]) -
                    env)
 
 
-def plot_curves(records: dict[str, dict[str, dict[str, float]]], out: Path) -> None:
+def plot_curves(records: dict[str, dict[str, dict[str, float]]], out: Path, title: str) -> None:
     """One panel per target: Dice against injected misalignment, one line per model."""
     import matplotlib
     matplotlib.use("Agg")
@@ -111,10 +111,12 @@ def plot_curves(records: dict[str, dict[str, dict[str, float]]], out: Path) -> N
             axis.plot([float(level) for level in levels], [per_level[level][target] for level in levels],
                       marker="o", label=model)
         axis.set_title(target)
-        axis.set_xlabel("injected misalignment: smooth field max (mm), + half as much shift")
+        axis.set_xlabel("injected misalignment L (mm)")
         axis.set_ylabel("Dice %")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    figure.suptitle(f"{title}: venous phase warped by a smooth field of at most L mm plus a shift of L/2 mm",
+                    fontsize=10)
     figure.tight_layout()
     figure.savefig(out, dpi=120)
     plt.close(figure)
@@ -210,7 +212,6 @@ def write_docs(folds: Sequence[dict], docs: Path, command: str) -> None:
              for model, per_level in injected.items()}
     reg_means = {model: {method: mean_dice(per_case) for method, per_case in per_method.items()}
                  for model, per_method in registration.items()}
-    n_cases = len({case for record in folds for case in record["cases"]})
     pvalues: dict[str, dict[str, dict[str, float]]] = {}
     for model, reference in COMPARISONS:
         if model not in injected or reference not in injected:
@@ -221,7 +222,8 @@ def write_docs(folds: Sequence[dict], docs: Path, command: str) -> None:
                 target: paired_wilcoxon([injected[model][level][c][target] for c in cases],
                                         [injected[reference][level][c][target] for c in cases])
                 for target in TARGETS}
-    plot_curves(means, docs / "dice_vs_misalignment.png")
+    n_cases = len({case for record in folds for case in record["cases"]})
+    plot_curves(means, docs / "dice_vs_misalignment.png", f"mean Dice over {n_cases} held-out cases")
     info = {"folds": [record["fold"] for record in folds], "n_cases": n_cases, "levels_mm": levels,
             "injected_mean_dice": means, "registration_mean_dice": reg_means, "wilcoxon_p": pvalues,
             "training_seconds": {record["fold"]: record["training_seconds"] for record in folds},
@@ -236,7 +238,7 @@ def write_docs(folds: Sequence[dict], docs: Path, command: str) -> None:
         for model, per_level in means.items():
             lines.append(f"| {model} | " + " | ".join(f"{per_level[key][target]:.2f}" for key in keys) + " |")
     if pvalues:
-        lines += ["", "Paired two-sided Wilcoxon p over the held-out cases (" + WILCOXON_NOTE.split(",")[0] + ")", "",
+        lines += ["", f"p of each comparison at each level over the {n_cases} held-out cases: {WILCOXON_NOTE}", "",
                   "| comparison | target | " + " | ".join(f"{key} mm" for key in keys) + " |",
                   "|---|---|" + "---:|" * len(keys)]
         for name, per_level in pvalues.items():
@@ -255,16 +257,32 @@ def write_docs(folds: Sequence[dict], docs: Path, command: str) -> None:
     print("\n".join(lines), flush=True)
 
 
+def archived_folds(archive: Path) -> list[dict]:
+    """The fold records in ``archive``, in fold order."""
+    return [json.loads((archive / f"fold_{k}.json").read_text()) for k in cpu_table1.FOLDS
+            if (archive / f"fold_{k}.json").is_file()]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("work_dirs/table1"))
     parser.add_argument("--docs", type=Path, default=Path("docs/misalignment"))
     parser.add_argument("--folds", nargs="+", type=int, default=list(cpu_table1.FOLDS), choices=cpu_table1.FOLDS)
     parser.add_argument("--git-commit", action="store_true", help="commit --docs after every archived fold")
+    parser.add_argument("--rewrite-docs", action="store_true",
+                        help="only rewrite study.md / study.json / the PNG from the archived folds")
     args = parser.parse_args(argv)
     workdir, docs = args.workdir.resolve(), args.docs.resolve()
     archive = docs / "folds"
     command = "python scripts/misalignment_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.rewrite_docs:
+        folds = archived_folds(archive)
+        if not folds:
+            print(f"misalignment_study: error: {archive}: no archived fold", file=sys.stderr)
+            return 1
+        write_docs(folds, docs, json.loads((docs / "study.json").read_text())["command"]
+                   if (docs / "study.json").is_file() else command)
+        return 0
     env = cpu_table1.nnunet_env(workdir)
     raw = cpu_table1.prepare_dataset(workdir, env)
     try:
@@ -280,8 +298,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cpu_table1.check_or_record(archive, "splits_final.json", splits)
             record = run_fold(workdir, raw, fold, splits[fold]["val"], MODELS, LEVELS_MM, REGISTRATIONS, env)
             target.write_text(json.dumps(record, indent=1) + "\n")
-            folds = [json.loads((archive / f"fold_{k}.json").read_text()) for k in cpu_table1.FOLDS
-                     if (archive / f"fold_{k}.json").is_file()]
+            folds = archived_folds(archive)
             write_docs(folds, docs, command)
             if args.git_commit:
                 cpu_table1.git_commit(docs, f"Misalignment study: fold {fold} archived "
