@@ -18,10 +18,10 @@ PDAC-stratified 3-fold split, per fold:
 Each finished fold is **archived** as ``--docs``/``folds/fold_<k>.json`` (per-case Dice, timings, training seconds;
 with ``--git-commit``, committed), never run again, on this machine or another; after each fold ``study.md``
 (Dice mean ± std over the archived folds' held-out cases, seconds, paired Wilcoxon p of two-stage against
-whole-scan) is rewritten. Within a fold, trained models and predictions that exist are kept. ``--real-ct``: then
-the first fold whose models are on this machine is timed on the registration benchmark's real-CT pairs (3 mm and
+whole-scan) is rewritten. Within a fold, trained models and predictions that exist are kept. ``--real-ct``: the
+first fold whose models are on this machine is also timed on the registration benchmark's real-CT pairs (3 mm and
 clinical-size; whole scan, two-stage, stage 2 on an oracle pancreas crop; seconds only: no model is trained on real
-CT), kept in ``real_ct.json``.
+CT), kept in ``real_ct.json`` (right after the first fold, so that it lands early).
 
     nice -n 10 python scripts/two_stage_study.py --workdir work_dirs/table1 --docs docs/two_stage --git-commit --real-ct
 """
@@ -321,6 +321,27 @@ def real_ct_lines(timing: dict) -> list[str]:
     return lines
 
 
+def models_present(workdir: Path, fold: int, locator_trainer: str) -> bool:
+    """Whether fold ``fold``'s locator, whole-scan and stage-2 models are trained on this machine."""
+    return all((model / f"fold_{fold}" / "checkpoint_final.pth").is_file()
+               for model in (hpn_model(workdir, "whole_scan"), hpn_model(workdir, "stage2"),
+                             locator_model(workdir, locator_trainer)))
+
+
+def time_real_ct(workdir: Path, docs: Path, fold: int, env: dict[str, str], locator_trainer: str, command: str,
+                 commit: bool) -> None:
+    """:func:`real_ct_timing` with fold ``fold``'s models, kept in ``docs/real_ct.json`` (once)."""
+    timing = real_ct_timing(workdir, fold, env, locator_trainer)
+    if not timing:
+        return
+    (docs / "real_ct.json").write_text(json.dumps(
+        {"fold": fold, "timing": timing, "date": datetime.date.today().isoformat(),
+         "device": f"CPU ({os.cpu_count()} logical), {platform.processor() or platform.machine()}"}, indent=2) + "\n")
+    write_study(docs, command)
+    if commit:
+        cpu_table1.git_commit(docs, "Two-stage study: real-CT timing")
+
+
 def write_study(docs: Path, command: str) -> int:
     """``study.md`` / ``study.json`` from the archived folds (and the real-CT timing, once measured); the number of
     archived folds."""
@@ -368,31 +389,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             target = archive / f"fold_{fold}.json"
             if target.is_file():
                 print(f"two_stage_study: fold {fold}: archived in {target}", flush=True)
-                continue
-            target.write_text(json.dumps(run_fold(workdir, fold, splits[fold]["val"], env, budget, locator_trainer),
-                                         indent=1) + "\n")
-            n_folds = write_study(docs, command)
-            if args.git_commit:
-                cpu_table1.git_commit(docs, f"Two-stage study: fold {fold} archived ({n_folds} of "
-                                            f"{len(cpu_table1.FOLDS)} folds)")
-        if args.real_ct and not (docs / "real_ct.json").is_file():
-            trained = [fold for fold in args.folds if all(
-                (path / f"fold_{fold}" / "checkpoint_final.pth").is_file()
-                for path in (hpn_model(workdir, "whole_scan"), hpn_model(workdir, "stage2"),
-                             locator_model(workdir, locator_trainer)))]
-            if not trained:
-                print("two_stage_study: --real-ct: no fold of --folds has its three models on this machine",
-                      file=sys.stderr)
-                return 1
-            timing = real_ct_timing(workdir, trained[0], env, locator_trainer)
-            if timing:
-                (docs / "real_ct.json").write_text(json.dumps(
-                    {"fold": trained[0], "timing": timing, "date": datetime.date.today().isoformat(),
-                     "device": f"CPU ({os.cpu_count()} logical), {platform.processor() or platform.machine()}"},
-                    indent=2) + "\n")
-                write_study(docs, command)
+            else:
+                record = run_fold(workdir, fold, splits[fold]["val"], env, budget, locator_trainer)
+                target.write_text(json.dumps(record, indent=1) + "\n")
+                n_folds = write_study(docs, command)
                 if args.git_commit:
-                    cpu_table1.git_commit(docs, "Two-stage study: real-CT timing")
+                    cpu_table1.git_commit(docs, f"Two-stage study: fold {fold} archived ({n_folds} of "
+                                                f"{len(cpu_table1.FOLDS)} folds)")
+            if args.real_ct and not (docs / "real_ct.json").is_file() and models_present(workdir, fold,
+                                                                                          locator_trainer):
+                time_real_ct(workdir, docs, fold, env, locator_trainer, command, args.git_commit)
+        if args.real_ct and not (docs / "real_ct.json").is_file():
+            print("two_stage_study: --real-ct: no fold of --folds has its three models on this machine",
+                  file=sys.stderr)
+            return 1
     except cpu_table1.ArchiveMismatch as error:
         print(f"two_stage_study: error: {error}", file=sys.stderr)
         return 1
