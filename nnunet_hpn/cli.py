@@ -143,9 +143,12 @@ def _cpu_config(args: argparse.Namespace) -> None:
 
     plans_file = Path(nnUNet_preprocessed) / maybe_convert_to_dataset_name(args.dataset) / f"{args.plans}.json"
     entry = add_small_configuration(plans_file, args.name, args.patch_size, args.base_features, args.max_features,
-                                    args.batch_size)
-    print(f"added configuration '{args.name}' to {plans_file}: patch {entry['patch_size']}, "
-          f"features {entry['architecture']['arch_kwargs']['features_per_stage']}, batch {entry['batch_size']}")
+                                    args.batch_size, spacing_factor=args.spacing_factor)
+    print(f"added configuration '{args.name}' to {plans_file}: spacing {entry['spacing']}, patch "
+          f"{entry['patch_size']}, features {entry['architecture']['arch_kwargs']['features_per_stage']}, batch "
+          f"{entry['batch_size']}")
+    if args.spacing_factor != 1.0:
+        print(f"its data is its own: nnUNetv2_preprocess -d {args.dataset} -c {args.name} -plans_name {args.plans}")
 
 
 def _union(args: argparse.Namespace) -> None:
@@ -360,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-features", type=int, default=8)
     p.add_argument("--max-features", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--spacing-factor", type=float, default=1.0, metavar="F",
+                   help="a coarse configuration (as 3d_lowres): 3d_fullres's spacing × F, its own preprocessed data "
+                        "(default 1: 3d_fullres's spacing and data)")
     p.set_defaults(func=_cpu_config)
 
     p = sub.add_parser("union", help="the paper's final HPN output: union of original-pair and virtual-pair "

@@ -9,8 +9,9 @@ PDAC-stratified 3-fold split, per fold:
 2. **stage 2**: ``convert --register --crop-to-label 30`` (``STAGE2_TRAINING_MARGIN_MM``) → ``HPNTrainer_stage2``
    (box jitter 20 ± 10 mm) at the same preset;
 3. **locator**: ``nnunet-hpn locator-dataset`` of the whole-scan dataset (arterial phase, label abnormal pancreas) →
-   the stock ``nnUNetv2_plan_and_preprocess`` and ``nnUNetTrainer_5epochs`` (5 × 250 iterations) on a 3d_cpu
-   configuration (patch 32×64×64) of the stock ``nnUNetPlans``;
+   the stock ``nnUNetv2_plan_and_preprocess`` and ``nnUNetTrainer_5epochs`` (5 × 250 iterations) on a coarse CPU
+   configuration of the stock ``nnUNetPlans`` (``cpu-config --spacing-factor 2``, as ``3d_lowres``: 5×3×3 mm, the
+   phantom's 24×48×48 grid in one 24×48×48 patch), preprocessed by ``nnUNetv2_preprocess``;
 4. every fold's held-out cases predicted from the raw, unregistered phantom files by ``nnunet-hpn predict`` — once on
    the whole scan, once with ``--locator`` — and evaluated on the full grid (Dice of abnormal pancreas, PDAC, duct;
    seconds per case from the wall time and the QC files; training seconds per model).
@@ -48,7 +49,9 @@ from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM, STAGE2_TRAINING_MARGIN
 
 WHOLE_ID, STAGE2_ID, LOCATOR_ID = 531, 532, 533
 WHOLE_NAME, STAGE2_NAME = "PancreasWholeTable1", "PancreasStage2Table1"
-LOCATOR_TRAINER, LOCATOR_PLANS, LOCATOR_PATCH = "nnUNetTrainer_5epochs", "nnUNetPlans", ("32", "64", "64")
+LOCATOR_TRAINER, LOCATOR_PLANS = "nnUNetTrainer_5epochs", "nnUNetPlans"
+#: the locator's coarse configuration: its name, spacing factor over 3d_fullres and patch (z, y, x)
+LOCATOR_CONFIG, LOCATOR_SPACING_FACTOR, LOCATOR_PATCH = "3d_cpu_coarse", 2.0, ("24", "48", "48")
 #: model name -> (dataset id, run_ablation row)
 HPN_MODELS: dict[str, tuple[int, str]] = {"whole_scan": (WHOLE_ID, "hpn"), "stage2": (STAGE2_ID, "hpn_stage2")}
 #: the inference methods compared
@@ -76,12 +79,20 @@ def prepare(workdir: Path, env: dict[str, str]) -> None:
     locator_raw = raw_dataset(workdir, LOCATOR_ID)
     preprocessed = workdir / "nnUNet_preprocessed"
     plans = preprocessed / locator_raw.name / f"{LOCATOR_PLANS}.json"
-    if not plans.is_file():
+    if not plans.is_file():  # planned only: the locator's data is its coarse configuration's
         cpu_table1.run([console_command("nnUNetv2_plan_and_preprocess"), "-d", str(LOCATOR_ID), "-c", "3d_fullres",
-                        "-np", "2", "-npfp", "2"], env)
-    if "3d_cpu" not in json.loads(plans.read_text())["configurations"]:
+                        "-npfp", "2", "--no_pp"], env)
+    configurations = json.loads(plans.read_text())["configurations"]
+    if LOCATOR_CONFIG not in configurations:
         cpu_table1.run([console_command("nnunet-hpn"), "cpu-config", "-d", str(LOCATOR_ID), "-p", LOCATOR_PLANS,
-                        "-c", "3d_cpu", "--patch-size", *LOCATOR_PATCH], env)
+                        "-c", LOCATOR_CONFIG, "--patch-size", *LOCATOR_PATCH,
+                        "--spacing-factor", f"{LOCATOR_SPACING_FACTOR:g}"], env)
+        configurations = json.loads(plans.read_text())["configurations"]
+    data = plans.parent / configurations[LOCATOR_CONFIG]["data_identifier"]
+    n_cases = len(list((locator_raw / "labelsTr").glob("*.nii.gz")))
+    if len(list(data.glob("*_seg.b2nd"))) < n_cases:
+        cpu_table1.run([console_command("nnUNetv2_preprocess"), "-d", str(LOCATOR_ID), "-plans_name", LOCATOR_PLANS,
+                        "-c", LOCATOR_CONFIG, "-np", "2"], env)
     split = (preprocessed / f"Dataset{cpu_table1.DATASET_ID}_{cpu_table1.DATASET_NAME}" / "splits_final.json")
     if not split.is_file():
         raise SystemExit(f"{split}: missing; run scripts/cpu_table1.py first (the study holds out the table's cases)")
@@ -98,7 +109,7 @@ def train_locator(workdir: Path, fold: int, env: dict[str, str], trainer: str = 
     fold_dir = locator_model(workdir, trainer) / f"fold_{fold}"
     if (fold_dir / "checkpoint_final.pth").is_file():
         return None
-    command = [console_command("nnUNetv2_train"), str(LOCATOR_ID), "3d_cpu", str(fold), "-tr", trainer,
+    command = [console_command("nnUNetv2_train"), str(LOCATOR_ID), LOCATOR_CONFIG, str(fold), "-tr", trainer,
                "-p", LOCATOR_PLANS, "-device", "cpu"]
     start = time.perf_counter()
     cpu_table1.run(command + (["--c"] if (fold_dir / "checkpoint_latest.pth").is_file() else []), env)
@@ -107,7 +118,7 @@ def train_locator(workdir: Path, fold: int, env: dict[str, str], trainer: str = 
 
 def locator_model(workdir: Path, trainer: str = LOCATOR_TRAINER) -> Path:
     return (workdir / "nnUNet_results" / raw_dataset(workdir, LOCATOR_ID).name
-            / f"{trainer}__{LOCATOR_PLANS}__3d_cpu")
+            / f"{trainer}__{LOCATOR_PLANS}__{LOCATOR_CONFIG}")
 
 
 def train_hpn(workdir: Path, model: str, fold: int, env: dict[str, str], budget: Sequence[str] = ()
@@ -190,7 +201,8 @@ def run_fold(workdir: Path, fold: int, cases: Sequence[str], env: dict[str, str]
             "training_seconds": {name: seconds.get(f"{name}/fold_{fold}") for name in ("locator", "whole_scan",
                                                                                        "stage2")},
             "budget": list(budget) or "the table's preset", "preset": list(cpu_table1.PRESET),
-            "locator": {"trainer": locator_trainer, "plans": LOCATOR_PLANS, "patch": list(LOCATOR_PATCH)},
+            "locator": {"trainer": locator_trainer, "plans": LOCATOR_PLANS, "configuration": LOCATOR_CONFIG,
+                        "spacing_factor": LOCATOR_SPACING_FACTOR, "patch": [int(p) for p in LOCATOR_PATCH]},
             "date": datetime.date.today().isoformat(),
             "device": f"CPU ({os.cpu_count()} logical), {platform.processor() or platform.machine()}"}
 

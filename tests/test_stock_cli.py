@@ -3,10 +3,12 @@ workers), train, predict (-npp 2 -nps 2, spawned workers), find_best_configurati
 import json
 from pathlib import Path
 
+import blosc2
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from nnunet_hpn.errors import HPNInputError
 from conftest import DATASET_ID, TINY_CONFIGURATION, run_stock
 
 TRAINER = "HPNTrainer_cpu_smoke"
@@ -73,3 +75,31 @@ def test_plot_overlay_pngs_reads_the_cpu_configuration(planned_dataset, tmp_path
                "-p", "nnUNetHPNPlans", "-np", "1"], planned_dataset["env"])
     n_cases = len(list((planned_dataset["raw"] / "labelsTr").glob("*.nii.gz")))
     assert len(list(out.glob("*.png"))) == n_cases
+
+
+def test_a_coarse_cpu_configuration_is_preprocessed_by_the_stock_command(planned_dataset):
+    """``cpu-config --spacing-factor 2`` is a 3d_lowres-like configuration: twice the spacing, half the median size,
+    data of its own, which ``nnUNetv2_preprocess -c`` writes at about half the grid (in a plans file of its own, so
+    the session's plans stay as they are)."""
+    from nnunet_hpn.nnunet.plans_tools import add_small_configuration
+
+    plans_file = planned_dataset["plans_file"].with_name("nnUNetHPNPlansCoarseTest.json")
+    plans = json.loads(planned_dataset["plans_file"].read_text())
+    plans_file.write_text(json.dumps({**plans, "plans_name": "nnUNetHPNPlansCoarseTest"}))
+    fine = plans["configurations"]["3d_fullres"]
+    coarse = add_small_configuration(plans_file, "3d_coarse", patch_size=(16, 32, 32), spacing_factor=2.0)
+    assert coarse["spacing"] == [2 * s for s in fine["spacing"]]
+    assert coarse["median_image_size_in_voxels"] == [round(m / 2) for m in fine["median_image_size_in_voxels"]]
+    assert coarse["data_identifier"] == "nnUNetHPNPlansCoarseTest_3d_coarse" != fine["data_identifier"]
+    with pytest.raises(HPNInputError, match="spacing factor 0.5: must be a number ≥ 1"):
+        add_small_configuration(plans_file, "3d_fine", spacing_factor=0.5)
+    run_stock(["nnUNetv2_preprocess", "-d", str(DATASET_ID), "-plans_name", "nnUNetHPNPlansCoarseTest",
+               "-c", "3d_coarse", "-np", "1"], planned_dataset["env"])
+    coarse_dir = plans_file.parent / "nnUNetHPNPlansCoarseTest_3d_coarse"
+    fine_dir = plans_file.parent / fine["data_identifier"]
+    cases = sorted(p.name for p in fine_dir.glob("*_seg.b2nd"))
+    assert cases and sorted(p.name for p in coarse_dir.glob("*_seg.b2nd")) == cases
+    for case in cases:
+        fine_shape = np.array(blosc2.open(str(fine_dir / case), mode="r").shape[1:])
+        coarse_shape = np.array(blosc2.open(str(coarse_dir / case), mode="r").shape[1:])
+        assert np.all(np.abs(coarse_shape - fine_shape / 2) <= 1), (case, fine_shape, coarse_shape)

@@ -25,13 +25,15 @@ NNUNET_3D_OPERATIONS: dict = {
 
 def add_small_configuration(plans_file: Path, name: str = "3d_cpu", patch_size: Sequence[int] = (32, 48, 48),
                             base_features: int = 8, max_features: int = 64, batch_size: int = 2,
-                            parent: str = "3d_fullres") -> dict:
+                            parent: str = "3d_fullres", spacing_factor: float = 1.0) -> dict:
     """Adds configuration ``name`` (a small patch and narrow network, for CPU runs) to ``plans_file``.
 
     Everything else, including the preprocessed data, is ``parent``'s: its resolved settings are written out in full
     (``inherits_from`` kept as a note), because some stock commands (``nnUNetv2_plot_overlay_pngs``) read a
-    configuration without resolving inheritance. The network topology (stages, strides, kernels) for the new patch
-    comes from nnU-Net's own ``get_pool_and_conv_props``. Returns the new entry.
+    configuration without resolving inheritance. ``spacing_factor`` > 1 makes a coarse configuration, as nnU-Net's
+    ``3d_lowres``: spacing × factor, median image size / factor, and data of its own (``data_identifier``
+    ``<plans>_<name>``; ``nnUNetv2_preprocess -c <name>`` writes it). The network topology (stages, strides, kernels)
+    for the new patch comes from nnU-Net's own ``get_pool_and_conv_props``. Returns the new entry.
     """
     plans_file = Path(plans_file)
     if not plans_file.is_file():
@@ -39,7 +41,15 @@ def add_small_configuration(plans_file: Path, name: str = "3d_cpu", patch_size: 
     plans = json.loads(plans_file.read_text())
     if parent not in plans["configurations"]:
         raise HPNInputError(f"{plans_file}: has no configuration '{parent}' to inherit from")
-    parent_config = PlansManager(plans).get_configuration(parent).configuration  # inheritance resolved
+    if not spacing_factor >= 1.0:
+        raise HPNInputError(f"{plans_file}: spacing factor {spacing_factor}: must be a number ≥ 1")
+    parent_config = deepcopy(PlansManager(plans).get_configuration(parent).configuration)  # inheritance resolved
+    if spacing_factor != 1.0:
+        parent_config.update({
+            "spacing": [s * spacing_factor for s in parent_config["spacing"]],
+            "median_image_size_in_voxels": [max(1.0, round(m / spacing_factor)) for m in
+                                            parent_config["median_image_size_in_voxels"]],
+            "data_identifier": f"{plans['plans_name']}_{name}"})
     _, strides, kernel_sizes, patch, _ = get_pool_and_conv_props(parent_config["spacing"], list(patch_size), 4, 999999)
     n_stages = len(strides)
     architecture = deepcopy(parent_config["architecture"])
@@ -52,7 +62,7 @@ def add_small_configuration(plans_file: Path, name: str = "3d_cpu", patch_size: 
         "n_conv_per_stage": list(arch_kwargs["n_conv_per_stage"])[:1] * n_stages,
         "n_conv_per_stage_decoder": list(arch_kwargs["n_conv_per_stage_decoder"])[:1] * (n_stages - 1),
     })
-    entry = {**deepcopy(parent_config), "inherits_from": parent, "patch_size": [int(p) for p in patch],
+    entry = {**parent_config, "inherits_from": parent, "patch_size": [int(p) for p in patch],
              "batch_size": batch_size, "architecture": architecture}
     plans["configurations"][name] = entry
     plans_file.write_text(json.dumps(plans, indent=4))
