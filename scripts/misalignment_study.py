@@ -203,6 +203,73 @@ COMPARISONS: tuple[tuple[str, str], ...] = (("hpn", "early_fusion"), ("hpn_misal
                                            ("hpn_misalign", "early_fusion_misalign"))
 
 
+#: a fold "learned" a target when its held-out mean Dice at 0 mm reaches this (%): at the table's budget some
+#: trainings never segment PDAC or the duct at all, which would swamp a comparison of how Dice falls off
+LEARNED_DICE = 10.0
+
+
+def learned(record: dict, model: str, target: str) -> bool:
+    """Whether ``model`` of the fold ``record`` segments ``target`` at all (mean Dice at 0 mm ≥ LEARNED_DICE)."""
+    return mean_dice(record["injected"][model]["0"])[target] >= LEARNED_DICE
+
+
+def drops(folds: Sequence[dict], model: str, target: str, level: str, reference: Optional[str] = None
+          ) -> dict[str, float]:
+    """Per case, Dice(level) − Dice(0 mm) of ``model`` (percentage points), over the folds where ``model`` (and
+    ``reference``, when given) learned ``target``."""
+    out: dict[str, float] = {}
+    for record in folds:
+        if all(learned(record, m, target) for m in (model, reference) if m):
+            per_level = record["injected"][model]
+            out.update({c: per_level[level][c][target] - per_level["0"][c][target] for c in per_level["0"]})
+    return out
+
+
+def falloff_lines(folds: Sequence[dict], keys: Sequence[str]) -> tuple[list[str], dict]:
+    """Markdown for which fold learned what, and for how Dice falls off with misalignment where it was learned
+    (mean drop per model; paired Wilcoxon of the drops per comparison); and the same as a dict."""
+    models = list(folds[0]["injected"])
+    info: dict = {"learned_dice": LEARNED_DICE, "fold_mean_at_0mm": {}, "mean_drop": {}, "drop_wilcoxon_p": {}}
+    lines = ["", f"Mean Dice % at 0 mm per fold (a fold *learned* a target at ≥ {LEARNED_DICE:g} %)", "",
+             "| model | target | " + " | ".join(f"fold {r['fold']}" for r in folds) + " |",
+             "|---|---|" + "---:|" * len(folds)]
+    for model in models:
+        for target in TARGETS:
+            values = [mean_dice(r["injected"][model]["0"])[target] for r in folds]
+            info["fold_mean_at_0mm"].setdefault(model, {})[target] = values
+            lines.append(f"| {model} | {target} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    lines += ["", "Fall-off: mean per-case Dice(L) − Dice(0 mm), percentage points, over the folds where the model "
+              "learned the target (cases n)", "",
+              "| model | target | n | " + " | ".join(f"{key} mm" for key in keys[1:]) + " |",
+              "|---|---|---:|" + "---:|" * (len(keys) - 1)]
+    for model in models:
+        for target in TARGETS:
+            per_level = {key: drops(folds, model, target, key) for key in keys[1:]}
+            n = len(per_level[keys[1]])
+            if not n:
+                continue
+            means = {key: round(float(np.mean(list(v.values()))), 2) for key, v in per_level.items()}
+            info["mean_drop"].setdefault(model, {})[target] = {"n": n, **means}
+            lines.append(f"| {model} | {target} | {n} | " + " | ".join(f"{means[k]:+.1f}" for k in keys[1:]) + " |")
+    lines += ["", f"p of the fall-off, model against reference, over the cases of the folds where both learned the "
+              f"target: {WILCOXON_NOTE}", "",
+              "| comparison | target | n | " + " | ".join(f"{key} mm" for key in keys[1:]) + " |",
+              "|---|---|---:|" + "---:|" * (len(keys) - 1)]
+    for model, reference in COMPARISONS:
+        for target in TARGETS:
+            ours = {key: drops(folds, model, target, key, reference) for key in keys[1:]}
+            theirs = {key: drops(folds, reference, target, key, model) for key in keys[1:]}
+            cases = sorted(ours[keys[1]])
+            if len(cases) < 2:
+                continue
+            p = {key: paired_wilcoxon([ours[key][c] for c in cases], [theirs[key][c] for c in cases])
+                 for key in keys[1:]}
+            info["drop_wilcoxon_p"].setdefault(f"{model} vs {reference}", {})[target] = {"n": len(cases), **p}
+            lines.append(f"| {model} vs {reference} | {target} | {len(cases)} | "
+                         + " | ".join(f"{p[k]:.3g}" for k in keys[1:]) + " |")
+    return lines, info
+
+
 def write_docs(folds: Sequence[dict], docs: Path, command: str) -> None:
     """``study.md`` / ``study.json`` / ``dice_vs_misalignment.png`` from the archived folds (interim while some
     folds are missing)."""
@@ -229,8 +296,8 @@ def write_docs(folds: Sequence[dict], docs: Path, command: str) -> None:
             "training_seconds": {record["fold"]: record["training_seconds"] for record in folds},
             "dates": sorted({record["date"] for record in folds}), "devices": sorted({r["device"] for r in folds}),
             "preset": folds[0]["preset"], "command": command}
-    (docs / "study.json").write_text(json.dumps(info, indent=2) + "\n")
     keys = [f"{level:g}" for level in levels]
+    falloff, info["falloff"] = falloff_lines(folds, keys)
     lines = [f"Folds {', '.join(str(r['fold']) for r in folds)} of 3 ({n_cases} held-out cases); mean Dice %.", "",
              "| model | " + " | ".join(f"{key} mm" for key in keys) + " |", "|---|" + "---:|" * len(keys)]
     for target in TARGETS:
@@ -245,14 +312,24 @@ def write_docs(folds: Sequence[dict], docs: Path, command: str) -> None:
             for target in TARGETS:
                 lines.append(f"| {name} | {target} | " + " | ".join(f"{per_level[key][target]:.3g}" for key in keys)
                              + " |")
+    lines += falloff
     if reg_means:
         methods = [m for m in REGISTRATIONS if any(m in per for per in reg_means.values())]
-        lines += ["", "Registration of the raw, unaligned phantoms (mean Dice %)", "",
-                  "| model | target | " + " | ".join(methods) + " |", "|---|---|" + "---:|" * len(methods)]
+        pairs = [(m, methods[-1]) for m in methods[:-1]]  # every method against the last (demons)
+        lines += ["", "Registration of the raw, unaligned phantoms (mean Dice %; p: paired Wilcoxon as above)", "",
+                  "| model | target | " + " | ".join(methods) + " | " + " | ".join(f"p {a} vs {b}" for a, b in pairs)
+                  + " |", "|---|---|" + "---:|" * (len(methods) + len(pairs))]
+        info["registration_wilcoxon_p"] = {}
         for model, per_method in reg_means.items():
             for target in TARGETS:
+                cases = sorted(registration[model][methods[-1]])
+                p = [paired_wilcoxon([registration[model][a][c][target] for c in cases],
+                                     [registration[model][b][c][target] for c in cases]) for a, b in pairs]
+                info["registration_wilcoxon_p"].setdefault(model, {})[target] = dict(
+                    zip((f"{a} vs {b}" for a, b in pairs), p))
                 lines.append(f"| {model} | {target} | " + " | ".join(f"{per_method[m][target]:.2f}" for m in methods)
-                             + " |")
+                             + " | " + " | ".join(f"{v:.3g}" for v in p) + " |")
+    (docs / "study.json").write_text(json.dumps(info, indent=2) + "\n")
     (docs / "study.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines), flush=True)
 

@@ -63,3 +63,23 @@ def test_study_docs_pool_the_archived_folds(tmp_path: Path) -> None:
     study = (tmp_path / "study.md").read_text(encoding="utf-8")
     assert "Folds 0, 1 of 3 (16 held-out cases)" in study and "| hpn | 56.53 |" in study
     assert (tmp_path / "dice_vs_misalignment.png").stat().st_size > 10_000
+
+
+def test_fall_off_counts_only_the_folds_that_learned_the_target(tmp_path: Path) -> None:
+    """A fold whose early-fusion model never segments PDAC (Dice 0 at every level) is left out of early fusion's
+    fall-off and out of every comparison with it; the fall-off is Dice(L) − Dice(0 mm) per case."""
+    folds = [synthetic_fold(0, [f"a{i}" for i in range(8)], 3.0), synthetic_fold(1, [f"b{i}" for i in range(8)], 3.0)]
+    for per_case in folds[1]["injected"]["early_fusion"].values():
+        for values in per_case.values():
+            values["PDAC"] = 0.0
+    misalignment_study.write_docs(folds, tmp_path, "python scripts/misalignment_study.py")
+    falloff = json.loads((tmp_path / "study.json").read_text())["falloff"]
+    assert falloff["fold_mean_at_0mm"]["early_fusion"]["PDAC"][1] == 0.0
+    assert falloff["mean_drop"]["early_fusion"]["PDAC"] == {"n": 8, "1": -2.0, "2": -4.0, "4": -8.0, "8": -16.0}
+    assert falloff["mean_drop"]["hpn"]["PDAC"]["n"] == 16
+    # both fall off by 2 points per mm on the 8 cases of fold 0: no difference, p = 1
+    assert falloff["drop_wilcoxon_p"]["hpn vs early_fusion"]["PDAC"] == {"n": 8, "1": 1.0, "2": 1.0, "4": 1.0,
+                                                                         "8": 1.0}
+    registration_p = json.loads((tmp_path / "study.json").read_text())["registration_wilcoxon_p"]
+    assert registration_p["hpn"]["PDAC"]["none vs demons"] < 1e-3  # 40 against 42 on all 16 cases
+    assert "learned the target" in (tmp_path / "study.md").read_text(encoding="utf-8")
