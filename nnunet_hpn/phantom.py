@@ -35,7 +35,7 @@ import json
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -250,15 +250,11 @@ def _other_phase_hu(phase: str, rng: np.random.Generator, arterial_hu: np.ndarra
     return hu, float(rng.uniform(10, 20))
 
 
-def _paint_tissue(grid: _Grid, rng: np.random.Generator, texture_rng: np.random.Generator,
-                  subtle: bool = False) -> tuple[np.ndarray, dict]:
-    """Tissue map (uint8 Tissue ids) of one abdomen in the reference phase's space, and its pancreas/mass/duct
-    parameters.
-
-    Scalar anatomy comes from ``rng``, voxel-sized random fields from ``texture_rng``, so the anatomy's
-    parameters do not depend on the grid size. A ``subtle`` case has a small mass confined to the gland and no
-    duct dilation (the same draws, then overridden, so the other anatomy is that of the non-subtle case).
-    """
+def _paint_body(grid: _Grid, rng: np.random.Generator,
+               texture_rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Callable[..., np.ndarray]]:
+    """Tissue map (z, y, x; uint8 Tissue ids) of the body wall, subcutaneous and mesenteric fat, the mask of the
+    abdominal cavity (z, y, x) and ``jittered(fz, fy, fx)``: a point given as in :meth:`_Grid.point`, randomly
+    displaced (drawn from ``rng``)."""
     tissue = np.full(grid.shape, Tissue.AIR, dtype=np.uint8)
     centre = grid.centre
     semi_y, semi_x = grid.semi_y * rng.uniform(0.95, 1.05), grid.semi_x * rng.uniform(0.95, 1.05)
@@ -274,6 +270,29 @@ def _paint_tissue(grid: _Grid, rng: np.random.Generator, texture_rng: np.random.
     def jittered(fz: float, fy: float, fx: float) -> np.ndarray:
         return grid.point(*(np.array([fz, fy, fx]) + rng.normal(0, 0.03, size=3)))
 
+    return tissue, inner, jittered
+
+
+def _paint_organs(tissue: np.ndarray, inner: np.ndarray, grid: _Grid, rng: np.random.Generator,
+                  organs: Sequence[tuple[Tissue, np.ndarray, np.ndarray]]) -> None:
+    """Paint each (tissue, centre mm, semi-axes mm) ellipsoid, its size jittered, inside the cavity ``inner``, then
+    the vertebra."""
+    for organ, organ_centre, semi_axes in organs:
+        tissue[inner & grid.ellipsoid(organ_centre, semi_axes * rng.uniform(0.9, 1.1, size=3))] = organ
+    spine_radius = rng.uniform(0.14, 0.17) * grid.semi_x
+    tissue[inner & grid.cylinder_z(grid.point(0, 0.68, 0), spine_radius, spine_radius)] = Tissue.BONE
+
+
+def _paint_tissue(grid: _Grid, rng: np.random.Generator, texture_rng: np.random.Generator,
+                  subtle: bool = False) -> tuple[np.ndarray, dict]:
+    """Tissue map (uint8 Tissue ids) of one abdomen in the reference phase's space, and its pancreas/mass/duct
+    parameters.
+
+    Scalar anatomy comes from ``rng``, voxel-sized random fields from ``texture_rng``, so the anatomy's
+    parameters do not depend on the grid size. A ``subtle`` case has a small mass confined to the gland and no
+    duct dilation (the same draws, then overridden, so the other anatomy is that of the non-subtle case).
+    """
+    tissue, inner, jittered = _paint_body(grid, rng, texture_rng)
     semi = np.array([grid.length_z, grid.semi_y, grid.semi_x])
     organs = [
         (Tissue.LIVER, jittered(0.30, -0.05, -0.45), semi * [0.35, 0.75, 0.50]),
@@ -281,10 +300,7 @@ def _paint_tissue(grid: _Grid, rng: np.random.Generator, texture_rng: np.random.
         (Tissue.KIDNEY, jittered(-0.05, 0.50, -0.50), semi * [0.28, 0.22, 0.15]),
         (Tissue.KIDNEY, jittered(-0.05, 0.50, 0.50), semi * [0.28, 0.22, 0.15]),
     ]
-    for organ, organ_centre, semi_axes in organs:
-        tissue[inner & grid.ellipsoid(organ_centre, semi_axes * rng.uniform(0.9, 1.1, size=3))] = organ
-    spine_radius = rng.uniform(0.14, 0.17) * grid.semi_x
-    tissue[inner & grid.cylinder_z(grid.point(0, 0.68, 0), spine_radius, spine_radius)] = Tissue.BONE
+    _paint_organs(tissue, inner, grid, rng, organs)
 
     # Pancreas centre line from head (t = 0, patient right) to tail (t = 1, towards the spleen).
     pancreas_curve = _sample_curve(np.stack([jittered(-0.12, -0.05, -0.28), jittered(-0.04, -0.30, -0.05),
@@ -375,6 +391,15 @@ def _parenchyma_texture(grid: _Grid, rng: np.random.Generator) -> np.ndarray:
     return (TEXTURE_SD_HU * field / field.std()).astype(np.float32)
 
 
+def _render(hu: np.ndarray, tissue: np.ndarray, texture: np.ndarray, textured_tissues: Sequence[Tissue],
+            noise_sigma: float, noise: np.ndarray) -> np.ndarray:
+    """int16 HU image (z, y, x): each tissue's HU (``hu`` indexed by Tissue value), the texture on
+    ``textured_tissues``, plus ``noise_sigma`` times the standard-normal ``noise``."""
+    textured = np.isin(tissue, textured_tissues)
+    noisy = hu[tissue] + texture * textured + noise_sigma * noise
+    return np.clip(np.rint(noisy), HU_MIN, HU_MAX).astype(np.int16)
+
+
 def generate_phantom_case(seed: int, case_index: int, shape_zyx: tuple[int, int, int] = (48, 96, 96),
                           spacing_zyx: tuple[float, float, float] = (2.5, 1.5, 1.5), phases: Sequence[str] = PHASES,
                           reference_phase: str | None = None) -> PhantomCase:
@@ -417,11 +442,8 @@ def generate_phantom_case(seed: int, case_index: int, shape_zyx: tuple[int, int,
                                                                                  deformation_rng_of_phase)
         deformations[phase] = (float(np.linalg.norm(displacement_mm, axis=0).max()), translation_mm.tolist())
 
-    images = {}
-    for phase in phases:
-        textured = np.isin(tissues[phase], (Tissue.PANCREAS, Tissue.MASS))
-        noisy = hu[phase][tissues[phase]] + textures[phase] * textured + noise_sigma[phase] * noise[phase]
-        images[phase] = np.clip(np.rint(noisy), HU_MIN, HU_MAX).astype(np.int16)
+    images = {phase: _render(hu[phase], tissues[phase], textures[phase], (Tissue.PANCREAS, Tissue.MASS),
+                             noise_sigma[phase], noise[phase]) for phase in phases}
 
     first_deformed = next((phase for phase in phases if phase in deformations), None)
     iso_phase = iso_phase if iso_phase in phases else None
@@ -468,7 +490,8 @@ def _write_nifti(array: np.ndarray, spacing_zyx: tuple[float, float, float], pat
 def write_phantom_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: tuple[int, int, int] = (48, 96, 96),
                         spacing_zyx: tuple[float, float, float] = (2.5, 1.5, 1.5), progress: bool = True,
                         phases: Sequence[str] = PHASES, reference_phase: str | None = None,
-                        crop_margin_mm: float | None = None) -> list[str]:
+                        crop_margin_mm: float | None = None,
+                        generate: Callable[..., PhantomCase] = generate_phantom_case) -> list[str]:
     """Write ``out_dir/<case>/<phase>.nii.gz`` for every phase, ``label.nii.gz`` (reference phase's space),
     ``label_<phase>.nii.gz`` for every other phase, and ``out_dir/phantoms.json``.
 
@@ -478,6 +501,7 @@ def write_phantom_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: t
     Returns the case ids (``hpn_000``, ``hpn_001``, ...). Default: ``arterial.nii.gz``, ``venous.nii.gz``,
     ``label.nii.gz`` (arterial space), ``label_venous.nii.gz``. All images share one grid. For another phase list
     phantoms.json also records ``phases`` and ``reference_phase`` (the default's file is unchanged).
+    ``generate``: the preset's case generator, with :func:`generate_phantom_case`'s arguments (default: it).
     """
     if n_cases < 1:
         raise HPNInputError(f"{out_dir}: n_cases must be at least 1, got {n_cases}")
@@ -494,7 +518,7 @@ def write_phantom_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: t
     case_ids, cases_metadata, boxes = [], [], {}
     for case_index in tqdm(range(n_cases), desc="phantom cases", unit="case", disable=not progress):
         case_id = f"hpn_{case_index:03d}"
-        case = generate_phantom_case(seed, case_index, shape_zyx, spacing_zyx, phases, reference_phase)
+        case = generate(seed, case_index, shape_zyx, spacing_zyx, phases, reference_phase)
         case_dir = out_dir / case_id
         case_dir.mkdir(exist_ok=True)
         files = [(phase, case.images[phase]) for phase in phases] + [("label", case.label)]
