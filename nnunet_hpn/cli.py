@@ -12,11 +12,14 @@ from nnunet_hpn.errors import HPNInputError, HPNWarning
 
 def _phantom(args: argparse.Namespace) -> None:
     from nnunet_hpn.phantom import write_phantom_cases
+    from nnunet_hpn.phantom_liver import write_liver_cases
 
-    cases = write_phantom_cases(Path(args.out_dir), args.cases, seed=args.seed, phases=args.phases,
-                                crop_margin_mm=args.crop)
+    write = write_liver_cases if args.preset == "liver" else write_phantom_cases
+    cases = write(Path(args.out_dir), args.cases, seed=args.seed, phases=args.phases, crop_margin_mm=args.crop)
     cropped = f", cropped to the label box + {args.crop:g} mm" if args.crop is not None else ""
-    print(f"wrote {len(cases)} phantom cases ({', '.join(args.phases)}{cropped}) to {args.out_dir}")
+    labels = f"; labels for convert --labels: {Path(args.out_dir) / 'labels.json'}" if args.preset == "liver" else ""
+    print(f"wrote {len(cases)} {args.preset} phantom cases ({', '.join(args.phases)}{cropped}) to "
+          f"{args.out_dir}{labels}")
 
 
 def _convert(args: argparse.Namespace) -> None:
@@ -246,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=float, metavar="MARGIN_MM",
                    help="cut every file of a case to its label's box plus MARGIN_MM (world positions kept); "
                         "boxes in OUT_DIR/crop_boxes.json")
+    p.add_argument("--preset", choices=("pancreas", "liver"), default="pancreas",
+                   help="pancreas: pancreas, PDAC, duct (default); liver: liver, hypervascular lesions, portal vein, "
+                        "aorta, with OUT_DIR/labels.json for convert --labels (nnunet_hpn/phantom_liver.py)")
     p.set_defaults(func=_phantom)
 
     p = sub.add_parser("convert", help="IN_DIR/<case>/{arterial,venous,label}.nii.gz -> $nnUNet_raw/DatasetXXX_NAME")
