@@ -2,8 +2,8 @@
 portal vein and the aorta, in the phases of :mod:`nnunet_hpn.phantom` (default: arterial + venous).
 
 Labels (:data:`LIVER_LABELS`): background 0, liver 1, lesion 2, portal vein 3, aorta 4. ``write_liver_cases``
-writes them with the evaluation targets, the lesion target, the union precedence and the reference phase to
-``OUT_DIR/labels.json``, the file ``nnunet-hpn convert --labels`` takes.
+writes them with the evaluation targets, the lesion target and the union precedence to ``OUT_DIR/labels.json``,
+the file ``nnunet-hpn convert --labels`` takes (convert adds the reference phase).
 
 The body, organs, shapes, deformation, texture and noise are :mod:`nnunet_hpn.phantom`'s; what this preset adds
 is the anatomy of the liver and its enhancement, with the textbook values of hepatocellular carcinoma (HCC;
@@ -226,10 +226,8 @@ def write_liver_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: tup
                       phases: Sequence[str] = PHASES, reference_phase: str | None = None,
                       crop_margin_mm: float | None = None) -> list[str]:
     """:func:`nnunet_hpn.phantom.write_phantom_cases` with liver cases, and ``out_dir/labels.json``
-    (:func:`liver_labels_file`, with the reference phase) for ``convert --labels``; returns the case ids."""
-    reference_phase = check_phases(phases, reference_phase, str(out_dir))
+    (:func:`liver_labels_file`) for ``convert --labels``; returns the case ids."""
     case_ids = write_phantom_cases(out_dir, n_cases, seed, shape_zyx, spacing_zyx, progress, phases,
                                    reference_phase, crop_margin_mm, generate=generate_liver_case)
-    labels = {**liver_labels_file(), "reference_phase": reference_phase}
-    (Path(out_dir) / "labels.json").write_text(json.dumps(labels, indent=2) + "\n")
+    (Path(out_dir) / "labels.json").write_text(json.dumps(liver_labels_file(), indent=2) + "\n")
     return case_ids

@@ -104,7 +104,7 @@ def test_cli_writes_cases_and_labels_file(tmp_path: Path, capsys) -> None:
     assert "labels.json" in capsys.readouterr().out
     labels = json.loads((out / "labels.json").read_text())
     assert labels["labels"] == LIVER_LABELS and labels["lesion"] == "lesion"
-    assert labels["targets"]["liver (all)"] == ["liver", "lesion"] and labels["reference_phase"] == "arterial"
+    assert labels["targets"]["liver (all)"] == ["liver", "lesion"]
     assert labels["union_precedence"][0] == "lesion"
     summary = json.loads((out / "phantoms.json").read_text())
     assert [case["preset"] for case in summary["cases"]] == ["liver", "liver"]
@@ -124,3 +124,15 @@ def test_pancreas_preset_is_the_default_and_writes_no_labels_file(tmp_path: Path
     assert not (out / "labels.json").exists()
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "hpn_000" / "arterial.nii.gz")))
     assert np.array_equal(written, generate_phantom_case(3, 0).images["arterial"])
+
+
+def test_labels_file_is_a_valid_scheme(tmp_path: Path) -> None:
+    """``labels.json`` as ``convert --labels`` reads it: the lesion target, the whole liver, lesion first in unions."""
+    from nnunet_hpn.labels import LabelScheme
+    from nnunet_hpn.phantom_liver import liver_labels_file
+
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(liver_labels_file()))
+    scheme = LabelScheme.from_labels_file(path)
+    assert scheme.lesion == "lesion" and scheme.union_precedence[0] == "lesion"
+    assert scheme.target_values["liver (all)"] == (1, 2) and scheme.target_values["lesion"] == (2,)
