@@ -8,14 +8,15 @@ several) DICOM series, uneven DICOM slice spacing (missing slices). Phase images
 :func:`check_phase_voxels`) also refuse an all-constant image, fewer than 4 voxels along an axis, and values that do
 not look like CT in HU (:func:`ct_value_problem`: a label map or mask, stored values without the rescale intercept,
 values far outside any CT range) unless ``allow_unusual_intensities``. Label maps (:func:`read_label`) refuse
-non-integer values and labels outside {0, 1, 2, 3} (an all-background label map is valid).
+non-integer values and labels outside the label scheme (default the paper's {0, 1, 2, 3}; an all-background label map
+is valid).
 """
 from __future__ import annotations
 
 import gzip
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import nibabel
 import numpy as np
@@ -24,6 +25,9 @@ from nibabel.filebasedimages import ImageFileError
 
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.geometry import check_3d_single_component, check_spacing, check_volume_size
+
+if TYPE_CHECKING:
+    from nnunet_hpn.labels import LabelScheme
 
 GZIP_MAGIC = b"\x1f\x8b"
 GZIP_CHUNK_BYTES = 1 << 24
@@ -79,6 +83,18 @@ def read_voxels_verified(path: Path) -> np.ndarray:
         return np.asanyarray(image.dataobj)
     except (OSError, EOFError, zlib.error, ValueError):
         raise HPNInputError(f"{path}: unreadable or corrupt image data (truncated or damaged)") from None
+
+
+def read_file_voxels(path: Path) -> np.ndarray:
+    """Voxel values of an image file in (x, y, z) order: a NIfTI file through :func:`read_voxels_verified` (damage
+    and NaN seen), any other through SimpleITK (:func:`read_header` checks first)."""
+    path = Path(path)
+    if path.name.endswith((".nii.gz", ".nii")):
+        return read_voxels_verified(path)
+    try:
+        return sitk.GetArrayFromImage(read_header(path).Execute()).transpose()
+    except RuntimeError:
+        raise HPNInputError(f"{path}: unreadable or corrupt image data") from None
 
 
 def check_finite(voxels: np.ndarray, path: str) -> None:
@@ -207,21 +223,23 @@ def read_image(path: Path | str, allow_unusual_intensities: bool = False) -> sit
     return image
 
 
-def read_label(path: Path | str) -> tuple[np.ndarray, sitk.Image]:
+def read_label(path: Path | str, scheme: LabelScheme | None = None) -> tuple[np.ndarray, sitk.Image]:
     """A label map: its integer (z, y, x) voxels and the image (geometry), checked like :func:`read_image` except
-    that a constant map is allowed; non-integer values or labels outside {0, 1, 2, 3} raise HPNInputError."""
-    from nnunet_hpn import LABELS
+    that a constant map is allowed; non-integer values or values outside the label scheme's
+    (:class:`nnunet_hpn.labels.LabelScheme`, default the paper's {0, 1, 2, 3}) raise HPNInputError."""
+    from nnunet_hpn.labels import PDAC_SCHEME
 
+    allowed = (scheme or PDAC_SCHEME).values
     image = _read_3d(Path(path))
     voxels = sitk.GetArrayFromImage(image)
     if not np.issubdtype(voxels.dtype, np.integer):
         if not np.array_equal(voxels, np.round(voxels)):
             raise HPNInputError(f"{path}: label map contains non-integer values")
         voxels = voxels.astype(np.int16)
-    unexpected = sorted(set(np.unique(voxels).tolist()) - set(LABELS.values()))
+    unexpected = sorted(set(np.unique(voxels).tolist()) - set(allowed))
     if unexpected:
         shown = ", ".join(str(v) for v in unexpected[:10]) + (", ..." if len(unexpected) > 10 else "")
-        raise HPNInputError(f"{path}: unexpected labels [{shown}], expected only {sorted(LABELS.values())}")
+        raise HPNInputError(f"{path}: unexpected labels [{shown}], expected only {allowed}")
     return voxels, image
 
 
@@ -241,14 +259,3 @@ def _read_3d(path: Path) -> sitk.Image:
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
         check_finite(sitk.GetArrayViewFromImage(image), str(path))
     return image
-
-
-def find_phase_input(case_dir: Path, phase: str) -> Path | None:
-    """``case_dir/<phase>.nii.gz`` (or another image ending) or the DICOM folder ``case_dir/<phase>/``; None if
-    absent."""
-    for ending in IMAGE_FILE_ENDINGS:
-        candidate = case_dir / f"{phase}{ending}"
-        if candidate.is_file():
-            return candidate
-    folder = case_dir / phase
-    return folder if folder.is_dir() else None

@@ -10,6 +10,7 @@ complete.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import re
@@ -24,16 +25,17 @@ from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_j
 from tqdm import tqdm
 
 from nnunet_hpn.io.publish import check_output_location, check_output_not_input, exclusive_claim, published_folder
-from nnunet_hpn import LABELS
+from nnunet_hpn.labels import PDAC_LABELS, PDAC_SCHEME, LabelScheme
 from nnunet_hpn.phases import PHASES, channel_file_name, reference_phase as reference_phase_rule
 from nnunet_hpn.pipeline.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.io.case_layout import CaseInputs, read_case_layout
 from nnunet_hpn.io.listing import case_folders
 from nnunet_hpn.io.images import check_finite as _check_finite
 from nnunet_hpn.io.images import check_phase_voxels
 from nnunet_hpn.io.images import read_header as _read_header
 from nnunet_hpn.io.images import read_label
-from nnunet_hpn.io.images import read_voxels_verified as _read_voxels
+from nnunet_hpn.io.images import read_file_voxels as _read_voxels
 from nnunet_hpn.io.geometry import check_overlap, check_same_grid
 from nnunet_hpn.pipeline.registration import METHODS, register_to_reference
 
@@ -47,18 +49,6 @@ DATASET_DESCRIPTION = ("Dual-phase pancreas CT for the Hyper-Pairing Network: ch
                        "labels pancreas, PDAC mass and pancreatic duct. Converted by nnunet_hpn.pipeline.convert.")
 
 
-def _check_label_values(voxels: np.ndarray, path: str) -> None:
-    """Refuse label values outside the HPN label convention (non-integer values shown to full precision)."""
-    bad_values = np.setdiff1d(np.unique(voxels), list(LABELS.values()))
-    fractional = bad_values[bad_values != np.round(bad_values)]
-    if fractional.size:
-        raise HPNInputError(f"{path}: label map contains non-integer values (e.g. {float(fractional[0])!r}); "
-                            f"labels must be whole numbers in {sorted(LABELS.values())}")
-    if bad_values.size:
-        shown = ", ".join(f"{v:g}" for v in bad_values[:10]) + (", ..." if bad_values.size > 10 else "")
-        raise HPNInputError(f"{path}: label values {{{shown}}} outside {sorted(LABELS.values())}")
-
-
 @dataclass(frozen=True)
 class _Layout:
     """Which phases make the channels (in order), which one is the reference grid, and whether the others are
@@ -70,6 +60,8 @@ class _Layout:
     crop_margin_mm: float | None = None
     allow_unusual_intensities: bool = False
     registration_method: str = "demons"
+    #: what the label values mean (``--labels``; default the paper's scheme); dataset.json gets its fields
+    scheme: LabelScheme = PDAC_SCHEME
 
     @property
     def reference_index(self) -> int:
@@ -89,37 +81,26 @@ def _layout(in_dir: Path, phases, reference_phase: str | None, register: bool) -
     return _Layout(phases, reference_phase_rule(phases, reference_phase, where=str(in_dir)), register)
 
 
+def _case_inputs(case_dir: Path, layout: _Layout = _Layout(PHASES, PHASES[0], False)) -> CaseInputs:
+    """The inputs of one case folder under the case-layout rule (:mod:`nnunet_hpn.io.case_layout`): every phase
+    present, labels optional (``label.nii.gz`` on the reference grid; ``label_<phase>.nii.gz``, on that phase's
+    grid, for the registration QC; a ``label_<reference>`` is allowed and not used)."""
+    return read_case_layout(case_dir, layout.phases, dicom_folders=False, require="all",
+                            hint="; --phases sets the phase names")
+
+
 def _case_files(case_dir: Path, layout: _Layout = _Layout(PHASES, PHASES[0], False)) -> tuple[list[Path], Path | None]:
     """Phase image paths (in channel order) and the label path, if any, of one case folder."""
-    label = case_dir / LABEL_FILE
-    return [case_dir / f"{phase}{FILE_ENDING}" for phase in layout.phases], (label if label.exists() else None)
-
-
-def _phase_label(case_dir: Path, phase: str) -> Path | None:
-    """``label_<phase>.nii.gz``: an optional label on a non-reference phase's own grid, used for registration QC."""
-    path = case_dir / f"label_{phase}{FILE_ENDING}"
-    return path if path.exists() else None
-
-
-def _check_file_names(case_dir: Path, layout: _Layout) -> None:
-    """Refuse a case folder holding anything but ``<phase>.nii.gz``, ``label.nii.gz`` and ``label_<phase>.nii.gz``
-    (hidden files aside): a misnamed or extra file is more often a mistake than something to ignore. (The label of
-    the reference phase is ``label.nii.gz``; a ``label_<reference>.nii.gz`` is allowed and not used.)"""
-    expected = ({f"{phase}{FILE_ENDING}" for phase in layout.phases} | {LABEL_FILE}
-                | {f"label_{phase}{FILE_ENDING}" for phase in layout.phases})
-    unexpected = sorted(path.name for path in case_dir.iterdir()
-                        if not path.name.startswith(".") and path.name not in expected)
-    if unexpected:
-        raise HPNInputError(f"{case_dir / unexpected[0]}: unexpected file in a case folder (expected "
-                            f"{', '.join(sorted(expected))}; --phases sets the phase names)")
+    inputs = _case_inputs(case_dir, layout)
+    return [inputs.phases[phase] for phase in layout.phases], inputs.label
 
 
 def _check_headers(case_dir: Path, layout: _Layout = _Layout(PHASES, PHASES[0], False)) -> None:
     """Cheap header checks of one case: only expected file names; files present, readable, 3D; on the reference
     grid, or (when registering) overlapping it in physical space. The label is always on the reference phase's
     grid."""
-    _check_file_names(case_dir, layout)
-    phase_paths, label_path = _case_files(case_dir, layout)
+    inputs = _case_inputs(case_dir, layout)
+    phase_paths, label_path = [inputs.phases[phase] for phase in layout.phases], inputs.label
     headers = [_read_header(path) for path in phase_paths]
     reference_path, reference = phase_paths[layout.reference_index], headers[layout.reference_index]
     for phase, path, header in zip(layout.phases, phase_paths, headers):
@@ -127,7 +108,7 @@ def _check_headers(case_dir: Path, layout: _Layout = _Layout(PHASES, PHASES[0], 
             continue
         if layout.register:
             check_overlap(reference, header, str(reference_path), str(path))
-            phase_label = _phase_label(case_dir, phase)
+            phase_label = inputs.phase_labels.get(phase)
             if phase_label is not None:
                 check_same_grid(header, path, _read_header(phase_label), phase_label)
         else:
@@ -141,10 +122,22 @@ def _write_image(image: sitk.Image, source: Path, target: Path, box: CropBox | N
     sitk.WriteImage(image if box is None else crop_image(image, box, str(source)), str(target), useCompression=True)
 
 
-def _register_phase(case_dir: Path, phase: str, path: Path, reference_path: Path, label_path: Path | None,
+def _copy_image(source: Path, target: Path, box: CropBox | None) -> None:
+    """``source`` (``.nii.gz``, ``.nii`` or another image file) as the ``.nii.gz`` file ``target``, cut to ``box`` if
+    given: a ``.nii.gz`` byte for byte, a ``.nii`` compressed as it is, anything else rewritten by SimpleITK."""
+    if box is not None or not source.name.endswith((".nii.gz", ".nii")):
+        _write_image(sitk.ReadImage(str(source)), source, target, box)
+    elif source.name.endswith(".nii.gz"):
+        shutil.copyfile(source, target)
+    else:
+        with source.open("rb") as stream, gzip.open(target, "wb") as compressed:
+            shutil.copyfileobj(stream, compressed)
+
+
+def _register_phase(phase_label: Path | None, path: Path, reference_path: Path, label_path: Path | None,
                     target: Path, progress: bool, box: CropBox | None = None, method: str = "demons") -> dict:
-    """Register one phase onto the reference grid, write the warped image to ``target`` (cut to ``box``); its QC."""
-    phase_label = _phase_label(case_dir, phase)
+    """Register one phase (with ``phase_label``, its own label, if any) onto the reference grid, write the warped
+    image to ``target`` (cut to ``box``); its QC."""
     result = register_to_reference(
         sitk.ReadImage(str(reference_path)), sitk.ReadImage(str(path)),
         moving_label=None if phase_label is None else sitk.ReadImage(str(phase_label)),
@@ -159,7 +152,8 @@ def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = 
     """Check the voxels of one case and copy its files into ``dataset_dir`` (registering the non-reference phases
     first when ``layout.register``, QC into ``dataset_dir/registration_qc/<case>.json``; every file cut to ``box``
     if given); True if it has a label."""
-    phase_paths, label_path = _case_files(case_dir, layout)
+    inputs = _case_inputs(case_dir, layout)
+    phase_paths, label_path = [inputs.phases[phase] for phase in layout.phases], inputs.label
     reference_path = phase_paths[layout.reference_index]
     images_dir = dataset_dir / ("imagesTr" if label_path is not None else "imagesTs")
     case_qc = {}
@@ -171,12 +165,10 @@ def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = 
         images_dir.mkdir(exist_ok=True)
         target = images_dir / channel_file_name(case_dir.name, channel, FILE_ENDING)
         if layout.register and path != reference_path:
-            case_qc[phase] = _register_phase(case_dir, phase, path, reference_path, label_path, target, progress,
-                                             box, layout.registration_method)
-        elif box is not None:
-            _write_image(sitk.ReadImage(str(path)), path, target, box)
+            case_qc[phase] = _register_phase(inputs.phase_labels.get(phase), path, reference_path, label_path,
+                                             target, progress, box, layout.registration_method)
         else:
-            shutil.copyfile(path, target)
+            _copy_image(path, target, box)
     if layout.register:
         qc_dir = dataset_dir / QC_FOLDER
         qc_dir.mkdir(exist_ok=True)
@@ -186,13 +178,10 @@ def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = 
         return False
     label_voxels = _read_voxels(label_path)
     _check_finite(label_voxels, str(label_path))
-    _check_label_values(label_voxels, str(label_path))
+    layout.scheme.check_values(label_voxels, str(label_path))
     (dataset_dir / "labelsTr").mkdir(exist_ok=True)
     label_target = dataset_dir / "labelsTr" / f"{case_dir.name}{FILE_ENDING}"
-    if box is None:
-        shutil.copyfile(label_path, label_target)
-    else:
-        _write_image(sitk.ReadImage(str(label_path)), label_path, label_target, box)
+    _copy_image(label_path, label_target, box)
     return True
 
 
@@ -267,11 +256,16 @@ def _write_qc_summary(qc_dir: Path) -> None:
 
 
 def _description(layout: _Layout) -> str:
-    if layout.phases == PHASES and not layout.register and layout.crop_margin_mm is None:
+    pdac = layout.scheme.labels == PDAC_LABELS
+    if layout.phases == PHASES and not layout.register and layout.crop_margin_mm is None and pdac:
         return DATASET_DESCRIPTION
     channels = ", ".join(f"channel {i} {phase}" for i, phase in enumerate(layout.phases))
-    text = (f"Multi-phase pancreas CT for the Hyper-Pairing Network: {channels}; labels pancreas, PDAC mass and "
-            "pancreatic duct. Converted by nnunet_hpn.pipeline.convert.")
+    if pdac:
+        text = (f"Multi-phase pancreas CT for the Hyper-Pairing Network: {channels}; labels pancreas, PDAC mass and "
+                "pancreatic duct. Converted by nnunet_hpn.pipeline.convert.")
+    else:
+        text = (f"Multi-phase CT for the Hyper-Pairing Network: {channels}; labels "
+                f"{', '.join(layout.scheme.foreground)}. Converted by nnunet_hpn.pipeline.convert.")
     if layout.register:
         text += (f" Every other phase registered onto the {layout.reference} grid (diffeomorphic demons, "
                  f"nnunet_hpn.pipeline.registration); QC in {QC_FOLDER}/.")
@@ -283,19 +277,22 @@ def _description(layout: _Layout) -> str:
 
 def _write_dataset_json(dataset_dir: Path, name: str, num_training: int,
                         layout: _Layout = _Layout(PHASES, PHASES[0], False)) -> None:
-    """dataset.json written by nnU-Net's own helper."""
+    """dataset.json written by nnU-Net's own helper: the scheme's ``labels`` (``regions_class_order``) and its
+    ``"hpn"`` facts with the reference phase."""
+    fields = dataclasses.replace(layout.scheme, reference_phase=layout.reference).dataset_json_fields()
     generate_dataset_json(str(dataset_dir), channel_names={str(i): phase for i, phase in enumerate(layout.phases)},
-                          labels=dict(LABELS), num_training_cases=num_training, file_ending=FILE_ENDING,
+                          labels=fields.pop("labels"), num_training_cases=num_training, file_ending=FILE_ENDING,
+                          regions_class_order=fields.pop("regions_class_order", None),
                           dataset_name=name, description=_description(layout),
                           converted_by="nnunet_hpn.pipeline.convert",
-                          license="see the source data")
+                          license="see the source data", **fields)
 
 
 def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | None = None, overwrite: bool = False,
                   progress: bool = True, phases=PHASES, reference_phase: str | None = None,
                   register: bool = False, crop_margin_mm: float | None = None,
                   allow_unusual_intensities: bool = False, n_processes: int = 1,
-                  registration_method: str = "demons") -> Path:
+                  registration_method: str = "demons", labels: LabelScheme | Path | None = None) -> Path:
     """Build ``raw_root/Dataset{id:03d}_{name}`` (raw_root defaults to ``$nnUNet_raw``) and return its path.
 
     Channel i is ``phases[i]`` (``channel_names`` of dataset.json = the phase names in order). Cases with
@@ -311,6 +308,9 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     the boxes in ``<dataset>/crop_boxes.json``; every case needs a label then. Nothing is left in the raw root when
     any input is invalid (HPNInputError). ``n_processes`` > 1: cases converted (registered) in that many worker
     processes; ``registration_method``: :data:`~nnunet_hpn.pipeline.registration.METHODS` but "none".
+    ``labels``: the label scheme (:mod:`nnunet_hpn.labels`; a path is a ``--labels`` file), default the paper's:
+    every label map is checked against it, and dataset.json gets its ``labels`` and ``"hpn"`` facts, with the
+    reference phase.
     """
     in_dir = Path(in_dir)
     layout = _layout(in_dir, phases, reference_phase, register)
@@ -321,8 +321,12 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     if registration_method not in METHODS or registration_method == "none":
         raise HPNInputError(f"{in_dir}: registration method {registration_method!r} is not one of "
                             f"{[m for m in METHODS if m != 'none']}")
+    if labels is None:
+        labels = PDAC_SCHEME
+    elif not isinstance(labels, LabelScheme):
+        labels = LabelScheme.from_labels_file(Path(labels))
     layout = dataclasses.replace(layout, allow_unusual_intensities=allow_unusual_intensities,
-                                 registration_method=registration_method)
+                                 registration_method=registration_method, scheme=labels)
     if raw_root is None:
         if not os.environ.get("nnUNet_raw"):
             raise HPNInputError("nnUNet_raw: environment variable not set and no raw_root given")
@@ -349,7 +353,8 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
                 label_path = _case_files(case_dir, layout)[1]
                 if label_path is None:
                     raise HPNInputError(f"{case_dir}: no {LABEL_FILE}; --crop-to-label needs a label in every case")
-                boxes[case_dir.name] = label_box(read_label(label_path)[1], layout.crop_margin_mm, str(label_path))
+                boxes[case_dir.name] = label_box(read_label(label_path, layout.scheme)[1], layout.crop_margin_mm,
+                                                 str(label_path))
         if all(_case_files(case_dir, layout)[1] is None for case_dir in case_dirs):
             raise HPNInputError(f"{in_dir}: no case has a {LABEL_FILE}, nothing to train on")
 

@@ -43,7 +43,8 @@ from nnunet_hpn.io.publish import (atomic_file, check_output_location, check_out
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.listing import case_folders
 from nnunet_hpn.io.dicom_seg import DICOM_SEG_ENDING, import_highdicom, write_dicom_seg
-from nnunet_hpn.io.images import IMAGE_FILE_ENDINGS, find_phase_input, read_image
+from nnunet_hpn.io.case_layout import read_case_layout
+from nnunet_hpn.io.images import IMAGE_FILE_ENDINGS, read_image
 from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
 from nnunet_hpn.phases import read_channel_names, reference_phase
 from nnunet_hpn.pipeline.crop import CropBox, crop_image, uncrop_image
@@ -207,19 +208,10 @@ def read_phase_images(phase_paths: Mapping[str, Path], channel_names: Sequence[s
 
 
 def _case_inputs(case_dir: Path, channel_names: Sequence[str]) -> dict[str, Path]:
-    """Phase name -> input of one folder-mode case; HPNInputError for a file or folder that is neither a model
-    phase (``<phase>.nii.gz`` etc. or a ``<phase>/`` DICOM folder) nor a label (``label*``, ignored)."""
-    known = {f"{phase}{ending}" for phase in channel_names for ending in IMAGE_FILE_ENDINGS} | set(channel_names)
-    unexpected = sorted(path.name for path in case_dir.iterdir() if not path.name.startswith(".")
-                        and not path.name.startswith("label") and path.name not in known)
-    if unexpected:
-        raise HPNInputError(f"{case_dir / unexpected[0]}: unexpected file in a case folder (the model's phases: "
-                            f"{', '.join(channel_names)}, as <phase>.nii.gz or <phase>/ DICOM folders)")
-    found = {phase: find_phase_input(case_dir, phase) for phase in channel_names}
-    inputs = {phase: path for phase, path in found.items() if path is not None}
-    if not inputs:
-        raise HPNInputError(f"{case_dir}: none of the model's phases ({', '.join(channel_names)}) found")
-    return inputs
+    """Phase name -> input of one folder-mode case under the case-layout rule
+    (:func:`nnunet_hpn.io.case_layout.read_case_layout`: the model's phases as image files or DICOM folders, labels
+    allowed and not used); at least one of the model's phases."""
+    return read_case_layout(case_dir, channel_names, require="any", hint="; the model's phases").phases
 
 
 @dataclass
