@@ -12,5 +12,5 @@ EXT_TRAINER_DIR: str = str(Path(__file__).resolve().parent / "nnunet" / "ext")
 
 from nnunet_hpn.phases import PHASES  # noqa: F401  (re-exported; the phase names live in nnunet_hpn.phases)
 
-#: Label convention of every HPN dataset.
+#: The paper's label scheme, the default preset of :mod:`nnunet_hpn.labels` (any other scheme comes from dataset.json).
 LABELS: dict = {"background": 0, "pancreas": 1, "PDAC": 2, "duct": 3}

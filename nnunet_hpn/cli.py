@@ -30,7 +30,8 @@ def _convert(args: argparse.Namespace) -> None:
                            phases=tuple(args.phases), reference_phase=args.reference_phase, register=args.register,
                            crop_margin_mm=args.crop_to_label, allow_unusual_intensities=args.allow_unusual_intensities,
                            n_processes=args.np if args.np is not None else _default_processes(args.register),
-                           registration_method=args.registration_method)
+                           registration_method=args.registration_method,
+                           labels=Path(args.labels) if args.labels else None)
     print(f"wrote {target}")
 
 
@@ -275,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default="demons", help="with --register: demons (default), syn (needs antspyx) or affine")
     p.add_argument("-np", type=_positive_int, default=None,
                    help="worker processes (default: with --register nnU-Net's nnUNet_def_n_proc, else 1)")
+    p.add_argument("--labels", metavar="LABELS.json",
+                   help="the labels of your data: dataset.json's 'labels' object (name -> value, or -> list of "
+                        "values for regions), or {\"labels\": {...}} with regions_class_order, targets, lesion, "
+                        "union_precedence beside it (default: background 0, pancreas 1, PDAC 2, duct 3)")
     p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
     p.set_defaults(func=_convert)
 
