@@ -31,8 +31,37 @@ def _convert(args: argparse.Namespace) -> None:
                            crop_margin_mm=args.crop_to_label, allow_unusual_intensities=args.allow_unusual_intensities,
                            n_processes=args.np if args.np is not None else _default_processes(args.register),
                            registration_method=args.registration_method,
-                           labels=Path(args.labels) if args.labels else None)
+                           labels=Path(args.labels) if args.labels else None,
+                           phase_map=Path(args.phase_map) if args.phase_map else None,
+                           segment_map=_segment_map(args.segment_map))
     print(f"wrote {target}")
+
+
+def _segment_map(items: List[str]) -> dict:
+    """``--segment-map SEGMENT=LABEL ...`` as a dict; HPNInputError for an item without '='."""
+    mapping = {}
+    for item in items:
+        segment, _, label = item.partition("=")
+        if not segment.strip() or not label.strip():
+            raise HPNInputError(f"--segment-map {item}: expected SEGMENT_LABEL=LABEL_NAME (or =0 to leave it out)")
+        mapping[segment.strip()] = label.strip()
+    return mapping
+
+
+def _phase_map(args: argparse.Namespace) -> None:
+    from nnunet_hpn.io.dicom_study import review_phase_map
+    from nnunet_hpn.io.listing import case_folders
+    from nnunet_hpn.io.publish import check_output_not_input, write_text_atomically
+
+    check_output_not_input(Path(args.output), [Path(args.in_dir)] + ([Path(args.phase_map)] if args.phase_map
+                                                                      else []), "-o")
+    text, errors = review_phase_map(case_folders(Path(args.in_dir)), args.phases,
+                                    Path(args.phase_map) if args.phase_map else None)
+    write_text_atomically(Path(args.output), text)
+    print(f"wrote {args.output}")
+    if errors:
+        raise HPNInputError("\n".join(errors + [f"{len(errors)} case(s) need a decision: fill in their phases in "
+                                                f"{args.output} and pass it back with --phase-map"]))
 
 
 def _default_processes(register: bool) -> int:
@@ -126,13 +155,16 @@ def _predict(args: argparse.Namespace) -> None:
                                             ("-npp", args.npp != 1), ("-nps", args.nps != 1),
                                             ("-num_parts", args.num_parts != 1), ("-part_id", args.part_id != 0))
                    if given]
+    if args.phase_map and not args.input:
+        folder_only.append("--phase-map")
     if folder_only and not args.input:
         raise HPNInputError(f"{args.output}: {folder_only[0]} needs folder mode (-i IN_DIR)")
     model = _model_folder(args)
     if args.input:
         cases = predict_folder(Path(args.input), Path(args.output), model, n_processes_preprocessing=args.npp,
                                n_processes_export=args.nps, continue_prediction=args.continue_prediction,
-                               num_parts=args.num_parts, part_id=args.part_id, **options)
+                               num_parts=args.num_parts, part_id=args.part_id,
+                               phase_map=Path(args.phase_map) if args.phase_map else None, **options)
     else:
         predict_case({name: Path(path) for name, path in phases.items()}, model, Path(args.output),
                      qc_path=Path(args.qc) if args.qc else None, **options)
@@ -280,8 +312,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the labels of your data: dataset.json's 'labels' object (name -> value, or -> list of "
                         "values for regions), or {\"labels\": {...}} with regions_class_order, targets, lesion, "
                         "union_precedence beside it (default: background 0, pancreas 1, PDAC 2, duct 3)")
+    p.add_argument("--phase-map", metavar="CSV",
+                   help="DICOM study folders: a reviewed phase map (case,phase,series,reason; see 'phase-map') whose "
+                        "assignments replace the automatic ones")
+    p.add_argument("--segment-map", nargs="+", default=[], metavar="SEGMENT=LABEL",
+                   help="DICOM-SEG segments whose label or property names no label of the dataset: segment label -> "
+                        "label name (or 0 to leave the segment out)")
     p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("phase-map", help="DICOM study folders -> phase map CSV for review: which series is which "
+                                         "phase and why (edit it, then convert/predict --phase-map)")
+    p.add_argument("in_dir", help="IN_DIR/<case>/ folders of DICOM files in any layout")
+    p.add_argument("-o", "--output", required=True, metavar="CSV", help="the phase map to write")
+    p.add_argument("--phases", nargs="+", default=["arterial", "venous"], metavar="PHASE",
+                   help="the dataset's phases (default: arterial venous); known: noncontrast arterial venous delayed")
+    p.add_argument("--phase-map", metavar="CSV", help="an earlier, edited phase map: its assignments are kept")
+    p.set_defaults(func=_phase_map)
 
     p = sub.add_parser("uncrop", help="paste predictions made on crops back onto the full images "
                                       "(crop_boxes.json of convert --crop-to-label / phantom --crop)")
@@ -354,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-format", choices=["nifti", "dicom-seg"], default="nifti",
                    help="dicom-seg: also <case>.seg.dcm, a DICOM Segmentation referencing the arterial DICOM series "
                         "(needs highdicom: pip install 'nnunet-hpn[dicom]')")
+    p.add_argument("--phase-map", metavar="CSV",
+                   help="folder mode with DICOM study folders: a reviewed phase map (see 'phase-map')")
     p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
     p.set_defaults(func=_predict)
 

@@ -30,6 +30,7 @@ from nnunet_hpn.phases import PHASES, channel_file_name, reference_phase as refe
 from nnunet_hpn.pipeline.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.case_layout import CaseInputs, read_case_layout
+from nnunet_hpn.io.dicom_study import StagedStudies
 from nnunet_hpn.io.listing import case_folders
 from nnunet_hpn.io.images import check_finite as _check_finite
 from nnunet_hpn.io.images import check_phase_voxels
@@ -292,7 +293,8 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
                   progress: bool = True, phases=PHASES, reference_phase: str | None = None,
                   register: bool = False, crop_margin_mm: float | None = None,
                   allow_unusual_intensities: bool = False, n_processes: int = 1,
-                  registration_method: str = "demons", labels: LabelScheme | Path | None = None) -> Path:
+                  registration_method: str = "demons", labels: LabelScheme | Path | None = None,
+                  phase_map: Path | None = None, segment_map: dict[str, str] | None = None) -> Path:
     """Build ``raw_root/Dataset{id:03d}_{name}`` (raw_root defaults to ``$nnUNet_raw``) and return its path.
 
     Channel i is ``phases[i]`` (``channel_names`` of dataset.json = the phase names in order). Cases with
@@ -310,7 +312,10 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     processes; ``registration_method``: :data:`~nnunet_hpn.pipeline.registration.METHODS` but "none".
     ``labels``: the label scheme (:mod:`nnunet_hpn.labels`; a path is a ``--labels`` file), default the paper's:
     every label map is checked against it, and dataset.json gets its ``labels`` and ``"hpn"`` facts, with the
-    reference phase.
+    reference phase. A case folder of DICOM files (a study, :mod:`nnunet_hpn.io.dicom_study`) stands for the case
+    folder of its identified phases (``phase_map``: a reviewed phase map CSV) and its DICOM-SEG label mapped to the
+    scheme (``segment_map``: segment label -> label name); ``<dataset>/dicom_study/`` records which series became
+    which phase and why.
     """
     in_dir = Path(in_dir)
     layout = _layout(in_dir, phases, reference_phase, register)
@@ -337,6 +342,9 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", name):
         raise HPNInputError(f"{in_dir}: dataset name {name!r} must be letters, digits, '_' or '-'")
     case_dirs = case_folders(in_dir)
+    studies = StagedStudies(case_dirs, layout.phases, layout.reference, phase_map, segment_map, nifti=True,
+                            labels=layout.scheme.labels, allow_unusual_intensities=allow_unusual_intensities)
+    case_dirs = studies.case_dirs
     target = raw_root / f"Dataset{dataset_id:03d}_{name}"
     check_output_not_input(target, [in_dir], "--raw-root", folder=True)
     check_output_location(raw_root, "folder", "--raw-root")
@@ -365,4 +373,6 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
             if layout.register:
                 _write_qc_summary(built_dir / QC_FOLDER)
             _write_dataset_json(built_dir, name, num_training, layout)
+            studies.write_records(built_dir)
+    studies.cleanup()
     return target

@@ -44,6 +44,7 @@ from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.listing import case_folders
 from nnunet_hpn.io.dicom_seg import DICOM_SEG_ENDING, import_highdicom, write_dicom_seg
 from nnunet_hpn.io.case_layout import read_case_layout
+from nnunet_hpn.io.dicom_study import StagedStudies, check_series_folders_order
 from nnunet_hpn.io.images import IMAGE_FILE_ENDINGS, read_image
 from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
 from nnunet_hpn.phases import read_channel_names, reference_phase
@@ -204,6 +205,7 @@ def read_phase_images(phase_paths: Mapping[str, Path], channel_names: Sequence[s
     :func:`nnunet_hpn.io.images.read_image`, ``out_path`` an image file name), keyed by phase."""
     check_phase_names(phase_paths, channel_names)
     _image_suffix(Path(out_path))
+    check_series_folders_order(phase_paths)
     return {phase: read_image(path, allow_unusual_intensities) for phase, path in phase_paths.items()}
 
 
@@ -486,19 +488,26 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
                    allow_unusual_intensities: bool = False, step_size: float = 0.5, save_probabilities: bool = False,
                    n_processes_preprocessing: int = 1, n_processes_export: int = 1,
                    continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
-                   two_stage: TwoStage | None = None, output_format: str = "nifti") -> list[str]:
+                   two_stage: TwoStage | None = None, output_format: str = "nifti",
+                   phase_map: Path | None = None) -> list[str]:
     """Every case folder ``in_dir/<case>/`` (``<phase>.nii.gz`` files or ``<phase>/`` DICOM folders, like
-    ``convert``'s input) -> ``out_dir/<case>.nii.gz``, QC in ``out_dir/registration_qc/<case>.json``. The model is
-    loaded once. Returns the names of the cases predicted (without those ``continue_prediction`` skipped)."""
+    ``convert``'s input, or a DICOM study folder whose phases are identified, ``phase_map`` a reviewed phase map:
+    :mod:`nnunet_hpn.io.dicom_study`) -> ``out_dir/<case>.nii.gz``, QC in ``out_dir/registration_qc/<case>.json``
+    (for a study also which series became which phase and why, under ``"dicom_study"``). The model is loaded once.
+    Returns the names of the cases predicted (without those ``continue_prediction`` skipped)."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     case_dirs = case_folders(in_dir)
     channel_names = model_channel_names(Path(model_dir))
+    studies = StagedStudies(case_dirs, channel_names, reference_phase(channel_names), phase_map, nifti=False)
+    case_dirs = studies.case_dirs
     inputs = {case_dir.name: _case_inputs(case_dir, channel_names) for case_dir in case_dirs}
     inputs = {case: inputs[case] for case in select_part(list(inputs), num_parts, part_id)}
     if continue_prediction:
         inputs = {case: paths for case, paths in inputs.items()
                   if not all(path.is_file() for path in case_outputs(out_dir, case, save_probabilities,
                                                                      output_format))}
+    for phase_paths in inputs.values():
+        check_series_folders_order(phase_paths)  # phases named by DICOM folder: acquired in their order
     if output_format == "dicom-seg":
         for phase_paths in inputs.values():
             check_dicom_seg_input(phase_paths, channel_names)
@@ -523,4 +532,6 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
                                          staging / QC_FOLDER / f"{case}.json"))
         for write in writes:
             write.result()  # an error in a writer fails the folder before anything is published
+        studies.add_to_qc(staging / QC_FOLDER)
+    studies.cleanup()
     return list(inputs)
