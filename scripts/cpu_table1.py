@@ -38,12 +38,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
 import run_ablation  # beside this script (its folder is on sys.path)
 from nnunet_hpn.demo import console_command
+from nnunet_hpn.evaluate.metrics import evaluate_folders, predicted_cases
+from nnunet_hpn.evaluate.report import paired_wilcoxon
+from nnunet_hpn.evaluate.training_stats import hierarchical_bootstrap_difference, seed_spread
 
 N_CASES = 24
 #: seed of the phantoms: 8 of its 24 cases are subtle in both phases (33 %), inside the documented 25-35 %
@@ -54,10 +57,15 @@ DATASET_NAME = "PancreasROITable1"
 CONFIGURATION = "3d_cpu"
 PLANS = run_ablation.BACKBONES["unet"].plans
 FOLDS: tuple[int, ...] = (0, 1, 2)
-#: run_ablation.py arguments shared by every training: 80 epochs × 25 iterations = 2,000 iterations
-PRESET: tuple[str, ...] = ("--backbones", "unet", "-c", CONFIGURATION, "--cpu-config", "32", "32", "32",
-                           "--epochs", "80", "--iterations", "25", "--val-iterations", "2", "--save-every", "5",
-                           "--training-seed", "1234", "--no-tta", "--device", "cpu", "--seed", "12345", "-np", "2")
+#: run_ablation.py arguments shared by every training: 80 epochs × 25 iterations = 2,000 iterations (training seed
+#: and trainer variant: :func:`preset`)
+PRESET_WITHOUT_SEED: tuple[str, ...] = (
+    "--backbones", "unet", "-c", CONFIGURATION, "--cpu-config", "32", "32", "32", "--epochs", "80", "--iterations",
+    "25", "--val-iterations", "2", "--save-every", "5", "--no-tta", "--device", "cpu", "--seed", "12345", "-np", "2")
+#: the earlier run's arguments (training seed 1234), which the misalignment and two-stage studies train with
+PRESET: tuple[str, ...] = (*PRESET_WITHOUT_SEED, "--training-seed", "1234")
+#: the budget of :data:`PRESET` as written in trainings.csv
+BUDGET = "80x25"
 #: rows of the table, in the paper's order (then the warm-up row)
 ORDER: tuple[str, ...] = ("arterial", "venous", "fusion", "early_fusion", "hypernet", "hypernet_aug", "hpn",
                           "hpn_virtual", "hpn_union", "hpn_warmup")
@@ -70,7 +78,50 @@ PROBABILITY_ROWS: frozenset[str] = frozenset(run_ablation.ROWS["fusion"].needs)
 #: report references: every row against HPN-union and against HPN (when they exist)
 REFERENCES: tuple[str, ...] = ("hpn_union", "hpn")
 
+
+
+class Protocol(NamedTuple):
+    """One version of the table: the trainer variant every row trains with, the training seeds (one training per
+    row, fold and seed) and the rows."""
+
+    name: str
+    trainer_variant: str
+    seeds: tuple[int, ...]
+    training_order: tuple[str, ...]
+    order: tuple[str, ...]
+
+    @property
+    def per_seed(self) -> bool:
+        """Archive, nnU-Net results and assembled rows one folder per seed (``seed_<s>/``)."""
+        return self.name != "v1"
+
+    def results_root(self, workdir: Path, seed: int) -> Path:
+        return workdir / "nnUNet_results" if not self.per_seed else workdir / f"nnUNet_results_{self.name}_seed{seed}"
+
+    def rows_dir(self, workdir: Path, seed: int) -> Path:
+        return workdir / "rows" if not self.per_seed else workdir / f"rows_{self.name}" / f"seed_{seed}"
+
+
+#: the earlier run: nnU-Net's own settings, one training seed, plus the warm-up row
+PROTOCOL_V1 = Protocol("v1", "", (1234,), TRAINING_ORDER, ORDER)
+#: Table 1 v2: every row with the balanced recipe (nnunet_hpn/nnunet/trainers/balanced.py), two training seeds
+PROTOCOL_V2 = Protocol("v2", "_balanced", (1234, 2345), tuple(row for row in TRAINING_ORDER if row != "hpn_warmup"),
+                       tuple(row for row in ORDER if row != "hpn_warmup"))
+PROTOCOLS: dict[str, Protocol] = {protocol.name: protocol for protocol in (PROTOCOL_V1, PROTOCOL_V2)}
+#: the contrasts of Table 1 v2: (what it measures, row, row it is compared with)
+CONTRASTS: tuple[tuple[str, str, str], ...] = (
+    ("pairing loss", "hpn", "hypernet"),
+    ("dual path", "hypernet", "early_fusion"),
+    ("virtual pairs (HPN)", "hpn_virtual", "hpn"),
+    ("virtual pairs (HyperNet)", "hypernet_aug", "hypernet"),
+    ("union", "hpn_union", "hpn_virtual"),
+)
+#: targets of the tables (run_ablation's columns)
+TARGETS: tuple[str, ...] = tuple(target for target, _ in run_ablation.TARGET_COLUMNS)
+
 SCRIPTS = Path(__file__).resolve().parent
+#: the earlier run's archive: Table 1 v2 must have its labels and split
+EARLIER_ARCHIVE = SCRIPTS.parent / "docs" / "table1_cpu" / "folds"
 #: trainer attributes of nnU-Net's debug.json recorded with each archived fold
 BUDGET_KEYS: tuple[str, ...] = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch",
                                 "save_every", "initial_lr", "batch_size", "patch_size")
@@ -130,26 +181,34 @@ def check_or_record(archive: Path, name: str, value: object) -> None:
     path.write_text(json.dumps(value, indent=2) + "\n")
 
 
-def fold_archive(archive: Path, row: str, fold: int) -> Path:
-    return archive / row / f"fold_{fold}"
+def preset(seed: int, variant: str = "") -> tuple[str, ...]:
+    """run_ablation.py arguments of one training: :data:`PRESET`, the training seed, the trainer variant."""
+    return (*PRESET_WITHOUT_SEED, "--training-seed", str(seed), *(("--trainer-variant", variant) if variant else ()))
 
 
-def is_archived(archive: Path, row: str, fold: int) -> bool:
-    return (fold_archive(archive, row, fold) / "fold.json").is_file()
+def fold_archive(archive: Path, row: str, fold: int, seed: Optional[int] = None) -> Path:
+    """``<row>/fold_<k>`` (one seed), or ``<row>/seed_<s>/fold_<k>``."""
+    return archive / row / ("" if seed is None else f"seed_{seed}") / f"fold_{fold}"
 
 
-def model_dir(results: Path, row: str) -> Path:
-    return results / f"{run_ablation.ROWS[row].trainer}__{PLANS}__{CONFIGURATION}"
+def is_archived(archive: Path, row: str, fold: int, seed: Optional[int] = None) -> bool:
+    return (fold_archive(archive, row, fold, seed) / "fold.json").is_file()
 
 
-def archive_fold(archive: Path, results: Path, row: str, fold: int, seconds: Optional[float]) -> None:
-    """Copy a finished fold's validation predictions, training log and model-folder JSONs into the archive;
-    ``fold.json`` is written last, so that a half-copied fold is not taken as archived."""
-    model = model_dir(results, row)
+def model_dir(results: Path, row: str, variant: str = "") -> Path:
+    return results / f"{run_ablation.trainer_name(row, variant)}__{PLANS}__{CONFIGURATION}"
+
+
+def archive_fold(archive: Path, results: Path, row: str, fold: int, seconds: Optional[float],
+                 seed: Optional[int] = None, variant: str = "") -> None:
+    """Copy a finished fold's validation predictions, training log and model-folder JSONs into the archive
+    (``seed``: the per-seed layout); ``fold.json`` is written last, so that a half-copied fold is not taken as
+    archived."""
+    model = model_dir(results, row, variant)
     source = model / f"fold_{fold}"
     suffixes = run_ablation.PREDICTION_SUFFIXES if row in PROBABILITY_ROWS else (".nii.gz",)
     files = sorted(path for path in (source / "validation").glob("*") if path.name.endswith(suffixes))
-    target = fold_archive(archive, row, fold)
+    target = fold_archive(archive, row, fold, seed)
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
@@ -161,8 +220,8 @@ def archive_fold(archive: Path, results: Path, row: str, fold: int, seconds: Opt
         shutil.copy2(model / name, archive / row / name)
     debug = json.loads((source / "debug.json").read_text()) if (source / "debug.json").is_file() else {}
     budget = {key: debug[key] for key in BUDGET_KEYS if key in debug}
-    info = {"row": row, "fold": fold, "trainer": run_ablation.ROWS[row].trainer, "plans": PLANS,
-            "configuration": CONFIGURATION, "preset": list(PRESET),
+    info = {"row": row, "fold": fold, "seed": seed, "trainer": run_ablation.trainer_name(row, variant),
+            "plans": PLANS, "configuration": CONFIGURATION, "preset": list(PRESET if seed is None else preset(seed, variant)),
             "cases": sorted(path.name[:-len(".nii.gz")] for path in files if path.name.endswith(".nii.gz")),
             "training_seconds": seconds, "archived": datetime.datetime.now().isoformat(timespec="seconds"),
             "device": f"CPU ({os.cpu_count()} logical), {platform.processor() or platform.machine()}",
@@ -170,32 +229,36 @@ def archive_fold(archive: Path, results: Path, row: str, fold: int, seconds: Opt
     (target / "fold.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
-def train_fold(workdir: Path, row: str, fold: int, env: dict[str, str]) -> Optional[float]:
-    """``run_ablation.py`` for one row and fold (skips training when nnU-Net's fold folder is finished);
+def train_fold(workdir: Path, row: str, fold: int, env: dict[str, str], protocol: Protocol = PROTOCOL_V1,
+               seed: int = 1234) -> Optional[float]:
+    """``run_ablation.py`` for one row, fold and seed (skips training when nnU-Net's fold folder is finished);
     returns the training wall time recorded by run_ablation (None when this fold was trained before)."""
-    out = workdir / "ablation_runs" / f"{row}_fold_{fold}"
-    run([sys.executable, str(SCRIPTS / "run_ablation.py"), "-d", str(DATASET_ID), *PRESET, "--folds", str(fold),
-         "--rows", row, "-o", str(out)], env)
+    out = (workdir / "ablation_runs" / f"{row}_fold_{fold}" if not protocol.per_seed else
+           workdir / f"ablation_runs_{protocol.name}" / f"{row}_seed{seed}_fold_{fold}")
+    env = {**env, "nnUNet_results": str(protocol.results_root(workdir, seed))}
+    run([sys.executable, str(SCRIPTS / "run_ablation.py"), "-d", str(DATASET_ID), *preset(seed, protocol.trainer_variant),
+         "--folds", str(fold), "--rows", row, "-o", str(out)], env)
     trainings = json.loads((out / "run_info.json").read_text())["trainings"]
     entry = trainings.get(f"unet/{row}/fold_{fold}")
     return entry["seconds"] if entry else None
 
 
-def assemble_rows(archive: Path, rows_dir: Path, env: dict[str, str]) -> list[str]:
-    """Every row with all folds archived (and every derived row whose inputs are there) as one prediction
-    folder ``rows_dir/<row>``; returns the rows, in :data:`ORDER`."""
+def assemble_rows(archive: Path, rows_dir: Path, env: dict[str, str], seed: Optional[int] = None,
+                  order: Sequence[str] = ORDER) -> list[str]:
+    """Every row with all folds archived (for ``seed``, in the per-seed layout; and every derived row whose inputs
+    are there) as one prediction folder ``rows_dir/<row>``; returns the rows, in ``order``."""
     complete: list[str] = []
-    for row in ORDER:
+    for row in order:
         spec = run_ablation.ROWS[row]
         folder = rows_dir / row
         if spec.trainer is not None:
-            if not all(is_archived(archive, row, fold) for fold in FOLDS):
+            if not all(is_archived(archive, row, fold, seed) for fold in FOLDS):
                 continue
             run_ablation.fresh_folder(folder)
             for name in ("plans.json", "dataset.json"):
                 shutil.copy2(archive / row / name, folder / name)
             for fold in FOLDS:
-                for path in fold_archive(archive, row, fold).glob("*"):
+                for path in fold_archive(archive, row, fold, seed).glob("*"):
                     if path.name.endswith(run_ablation.PREDICTION_SUFFIXES):
                         if (folder / path.name).exists():
                             raise ArchiveMismatch(f"{path}: case predicted by more than one fold")
@@ -310,7 +373,225 @@ def git_commit(docs: Path, message: str) -> None:
         print(f"cpu_table1: git commit of {docs} failed ({error}); commit it by hand", file=sys.stderr)
 
 
-def refresh_docs(workdir: Path, raw: Path, docs: Path, env: dict[str, str]) -> list[str]:
+# ------------------------------------------------------------------------------------------------- Table 1 v2
+
+#: columns of trainings.csv: one line per training
+TRAINING_FIELDS: tuple[str, ...] = ("row", "fold", "seed", "trainer", "budget", "wall_seconds",
+                                    *(f"{target} mean Dice %" for target in TARGETS))
+#: columns of per_case.csv (Dice of every row, seed and case; derived rows per seed)
+PER_CASE_FIELDS: tuple[str, ...] = ("row", "seed", "fold", "case", "target", "Dice %")
+#: Dice % per case and target of one (row, seed, fold): {case: {target: Dice %}}
+CaseDice = dict[str, dict[str, float]]
+
+
+def fold_dice(folder: Path, labels: Path, cases: Optional[Sequence[str]] = None) -> tuple[CaseDice, CaseDice]:
+    """Dice % per case and target of the label maps in ``folder`` (those of ``cases``, default all), and whether
+    the truth has each target (1.0 / 0.0), Dice only."""
+    result = evaluate_folders(folder, labels, ".nii.gz", cases=cases or predicted_cases(folder), surface=False,
+                              progress=False)
+    present = {case: {target: float(result.truth_present[case][target]) for target in TARGETS}
+               for case in result.cases}
+    return dice_per_case(result, result.cases), present
+
+
+def collect_dice(archive: Path, rows_dirs: dict[int, Path], rows: dict[int, list[str]], protocol: Protocol,
+                 labels: Path, splits: list[dict]) -> tuple[dict[tuple[str, int, int], CaseDice], CaseDice]:
+    """Dice of every archived training (trained rows, fold by fold) and of every derived row assembled per seed,
+    keyed ``(row, seed, fold)``; and the truth's targets per case."""
+    dice: dict[tuple[str, int, int], CaseDice] = {}
+    present: CaseDice = {}
+    for row in protocol.order:
+        for seed in protocol.seeds:
+            if run_ablation.ROWS[row].trainer is not None:
+                for fold in FOLDS:
+                    if is_archived(archive, row, fold, seed):
+                        dice[(row, seed, fold)], truth = fold_dice(fold_archive(archive, row, fold, seed), labels)
+                        present.update(truth)
+            elif row in rows[seed]:
+                for fold in FOLDS:
+                    dice[(row, seed, fold)], truth = fold_dice(rows_dirs[seed] / row, labels, splits[fold]["val"])
+                    present.update(truth)
+    return dice, present
+
+
+def training_records(archive: Path, protocol: Protocol, dice: dict[tuple[str, int, int], CaseDice]) -> list[dict]:
+    """One record per archived training (:data:`TRAINING_FIELDS`), in the table's row order."""
+    records = []
+    for (row, seed, fold), cases in dice.items():
+        if run_ablation.ROWS[row].trainer is None:
+            continue
+        info = json.loads((fold_archive(archive, row, fold, seed) / "fold.json").read_text())
+        records.append({"row": row, "fold": fold, "seed": seed, "trainer": info["trainer"], "budget": BUDGET,
+                        "wall_seconds": info["training_seconds"],
+                        **{f"{target} mean Dice %": round(float(np.mean([value[target] for value in cases.values()])),
+                                                          2) for target in TARGETS}})
+    return records
+
+
+def write_csv(path: Path, fields: Sequence[str], records: Sequence[dict]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(fields), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def read_trainings_csv(path: Path) -> list[dict]:
+    """trainings.csv back, with numbers as numbers (wall seconds empty: None)."""
+    with path.open(encoding="utf-8") as stream:
+        records = list(csv.DictReader(stream))
+    for record in records:
+        record["fold"], record["seed"] = int(record["fold"]), int(record["seed"])
+        record["wall_seconds"] = float(record["wall_seconds"]) if record["wall_seconds"] else None
+        for target in TARGETS:
+            record[f"{target} mean Dice %"] = float(record[f"{target} mean Dice %"])
+    return records
+
+
+def scores_of(dice: dict[tuple[str, int, int], CaseDice], row: str, target: str) -> dict[int, dict[int, dict]]:
+    """``{fold: {seed: {case: Dice %}}}`` of one row and target (the form of training_stats)."""
+    scores: dict[int, dict[int, dict]] = {}
+    for (name, seed, fold), cases in dice.items():
+        if name == row:
+            scores.setdefault(fold, {})[seed] = {case: values[target] for case, values in cases.items()}
+    return scores
+
+
+def seed_averaged(scores: dict[int, dict[int, dict]]) -> dict[str, float]:
+    """``{case: mean over seeds}`` of ``{fold: {seed: {case: value}}}``, cases in name order."""
+    values = {case: [by_seed[case] for by_seed in scores[fold].values()]
+              for fold in scores for case in next(iter(scores[fold].values()))}
+    return {case: float(np.mean(values[case])) for case in sorted(values)}
+
+
+def complete_seeds(dice: dict[tuple[str, int, int], CaseDice], row: str, protocol: Protocol) -> list[int]:
+    """The seeds with which ``row`` has every fold."""
+    return [seed for seed in protocol.seeds if all((row, seed, fold) in dice for fold in FOLDS)]
+
+
+def format_table_v2(dice: dict[tuple[str, int, int], CaseDice], present: CaseDice, records: list[dict],
+                    protocol: Protocol, header: str) -> str:
+    """table1.md of Table 1 v2: rows (mean ± std over cases, per-seed means), the per-fold view, the seed-to-seed
+    spread and the contrasts with hierarchical-bootstrap intervals and per-case Wilcoxon p."""
+    lines = ["# Table 1 v2: HPN ablation, balanced recipe, two training seeds", "", header, "",
+             "## Rows", "",
+             "Dice %: mean over seeds of the 24-case cross-validation mean ± population std over cases (averaged "
+             "over seeds), then each seed's cross-validation mean; missed: cases with the target and Dice 0, summed "
+             "over seeds; failed trainings: trainings whose mean Dice on their validation fold is 0 for some target.",
+             "", "| row | seeds | " + " | ".join(f"{target} Dice %" for target in TARGETS) +
+             " | PDAC missed | duct missed | failed trainings | min per training |",
+             "|---|---|" + "---:|" * (len(TARGETS) + 4)]
+    for row in protocol.order:
+        seeds = complete_seeds(dice, row, protocol)
+        if not seeds:
+            continue
+        cells = []
+        for target in TARGETS:
+            per_seed = [[value[target] for fold in FOLDS for value in dice[(row, seed, fold)].values()]
+                        for seed in seeds]
+            cells.append(f"{np.mean([np.mean(v) for v in per_seed]):.1f} ± {np.mean([np.std(v) for v in per_seed]):.1f}"
+                         f" ({' / '.join(f'{np.mean(v):.1f}' for v in per_seed)})")
+        for target in ("PDAC", "duct"):
+            cases = [(case, value) for seed in seeds for fold in FOLDS for case, value in dice[(row, seed, fold)].items()
+                     if present[case][target]]
+            cells.append(f"{sum(value[target] == 0 for _, value in cases)}/{len(cases)}")
+        trainings = [record for record in records if record["row"] == row and record["seed"] in seeds]
+        if trainings:
+            failed = sum(any(record[f"{t} mean Dice %"] == 0 for t in TARGETS) for record in trainings)
+            seconds = [record["wall_seconds"] for record in trainings if record["wall_seconds"] is not None]
+            cells += [f"{failed}/{len(trainings)}", f"{np.mean(seconds) / 60:.1f}" if seconds else "–"]
+        else:
+            cells += ["(derived)", "(derived)"]
+        lines.append(f"| {run_ablation.ROWS[row].label} | {' '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per fold", "",
+              "Mean Dice % of each training on its fold's validation cases (seeds " +
+              " / ".join(map(str, protocol.seeds)) + "; – not trained yet; trainings.csv has every number).", "",
+              "| row | " + " | ".join(f"{target} f{fold}" for target in TARGETS for fold in FOLDS) + " |",
+              "|---|" + "---:|" * (len(TARGETS) * len(FOLDS))]
+    for row in protocol.order:
+        if not any((row, seed, fold) in dice for seed in protocol.seeds for fold in FOLDS):
+            continue
+        cells = [" / ".join(f"{np.mean([v[target] for v in dice[(row, seed, fold)].values()]):.1f}"
+                            if (row, seed, fold) in dice else "–" for seed in protocol.seeds)
+                 for target in TARGETS for fold in FOLDS]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    spread_rows = [row for row in protocol.order if len(complete_seeds(dice, row, protocol)) == len(protocol.seeds)]
+    if len(protocol.seeds) > 1 and spread_rows:
+        lines += ["", "## Seed-to-seed spread", "",
+                  "Per target: each seed's cross-validation mean Dice %, their range (max − min) and the mean over "
+                  "folds of the range between the seeds' fold means.", "",
+                  "| row | " + " | ".join(f"{target}: seeds / range / fold range" for target in TARGETS) + " |",
+                  "|---|" + "---:|" * len(TARGETS)]
+        for row in spread_rows:
+            cells = []
+            for target in TARGETS:
+                spread = seed_spread(scores_of(dice, row, target))
+                cells.append(f"{' / '.join(f'{v:.1f}' for v in spread.per_seed.values())} / {spread.range:.1f} / "
+                             f"{spread.mean_fold_range:.1f}")
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    contrasts = [contrast for contrast in CONTRASTS
+                 if all(complete_seeds(dice, row, protocol) for row in contrast[1:])]
+    if contrasts:
+        lines += ["", "## Contrasts", "",
+                  "Difference of cross-validation mean Dice (percentage points, first row minus second) with the 95 % "
+                  "interval of a hierarchical bootstrap (10,000 resamples; within each fold the trainings of each row "
+                  "and the fold's cases are drawn with replacement, cases paired between the rows; "
+                  "nnunet_hpn/evaluate/training_stats.py), and the per-case paired Wilcoxon p on the 24 cases (each "
+                  "case's Dice averaged over the row's seeds).", "",
+                  "| contrast | rows | target | difference | 95 % interval | Wilcoxon p (cases) | trainings |",
+                  "|---|---|---|---:|---:|---:|---:|"]
+        for name, first, second in contrasts:
+            for target in TARGETS:
+                a, b = scores_of(dice, first, target), scores_of(dice, second, target)
+                a = {fold: {seed: a[fold][seed] for seed in complete_seeds(dice, first, protocol)} for fold in FOLDS}
+                b = {fold: {seed: b[fold][seed] for seed in complete_seeds(dice, second, protocol)} for fold in FOLDS}
+                interval = hierarchical_bootstrap_difference(a, b)
+                p_value = paired_wilcoxon(*(list(seed_averaged(scores).values()) for scores in (a, b)))
+                n_a, n_b = (sum(len(s[fold]) for fold in FOLDS) for s in (a, b))
+                lines.append(f"| {name} | {first} − {second} | {target} | {interval.estimate:+.1f} | "
+                             f"[{interval.low:+.1f}, {interval.high:+.1f}] | {p_value:.2g} | {n_a} vs {n_b} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table_v2(workdir: Path, raw: Path, docs: Path, protocol: Protocol, env: dict[str, str],
+                   splits: list[dict]) -> dict[int, list[str]]:
+    """Table 1 v2 into ``docs``: table1.md, trainings.csv, per_case.csv and, per seed, ``nnunet-hpn report``
+    of its complete rows (``seed_<s>/report_vs_*``). Returns the complete rows per seed."""
+    archive = docs / "folds"
+    rows_dirs = {seed: protocol.rows_dir(workdir, seed) for seed in protocol.seeds}
+    rows = {seed: assemble_rows(archive, rows_dirs[seed], env, seed, protocol.order) for seed in protocol.seeds}
+    dice, present = collect_dice(archive, rows_dirs, rows, protocol, raw / "labelsTr", splits)
+    if not dice:
+        return rows
+    records = training_records(archive, protocol, dice)
+    write_csv(docs / "trainings.csv", TRAINING_FIELDS, records)
+    write_csv(docs / "per_case.csv", PER_CASE_FIELDS,
+              [{"row": row, "seed": seed, "fold": fold, "case": case, "target": target, "Dice %": value[target]}
+               for (row, seed, fold), cases in dice.items() for case, value in cases.items() for target in TARGETS])
+    infos = [json.loads(path.read_text()) for path in sorted(archive.glob("*/seed_*/fold_*/fold.json"))]
+    seconds = [info["training_seconds"] for info in infos if info["training_seconds"] is not None]
+    dates = sorted(info["archived"] for info in infos)
+    header = (f"Recipe: every row's `<Trainer>{protocol.trainer_variant}` (nnunet_hpn/nnunet/trainers/balanced.py: "
+              f"cross-entropy of PDAC and duct weighted 4, every patch centred on a foreground class, initial LR "
+              f"0.03, λ ramped up over 12 epochs where the row has the pairing loss). Budget per training: 80 "
+              f"epochs × 25 iterations (2 validation iterations/epoch), no test-time mirroring; training seeds "
+              f"{', '.join(map(str, protocol.seeds))}; folds {' '.join(map(str, FOLDS))} of splits_final.json "
+              f"(PDAC-stratified, seed 12345, the earlier run's); configuration {CONFIGURATION} (patch 32³); device: "
+              f"{infos[0]['device'] if infos else '?'}; {len(infos)} trainings archived {dates[0][:10]} – "
+              f"{dates[-1][:10]}, training time recorded {run_ablation.format_duration(sum(seconds))} "
+              f"(scripts/cpu_table1.py --protocol {protocol.name})")
+    (docs / "table1.md").write_text(format_table_v2(dice, present, records, protocol, header), encoding="utf-8")
+    for seed in protocol.seeds:
+        report(raw, rows_dirs[seed], rows[seed], docs / f"seed_{seed}", env)
+    return rows
+
+
+def refresh_docs(workdir: Path, raw: Path, docs: Path, env: dict[str, str],
+                 protocol: Protocol = PROTOCOL_V1) -> list[str]:
+    """Tables and reports of everything archived; returns the complete rows (v2: of every seed, as row/seed)."""
+    if protocol.per_seed:
+        splits = json.loads((docs / "folds" / "splits_final.json").read_text())
+        rows = write_table_v2(workdir, raw, docs, protocol, env, splits)
+        return [f"{row}/{seed}" for seed, names in rows.items() for row in names]
     archive = docs / "folds"
     rows_dir = workdir / "rows"
     rows = assemble_rows(archive, rows_dir, env)
@@ -324,35 +605,49 @@ def refresh_docs(workdir: Path, raw: Path, docs: Path, env: dict[str, str]) -> l
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", default="work_dirs/table1", help="nnU-Net folders, phantoms, ablation output")
-    parser.add_argument("--docs", default="docs/table1_cpu", help="archive of finished folds, reports, table1.md")
+    parser.add_argument("--docs", help="archive of finished folds, reports, table1.md (default: docs/table1_cpu "
+                                       "for --protocol v1, docs/table1_cpu_v2 for v2)")
+    parser.add_argument("--protocol", choices=list(PROTOCOLS), default="v1",
+                        help="v1: the earlier run (nnU-Net's settings, training seed 1234, --docs docs/table1_cpu); "
+                             "v2: every row with the balanced recipe, training seeds 1234 and 2345, trainings.csv "
+                             "and the training-level statistics (--docs docs/table1_cpu_v2)")
     parser.add_argument("--rows", nargs="+", choices=TRAINING_ORDER, default=list(TRAINING_ORDER),
-                        help="trained rows to produce (default: all, in TRAINING_ORDER)")
+                        help="trained rows to produce (default: all of the protocol, in its training order)")
     parser.add_argument("--git-commit", action="store_true", help="commit --docs after every archived fold")
     args = parser.parse_args(argv)
-    workdir, docs = Path(args.workdir).resolve(), Path(args.docs).resolve()
+    protocol = PROTOCOLS[args.protocol]
+    docs = Path(args.docs or ("docs/table1_cpu" if not protocol.per_seed else f"docs/table1_cpu_{protocol.name}"))
+    workdir, docs = Path(args.workdir).resolve(), docs.resolve()
+    if protocol.per_seed and docs == EARLIER_ARCHIVE.parent.resolve():
+        parser.error(f"--docs {args.docs}: the earlier run's archive; --protocol {protocol.name} needs its own")
     archive = docs / "folds"
     env = nnunet_env(workdir)
     raw = prepare_dataset(workdir, env)
-    results = Path(env["nnUNet_results"]) / raw.name
+    split_file = Path(env["nnUNet_preprocessed"]) / raw.name / "splits_final.json"
+    # the same data and split as the earlier run's archive, where it is there
+    archives = [archive] + [path for path in (EARLIER_ARCHIVE,) if protocol.per_seed and path.is_dir()]
     try:
-        check_or_record(archive, "labels.sha256.json", {"labelsTr": labels_digest(raw / "labelsTr")})
-        for row in [row for row in TRAINING_ORDER if row in args.rows]:
-            for fold in FOLDS:
-                if is_archived(archive, row, fold):
-                    print(f"cpu_table1: {row} fold {fold}: archived in {archive}", flush=True)
-                    continue
-                seconds = train_fold(workdir, row, fold, env)
-                check_or_record(archive, "splits_final.json",
-                                json.loads((Path(env["nnUNet_preprocessed"]) / raw.name /
-                                            "splits_final.json").read_text()))
-                archive_fold(archive, results, row, fold, seconds)
-                rows = refresh_docs(workdir, raw, docs, env)
-                print(f"cpu_table1: {row} fold {fold} archived; complete rows: {' '.join(rows) or 'none'}",
-                      flush=True)
-                if args.git_commit:
-                    git_commit(docs, f"CPU Table 1: {row} fold {fold} archived (complete rows: "
-                                     f"{', '.join(rows) or 'none'})")
-        refresh_docs(workdir, raw, docs, env)
+        for folder in archives:
+            check_or_record(folder, "labels.sha256.json", {"labelsTr": labels_digest(raw / "labelsTr")})
+        for seed in protocol.seeds:
+            for row in [row for row in protocol.training_order if row in args.rows]:
+                for fold in FOLDS:
+                    name = f"{row} fold {fold}" + (f" seed {seed}" if protocol.per_seed else "")
+                    stored_seed = seed if protocol.per_seed else None
+                    if is_archived(archive, row, fold, stored_seed):
+                        print(f"cpu_table1: {name}: archived in {archive}", flush=True)
+                        continue
+                    seconds = train_fold(workdir, row, fold, env, protocol, seed)
+                    for folder in archives:
+                        check_or_record(folder, "splits_final.json", json.loads(split_file.read_text()))
+                    archive_fold(archive, protocol.results_root(workdir, seed) / raw.name, row, fold, seconds,
+                                 stored_seed, protocol.trainer_variant)
+                    rows = refresh_docs(workdir, raw, docs, env, protocol)
+                    print(f"cpu_table1: {name} archived; complete rows: {' '.join(rows) or 'none'}", flush=True)
+                    if args.git_commit:
+                        title = "CPU Table 1" + ("" if not protocol.per_seed else f" {protocol.name}")
+                        git_commit(docs, f"{title}: {name} archived (complete rows: {', '.join(rows) or 'none'})")
+        refresh_docs(workdir, raw, docs, env, protocol)
     except ArchiveMismatch as error:
         print(f"cpu_table1: error: {error}", file=sys.stderr)
         return 1

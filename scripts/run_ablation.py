@@ -149,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="nnUNetv2_train -device (default: cuda if available, else cpu)")
     parser.add_argument("-o", "--out-dir", help="default: $nnUNet_results/<dataset>/hpn_ablation_<configuration>")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the PDAC-stratified split (default 12345)")
+    parser.add_argument("--trainer-variant", default="", metavar="SUFFIX",
+                        help="appended to every row's trainer name, e.g. _balanced: every row with the balanced "
+                             "recipe (nnunet_hpn/nnunet/trainers/balanced.py); default: the rows' own trainers")
     parser.add_argument("-np", "--num-processes", type=int, default=2,
                         help="processes for preprocessing and ensembling (default 2)")
     return parser
@@ -406,8 +409,13 @@ def ensure_splits(dataset: Dataset, folds: Sequence[int], n_splits: int, seed: i
 
 # --------------------------------------------------------------------------------------------------- step 3: train
 
-def model_folder(dataset: Dataset, row: str, backbone: Backbone, configuration: str) -> Path:
-    return dataset.results / f"{ROWS[row].trainer}__{backbone.plans}__{configuration}"
+def trainer_name(row: str, variant: str = "") -> str:
+    """The trainer of a trained row, with the ``--trainer-variant`` suffix (e.g. ``HPNTrainer_balanced``)."""
+    return f"{ROWS[row].trainer}{variant}"
+
+
+def model_folder(dataset: Dataset, row: str, backbone: Backbone, configuration: str, variant: str = "") -> Path:
+    return dataset.results / f"{trainer_name(row, variant)}__{backbone.plans}__{configuration}"
 
 
 def fold_state(fold_dir: Path) -> str:
@@ -445,15 +453,16 @@ def train_all(dataset: Dataset, backbones: Sequence[Backbone], rows: Sequence[st
     trainings: dict[str, dict] = {}
     for number, (backbone, row, fold) in enumerate(jobs, 1):
         key = f"{backbone.name}/{row}/fold_{fold}"
-        fold_dir = model_folder(dataset, row, backbone, args.configuration) / f"fold_{fold}"
+        trainer = trainer_name(row, args.trainer_variant)
+        fold_dir = model_folder(dataset, row, backbone, args.configuration, args.trainer_variant) / f"fold_{fold}"
         state = fold_state(fold_dir)
         if state == "done":
             progress.log(f"train {number}/{len(jobs)} {key}: skip (checkpoint_final.pth and validation exist)")
             continue
         what = {"new": "training", "resume": "resuming from checkpoint_latest.pth",
                 "validate": "validation only (checkpoint_final.pth exists, .npz missing)"}[state]
-        progress.log(f"train {number}/{len(jobs)} {key}: {what} ({ROWS[row].trainer}, {backbone.plans})")
-        seconds = run_stock(train_command(dataset_id, args.configuration, fold, ROWS[row].trainer, backbone.plans,
+        progress.log(f"train {number}/{len(jobs)} {key}: {what} ({trainer}, {backbone.plans})")
+        seconds = run_stock(train_command(dataset_id, args.configuration, fold, trainer, backbone.plans,
                                           args.device, state), env, progress)
         progress.log(f"train {number}/{len(jobs)} {key}: finished in {format_duration(seconds)}")
         trainings[key] = {"seconds": round(seconds, 1), "mode": state,
@@ -479,10 +488,10 @@ def fresh_folder(folder: Path) -> Path:
 
 
 def collect_row(dataset: Dataset, backbone: Backbone, row: str, folds: Sequence[int], configuration: str,
-                out_dir: Path) -> int:
+                out_dir: Path, variant: str = "") -> int:
     """Copy the validation predictions of every fold (plus plans.json and dataset.json of the model folder) into
     ``out_dir``, replacing what was there. Returns the number of cases."""
-    model = model_folder(dataset, row, backbone, configuration)
+    model = model_folder(dataset, row, backbone, configuration, variant)
     fresh_folder(out_dir)
     for name in ("plans.json", "dataset.json"):
         if not (model / name).is_file():
@@ -633,7 +642,8 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
     for backbone in backbones:
         dirs = row_dirs[backbone.name] = {row: out_dir / backbone.name / row for row in rows}
         for row in trained_rows(rows):
-            cases = collect_row(dataset, backbone, row, args.folds, args.configuration, dirs[row])
+            cases = collect_row(dataset, backbone, row, args.folds, args.configuration, dirs[row],
+                                args.trainer_variant)
             progress.log(f"collect {backbone.name}/{row}: {cases} cases")
         if "fusion" in rows:
             make_fusion(dirs, dirs["fusion"], env, progress, args.num_processes)

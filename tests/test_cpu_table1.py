@@ -1,6 +1,7 @@
 """scripts/cpu_table1.py's fold archive, without training: a fold counts as archived only once fold.json is
 written, complete rows are assembled from the archive (derived rows once their inputs are there), a case predicted
-by two folds or an archive made on other data stops the run."""
+by two folds or an archive made on other data stops the run; Table 1 v2's per-seed archive, trainings.csv and its
+training-level statistics (nnunet_hpn/evaluate/training_stats.py) on synthetic numbers."""
 import importlib.util
 import json
 import sys
@@ -32,9 +33,9 @@ def _write_label(path: Path, value: int) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
 
 
-def _fake_model(results: Path, row: str, value: int, folds=(0, 1, 2)) -> None:
+def _fake_model(results: Path, row: str, value: int, folds=(0, 1, 2), variant: str = "") -> None:
     """nnU-Net model folder of ``row`` with finished folds whose validation predicts ``value`` in a cube."""
-    model = table.model_dir(results, row)
+    model = table.model_dir(results, row, variant)
     for fold in folds:
         validation = model / f"fold_{fold}" / "validation"
         validation.mkdir(parents=True)
@@ -102,3 +103,122 @@ def test_fold_without_fold_json_is_not_archived_and_a_case_in_two_folds_is_refus
     _write_label(archive / "hpn" / "fold_2" / "case_a.nii.gz", 1)  # case_a is fold 0's
     with pytest.raises(table.ArchiveMismatch, match="more than one fold"):
         table.assemble_rows(archive, tmp_path / "rows", env={})
+
+
+# ------------------------------------------------------------------------------------------------ Table 1 v2
+
+from nnunet_hpn.evaluate.training_stats import (cross_validation_mean, hierarchical_bootstrap_difference,  # noqa: E402
+                                                seed_spread)
+
+
+def _scores(per_training, cases=("a", "b", "c")):
+    """{fold: {seed: {case: value}}} from {(fold, seed): value or list of per-case values}."""
+    scores = {}
+    for (fold, seed), values in per_training.items():
+        values = values if isinstance(values, list) else [values] * len(cases)
+        scores.setdefault(fold, {})[seed] = {f"f{fold}_{case}": value for case, value in zip(cases, values)}
+    return scores
+
+
+def test_bootstrap_of_a_constant_shift_is_exactly_the_shift():
+    """Cases differ widely but every training of a fold agrees: the case draw is shared by both methods (paired),
+    so the interval of a constant per-case shift has no width."""
+    rng = np.random.default_rng(1)
+    per_fold = {fold: list(rng.uniform(0, 90, 3)) for fold in range(3)}
+    b = _scores({(fold, seed): per_fold[fold] for fold in range(3) for seed in (1, 2)})
+    a = {fold: {seed: {case: value + 5.0 for case, value in cases.items()} for seed, cases in by_seed.items()}
+         for fold, by_seed in b.items()}
+    interval = hierarchical_bootstrap_difference(a, b, n_resamples=500)
+    assert interval.estimate == pytest.approx(5.0)
+    assert interval.low == pytest.approx(5.0) and interval.high == pytest.approx(5.0)
+
+
+def test_bootstrap_resamples_trainings_a_failed_seed_widens_the_interval():
+    """Cases agree within every training, so only the resampling of trainings can make the interval wide: one
+    method whose two seeds give 0 and 60 in every fold, against one that gives 30 with both."""
+    steady = _scores({(fold, seed): 30.0 for fold in range(3) for seed in (1, 2)})
+    erratic = _scores({(fold, seed): 0.0 if seed == 1 else 60.0 for fold in range(3) for seed in (1, 2)})
+    interval = hierarchical_bootstrap_difference(erratic, steady, n_resamples=4000, seed=3)
+    assert interval.estimate == pytest.approx(0.0)
+    assert interval.low < -15 and interval.high > 15  # three folds, each 0 / 30 / 60 with prob. 1/4, 1/2, 1/4
+    assert interval.confidence == 0.95 and interval.n_resamples == 4000
+    again = hierarchical_bootstrap_difference(erratic, steady, n_resamples=4000, seed=3)
+    assert (again.low, again.high) == (interval.low, interval.high)  # reproducible with its seed
+
+
+def test_bootstrap_estimate_is_the_difference_of_cross_validation_means_and_methods_may_differ_in_seeds():
+    a = _scores({(0, 1): [10, 20, 30], (0, 2): [20, 30, 40], (1, 1): [50, 50, 50], (1, 2): [0, 0, 0]})
+    b = _scores({(0, 7): [10, 10, 10], (1, 7): [40, 40, 40]})  # one seed only
+    assert cross_validation_mean(a) == pytest.approx(((20 + 30) / 2 + 25) / 2)
+    interval = hierarchical_bootstrap_difference(a, b, n_resamples=2000)
+    assert interval.estimate == pytest.approx(cross_validation_mean(a) - 25.0)
+    assert interval.low <= interval.estimate <= interval.high
+
+
+def test_bootstrap_refuses_unpaired_inputs():
+    a = _scores({(0, 1): 1.0, (1, 1): 1.0})
+    with pytest.raises(ValueError, match="different folds"):
+        hierarchical_bootstrap_difference(a, _scores({(0, 1): 1.0}))
+    with pytest.raises(ValueError, match="different cases"):
+        hierarchical_bootstrap_difference(a, _scores({(0, 1): 1.0, (1, 1): 1.0}, cases=("x", "y", "z")))
+
+
+def test_seed_spread_per_seed_means_and_ranges():
+    spread = seed_spread(_scores({(0, 1): 10.0, (0, 2): 30.0, (1, 1): 50.0, (1, 2): 50.0}))
+    assert spread.per_seed == {1: 30.0, 2: 40.0}
+    assert spread.range == pytest.approx(10.0) and spread.mean_fold_range == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="no training"):
+        seed_spread(_scores({(0, 1): 10.0, (0, 2): 30.0, (1, 1): 50.0}))
+
+
+def _v2_dice(failed=("hpn", 2345, 1)):
+    """Synthetic Dice of every Table 1 v2 row: {(row, seed, fold): {case: {target: Dice %}}}, one failed training."""
+    rng = np.random.default_rng(0)
+    dice = {}
+    for row in table.PROTOCOL_V2.order:
+        for seed in table.PROTOCOL_V2.seeds:
+            for fold, cases in CASES.items():
+                dice[(row, seed, fold)] = {case: {target: 0.0 if (row, seed, fold) == failed and target == "PDAC"
+                                                  else float(rng.uniform(10, 90)) for target in table.TARGETS}
+                                           for case in cases}
+    present = {case: {target: 1.0 for target in table.TARGETS} for cases in CASES.values() for case in cases}
+    return dice, present
+
+
+def test_v2_archive_per_seed_and_trainings_csv_round_trip(tmp_path):
+    results, archive = tmp_path / "results", tmp_path / "docs" / "folds"
+    _fake_model(results, "hpn", 2, variant="_balanced")
+    for fold in (0, 1, 2):
+        table.archive_fold(archive, results, "hpn", fold, seconds=60.0 + fold, seed=2345, variant="_balanced")
+    fold_json = json.loads((archive / "hpn" / "seed_2345" / "fold_1" / "fold.json").read_text())
+    assert fold_json["seed"] == 2345 and fold_json["trainer"] == "HPNTrainer_balanced"
+    assert fold_json["preset"][-4:] == ["--training-seed", "2345", "--trainer-variant", "_balanced"]
+    assert table.is_archived(archive, "hpn", 1, 2345) and not table.is_archived(archive, "hpn", 1)
+
+    dice, _ = _v2_dice()
+    dice = {key: value for key, value in dice.items() if key[0] == "hpn" and key[1] == 2345}
+    records = table.training_records(archive, table.PROTOCOL_V2, dice)
+    assert [(r["row"], r["fold"], r["seed"], r["wall_seconds"]) for r in records] == [
+        ("hpn", 0, 2345, 60.0), ("hpn", 1, 2345, 61.0), ("hpn", 2, 2345, 62.0)]
+    assert records[1]["PDAC mean Dice %"] == 0.0  # the failed training is kept, not dropped
+    expected = np.mean([dice[("hpn", 2345, 0)][case]["duct"] for case in CASES[0]])
+    assert records[0]["duct mean Dice %"] == pytest.approx(expected, abs=0.005)
+    table.write_csv(tmp_path / "trainings.csv", table.TRAINING_FIELDS, records)
+    header = (tmp_path / "trainings.csv").read_text().splitlines()[0]
+    assert header == "row,fold,seed,trainer,budget,wall_seconds," + ",".join(
+        f"{target} mean Dice %" for target in table.TARGETS)
+    assert table.read_trainings_csv(tmp_path / "trainings.csv") == records
+
+
+def test_v2_table_counts_failed_trainings_and_lists_every_contrast():
+    dice, present = _v2_dice()
+    records = [{"row": row, "fold": fold, "seed": seed, "wall_seconds": 120.0,
+                **{f"{t} mean Dice %": float(np.mean([v[t] for v in cases.values()])) for t in table.TARGETS}}
+               for (row, seed, fold), cases in dice.items() if table.run_ablation.ROWS[row].trainer]
+    text = table.format_table_v2(dice, present, records, table.PROTOCOL_V2, "header")
+    hpn_line = next(line for line in text.splitlines() if line.startswith("| HPN (original pairs) |"))
+    assert "| 1/6 | 2.0 |" in hpn_line and "| 1/10 | 0/10 |" in hpn_line  # 1 failed training: its case missed
+    for name, first, second in table.CONTRASTS:
+        assert sum(line.startswith(f"| {name} | {first} − {second} |") for line in text.splitlines()) == len(
+            table.TARGETS)
+    assert "| hpn | " in text.split("## Per fold")[1]  # per-fold view: seed 1234 / seed 2345 per fold

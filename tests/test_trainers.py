@@ -71,7 +71,7 @@ def test_trainer_runs_cpu_training_steps(make_trainer, name):
         assert type(network).__name__ == "PlainConvUNet" and not hasattr(network, "path_channels")
         assert not isinstance(trainer.loss, hpn_trainer.SegmentationPlusPairingLoss)
         return
-    expected_paths = {"SinglePhaseTrainer_arterial": [0], "SinglePhaseTrainer_venous": [1]}.get(name, [0, 1])
+    expected_paths = list(getattr(trainers, name).phase_channels or (0, 1))  # single-phase rows: one path
     assert network.path_channels == expected_paths
     assert (len(network.hyper_connections) == 6) == (len(expected_paths) == 2)
     uses_pairing = getattr(trainers, name).pairing_loss_weight > 0 and len(expected_paths) == 2
@@ -190,3 +190,22 @@ def test_pairing_features_are_kept_only_where_the_pairing_loss_reads_them(make_t
     assert (features is not None) == uses_pairing
     if uses_pairing:
         assert len(features) == 2 and features[0].shape[2:] == tuple(patch)
+
+
+@pytest.mark.parametrize("name", ["HPNTrainer_balanced", "HyperNetTrainer_virtual_balanced",
+                                  "SinglePhaseTrainer_arterial_balanced"])
+def test_balanced_recipe_changes_only_its_settings(make_trainer, name):
+    """The balanced recipe (Table 1 v2): CE of PDAC and duct weighted 4, every patch on foreground, LR 0.03, λ ramped
+    up over 12 epochs; the row's network, pairing loss and virtual pairs stay its parent's."""
+    trainer = make_trainer(name)
+    parent = type(trainer).__mro__[2]
+    assert parent.__name__ == name[:-len("_balanced")]
+    assert (trainer.oversample_foreground_percent, trainer.initial_lr) == (1.0, 0.03)
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.03
+    terms = [m for m in trainer.loss.modules() if isinstance(m, torch.nn.CrossEntropyLoss)]
+    assert terms and all(term.weight.tolist() == [1.0, 1.0, 4.0, 4.0] for term in terms)
+    assert (trainer.pairing_loss_weight, trainer.virtual_pair_alpha) == (parent.pairing_loss_weight,
+                                                                         parent.virtual_pair_alpha)
+    assert trainer.hpn_settings()["network"] == make_trainer(parent.__name__).hpn_settings()["network"]
+    trainer.current_epoch = 6
+    assert trainer.current_pairing_weight() == pytest.approx(parent.pairing_loss_weight / 2)
