@@ -32,7 +32,9 @@ API (nothing here imports torch or nnunetv2):
   ``check_values(voxels, where)``;
 * :data:`PDAC_SCHEME` -- the paper's labels, targets "abnormal pancreas", "PDAC", "duct", lesion PDAC;
 * :func:`resolve_scheme` -- the scheme of a command's ``-djfile``, else of the first dataset.json found beside its
-  inputs, else :data:`PDAC_SCHEME`; :func:`dataset_json_candidates` lists where "beside" looks.
+  inputs, else :data:`PDAC_SCHEME`; :func:`dataset_json_candidates` lists where "beside" looks;
+* :func:`dataset_reference_phase` -- a dataset's reference phase: the one asked for, else the stored one, else the
+  rule of :func:`nnunet_hpn.phases.reference_phase` (the planner, trainers, predict and the locator use it).
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ import numpy as np
 
 from nnunet_hpn import LABELS
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.phases import channel_names, reference_phase
 
 #: dataset.json key of the plugin's own facts
 HPN_KEY = "hpn"
@@ -194,6 +197,14 @@ class LabelScheme:
         return self.foreground.index(name) if self.has_regions else int(self.labels[name])
 
     @property
+    def output_values(self) -> dict[int, str]:
+        """Value in a predicted label map -> its label's (region's) name: the label values, or for regions the value
+        nnU-Net paints each region with (``regions_class_order``; later regions overwrite earlier ones)."""
+        if self.regions_class_order is not None:
+            return {int(value): name for value, name in zip(self.regions_class_order, self.foreground)}
+        return {int(self.labels[name]): name for name in self.foreground}
+
+    @property
     def nnunet_regions_or_labels(self) -> dict[str, Union[int, tuple[int, ...]]]:
         """Name -> what nnU-Net's ``compute_metrics_on_folder`` scores (a label value, or a region's values)."""
         return {name: self.labels[name] for name in self.foreground}
@@ -307,11 +318,22 @@ def dataset_json_candidates(*folders: Optional[Path]) -> list[Path]:
 
 
 def resolve_scheme(djfile: Optional[Path] = None, beside: Sequence[Optional[Path]] = ()) -> LabelScheme:
-    """The scheme of ``djfile`` (``-djfile``, which must exist), else of the first existing dataset.json of
-    :func:`dataset_json_candidates` (``beside``), else :data:`PDAC_SCHEME`."""
+    """The scheme of ``djfile`` (``-djfile``, which must exist), else of the first dataset.json of
+    :func:`dataset_json_candidates` (``beside``) that has ``labels``, else :data:`PDAC_SCHEME`."""
     if djfile is not None:
         return LabelScheme.read(Path(djfile))
     for candidate in dataset_json_candidates(*beside):
         if candidate.is_file():
-            return LabelScheme.read(candidate)
+            data = _read_json(candidate)
+            if isinstance(data, Mapping) and "labels" in data:
+                return LabelScheme.from_dataset_json(data, str(candidate))
     return PDAC_SCHEME
+
+
+def dataset_reference_phase(dataset_json: Mapping, requested: Optional[str] = None,
+                            where: str = "dataset.json") -> str:
+    """The reference phase of a dataset.json's channels: ``requested``, else the one stored under ``"hpn"``
+    (``convert --reference-phase`` writes it), else :func:`nnunet_hpn.phases.reference_phase`'s rule."""
+    facts = dataset_json.get(HPN_KEY)
+    stored = facts.get("reference_phase") if isinstance(facts, Mapping) else None
+    return reference_phase(channel_names(dataset_json), requested or stored, where)

@@ -15,25 +15,42 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from nnunet_hpn import LABELS
 from nnunet_hpn.io.publish import atomic_file
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.labels import PDAC_SCHEME, LabelScheme
 from nnunet_hpn.phases import HU_WINDOW
 
-#: Label -> (name, RGB colour) drawn in overlays.
-LABEL_COLOURS: dict[int, tuple[str, tuple[float, float, float]]] = {
-    LABELS["pancreas"]: ("pancreas", (1.0, 0.85, 0.0)),   # yellow
-    LABELS["PDAC"]: ("PDAC", (0.1, 0.8, 0.1)),            # green
-    LABELS["duct"]: ("duct", (0.65, 0.2, 0.85)),          # purple
-}
+RGB = tuple[float, float, float]
+#: Colours of the foreground labels in dataset.json order (the paper's: pancreas yellow, PDAC green, duct purple).
+PALETTE: tuple[tuple[str, RGB], ...] = (
+    ("yellow", (1.0, 0.85, 0.0)), ("green", (0.1, 0.8, 0.1)), ("purple", (0.65, 0.2, 0.85)),
+    ("red", (0.9, 0.1, 0.1)), ("cyan", (0.0, 0.8, 0.9)), ("blue", (0.15, 0.35, 1.0)), ("orange", (1.0, 0.5, 0.0)),
+    ("magenta", (1.0, 0.2, 0.7)), ("brown", (0.6, 0.35, 0.15)), ("white", (1.0, 1.0, 1.0)))
+
+
+def label_colours(scheme: LabelScheme = PDAC_SCHEME) -> dict[int, tuple[str, RGB]]:
+    """Value in a label map -> (label name, RGB colour) for each foreground label of ``scheme``, colours of
+    :data:`PALETTE` in dataset.json order (repeating after ten); a region-based scheme's regions by the value nnU-Net
+    paints them with (``regions_class_order``)."""
+    return {value: (name, PALETTE[i % len(PALETTE)][1]) for i, (value, name) in enumerate(scheme.output_values.items())}
+
+
+def colour_legend(scheme: LabelScheme = PDAC_SCHEME) -> dict[str, str]:
+    """Label name -> colour name of :func:`label_colours` (for captions)."""
+    return {name: PALETTE[i % len(PALETTE)][0] for i, name in enumerate(scheme.foreground)}
+
+
+#: The paper's labels: value -> (name, RGB colour) drawn in overlays.
+LABEL_COLOURS: dict[int, tuple[str, RGB]] = label_colours(PDAC_SCHEME)
 OVERLAY_ALPHA: float = 0.45
 DPI: int = 120
 PANEL_WIDTH_INCHES: float = 3.2
 
 
-def pick_slice(label_map: np.ndarray) -> int:
-    """Axial index (axis 0 of a (z, y, x) map) with the largest PDAC area; else largest foreground; else middle."""
-    for mask in (label_map == LABELS["PDAC"], label_map > 0):
+def pick_slice(label_map: np.ndarray, lesion_values: Sequence[int] = PDAC_SCHEME.lesion_values) -> int:
+    """Axial index (axis 0 of a (z, y, x) map) with the largest lesion area (values ``lesion_values``, default PDAC);
+    else largest foreground; else middle."""
+    for mask in (np.isin(label_map, lesion_values), label_map > 0):
         area_per_slice = mask.reshape(mask.shape[0], -1).sum(axis=1)
         if area_per_slice.max() > 0:
             return int(np.argmax(area_per_slice))
@@ -54,10 +71,12 @@ def display_window(volume: np.ndarray) -> tuple[float, float]:
     return (low, high) if high > low else (low, low + 1.0)
 
 
-def label_overlay_rgba(label_slice: np.ndarray) -> np.ndarray:
-    """RGBA image of a 2-D label slice: label colours at :data:`OVERLAY_ALPHA`, background transparent."""
+def label_overlay_rgba(label_slice: np.ndarray,
+                       colours: Mapping[int, tuple[str, RGB]] = LABEL_COLOURS) -> np.ndarray:
+    """RGBA image of a 2-D label slice: label colours (:func:`label_colours`) at :data:`OVERLAY_ALPHA`, background
+    transparent."""
     rgba = np.zeros((*label_slice.shape, 4), dtype=float)
-    for label, (_, colour) in LABEL_COLOURS.items():
+    for label, (_, colour) in colours.items():
         rgba[label_slice == label] = (*colour, OVERLAY_ALPHA)
     return rgba
 
@@ -83,18 +102,21 @@ def _check_phase_arrays(phases: Mapping[str, np.ndarray], labels: Mapping[str, n
 
 
 def save_overlay_png(phases: Mapping[str, np.ndarray], truth: np.ndarray | None, prediction: np.ndarray | None,
-                     out_png: Path, title: str = "", spacing_zyx: Sequence[float] | None = None) -> Path:
+                     out_png: Path, title: str = "", spacing_zyx: Sequence[float] | None = None,
+                     scheme: LabelScheme = PDAC_SCHEME) -> Path:
     """Save one panel per phase (channel order), then truth and prediction overlays, of one axial slice as a PNG.
 
     ``phases``: phase name -> (z, y, x) CT; label maps (z, y, x) on the same grid. The slice is :func:`pick_slice`
     of the truth (of the prediction if there is no truth; the middle slice if neither is given). Labels are drawn
     on the last phase (venous for the arterial/venous pair); panels for a missing truth or prediction are left out.
-    Pixel aspect follows ``spacing_zyx``. Written atomically; returns ``out_png``.
+    Pixel aspect follows ``spacing_zyx``; one colour per label of ``scheme`` and a legend of their names. Written
+    atomically; returns ``out_png``.
     """
     out_png = Path(out_png)
     shape = _check_phase_arrays(phases, {"truth": truth, "prediction": prediction}, str(out_png))
     reference = truth if truth is not None else prediction
-    z = pick_slice(reference) if reference is not None else shape[0] // 2
+    z = pick_slice(reference, scheme.lesion_values) if reference is not None else shape[0] // 2
+    colours = label_colours(scheme)
     spacing_y, spacing_x = (1.0, 1.0) if spacing_zyx is None else (float(spacing_zyx[1]), float(spacing_zyx[2]))
     pixel_aspect = spacing_y / spacing_x
 
@@ -113,12 +135,12 @@ def save_overlay_png(phases: Mapping[str, np.ndarray], truth: np.ndarray | None,
         low, high = windows[phase]
         ax.imshow(phases[phase][z], cmap="gray", vmin=low, vmax=high, aspect=pixel_aspect, interpolation="nearest")
         if labels is not None:
-            ax.imshow(label_overlay_rgba(labels[z]), aspect=pixel_aspect, interpolation="nearest")
+            ax.imshow(label_overlay_rgba(labels[z], colours), aspect=pixel_aspect, interpolation="nearest")
         ax.set_title(panel_name)
         ax.set_axis_off()
     if has_labels:
         handles = [Patch(facecolor=colour, edgecolor="none", alpha=0.8, label=name)
-                   for name, colour in LABEL_COLOURS.values()]
+                   for name, colour in colours.values()]
         figure.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     figure.suptitle(f"{title}  (axial slice z={z})" if title else f"axial slice z={z}")
     figure.tight_layout(rect=(0, legend_inches / figure_height, 1, 1))
@@ -135,9 +157,9 @@ def _read_image(path: Path) -> sitk.Image:
 
 
 def save_overlay_from_files(phase_paths: Mapping[str, Path], truth_path: Path | None, prediction_path: Path | None,
-                            out_png: Path, title: str = "") -> Path:
+                            out_png: Path, title: str = "", scheme: LabelScheme = PDAC_SCHEME) -> Path:
     """Read the phases (phase name -> file, channel order) and the optional label maps with SimpleITK and call
-    :func:`save_overlay_png`; HPNInputError naming the file for one that cannot be read or has another size."""
+    :func:`save_overlay_png` (labels coloured by ``scheme``); HPNInputError naming the file for one that cannot be read or has another size."""
     phase_files = {name: Path(path) for name, path in phase_paths.items()}
     label_files = {name: Path(path) for name, path in (("truth", truth_path), ("prediction", prediction_path))
                    if path is not None}
@@ -156,7 +178,8 @@ def save_overlay_from_files(phase_paths: Mapping[str, Path], truth_path: Path | 
             target[name] = sitk.GetArrayFromImage(image)
     phases, labels = arrays
     return save_overlay_png({name: array.astype(np.float32) for name, array in phases.items()}, labels.get("truth"),
-                            labels.get("prediction"), out_png, title=title, spacing_zyx=tuple(reversed(spacing)))
+                            labels.get("prediction"), out_png, title=title, spacing_zyx=tuple(reversed(spacing)),
+                            scheme=scheme)
 
 
 # ------------------------------------------------------------------------------------- report figures
@@ -211,13 +234,16 @@ class OverlayCase:
     captions: dict[str, str] = field(default_factory=dict)   # method name -> text under its title
 
 
-def save_overlay_grid_png(cases: Sequence[OverlayCase], out_png: Path, title: str = "") -> Path:
+def save_overlay_grid_png(cases: Sequence[OverlayCase], out_png: Path, title: str = "",
+                          scheme: LabelScheme = PDAC_SCHEME) -> Path:
     """Fig. 3/4-style grid: one row per case, columns one per phase, truth, then each method's prediction.
 
-    Each row shows the axial slice :func:`pick_slice` of its truth (largest PDAC area, else largest foreground);
+    Each row shows the axial slice :func:`pick_slice` of its truth (largest lesion area, else largest foreground);
     labels are drawn on the last phase (venous for the arterial/venous pair) with the colours of
-    :data:`LABEL_COLOURS`. Pixel aspect follows each case's spacing. Written atomically; returns ``out_png``.
+    :func:`label_colours` of ``scheme`` and a legend of their names. Pixel aspect follows each case's spacing.
+    Written atomically; returns ``out_png``.
     """
+    colours = label_colours(scheme)
     out_png = Path(out_png)
     if not cases:
         raise ValueError("no cases to draw")
@@ -239,7 +265,7 @@ def save_overlay_grid_png(cases: Sequence[OverlayCase], out_png: Path, title: st
     axes = figure.subplots(len(cases), n_columns, squeeze=False, gridspec_kw={"height_ratios": row_heights})
     underlay = phase_names[-1]
     for row, case in zip(axes, cases):
-        z = pick_slice(case.truth)
+        z = pick_slice(case.truth, scheme.lesion_values)
         aspect = float(case.spacing_zyx[1]) / float(case.spacing_zyx[2])
         windows = {name: display_window(ct) for name, ct in case.phases.items()}
         panels = [(name, name, None, "") for name in phase_names] + [("truth", underlay, case.truth, "")]
@@ -250,12 +276,12 @@ def save_overlay_grid_png(cases: Sequence[OverlayCase], out_png: Path, title: st
             ax.imshow(case.phases[phase][z], cmap="gray", vmin=low, vmax=high, aspect=aspect,
                       interpolation="nearest")
             if labels is not None:
-                ax.imshow(label_overlay_rgba(labels[z]), aspect=aspect, interpolation="nearest")
+                ax.imshow(label_overlay_rgba(labels[z], colours), aspect=aspect, interpolation="nearest")
             heading = f"{case.title} (z={z})\n{name}" if column == 0 else name
             ax.set_title(f"{heading}\n{caption}" if caption else heading, fontsize=8)
             ax.set_axis_off()
     handles = [Patch(facecolor=colour, edgecolor="none", alpha=0.8, label=name)
-               for name, colour in LABEL_COLOURS.values()]
+               for name, colour in colours.values()]
     figure.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
     if title:
         figure.suptitle(title)

@@ -1,11 +1,12 @@
 """Evaluation of predicted label maps against ground truth, per HPN target: Dice, HD95 and NSD.
 
-Targets are unions of labels (see :data:`TARGETS`). Metrics per case and target:
+Targets are unions of labels, named by the dataset's label scheme (:mod:`nnunet_hpn.labels`: each label or region,
+or the scheme's named unions; the paper's preset: :data:`TARGETS`). Metrics per case and target:
 
-* **Dice** from nnU-Net's own helpers (``region_or_label_to_mask`` / ``compute_tp_fp_fn_tn``), so the
-  abnormal-pancreas Dice equals the region Dice that
-  ``nnunetv2.evaluation.evaluate_predictions.compute_metrics_on_folder`` reports for ``(1, 2, 3)`` wherever
-  nnU-Net's value is defined (nnU-Net gives NaN when both masks are empty; we give 1.0).
+* **Dice** from nnU-Net's own helpers (``region_or_label_to_mask`` / ``compute_tp_fp_fn_tn``), so every label's and
+  region's Dice equals the one ``nnunetv2.evaluation.evaluate_predictions.compute_metrics_on_folder`` reports
+  (e.g. the abnormal pancreas for the region ``(1, 2, 3)``) wherever nnU-Net's value is defined (nnU-Net gives NaN
+  when both masks are empty; we give 1.0).
 * **HD95** (mm): MONAI's ``compute_hausdorff_distance(percentile=95)``, symmetric: the larger of the two directed
   95th percentiles of the distances between boundary voxels (mask XOR its 6-connected erosion; the image border
   counts as boundary).
@@ -30,7 +31,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
@@ -41,9 +42,11 @@ from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.geometry import grid_difference
 from nnunet_hpn.io.images import read_label
 from nnunet_hpn.io.listing import case_files
+from nnunet_hpn.labels import PDAC_SCHEME, LabelScheme, resolve_scheme
 
-#: Evaluated targets: name -> labels whose union forms the target mask.
-TARGETS: dict[str, tuple[int, ...]] = {"abnormal pancreas": (1, 2, 3), "PDAC": (2,), "duct": (3,)}
+#: The paper's evaluated targets: name -> labels whose union forms the target mask (the preset's
+#: :attr:`~nnunet_hpn.labels.LabelScheme.target_values`).
+TARGETS: dict[str, tuple[int, ...]] = PDAC_SCHEME.target_values
 
 #: Metric names in results; HD95 is in mm, Dice and NSD are fractions in [0, 1].
 METRICS: tuple[str, ...] = ("Dice", "HD95", "NSD")
@@ -73,15 +76,16 @@ def dice_from_masks(truth_mask: np.ndarray, pred_mask: np.ndarray) -> float:
     return float(2 * tp / denominator)
 
 
-def dice_per_target(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Dice per target of :data:`TARGETS` (each target = union of its labels).
+def dice_per_target(pred: np.ndarray, truth: np.ndarray,
+                    targets: Mapping[str, tuple[int, ...]] = TARGETS) -> dict[str, float]:
+    """Dice per target of ``targets`` (each target = union of its labels; default the paper's :data:`TARGETS`).
 
     Both empty -> 1.0, exactly one empty -> 0.0, never NaN. ``pred`` and ``truth`` must have the same shape.
     """
     if pred.shape != truth.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
     return {name: dice_from_masks(target_mask(truth, labels), target_mask(pred, labels))
-            for name, labels in TARGETS.items()}
+            for name, labels in targets.items()}
 
 
 def image_diagonal_mm(shape: Sequence[int], spacing_zyx: Sequence[float]) -> float:
@@ -127,12 +131,12 @@ def surface_metrics(truth_mask: np.ndarray, pred_mask: np.ndarray, spacing_zyx: 
 
 
 def metrics_per_target(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float],
-                       tolerance_mm: float = DEFAULT_TOLERANCE_MM,
-                       surface: bool = True) -> dict[str, dict[str, float]]:
+                       tolerance_mm: float = DEFAULT_TOLERANCE_MM, surface: bool = True,
+                       targets: Mapping[str, tuple[int, ...]] = TARGETS) -> dict[str, dict[str, float]]:
     """``{target: {"Dice": .., "HD95": mm, "NSD": ..}}`` for (z, y, x) label maps; only Dice if not ``surface``."""
-    dice = dice_per_target(pred, truth)
+    dice = dice_per_target(pred, truth, targets)
     result: dict[str, dict[str, float]] = {}
-    for name, labels in TARGETS.items():
+    for name, labels in targets.items():
         result[name] = {"Dice": dice[name]}
         if surface:
             hd95, nsd = surface_metrics(target_mask(truth, labels), target_mask(pred, labels), spacing_zyx,
@@ -188,9 +192,9 @@ def _mean_std(values: Iterable[float]) -> tuple[float, float]:
 class EvaluationResult:
     """What :func:`evaluate_folders` measured: every metric per case and target, and which targets the truth has.
 
-    ``per_case_metrics[case][target][metric]`` (cases in evaluation order, targets of :data:`TARGETS`, ``metrics``
-    of :data:`METRICS` or Dice only); ``truth_present[case][target]``; ``one_empty[target]``: cases where exactly
-    one of truth / prediction is empty. Aggregates (population std, ddof=0) and counts are derived. ``to_json()``
+    ``per_case_metrics[case][target][metric]`` (cases in evaluation order, targets of the label scheme in its
+    order, ``metrics`` of :data:`METRICS` or Dice only); ``truth_present[case][target]``; ``one_empty[target]``
+    (every target, in order): cases where exactly one of truth / prediction is empty. Aggregates (population std, ddof=0) and counts are derived. ``to_json()``
     is the ``summary.json`` form (:func:`write_summary`), ``from_json`` reads it back.
     """
 
@@ -207,6 +211,11 @@ class EvaluationResult:
     @property
     def n_cases(self) -> int:
         return len(self.per_case_metrics)
+
+    @property
+    def targets(self) -> list[str]:
+        """The evaluated targets, in the label scheme's order."""
+        return list(self.one_empty)
 
     def value(self, case: str, target: str, metric: str = "Dice") -> float:
         return self.per_case_metrics[case][target][metric]
@@ -230,14 +239,15 @@ class EvaluationResult:
         return sum(self.truth_present[case][target] and self.value(case, target) == 0.0 for case in self.cases)
 
     def to_json(self) -> dict[str, Any]:
-        means, stds = {t: self.mean(t) for t in TARGETS}, {t: self.std(t) for t in TARGETS}
-        return {"per_case": {case: {t: self.value(case, t) for t in TARGETS} for case in self.cases},
+        targets = self.targets
+        means, stds = {t: self.mean(t) for t in targets}, {t: self.std(t) for t in targets}
+        return {"per_case": {case: {t: self.value(case, t) for t in targets} for case in self.cases},
                 "mean": means, "std": stds, "n_cases": self.n_cases,
-                "present": {t: self.present(t) for t in TARGETS}, "missed": {t: self.missed(t) for t in TARGETS},
+                "present": {t: self.present(t) for t in targets}, "missed": {t: self.missed(t) for t in targets},
                 "one_empty": dict(self.one_empty), "metrics": list(self.metrics),
                 "per_case_metrics": self.per_case_metrics, "truth_present": self.truth_present,
                 "aggregate": {t: {m: {"mean": self.mean(t, m), "std": self.std(t, m)} for m in self.metrics}
-                              for t in TARGETS},
+                              for t in targets},
                 "tolerance_mm": float(self.tolerance_mm), "empty_convention": EMPTY_CONVENTION}
 
     @classmethod
@@ -247,18 +257,21 @@ class EvaluationResult:
 
 
 def evaluate_case(truth_file: Path, pred_file: Path, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
-                  surface: bool = True) -> tuple[dict[str, dict[str, float]], dict[str, bool], dict[str, int]]:
-    """One case: metrics per target, whether the truth has each target, and whether exactly one of truth and
-    prediction is empty per target (0/1). HPNInputError for unreadable labels or different geometries."""
-    truth, truth_image = read_label(truth_file)
-    pred, pred_image = read_label(pred_file)
+                  surface: bool = True, scheme: LabelScheme = PDAC_SCHEME
+                  ) -> tuple[dict[str, dict[str, float]], dict[str, bool], dict[str, int]]:
+    """One case: metrics per target of ``scheme``, whether the truth has each target, and whether exactly one of
+    truth and prediction is empty per target (0/1). HPNInputError for unreadable labels, values outside the scheme
+    or different geometries."""
+    truth, truth_image = read_label(truth_file, scheme)
+    pred, pred_image = read_label(pred_file, scheme)
     difference = grid_difference(truth_image, pred_image)
     if difference is not None:
         raise HPNInputError(f"{pred_file}: geometry differs from {truth_file}: {difference} (prediction vs truth)")
     spacing_zyx = tuple(reversed(truth_image.GetSpacing()))
-    metrics = metrics_per_target(pred, truth, spacing_zyx, tolerance_mm, surface=surface)
+    targets = scheme.target_values
+    metrics = metrics_per_target(pred, truth, spacing_zyx, tolerance_mm, surface=surface, targets=targets)
     present, one_empty = {}, {}
-    for name, labels in TARGETS.items():
+    for name, labels in targets.items():
         truth_any, pred_any = bool(target_mask(truth, labels).any()), bool(target_mask(pred, labels).any())
         present[name] = truth_any
         one_empty[name] = int(truth_any != pred_any)
@@ -268,8 +281,12 @@ def evaluate_case(truth_file: Path, pred_file: Path, tolerance_mm: float = DEFAU
 def evaluate_folders(pred_dir: Path, truth_dir: Path, file_ending: str = ".nii.gz", *,
                      cases: Sequence[str] | None = None, tolerance_mm: float = DEFAULT_TOLERANCE_MM,
                      surface: bool = True, progress: bool | None = None,
-                     description: str = "evaluating", n_processes: int = 1) -> EvaluationResult:
+                     description: str = "evaluating", n_processes: int = 1,
+                     scheme: LabelScheme | None = None) -> EvaluationResult:
     """Dice, HD95 and NSD per case and target of ``pred_dir`` against ``truth_dir``.
+
+    Targets and allowed label values: ``scheme`` (``-djfile``), else :func:`nnunet_hpn.labels.resolve_scheme` of the
+    dataset.json beside ``truth_dir``, else beside ``pred_dir`` (nnU-Net writes the model's there), else the paper's.
 
     Evaluates every truth case (or only ``cases``). Each needs a truth and a prediction file ``<case><file_ending>``
     with the same geometry (size, spacing, origin, direction; tolerance 1e-4), otherwise HPNInputError. Other
@@ -291,18 +308,19 @@ def evaluate_folders(pred_dir: Path, truth_dir: Path, file_ending: str = ".nii.g
     if not truth_files:
         raise HPNInputError(f"{pred_dir}: no cases to evaluate")
     metrics = METRICS if surface else ("Dice",)
+    if scheme is None:
+        scheme = resolve_scheme(None, (truth_dir, pred_dir))
 
     pairs = [(truth_file, pred_dir / truth_file.name) for truth_file in truth_files.values()]
     for truth_file, pred_file in pairs:  # before any work: one line for the first missing file
         if not pred_file.is_file():
             raise HPNInputError(f"{pred_file}: missing prediction for truth case {truth_file}")
-    jobs = [(truth_file, pred_file, tolerance_mm, surface) for truth_file, pred_file in pairs]
+    jobs = [(truth_file, pred_file, tolerance_mm, surface, scheme) for truth_file, pred_file in pairs]
     bar_disabled = None if progress is None else not progress
     if n_processes > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        from nnunet_hpn.processes import worker_pool
 
-        with ProcessPoolExecutor(n_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with worker_pool(n_processes) as pool:
             outcomes = list(tqdm(pool.map(evaluate_case, *zip(*jobs)), total=len(jobs), desc=description,
                                  unit="case", disable=bar_disabled, leave=False))
     else:
@@ -310,7 +328,7 @@ def evaluate_folders(pred_dir: Path, truth_dir: Path, file_ending: str = ".nii.g
                                                          leave=False)]
     per_case_metrics = {case: outcome[0] for case, outcome in zip(truth_files, outcomes)}
     truth_present = {case: outcome[1] for case, outcome in zip(truth_files, outcomes)}
-    one_empty = {name: sum(outcome[2][name] for outcome in outcomes) for name in TARGETS}
+    one_empty = {name: sum(outcome[2][name] for outcome in outcomes) for name in scheme.targets}
     return EvaluationResult(per_case_metrics, truth_present, one_empty, tuple(metrics), float(tolerance_mm))
 
 
@@ -327,7 +345,7 @@ def format_dice_table(result: EvaluationResult) -> str:
         return f"{scale * result.mean(name, metric):.2f} ± {scale * result.std(name, metric):.2f}"
 
     rows = [(name, *(cell(name, metric) for metric in metrics), str(result.missed(name)), str(result.present(name)),
-             str(result.n_cases)) for name in TARGETS]
+             str(result.n_cases)) for name in result.targets]
     widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
@@ -359,8 +377,9 @@ def write_summary(result: EvaluationResult, path_json: Path) -> tuple[Path, Path
     metrics = [metric for metric in result.metrics if metric in METRICS]
     lines = io.StringIO()
     writer = csv.writer(lines, lineterminator="\n")
-    writer.writerow(["case", *(metric_column(metric, name) for name in TARGETS for metric in metrics)])
+    targets = result.targets
+    writer.writerow(["case", *(metric_column(metric, name) for name in targets for metric in metrics)])
     for case in result.cases:
-        writer.writerow([case, *(f"{result.value(case, name, metric):.6f}" for name in TARGETS for metric in metrics)])
+        writer.writerow([case, *(f"{result.value(case, name, metric):.6f}" for name in targets for metric in metrics)])
     write_text_atomically(path_csv, lines.getvalue())
     return path_json, path_csv

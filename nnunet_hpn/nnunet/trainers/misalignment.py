@@ -9,7 +9,8 @@ from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 from nnunet_hpn.augment.phase_misalignment import DEFAULT_MAX_DISPLACEMENT_MM, insert_phase_misalignment
 from nnunet_hpn.nnunet.planners.hpn_planner import REFERENCE_KEY
 from nnunet_hpn.nnunet.trainers.hpn_trainer import EarlyFusionTrainer, HPNTrainer
-from nnunet_hpn.phases import channel_names, reference_phase
+from nnunet_hpn.labels import dataset_reference_phase
+from nnunet_hpn.phases import channel_names
 
 
 class MisalignmentMixin:
@@ -22,7 +23,7 @@ class MisalignmentMixin:
 
     def get_training_transforms(self, *args: Any, **kwargs: Any) -> BasicTransform:
         phases = channel_names(self.dataset_json)
-        reference = self.plans_manager.plans.get(REFERENCE_KEY) or reference_phase(phases)
+        reference = self.plans_manager.plans.get(REFERENCE_KEY) or dataset_reference_phase(self.dataset_json)
         return insert_phase_misalignment(super().get_training_transforms(*args, **kwargs), self.misalignment_mm,
                                          self.configuration_manager.spacing, phases.index(reference),
                                          list(range(len(phases))))
