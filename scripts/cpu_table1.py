@@ -519,14 +519,14 @@ def format_table_v2(dice: dict[tuple[str, int, int], CaseDice], present: CaseDic
         lines += ["", "## Seed-to-seed spread", "",
                   "Per target: each seed's cross-validation mean Dice %, their range (max − min) and the mean over "
                   "folds of the range between the seeds' fold means.", "",
-                  "| row | " + " | ".join(f"{target}: seeds / range / fold range" for target in TARGETS) + " |",
+                  "| row | " + " | ".join(f"{target}: seed means (range; fold range)" for target in TARGETS) + " |",
                   "|---|" + "---:|" * len(TARGETS)]
         for row in spread_rows:
             cells = []
             for target in TARGETS:
                 spread = seed_spread(scores_of(dice, row, target))
-                cells.append(f"{' / '.join(f'{v:.1f}' for v in spread.per_seed.values())} / {spread.range:.1f} / "
-                             f"{spread.mean_fold_range:.1f}")
+                cells.append(f"{' / '.join(f'{v:.1f}' for v in spread.per_seed.values())} (range {spread.range:.1f}; "
+                             f"fold range {spread.mean_fold_range:.1f})")
             lines.append(f"| {row} | " + " | ".join(cells) + " |")
     contrasts = [contrast for contrast in CONTRASTS
                  if all(complete_seeds(dice, row, protocol) for row in contrast[1:])]
