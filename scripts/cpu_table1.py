@@ -21,6 +21,13 @@ One command, resumable across sessions and machines (re-run it to continue where
    Wilcoxon p against HPN-union and against HPN, PDAC missed by both single-phase models and rescued, box plots,
    overlays; ``report_interim/`` before HPN exists) and ``by_kind.md`` are rewritten.
 
+``--protocol v2`` (Table 1 v2, ``--docs docs/table1_cpu_v2``): every row trained with its ``<Trainer>_balanced``
+variant (``nnunet_hpn/nnunet/trainers/balanced.py``) and each of :attr:`PROTOCOL_V2.seeds <Protocol.seeds>`, seed
+by seed, row by row, fold by fold; the archive is ``folds/<row>/seed_<s>/fold_<k>/``, the derived rows are built per
+seed, and after each training ``table1.md`` (rows, per-fold view, seed-to-seed spread, contrasts with
+hierarchical-bootstrap intervals and per-case Wilcoxon p), ``trainings.csv``, ``per_case.csv`` and one report per
+seed (``seed_<s>/``) are rewritten. Its labels and split must also match the earlier run's archive.
+
 The archive is tied to the dataset: the hash of the cropped labels and the split are stored beside it, and a run
 on other data stops with an error instead of mixing folds. The generator's parameters (``nnunet_hpn.phantom``) and
 this preset were frozen before the first training of the table.
