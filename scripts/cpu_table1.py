@@ -123,6 +123,8 @@ CONTRASTS: tuple[tuple[str, str, str], ...] = (
     ("virtual pairs (HyperNet)", "hypernet_aug", "hypernet"),
     ("union", "hpn_union", "hpn_virtual"),
 )
+#: resamples of the hierarchical bootstrap of the contrasts
+BOOTSTRAP_RESAMPLES = 10000
 #: targets of the tables (run_ablation's columns)
 TARGETS: tuple[str, ...] = tuple(target for target, _ in run_ablation.TARGET_COLUMNS)
 
@@ -228,7 +230,8 @@ def archive_fold(archive: Path, results: Path, row: str, fold: int, seconds: Opt
     debug = json.loads((source / "debug.json").read_text()) if (source / "debug.json").is_file() else {}
     budget = {key: debug[key] for key in BUDGET_KEYS if key in debug}
     info = {"row": row, "fold": fold, "seed": seed, "trainer": run_ablation.trainer_name(row, variant),
-            "plans": PLANS, "configuration": CONFIGURATION, "preset": list(PRESET if seed is None else preset(seed, variant)),
+            "plans": PLANS, "configuration": CONFIGURATION,
+            "preset": list(PRESET if seed is None else preset(seed, variant)),
             "cases": sorted(path.name[:-len(".nii.gz")] for path in files if path.name.endswith(".nii.gz")),
             "training_seconds": seconds, "archived": datetime.datetime.now().isoformat(timespec="seconds"),
             "device": f"CPU ({os.cpu_count()} logical), {platform.processor() or platform.machine()}",
@@ -243,8 +246,8 @@ def train_fold(workdir: Path, row: str, fold: int, env: dict[str, str], protocol
     out = (workdir / "ablation_runs" / f"{row}_fold_{fold}" if not protocol.per_seed else
            workdir / f"ablation_runs_{protocol.name}" / f"{row}_seed{seed}_fold_{fold}")
     env = {**env, "nnUNet_results": str(protocol.results_root(workdir, seed))}
-    run([sys.executable, str(SCRIPTS / "run_ablation.py"), "-d", str(DATASET_ID), *preset(seed, protocol.trainer_variant),
-         "--folds", str(fold), "--rows", row, "-o", str(out)], env)
+    run([sys.executable, str(SCRIPTS / "run_ablation.py"), "-d", str(DATASET_ID),
+         *preset(seed, protocol.trainer_variant), "--folds", str(fold), "--rows", row, "-o", str(out)], env)
     trainings = json.loads((out / "run_info.json").read_text())["trainings"]
     entry = trainings.get(f"unet/{row}/fold_{fold}")
     return entry["seconds"] if entry else None
@@ -495,11 +498,12 @@ def format_table_v2(dice: dict[tuple[str, int, int], CaseDice], present: CaseDic
         for target in TARGETS:
             per_seed = [[value[target] for fold in FOLDS for value in dice[(row, seed, fold)].values()]
                         for seed in seeds]
-            cells.append(f"{np.mean([np.mean(v) for v in per_seed]):.1f} ± {np.mean([np.std(v) for v in per_seed]):.1f}"
+            cells.append(f"{np.mean([np.mean(v) for v in per_seed]):.1f} ± "
+                         f"{np.mean([np.std(v) for v in per_seed]):.1f}"
                          f" ({' / '.join(f'{np.mean(v):.1f}' for v in per_seed)})")
         for target in ("PDAC", "duct"):
-            cases = [(case, value) for seed in seeds for fold in FOLDS for case, value in dice[(row, seed, fold)].items()
-                     if present[case][target]]
+            cases = [(case, value) for seed in seeds for fold in FOLDS
+                     for case, value in dice[(row, seed, fold)].items() if present[case][target]]
             cells.append(f"{sum(value[target] == 0 for _, value in cases)}/{len(cases)}")
         trainings = [record for record in records if record["row"] == row and record["seed"] in seeds]
         if trainings:
@@ -540,8 +544,9 @@ def format_table_v2(dice: dict[tuple[str, int, int], CaseDice], present: CaseDic
     if contrasts:
         lines += ["", "## Contrasts", "",
                   "Difference of cross-validation mean Dice (percentage points, first row minus second) with the 95 % "
-                  "interval of a hierarchical bootstrap (10,000 resamples; within each fold the trainings of each row "
-                  "and the fold's cases are drawn with replacement, cases paired between the rows; "
+                  f"interval of a hierarchical bootstrap ({BOOTSTRAP_RESAMPLES:,} resamples; within each fold the "
+                  "trainings of each row and the fold's cases are drawn with replacement, cases paired between the "
+                  "rows; "
                   "nnunet_hpn/evaluate/training_stats.py), and the per-case paired Wilcoxon p on the 24 cases (each "
                   "case's Dice averaged over the row's seeds).", "",
                   "| contrast | rows | target | difference | 95 % interval | Wilcoxon p (cases) | trainings |",
@@ -551,7 +556,7 @@ def format_table_v2(dice: dict[tuple[str, int, int], CaseDice], present: CaseDic
                 a, b = scores_of(dice, first, target), scores_of(dice, second, target)
                 a = {fold: {seed: a[fold][seed] for seed in complete_seeds(dice, first, protocol)} for fold in FOLDS}
                 b = {fold: {seed: b[fold][seed] for seed in complete_seeds(dice, second, protocol)} for fold in FOLDS}
-                interval = hierarchical_bootstrap_difference(a, b)
+                interval = hierarchical_bootstrap_difference(a, b, BOOTSTRAP_RESAMPLES)
                 p_value = paired_wilcoxon(*(list(seed_averaged(scores).values()) for scores in (a, b)))
                 n_a, n_b = (sum(len(s[fold]) for fold in FOLDS) for s in (a, b))
                 lines.append(f"| {name} | {first} − {second} | {target} | {interval.estimate:+.1f} | "
@@ -633,6 +638,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     split_file = Path(env["nnUNet_preprocessed"]) / raw.name / "splits_final.json"
     # the same data and split as the earlier run's archive, where it is there
     archives = [archive] + [path for path in (EARLIER_ARCHIVE,) if protocol.per_seed and path.is_dir()]
+    def check_split() -> None:  # written by the first training (run_ablation.py), checked before every later one
+        if split_file.is_file():
+            for folder in archives:
+                check_or_record(folder, "splits_final.json", json.loads(split_file.read_text()))
+
     try:
         for folder in archives:
             check_or_record(folder, "labels.sha256.json", {"labelsTr": labels_digest(raw / "labelsTr")})
@@ -644,9 +654,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     if is_archived(archive, row, fold, stored_seed):
                         print(f"cpu_table1: {name}: archived in {archive}", flush=True)
                         continue
+                    check_split()
                     seconds = train_fold(workdir, row, fold, env, protocol, seed)
-                    for folder in archives:
-                        check_or_record(folder, "splits_final.json", json.loads(split_file.read_text()))
+                    check_split()
                     archive_fold(archive, protocol.results_root(workdir, seed) / raw.name, row, fold, seconds,
                                  stored_seed, protocol.trainer_variant)
                     rows = refresh_docs(workdir, raw, docs, env, protocol)

@@ -222,3 +222,48 @@ def test_v2_table_counts_failed_trainings_and_lists_every_contrast():
         assert sum(line.startswith(f"| {name} | {first} − {second} |") for line in text.splitlines()) == len(
             table.TARGETS)
     assert "| hpn | " in text.split("## Per fold")[1]  # per-fold view: seed 1234 / seed 2345 per fold
+
+
+def test_v2_run_trains_seed_by_seed_archives_each_training_and_resumes(tmp_path, monkeypatch):
+    """main(--protocol v2) with the training replaced by a fake model: every (row, fold, seed) archived once, the
+    tables rewritten after each, a second run trains nothing; an earlier archive with another split stops it."""
+    workdir, docs = tmp_path / "work", tmp_path / "docs_v2"
+    raw = workdir / "nnUNet_raw" / "Dataset510_X"
+    (raw / "labelsTr").mkdir(parents=True)
+    for cases in CASES.values():
+        for case in cases:
+            _write_label(raw / "labelsTr" / f"{case}.nii.gz", 2)
+    split = [{"train": [], "val": CASES[fold]} for fold in sorted(CASES)]
+    (workdir / "nnUNet_preprocessed" / raw.name).mkdir(parents=True)
+    (workdir / "nnUNet_preprocessed" / raw.name / "splits_final.json").write_text(json.dumps(split))
+    trained = []
+
+    def fake_train(workdir_, row, fold, env, protocol, seed):
+        trained.append((seed, row, fold))
+        _fake_model(protocol.results_root(workdir_, seed) / raw.name, row, 2 if row == "hpn" else 1, folds=(fold,),
+                    variant=protocol.trainer_variant)
+        return 30.0
+
+    monkeypatch.setattr(table, "prepare_dataset", lambda workdir_, env: raw)
+    monkeypatch.setattr(table, "train_fold", fake_train)
+    monkeypatch.setattr(table, "report", lambda *args, **kwargs: None)
+    monkeypatch.setattr(table, "BOOTSTRAP_RESAMPLES", 200)
+    monkeypatch.setattr(table, "EARLIER_ARCHIVE", tmp_path / "earlier" / "folds")
+    table.check_or_record(table.EARLIER_ARCHIVE, "splits_final.json", split)
+    argv = ["--protocol", "v2", "--workdir", str(workdir), "--docs", str(docs), "--rows", "hpn", "hpn_virtual"]
+    assert table.main(argv) == 0
+    assert trained == [(seed, row, fold) for seed in (1234, 2345) for row in ("hpn", "hpn_virtual")
+                       for fold in (0, 1, 2)]
+    assert table.is_archived(docs / "folds", "hpn_virtual", 2, 2345)
+    records = table.read_trainings_csv(docs / "trainings.csv")
+    assert len(records) == 12
+    assert {r["trainer"] for r in records} == {"HPNTrainer_balanced", "HPNTrainer_virtual_balanced"}
+    assert all(r["PDAC mean Dice %"] == 100.0 for r in records if r["row"] == "hpn")  # predicts the truth's PDAC
+    text = (docs / "table1.md").read_text()
+    assert "| union | hpn_union − hpn_virtual | PDAC | +100.0 | [+100.0, +100.0] |" in text
+    assert table.main(argv) == 0 and len(trained) == 12  # everything archived: nothing trained again
+
+    table.check_or_record(table.EARLIER_ARCHIVE.parent / "other", "x.json", 1)
+    (table.EARLIER_ARCHIVE / "splits_final.json").write_text(json.dumps(split[::-1]))
+    (docs / "folds" / "hpn" / "seed_1234" / "fold_0" / "fold.json").unlink()
+    assert table.main(argv) == 1  # the split differs from the earlier run's
