@@ -109,6 +109,26 @@ def _localiser(study_uid: str) -> list[FileDataset]:
     return slices
 
 
+def _dose_report(study_uid: str) -> list[FileDataset]:
+    """A radiation dose structured report (no pixels): what scanners add to a study."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.67", generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "SR", study_uid, generate_uid()
+    ds.SeriesDescription = "Dose Report"
+    return [ds]
+
+
+def _derived(case, study_uid: str) -> list[FileDataset]:
+    """A thick-slab MIP of the arterial phase: DERIVED / SECONDARY images."""
+    slices = _ct_slices(case.images["arterial"][::4], study_uid, generate_uid(), "MIP 10mm", {"_number": 8})
+    for ds in slices:
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL", "MIP"]
+    return slices
+
+
 def _reformat(case, study_uid: str) -> list[FileDataset]:
     return _ct_slices(case.images["venous"], study_uid, generate_uid(), "COR REFORMAT", {"_number": 9},
                       orientation="coronal")
@@ -150,7 +170,8 @@ def _study(case, folder: Path, layout: str, scratch: Path, seed: int) -> None:
     extra: list[pydicom.Dataset] = []
     if layout == "four_series":  # NC, A, V, D, a localiser and a coronal reformat
         series = {phase: _series(case, phase, study_uid) for phase in ALL_PHASES}
-        extra = _localiser(study_uid) + _reformat(case, study_uid)
+        extra = _localiser(study_uid) + _reformat(case, study_uid) + _dose_report(study_uid) + \
+            _derived(case, study_uid)
     elif layout == "three_series":
         series = {phase: _series(case, phase, study_uid) for phase in ("noncontrast", "arterial", "venous")}
     elif layout == "two_acquisitions":  # arterial and venous in one series, AcquisitionNumber 1 and 2
@@ -239,7 +260,7 @@ def test_scan_describes_candidates_and_sets_aside_with_reasons(studies) -> None:
     assert arterial.coverage_mm[1] - arterial.coverage_mm[0] == pytest.approx((SHAPE[0] - 1) * SPACING[0])
     assert arterial.time("AcquisitionTime").strftime("%H:%M:%S") == "10:01:35"
     reasons = sorted(s.reason.split(" (")[0] for s in study.set_aside)
-    assert reasons == ["localiser", "non-axial reformat"]
+    assert reasons == ["derived or secondary image", "localiser", "non-axial reformat", "radiation dose report"]
     assert len(study.segmentations) == 1
 
 
@@ -332,6 +353,15 @@ def test_segmentation_outside_the_volume_or_of_another_series_is_one_line(studie
     arterial, venous = _series(case, "arterial", study), _series(case, "venous", study)
     seg = _segmentation(case, arterial, tmp_path / "scratch")
     source = dicom_study.scan_study
+    # frames without instance references are placed by their positions
+    by_position = copy.deepcopy(seg)
+    for frame in by_position.PerFrameFunctionalGroupsSequence:
+        del frame.DerivationImageSequence
+    _write_shuffled(arterial + venous + [by_position], tmp_path / "positions" / "c", random.Random(6))
+    staged = dicom_study.StagedStudies([tmp_path / "positions" / "c"], ("arterial", "venous"), "arterial")
+    label = sitk.ReadImage(str(staged.case_dirs[0] / "label.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(label), case.label)
+    staged.cleanup()
     # a frame whose instance is not in the series and whose position lies above the volume
     moved = copy.deepcopy(seg)
     frame = moved.PerFrameFunctionalGroupsSequence[0]

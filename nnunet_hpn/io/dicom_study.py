@@ -85,6 +85,7 @@ SET_ASIDE_SOP_PREFIXES: tuple[tuple[str, str], ...] = (
     ("1.2.840.10008.5.1.4.1.1.88.67", "radiation dose report (structured report)"),
     ("1.2.840.10008.5.1.4.1.1.88", "structured report"),
     ("1.2.840.10008.5.1.4.1.1.7", "secondary capture"),
+    ("1.2.840.10008.5.1.4.1.1.2.1", "enhanced (multi-frame) CT, not read: export it as CT Image Storage"),
     ("1.2.840.10008.1.3.10", "DICOMDIR (media directory)"),
 )
 #: Words of series descriptions suggesting a phase (only noted in the reasons; descriptions never decide).
