@@ -45,7 +45,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -240,12 +240,13 @@ def archive_fold(archive: Path, results: Path, row: str, fold: int, seconds: Opt
 
 
 def train_fold(workdir: Path, row: str, fold: int, env: dict[str, str], protocol: Protocol = PROTOCOL_V1,
-               seed: int = 1234) -> Optional[float]:
+               seed: int = 1234, results_root: Optional[Path] = None, out: Optional[Path] = None) -> Optional[float]:
     """``run_ablation.py`` for one row, fold and seed (skips training when nnU-Net's fold folder is finished);
-    returns the training wall time recorded by run_ablation (None when this fold was trained before)."""
-    out = (workdir / "ablation_runs" / f"{row}_fold_{fold}" if not protocol.per_seed else
-           workdir / f"ablation_runs_{protocol.name}" / f"{row}_seed{seed}_fold_{fold}")
-    env = {**env, "nnUNet_results": str(protocol.results_root(workdir, seed))}
+    returns the training wall time recorded by run_ablation (None when this fold was trained before).
+    ``results_root`` / ``out``: nnU-Net's results folder and run_ablation's output (default: the protocol's)."""
+    out = out or (workdir / "ablation_runs" / f"{row}_fold_{fold}" if not protocol.per_seed else
+                  workdir / f"ablation_runs_{protocol.name}" / f"{row}_seed{seed}_fold_{fold}")
+    env = {**env, "nnUNet_results": str(results_root or protocol.results_root(workdir, seed))}
     run([sys.executable, str(SCRIPTS / "run_ablation.py"), "-d", str(DATASET_ID),
          *preset(seed, protocol.trainer_variant), "--folds", str(fold), "--rows", row, "-o", str(out)], env)
     trainings = json.loads((out / "run_info.json").read_text())["trainings"]
@@ -597,6 +598,62 @@ def write_table_v2(workdir: Path, raw: Path, docs: Path, protocol: Protocol, env
     return rows
 
 
+#: the pilot of a per-seed protocol's recipe: fold 1 (where the earlier run failed most), a seed that is not a table
+#: seed (so that the pilot, chosen on that fold, stays out of the table), the rows that learnt no duct or no PDAC
+PILOT_FOLD, PILOT_SEED = 1, 4321
+PILOT_ROWS: tuple[str, ...] = ("early_fusion", "hypernet_aug", "hpn")
+
+
+def pilot_passed(docs: Path) -> bool:
+    """Whether ``docs/pilot/pilot.json`` records a passed pilot."""
+    path = docs / "pilot" / "pilot.json"
+    return path.is_file() and bool(json.loads(path.read_text())["passed"])
+
+
+def run_pilot(workdir: Path, raw: Path, docs: Path, env: dict[str, str], protocol: Protocol,
+              before_training: Callable[[], None], commit: bool) -> bool:
+    """Train (or resume) the pilot, archive each training in ``docs/pilot/folds/`` and write ``pilot.md`` and
+    ``pilot.json``; returns whether every pilot training has mean Dice > 0 for every target on its validation fold."""
+    pilot = docs / "pilot"
+    archive = pilot / "folds"
+    results_root = workdir / "nnUNet_results_pilot"
+    for row in PILOT_ROWS:
+        if is_archived(archive, row, PILOT_FOLD, PILOT_SEED):
+            continue
+        before_training()
+        seconds = train_fold(workdir, row, PILOT_FOLD, env, protocol, PILOT_SEED, results_root,
+                             workdir / f"pilot{protocol.trainer_variant}")
+        before_training()
+        archive_fold(archive, results_root / raw.name, row, PILOT_FOLD, seconds, PILOT_SEED,
+                     protocol.trainer_variant)
+        if commit:
+            git_commit(docs, f"CPU Table 1 {protocol.name}: pilot {row} fold {PILOT_FOLD} seed {PILOT_SEED} archived")
+    infos = {row: json.loads((fold_archive(archive, row, PILOT_FOLD, PILOT_SEED) / "fold.json").read_text())
+             for row in PILOT_ROWS}
+    means = {}
+    for row in PILOT_ROWS:
+        cases, _ = fold_dice(fold_archive(archive, row, PILOT_FOLD, PILOT_SEED), raw / "labelsTr")
+        means[row] = {target: round(float(np.mean([value[target] for value in cases.values()])), 2)
+                      for target in TARGETS}
+    passed = all(value > 0 for values in means.values() for value in values.values())
+    (pilot / "pilot.json").write_text(json.dumps({"passed": passed, "fold": PILOT_FOLD, "seed": PILOT_SEED,
+                                                  "mean_dice_percent": means}, indent=2) + "\n")
+    lines = [f"# Pilot of the {protocol.trainer_variant.strip('_')} recipe ({protocol.name})", "",
+             f"Fold {PILOT_FOLD}, training seed {PILOT_SEED} (not a table seed), budget {BUDGET}; mean Dice % of each "
+             f"training on the fold's validation cases. Criterion: every training, every target > 0.", "",
+             "| row | trainer | " + " | ".join(TARGETS) + " | wall min | archived |",
+             "|---|---|" + "---:|" * (len(TARGETS) + 1) + "---|"]
+    for row in PILOT_ROWS:
+        seconds = infos[row]["training_seconds"]
+        lines.append(f"| {row} | {infos[row]['trainer']} | " + " | ".join(f"{means[row][t]:.1f}" for t in TARGETS) +
+                     f" | {'–' if seconds is None else f'{seconds / 60:.1f}'} | {infos[row]['archived']} |")
+    lines += ["", f"Criterion: **{'passed' if passed else 'failed'}**; device {infos[PILOT_ROWS[0]]['device']}."]
+    (pilot / "pilot.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if commit:
+        git_commit(docs, f"CPU Table 1 {protocol.name}: pilot {'passed' if passed else 'failed'}")
+    return passed
+
+
 def refresh_docs(workdir: Path, raw: Path, docs: Path, env: dict[str, str],
                  protocol: Protocol = PROTOCOL_V1) -> list[str]:
     """Tables and reports of everything archived; returns the complete rows (v2: of every seed, as row/seed)."""
@@ -625,9 +682,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "and the training-level statistics (--docs docs/table1_cpu_v2)")
     parser.add_argument("--rows", nargs="+", choices=TRAINING_ORDER, default=list(TRAINING_ORDER),
                         help="trained rows to produce (default: all of the protocol, in its training order)")
+    parser.add_argument("--pilot", action="store_true",
+                        help="v2: train the pilot of the recipe (fold 1, seed 4321: early fusion, HyperNet-aug, HPN) "
+                             "into --docs/pilot/; exit status 3 if a training has mean Dice 0 for a target. The table "
+                             "run starts only once a pilot has passed")
     parser.add_argument("--git-commit", action="store_true", help="commit --docs after every archived fold")
     args = parser.parse_args(argv)
     protocol = PROTOCOLS[args.protocol]
+    if args.pilot and not protocol.per_seed:
+        parser.error(f"--pilot: protocol {protocol.name} has no pilot (use --protocol v2)")
     docs = Path(args.docs or ("docs/table1_cpu" if not protocol.per_seed else f"docs/table1_cpu_{protocol.name}"))
     workdir, docs = Path(args.workdir).resolve(), docs.resolve()
     if protocol.per_seed and docs == EARLIER_ARCHIVE.parent.resolve():
@@ -638,6 +701,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     split_file = Path(env["nnUNet_preprocessed"]) / raw.name / "splits_final.json"
     # the same data and split as the earlier run's archive, where it is there
     archives = [archive] + [path for path in (EARLIER_ARCHIVE,) if protocol.per_seed and path.is_dir()]
+
     def check_split() -> None:  # written by the first training (run_ablation.py), checked before every later one
         if split_file.is_file():
             for folder in archives:
@@ -646,6 +710,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         for folder in archives:
             check_or_record(folder, "labels.sha256.json", {"labelsTr": labels_digest(raw / "labelsTr")})
+        if args.pilot:
+            passed = run_pilot(workdir, raw, docs, env, protocol, check_split, args.git_commit)
+            print(f"cpu_table1: pilot {'passed' if passed else 'FAILED'}: {docs / 'pilot' / 'pilot.md'}", flush=True)
+            return 0 if passed else 3
+        if protocol.per_seed and not pilot_passed(docs):
+            print(f"cpu_table1: error: {docs / 'pilot' / 'pilot.json'}: no passed pilot of the recipe; run "
+                  f"--protocol {protocol.name} --pilot first", file=sys.stderr)
+            return 1
         for seed in protocol.seeds:
             for row in [row for row in protocol.training_order if row in args.rows]:
                 for fold in FOLDS:

@@ -224,9 +224,9 @@ def test_v2_table_counts_failed_trainings_and_lists_every_contrast():
     assert "| hpn | " in text.split("## Per fold")[1]  # per-fold view: seed 1234 / seed 2345 per fold
 
 
-def test_v2_run_trains_seed_by_seed_archives_each_training_and_resumes(tmp_path, monkeypatch):
-    """main(--protocol v2) with the training replaced by a fake model: every (row, fold, seed) archived once, the
-    tables rewritten after each, a second run trains nothing; an earlier archive with another split stops it."""
+def _fake_v2_run(tmp_path, monkeypatch):
+    """A v2 work dir with fake labels and split, training replaced by fake models; returns argv, the docs folder, the
+    list of trainings made and the split."""
     workdir, docs = tmp_path / "work", tmp_path / "docs_v2"
     raw = workdir / "nnUNet_raw" / "Dataset510_X"
     (raw / "labelsTr").mkdir(parents=True)
@@ -238,10 +238,10 @@ def test_v2_run_trains_seed_by_seed_archives_each_training_and_resumes(tmp_path,
     (workdir / "nnUNet_preprocessed" / raw.name / "splits_final.json").write_text(json.dumps(split))
     trained = []
 
-    def fake_train(workdir_, row, fold, env, protocol, seed):
+    def fake_train(workdir_, row, fold, env, protocol, seed, results_root=None, out=None):
         trained.append((seed, row, fold))
-        _fake_model(protocol.results_root(workdir_, seed) / raw.name, row, 2 if row == "hpn" else 1, folds=(fold,),
-                    variant=protocol.trainer_variant)
+        _fake_model((results_root or protocol.results_root(workdir_, seed)) / raw.name, row, 2 if row == "hpn" else 1,
+                    folds=(fold,), variant=protocol.trainer_variant)
         return 30.0
 
     monkeypatch.setattr(table, "prepare_dataset", lambda workdir_, env: raw)
@@ -251,6 +251,27 @@ def test_v2_run_trains_seed_by_seed_archives_each_training_and_resumes(tmp_path,
     monkeypatch.setattr(table, "EARLIER_ARCHIVE", tmp_path / "earlier" / "folds")
     table.check_or_record(table.EARLIER_ARCHIVE, "splits_final.json", split)
     argv = ["--protocol", "v2", "--workdir", str(workdir), "--docs", str(docs), "--rows", "hpn", "hpn_virtual"]
+    return argv, docs, trained, split
+
+
+def test_v2_pilot_archives_its_trainings_and_a_failed_pilot_blocks_the_table(tmp_path, monkeypatch):
+    argv, docs, trained, _ = _fake_v2_run(tmp_path, monkeypatch)
+    assert table.main([*argv, "--pilot"]) == 3  # the fake models never predict the duct
+    assert trained == [(table.PILOT_SEED, row, table.PILOT_FOLD) for row in table.PILOT_ROWS]
+    record = json.loads((docs / "pilot" / "pilot.json").read_text())
+    assert record["passed"] is False and record["mean_dice_percent"]["hpn"]["PDAC"] == 100.0
+    assert record["mean_dice_percent"]["early_fusion"]["PDAC"] == 0.0
+    assert "Criterion: **failed**" in (docs / "pilot" / "pilot.md").read_text()
+    assert table.main(argv) == 1 and len(trained) == 3  # no table without a passed pilot
+    assert table.main([*argv, "--pilot"]) == 3 and len(trained) == 3  # archived: not trained again
+
+
+def test_v2_run_trains_seed_by_seed_archives_each_training_and_resumes(tmp_path, monkeypatch):
+    """main(--protocol v2) with the training replaced by a fake model: every (row, fold, seed) archived once, the
+    tables rewritten after each, a second run trains nothing; an earlier archive with another split stops it."""
+    argv, docs, trained, split = _fake_v2_run(tmp_path, monkeypatch)
+    (docs / "pilot").mkdir(parents=True)
+    (docs / "pilot" / "pilot.json").write_text(json.dumps({"passed": True}))
     assert table.main(argv) == 0
     assert trained == [(seed, row, fold) for seed in (1234, 2345) for row in ("hpn", "hpn_virtual")
                        for fold in (0, 1, 2)]
