@@ -456,3 +456,15 @@ def test_predict_reads_a_study_folder_as_its_nifti_case_folder(studies, predict_
     assert record["phases"]["venous"]["description"] == "VENOUS"
     assert not list(out.glob("*.dcm")) and sorted(p.name for p in out.glob("*.nii.gz")) == ["nifti.nii.gz",
                                                                                           "study.nii.gz"]
+
+
+@pytest.mark.skipif(not (REAL / "totalsegmentator" / "example_ct_dicom").is_dir(),
+                    reason="real CT series ../shared/data/real/totalsegmentator/example_ct_dicom absent")
+def test_real_series_without_series_uid_is_read_by_folder_with_its_contrast_timing() -> None:
+    study = dicom_study.scan_study(REAL / "totalsegmentator" / "example_ct_dicom")
+    assert len(study.candidates) == 1 and not study.set_aside
+    ct = study.candidates[0]
+    assert ct.id == "folder:." and ct.contrast_agent == "APPLIED" and ct.slice_thickness == pytest.approx(3.0)
+    delay = (ct.time("AcquisitionTime") - ct.bolus_start).total_seconds()
+    assert delay == pytest.approx(95.76, abs=0.01)  # portal-venous timing
+    assert sitk.GetArrayViewFromImage(dicom_study.read_candidate(ct)).shape == (20, 512, 512)  # JPEG 2000, via GDCM

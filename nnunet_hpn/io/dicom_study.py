@@ -270,7 +270,8 @@ def scan_study(folder: Path, case: str | None = None) -> Study:
             continue
         n_dicom += 1
         sop_class = _text(header, "SOPClassUID") or _text(getattr(header, "file_meta", {}), "MediaStorageSOPClassUID")
-        series_uid = _text(header, "SeriesInstanceUID")
+        # without a SeriesInstanceUID (some de-identified exports) the files of one folder are one series
+        series_uid = _text(header, "SeriesInstanceUID") or f"folder:{path.parent.relative_to(folder).as_posix()}"
         description = _text(header, "SeriesDescription")
         if sop_class == SEG_SOP_CLASS:
             study.segmentations.append(path)
