@@ -47,3 +47,23 @@ def test_training_and_other_dtypes_keep_pytorchs_path() -> None:
     with torch.no_grad():
         assert _conv_kernels(conv.double(), torch.randn(1, 4, 8, 8, 8, dtype=torch.float64)) == {
             "aten::slow_conv3d_forward"}
+
+
+def test_compiled_batch_one_inference_steps_aside() -> None:
+    """``nnUNet_compile=t`` on the CPU: nnU-Net's predictor compiles the network; the oneDNN shortcut steps aside
+    while inductor traces (it cannot run on fake tensors), and the compiled prediction is the eager one's."""
+    from benchmark import make_predictor, plans_configuration
+
+    from nnunet_hpn.nnunet.trainers import HPNTrainer
+
+    torch.manual_seed(0)
+    configuration = plans_configuration([8, 16, 16], 2, 4, 1, "unet")
+    network = HPNTrainer.build_network_architecture(None, configuration, 2, 4, enable_deep_supervision=False).eval()
+    assert any(type(m) is OneDNNConv3d for m in network.modules())
+    case = torch.randn(2, 8, 24, 16)  # two tiles along y
+    with torch.no_grad():
+        eager = make_predictor(network, configuration, torch.device("cpu"), False).predict_sliding_window_return_logits(
+            case)
+        compiled = make_predictor(torch.compile(network), configuration, torch.device("cpu"), False)
+        # the predictor accumulates the tiles in float16: agreement to its rounding
+        torch.testing.assert_close(compiled.predict_sliding_window_return_logits(case), eager, rtol=4e-3, atol=4e-3)

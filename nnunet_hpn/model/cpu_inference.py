@@ -12,8 +12,9 @@ would cost HPN more than nnU-Net.
 
 :class:`OneDNNConv3d` is ``nn.Conv3d`` with one override: a batch-1, float32, CPU call without autograd goes to
 oneDNN directly (same weights, same result up to float rounding, about 1e-6). Training (autograd on), GPUs, other
-dtypes and other batch sizes take ``nn.Conv3d``'s own path, so state dicts, checkpoints, ``torch.compile`` and
-CUDA behaviour are unchanged. ``torch.utils.flop_counter`` counts the direct oneDNN call like any convolution.
+dtypes and other batch sizes take ``nn.Conv3d``'s own path, so state dicts, checkpoints and CUDA behaviour are
+unchanged. Under ``torch.compile`` (``nnUNet_compile=t``) the shortcut steps aside: the direct oneDNN call cannot be
+traced with fake tensors, and the compiler chooses the convolution kernels itself. ``torch.utils.flop_counter`` counts the direct oneDNN call like any convolution.
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def _onednn_convolution_flops(x_shape: list[int], w_shape: list[int], *args, out
 
 def _onednn_applies(conv: nn.Conv3d, x: Tensor) -> bool:
     """True for the case PyTorch's heuristic sends to ``slow_conv3d``: CPU, float32, no autograd, batch 1,
-    zero padding given as numbers, a kernel larger than 1x1x1 in-plane."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5 and x.shape[0] == 1
+    zero padding given as numbers, a kernel larger than 1x1x1 in-plane; never while ``torch.compile`` traces."""
+    return (not torch.compiler.is_compiling() and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5 and x.shape[0] == 1
             and not torch.is_grad_enabled() and conv.padding_mode == "zeros"
             and not isinstance(conv.padding, str) and conv.kernel_size[-2:] != (1, 1)
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
