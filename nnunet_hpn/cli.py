@@ -129,6 +129,19 @@ def _locator_dataset(args: argparse.Namespace) -> None:
     print(f"wrote {target}")
 
 
+def _predict_device(requested: Optional[str]) -> str:
+    """``-device`` as given, else as nnUNetv2_predict: cuda where a CUDA device is available, otherwise the CPU (said
+    in one line)."""
+    if requested is not None:
+        return requested
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    print("no CUDA device: predicting on the CPU (-device cpu)")
+    return "cpu"
+
+
 def _predict(args: argparse.Namespace) -> None:
     from nnunet_hpn.pipeline.predict import TwoStage, predict_case, predict_folder
 
@@ -138,7 +151,8 @@ def _predict(args: argparse.Namespace) -> None:
         if not name or not path:
             raise HPNInputError(f"--phase {item}: expected NAME=PATH")
         phases[name] = path
-    options = dict(folds=args.folds, device=args.device, disable_tta=args.disable_tta, checkpoint=args.checkpoint,
+    options = dict(folds=args.folds, device=_predict_device(args.device), disable_tta=args.disable_tta,
+                   checkpoint=args.checkpoint,
                    registration=args.registration, allow_unusual_intensities=args.allow_unusual_intensities,
                    step_size=args.step_size, save_probabilities=args.save_probabilities,
                    output_format=args.output_format,
@@ -369,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--plans", default="nnUNetHPNPlans", help="with -d: plans (default nnUNetHPNPlans)")
     p.add_argument("-o", "--output", required=True, help="OUT.nii.gz (one case) or OUT_DIR (folder mode)")
     p.add_argument("-f", "--folds", nargs="+", default=["0"], help="folds to ensemble (default: 0)")
-    p.add_argument("-device", "--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("-device", "--device", choices=["cpu", "cuda"], default=None,
+                   help="default: cuda where a CUDA device is available (as nnUNetv2_predict), else cpu")
     p.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
                    help="no test-time mirroring")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
