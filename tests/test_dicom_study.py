@@ -468,3 +468,16 @@ def test_real_series_without_series_uid_is_read_by_folder_with_its_contrast_timi
     delay = (ct.time("AcquisitionTime") - ct.bolus_start).total_seconds()
     assert delay == pytest.approx(95.76, abs=0.01)  # portal-venous timing
     assert sitk.GetArrayViewFromImage(dicom_study.read_candidate(ct)).shape == (20, 512, 512)  # JPEG 2000, via GDCM
+
+
+def test_register_treats_a_study_as_its_nifti_case_folder(studies, tmp_path: Path) -> None:
+    for kind in ("dicom", "nifti"):
+        (tmp_path / kind).mkdir()
+        shutil.copytree(studies["root"] / kind / "three_series", tmp_path / kind / "case")
+    datasets = [convert_cases(tmp_path / kind, 505, "Registered", raw_root=tmp_path / f"raw_{kind}", progress=False,
+                              register=True, registration_method="affine") for kind in ("dicom", "nifti")]
+    (dicom_voxels, _), (nifti_voxels, _) = (_dataset_arrays(d)["imagesTr/case_0001.nii.gz"] for d in datasets)
+    assert np.array_equal(dicom_voxels, nifti_voxels)
+    qc = json.loads((datasets[0] / "registration_qc" / "case.json").read_text())
+    assert qc["phases"]["venous"]["method"] == "affine"
+    assert json.loads((datasets[0] / "dicom_study" / "case.json").read_text())["phases"]["venous"]["series"]
