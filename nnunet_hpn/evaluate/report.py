@@ -8,13 +8,17 @@ there). The report folder then holds:
   Wilcoxon signed-rank p-values of each method against the reference method (``scipy.stats.wilcoxon(method,
   reference)`` with SciPy's defaults: two-sided, zero differences dropped, exact or normal approximation chosen by
   SciPy; p = 1.0 when all paired differences are zero, where the test is undefined);
-* "missed by both single-phase models / rescued by HPN": cases with PDAC in the truth where both single-phase
-  methods have PDAC Dice 0, and among those the cases where the HPN method has PDAC Dice > 0;
+* "missed by both single-phase models / rescued by HPN": cases with the lesion target (the label scheme's, PDAC for
+  the paper's) in the truth where both single-phase methods have its Dice 0, and among those the cases where the HPN
+  method has Dice > 0;
 * ``per_case.csv`` (case × method × target) and ``report.json`` (everything);
 * ``boxplot_<target>.png``: Dice, HD95 and NSD per method;
 * ``overlays_largest_gain.png`` (with an images folder): every phase, truth and every method on the slice
-  with the largest truth PDAC area, for the cases where the reference gains most PDAC Dice over the best other
-  method (cases with PDAC in the truth; abnormal pancreas if no case has PDAC).
+  with the largest truth lesion area, for the cases where the reference gains most lesion Dice over the best other
+  method (cases with the lesion in the truth; the first target if no case has it).
+
+Targets, lesion and label colours come from the label scheme (:mod:`nnunet_hpn.labels`): ``-djfile``, else the
+dataset.json beside the truth or the predictions, else the paper's.
 
 Every method must hold predictions for exactly the same cases, each with a truth file of the same geometry.
 Everything is written into a staging folder and moved into place at the end.
@@ -34,14 +38,20 @@ import SimpleITK as sitk
 
 from nnunet_hpn.io.publish import check_output_location, published_folder
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.evaluate.metrics import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, TARGETS,
-                                         EvaluationResult, evaluate_folders, predicted_cases)
+from nnunet_hpn.evaluate.metrics import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, EvaluationResult,
+                                         evaluate_folders, predicted_cases)
 from nnunet_hpn.io.images import read_label
+from nnunet_hpn.labels import LabelScheme, resolve_scheme
 from nnunet_hpn.phases import PHASES, channel_file_name, read_channel_names
 
-#: Column titles of the targets in report tables (the paper's Table 1 wording).
+#: Column titles of the paper's targets in report tables (its Table 1 wording); other targets keep their names.
 TARGET_TITLES: dict[str, str] = {"abnormal pancreas": "Abnormal pancreas", "PDAC": "PDAC mass",
                                  "duct": "Pancreatic duct"}
+
+
+def target_title(target: str) -> str:
+    """Column title of a target: :data:`TARGET_TITLES`, else its name."""
+    return TARGET_TITLES.get(target, target)
 #: Metrics where smaller is better.
 LOWER_IS_BETTER: frozenset[str] = frozenset({"HD95"})
 #: Single-phase method names assumed when none are given and both are among the methods.
@@ -92,18 +102,19 @@ def missed_and_rescued(results: Mapping[str, EvaluationResult], single_phase: Se
             "missed_by_all_single_phase": missed, "rescued": rescued}
 
 
-def largest_gains(results: Mapping[str, EvaluationResult], reference: str, n: int) -> tuple[str, list[dict]]:
+def largest_gains(results: Mapping[str, EvaluationResult], reference: str, n: int,
+                  lesion: str = "PDAC") -> tuple[str, list[dict]]:
     """The ``n`` cases where ``reference`` gains most Dice over the best other method, largest gain first.
 
-    Target PDAC over the cases with PDAC in the truth; abnormal pancreas over all cases if none has PDAC.
+    Target ``lesion`` over the cases with it in the truth; the first target over all cases if none has it.
     Returns (target, [{"case", "gain", "reference_dice", "best_other", "best_other_dice"}]).
     """
     ref = results[reference]
-    target = "PDAC" if ref.present("PDAC") else "abnormal pancreas"
+    target = lesion if ref.present(lesion) else ref.targets[0]
     others = [method for method in results if method != reference]
     rows = []
     for case, present in ref.truth_present.items():
-        if target == "PDAC" and not present["PDAC"]:
+        if target == lesion and not present[lesion]:
             continue
         best_other = max(others, key=lambda method: results[method].value(case, target))
         best_dice = results[best_other].value(case, target)
@@ -154,12 +165,13 @@ def overlay_phase_names(images_dir: Path) -> list[str]:
 
 
 def _load_overlay_case(case: str, images_dir: Path, truth_dir: Path, methods: Mapping[str, Path],
-                       file_ending: str, caption_target: str, results: Mapping[str, dict[str, Any]]):
+                       file_ending: str, caption_target: str, results: Mapping[str, dict[str, Any]],
+                       scheme: LabelScheme):
     """Read every phase (``<case>_0000`` ... of ``images_dir``, named by the channel names of the dataset.json
     next to it when there is one), truth and predictions of one case."""
     from nnunet_hpn.evaluate.figures import OverlayCase
 
-    truth, truth_image = read_label(truth_dir / f"{case}{file_ending}")
+    truth, truth_image = read_label(truth_dir / f"{case}{file_ending}", scheme)
     phases = {}
     for channel, name in enumerate(overlay_phase_names(images_dir)):
         path = images_dir / channel_file_name(case, channel, file_ending)
@@ -173,7 +185,7 @@ def _load_overlay_case(case: str, images_dir: Path, truth_dir: Path, methods: Ma
         if image.GetSize() != truth_image.GetSize():
             raise HPNInputError(f"{path}: size {image.GetSize()} differs from truth size {truth_image.GetSize()}")
         phases[name] = sitk.GetArrayFromImage(image).astype(np.float32)
-    predictions = {name: read_label(folder / f"{case}{file_ending}")[0] for name, folder in methods.items()}
+    predictions = {name: read_label(folder / f"{case}{file_ending}", scheme)[0] for name, folder in methods.items()}
     captions = {name: f"{caption_target} Dice {100 * results[name].value(case, caption_target):.1f}%"
                 for name in methods}
     return OverlayCase(title=case, phases=phases, truth=truth, predictions=predictions,
@@ -185,6 +197,12 @@ def target_slug(target: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", target).strip("_")
 
 
+def target_note(scheme: LabelScheme) -> str:
+    """The targets' definitions in label values, e.g. ``Abnormal pancreas = 1∪2∪3, PDAC mass = 2``."""
+    parts = [f"{target_title(name)} = {'∪'.join(map(str, values))}" for name, values in scheme.target_values.items()]
+    return "Targets (label values): " + ", ".join(parts)
+
+
 def _scaled(metric: str, value: float) -> float:
     """Table units: Dice and NSD in %, HD95 in mm."""
     return value if metric == "HD95" else 100.0 * value
@@ -194,7 +212,7 @@ def format_report_markdown(report: dict[str, Any]) -> str:
     """The ``report.md`` text of :func:`build_report`'s result."""
     methods, reference = list(report["methods"]), report["reference"]
     tolerance = report["tolerance_mm"]
-    summary = report["summary"]
+    summary, targets = report["summary"], report["targets"]
     titles = {"Dice": "Dice (%)", "HD95": "HD95 (mm)", "NSD": f"NSD at {tolerance:g} mm (%)"}
     lines = [f"# Evaluation report: {len(methods)} methods, {report['n_cases']} cases", "",
              f"Truth: `{report['truth_dir']}`; reference method: **{reference}**; NSD tolerance {tolerance:g} mm; "
@@ -202,17 +220,17 @@ def format_report_markdown(report: dict[str, Any]) -> str:
              "| Method | Predictions |", "|---|---|"]
     lines += [f"| {name} | `{folder}` |" for name, folder in report["methods"].items()]
 
-    header = "| Method | " + " | ".join(TARGET_TITLES[t] for t in TARGETS) + " |"
-    rule = "|---|" + "---:|" * len(TARGETS)
+    header = "| Method | " + " | ".join(target_title(t) for t in targets) + " |"
+    rule = "|---|" + "---:|" * len(targets)
     for metric in METRICS:
         lines += ["", f"## {titles[metric]}, mean ± std over cases", "", header, rule]
         best = {}
-        for target in TARGETS:
+        for target in targets:
             means = [summary[m][target][metric]["mean"] for m in methods]
             best[target] = min(means) if metric in LOWER_IS_BETTER else max(means)
         for method in methods:
             cells = []
-            for target in TARGETS:
+            for target in targets:
                 entry = summary[method][target][metric]
                 text = f"{_scaled(metric, entry['mean']):.2f} ± {_scaled(metric, entry['std']):.2f}"
                 tied = all(summary[m][target][metric]["mean"] == best[target] for m in methods)
@@ -222,16 +240,16 @@ def format_report_markdown(report: dict[str, Any]) -> str:
               "## Missed cases (target in the truth, Dice 0) / cases with the target", "", header, rule]
     for method in methods:
         lines.append(f"| {method} | " + " | ".join(
-            f"{summary[method][t]['missed']}/{summary[method][t]['present']}" for t in TARGETS) + " |")
+            f"{summary[method][t]['missed']}/{summary[method][t]['present']}" for t in targets) + " |")
 
     lines += ["", f"## Paired Wilcoxon signed-rank p-values against {reference}", "",
-              "| Method | " + " | ".join(f"{TARGET_TITLES[t]} {m}" for t in TARGETS for m in METRICS) + " |",
-              "|---|" + "---:|" * (len(TARGETS) * len(METRICS))]
+              "| Method | " + " | ".join(f"{target_title(t)} {m}" for t in targets for m in METRICS) + " |",
+              "|---|" + "---:|" * (len(targets) * len(METRICS))]
     for method in methods:
         if method == reference:
             continue
         lines.append(f"| {method} | " + " | ".join(
-            f"{report['wilcoxon'][method][t][m]:.4g}" for t in TARGETS for m in METRICS) + " |")
+            f"{report['wilcoxon'][method][t][m]:.4g}" for t in targets for m in METRICS) + " |")
     lines += ["", f"{WILCOXON_NOTE}; n = {report['n_cases']} paired cases.", ""]
 
     rescue = report.get("missed_rescued")
@@ -256,16 +274,17 @@ def format_report_markdown(report: dict[str, Any]) -> str:
     if report.get("overlays"):
         lines += [f"![largest gain]({report['overlays']})", "",
                   f"Columns: {', '.join(report['overlay_phases'])}, truth, then each method (labels on the "
-                  f"{report['overlay_phases'][-1]} phase; yellow pancreas, green PDAC, purple duct), slice with the "
-                  "largest truth PDAC area.", ""]
+                  f"{report['overlay_phases'][-1]} phase; {colours}), slice with the "
+                  f"largest truth {report['lesion']} area.", ""]
     else:
+        colours = ", ".join(f"{colour} {name}" for name, colour in report["label_colours"].items())
         lines += ["No overlays: no images folder given (--images).", ""]
     lines += ["## Conventions", "",
               "- Dice and NSD in %, HD95 in mm; std is the population std over cases (ddof 0).",
               f"- Empty masks: {EMPTY_CONVENTION}.",
               "- HD95: MONAI compute_hausdorff_distance (95th percentile, symmetric); NSD: MONAI "
               "compute_surface_dice (boundary voxels); distances in mm from the image spacing.",
-              "- Abnormal pancreas = labels 1∪2∪3, PDAC mass = 2, pancreatic duct = 3.", ""]
+              f"- {report['target_note']}.", ""]
     return "\n".join(lines)
 
 
@@ -276,7 +295,7 @@ def format_report_csv(report: dict[str, Any]) -> str:
     writer.writerow(["method", "target", "metric", "unit", "mean", "std", "median", "n", "missed", "present",
                      "reference", "wilcoxon_p"])
     for method in report["methods"]:
-        for target in TARGETS:
+        for target in report["targets"]:
             for metric in METRICS:
                 entry = report["summary"][method][target][metric]
                 p_value = "" if method == report["reference"] else f"{report['wilcoxon'][method][target][metric]:.6g}"
@@ -295,7 +314,7 @@ def format_per_case_csv(results: Mapping[str, EvaluationResult]) -> str:
     first = next(iter(results.values()))
     for case in first.cases:
         for method, result in results.items():
-            for target in TARGETS:
+            for target in result.targets:
                 writer.writerow([case, method, target, *(f"{result.value(case, target, m):.6f}" for m in METRICS),
                                  int(result.truth_present[case][target])])
     return stream.getvalue()
@@ -304,13 +323,16 @@ def format_per_case_csv(results: Mapping[str, EvaluationResult]) -> str:
 def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *, images_dir: Path | None = None,
                  reference: str | None = None, single_phase: Sequence[str] | None = None, hpn: str | None = None,
                  tolerance_mm: float = DEFAULT_TOLERANCE_MM, n_overlays: int = 3, file_ending: str = ".nii.gz",
-                 progress: bool | None = None, n_processes: int = 1) -> dict[str, Any]:
+                 progress: bool | None = None, n_processes: int = 1,
+                 scheme: LabelScheme | None = None) -> dict[str, Any]:
     """Evaluate every method against ``truth_dir`` and write the report folder ``out_dir`` (see module docstring).
 
     ``reference``: method the p-values and gains compare against (default ``hpn``, else the last method).
     ``single_phase``: the two single-phase methods (default arterial and venous when both are named so).
-    ``hpn``: the method whose rescues are counted (default ``reference``). Returns the report as a dict (also
-    written as ``report.json``). Bad input -> HPNInputError before anything is written.
+    ``hpn``: the method whose rescues are counted (default ``reference``). ``scheme``: the label scheme
+    (``-djfile``; default: :func:`nnunet_hpn.labels.resolve_scheme` beside the truth, then the predictions).
+    Returns the report as a dict (also written as ``report.json``). Bad input -> HPNInputError before anything is
+    written.
     """
     methods = {name: Path(folder) for name, folder in methods.items()}
     truth_dir, out_dir = Path(truth_dir), Path(out_dir)
@@ -339,18 +361,21 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
         raise HPNInputError(f"{tolerance_mm}: NSD tolerance must be a finite number >= 0 mm")
     if images_dir is not None and not images_dir.is_dir():
         raise HPNInputError(f"{images_dir}: images folder does not exist")
-    _check_out_dir(out_dir)
+    _check_out_dir(out_dir, [truth_dir, *methods.values(), *([Path(images_dir)] if images_dir else [])])
     cases = _common_cases(methods, file_ending)
 
     results = {name: evaluate_folders(folder, truth_dir, file_ending, cases=cases, tolerance_mm=tolerance_mm,
                                       progress=progress, description=f"evaluating {name}",
-                                      n_processes=n_processes)
+                                      n_processes=n_processes, scheme=scheme)
                for name, folder in methods.items()}
+    if scheme is None:
+        scheme = resolve_scheme(None, (truth_dir, *methods.values()))
+    targets = list(scheme.targets)
 
     summary: dict[str, dict[str, Any]] = {}
     for name, result in results.items():
         summary[name] = {}
-        for target in TARGETS:
+        for target in targets:
             summary[name][target] = {"missed": result.missed(target), "present": result.present(target)}
             for metric in METRICS:
                 summary[name][target][metric] = {"mean": result.mean(target, metric), "std": result.std(target, metric),
@@ -358,14 +383,15 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
     wilcoxon = {name: {target: {metric: paired_wilcoxon(results[name].values(target, metric, cases),
                                                         results[reference].values(target, metric, cases))
                                 for metric in METRICS}
-                       for target in TARGETS} for name in methods if name != reference}
-    rescue = missed_and_rescued(results, single_phase, hpn) if single_phase is not None else None
-    gain_target, gains = largest_gains(results, reference, max(0, n_overlays))
+                       for target in targets} for name in methods if name != reference}
+    rescue = missed_and_rescued(results, single_phase, hpn, scheme.lesion) if single_phase is not None else None
+    gain_target, gains = largest_gains(results, reference, max(0, n_overlays), scheme.lesion)
 
     overlay_cases = []
     if images_dir is not None and gains:
         overlay_cases = [_load_overlay_case(row["case"], images_dir, truth_dir, methods, file_ending, gain_target,
-                                            results) for row in gains]
+                                            results, scheme) for row in gains]
+    from nnunet_hpn.evaluate.figures import colour_legend, save_boxplot_png, save_overlay_grid_png
 
     report: dict[str, Any] = {
         "methods": {name: str(folder) for name, folder in methods.items()}, "truth_dir": str(truth_dir),
@@ -374,23 +400,23 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
         "n_cases": len(cases), "cases": cases, "date": datetime.date.today().isoformat(),
         "empty_convention": EMPTY_CONVENTION, "wilcoxon_note": WILCOXON_NOTE, "summary": summary,
         "wilcoxon": wilcoxon, "missed_rescued": rescue, "missed_rescued_note": note, "gain_target": gain_target,
-        "gains": gains, "boxplots": {target: f"boxplot_{target_slug(target)}.png" for target in TARGETS},
+        "gains": gains, "boxplots": {target: f"boxplot_{target_slug(target)}.png" for target in targets},
+        "targets": targets, "lesion": scheme.lesion, "target_note": target_note(scheme),
+        "label_colours": colour_legend(scheme),
         "overlays": "overlays_largest_gain.png" if overlay_cases else None,
         "overlay_phases": list(overlay_cases[0].phases) if overlay_cases else None,
         "per_method": {name: result.to_json() for name, result in results.items()},
     }
 
-    from nnunet_hpn.evaluate.figures import save_boxplot_png, save_overlay_grid_png
-
     with published_folder(out_dir, "merge") as staging:
         for target, file_name in report["boxplots"].items():
             values = {metric: {name: results[name].values(target, metric, cases) for name in methods}
                       for metric in METRICS}
-            save_boxplot_png(values, staging / file_name, title=f"{TARGET_TITLES[target]} (n = {len(cases)})",
+            save_boxplot_png(values, staging / file_name, title=f"{target_title(target)} (n = {len(cases)})",
                              axis_labels={"NSD": f"NSD at {tolerance_mm:g} mm"})
         if overlay_cases:
             save_overlay_grid_png(overlay_cases, staging / report["overlays"],
-                                  title=f"Largest {gain_target} Dice gain of {reference}")
+                                  title=f"Largest {gain_target} Dice gain of {reference}", scheme=scheme)
         (staging / "report.csv").write_text(format_report_csv(report), encoding="utf-8")
         (staging / "per_case.csv").write_text(format_per_case_csv(results), encoding="utf-8")
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -407,17 +433,18 @@ def format_report_summary(report: dict[str, Any]) -> str:
     """A short terminal table: Dice % mean ± std per method and target, p against the reference, rescues."""
     methods = list(report["methods"])
     width = max(len("method"), *(len(name) for name in methods))
-    header = "method".ljust(width) + "".join(f"  {TARGET_TITLES[t]:>22}" for t in TARGETS) + "  p(PDAC Dice)"
+    targets, lesion = report["targets"], report["lesion"]
+    header = "method".ljust(width) + "".join(f"  {target_title(t):>22}" for t in targets) + f"  p({lesion} Dice)"
     lines = [f"Dice % (mean ± std) over {report['n_cases']} cases; p: Wilcoxon vs {report['reference']}",
              header, "-" * len(header)]
     for name in methods:
         cells = "".join(f"  {100 * report['summary'][name][t]['Dice']['mean']:>10.2f} ± "
-                        f"{100 * report['summary'][name][t]['Dice']['std']:<9.2f}" for t in TARGETS)
-        p_value = "ref" if name == report["reference"] else f"{report['wilcoxon'][name]['PDAC']['Dice']:.4g}"
+                        f"{100 * report['summary'][name][t]['Dice']['std']:<9.2f}" for t in targets)
+        p_value = "ref" if name == report["reference"] else f"{report['wilcoxon'][name][lesion]['Dice']:.4g}"
         lines.append(name.ljust(width) + cells + f"  {p_value:>12}")
     rescue = report.get("missed_rescued")
     if rescue is not None:
-        lines.append(f"PDAC missed by both {' and '.join(rescue['single_phase'])}: "
+        lines.append(f"{rescue['target']} missed by both {' and '.join(rescue['single_phase'])}: "
                      f"{len(rescue['missed_by_all_single_phase'])} of {rescue['n_present']}; rescued by "
                      f"{rescue['hpn']}: {len(rescue['rescued'])}")
     return "\n".join(lines)

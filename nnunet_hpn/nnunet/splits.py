@@ -1,9 +1,11 @@
-"""Cross-validation splits stratified by PDAC presence, written as nnU-Net's ``splits_final.json``.
+"""Cross-validation splits stratified by the presence of the lesion target, written as nnU-Net's
+``splits_final.json``.
 
-nnU-Net's own split (5-fold KFold over all cases) ignores which cases contain a PDAC mass (label 2); with few
-PDAC-positive cases a fold can end up with none. Here the PDAC-positive and PDAC-negative cases are each
-shuffled with a seeded RNG and dealt round-robin over the folds (negatives continue where the positives
-stopped), so every fold gets floor/ceil of the positives, of the negatives and of all cases.
+nnU-Net's own split (5-fold KFold over all cases) ignores which cases contain the lesion (the label scheme's lesion
+target, :mod:`nnunet_hpn.labels`: the PDAC mass, label 2, for the paper's); with few lesion-positive cases a fold can
+end up with none. Here the positive and negative cases are each shuffled with a seeded RNG and dealt round-robin
+over the folds (negatives continue where the positives stopped), so every fold gets floor/ceil of the positives, of
+the negatives and of all cases.
 """
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ import numpy as np
 import nnunetv2.paths as nnunet_paths
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-from nnunet_hpn import LABELS
 from nnunet_hpn.io.publish import write_text_atomically
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.images import read_label
+from nnunet_hpn.labels import PDAC_SCHEME, LabelScheme, resolve_scheme
 from nnunet_hpn.io.listing import case_files
 
 SPLITS_FILE_NAME: str = "splits_final.json"
@@ -54,21 +56,23 @@ def _file_ending(json_candidates: list[Path]) -> str:
     return DEFAULT_FILE_ENDING
 
 
-def pdac_positive_cases(labels_dir: Path, file_ending: str = DEFAULT_FILE_ENDING) -> dict[str, bool]:
-    """Case id -> whether its label map (``labels_dir/<case><file_ending>``) contains PDAC (label 2)."""
-    return {case: bool((read_label(path)[0] == LABELS["PDAC"]).any())
+def lesion_positive_cases(labels_dir: Path, file_ending: str = DEFAULT_FILE_ENDING,
+                          scheme: LabelScheme = PDAC_SCHEME) -> dict[str, bool]:
+    """Case id -> whether its label map (``labels_dir/<case><file_ending>``) contains the lesion target of
+    ``scheme`` (default the paper's PDAC, label 2)."""
+    return {case: bool(np.isin(read_label(path, scheme)[0], scheme.lesion_values).any())
             for case, path in case_files(labels_dir, file_ending, "labels").items()}
 
 
-def assign_folds(pdac_positive: dict[str, bool], n_folds: int, seed: int) -> list[list[str]]:
+def assign_folds(lesion_positive: dict[str, bool], n_folds: int, seed: int) -> list[list[str]]:
     """Validation cases of each fold (sorted): positives then negatives, each seeded-shuffled, dealt round-robin.
 
     Deterministic for (cases, n_folds, seed) and independent of the dict's order. Each fold gets floor or ceil
     of n/n_folds positives, negatives and cases.
     """
     rng = np.random.RandomState(seed)  # legacy generator: stream frozen across NumPy versions
-    positives = sorted(case for case, positive in pdac_positive.items() if positive)
-    negatives = sorted(case for case, positive in pdac_positive.items() if not positive)
+    positives = sorted(case for case, positive in lesion_positive.items() if positive)
+    negatives = sorted(case for case, positive in lesion_positive.items() if not positive)
     order = [positives[i] for i in rng.permutation(len(positives))] + \
             [negatives[i] for i in rng.permutation(len(negatives))]
     folds: list[list[str]] = [[] for _ in range(n_folds)]
@@ -79,13 +83,15 @@ def assign_folds(pdac_positive: dict[str, bool], n_folds: int, seed: int) -> lis
 
 def write_crossval_splits(preprocessed_dataset_dir: Path, n_folds: int = 3, seed: int = 12345,
                           labels_dir: Path | None = None, overwrite: bool = False,
-                          file_ending: str | None = None) -> list[dict]:
+                          file_ending: str | None = None, scheme: LabelScheme | None = None) -> list[dict]:
     """Write ``splits_final.json`` (nnU-Net format: ``[{"train": [...], "val": [...]}, ...]``) into
     ``preprocessed_dataset_dir`` and return the splits.
 
     Cases are the training labels: ``labels_dir`` if given, else ``$nnUNet_raw/<same dataset name>/labelsTr``.
     ``file_ending`` defaults to the dataset.json's (preprocessed folder, then the labels' parent folder), else
-    ``.nii.gz``. Folds are disjoint, cover all cases and are stratified by PDAC presence (:func:`assign_folds`).
+    ``.nii.gz``. Folds are disjoint, cover all cases and are stratified by the presence of the lesion target
+    (:func:`assign_folds`) of ``scheme`` (``-djfile``; default: :func:`nnunet_hpn.labels.resolve_scheme` of the
+    preprocessed folder, then of the labels' dataset, else the paper's).
     An existing identical file is left as is; an existing different one raises HPNInputError unless ``overwrite``.
     """
     preprocessed_dataset_dir = Path(preprocessed_dataset_dir)
@@ -97,11 +103,13 @@ def write_crossval_splits(preprocessed_dataset_dir: Path, n_folds: int = 3, seed
     if file_ending is None:
         file_ending = _file_ending([preprocessed_dataset_dir / "dataset.json", labels_dir.parent / "dataset.json"])
 
-    pdac_positive = pdac_positive_cases(labels_dir, file_ending)
-    if len(pdac_positive) < n_folds:
-        raise HPNInputError(f"{labels_dir}: {len(pdac_positive)} labelled cases, fewer than {n_folds} folds")
-    folds = assign_folds(pdac_positive, n_folds, seed)
-    all_cases = sorted(pdac_positive)
+    if scheme is None:
+        scheme = resolve_scheme(None, (preprocessed_dataset_dir, labels_dir))
+    positive = lesion_positive_cases(labels_dir, file_ending, scheme)
+    if len(positive) < n_folds:
+        raise HPNInputError(f"{labels_dir}: {len(positive)} labelled cases, fewer than {n_folds} folds")
+    folds = assign_folds(positive, n_folds, seed)
+    all_cases = sorted(positive)
     splits = []
     for fold in folds:
         val_cases = set(fold)

@@ -4,11 +4,13 @@ PDAC is a few cubic centimetres inside a scan of 512×512×150+ voxels; the prac
 pancreas at low resolution first and segment the tumour in a crop at full resolution. The pieces:
 
 * **Locator dataset** (:func:`write_locator_dataset`, ``nnunet-hpn locator-dataset``): an nnU-Net dataset derived from
-  an HPN dataset with one label, the abnormal pancreas (1 ∪ 2 ∪ 3), and the reference phase (or every phase) as
-  channels, for the stock ``nnUNetv2_plan_and_preprocess`` / ``nnUNetv2_train`` at a coarse configuration.
-* **Locator** (:class:`Locator`): any trained nnU-Net model folder whose labels include a pancreas (the locator
-  dataset's, HPN's own, or a multi-organ model with a label named "pancreas"); its channels are phases of the case,
-  or a single channel of any name (fed the reference phase).
+  an HPN dataset with one label, the union of all its foreground labels (the abnormal pancreas 1 ∪ 2 ∪ 3 for the
+  paper's scheme, named "pancreas") or one named target of its label scheme (:mod:`nnunet_hpn.labels`), and the
+  reference phase (or every phase) as channels, for the stock ``nnUNetv2_plan_and_preprocess`` /
+  ``nnUNetv2_train`` at a coarse configuration.
+* **Locator** (:class:`Locator`): any trained nnU-Net model folder of this plugin's datasets (its foreground labels
+  together: the locator dataset's, HPN's own) or with a label named "pancreas" (a multi-organ model); its channels
+  are phases of the case, or a single channel of any name (fed the reference phase).
 * **Box** (:func:`locator_box`): the largest connected component of the locator's mask, its bounding box plus
   :data:`STAGE2_MARGIN_MM` (the crop of :mod:`nnunet_hpn.pipeline.crop`, world positions kept).
 
@@ -29,10 +31,10 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn import LABELS
 from nnunet_hpn.errors import HPNInputError, HPNWarning
 from nnunet_hpn.io.publish import check_output_location, published_folder
-from nnunet_hpn.phases import channel_file_name, channel_files, channel_names, reference_phase
+from nnunet_hpn.labels import HPN_KEY, PDAC_LABELS, LabelScheme, dataset_reference_phase
+from nnunet_hpn.phases import channel_file_name, channel_files, channel_names
 from nnunet_hpn.pipeline.crop import CropBox, label_box
 
 #: Margin (mm) around the locator's pancreas box at inference.
@@ -41,7 +43,7 @@ STAGE2_MARGIN_MM: float = 20.0
 BOX_JITTER_MM: float = 10.0
 #: Margin (mm) of stage 2's training crops (``convert --crop-to-label``): room for the widest jittered box.
 STAGE2_TRAINING_MARGIN_MM: float = STAGE2_MARGIN_MM + BOX_JITTER_MM
-#: The locator dataset's labels.
+#: The locator dataset's labels for the paper's scheme (another scheme's: the target's name, or "foreground").
 LOCATOR_LABELS: dict[str, int] = {"background": 0, "pancreas": 1}
 
 
@@ -50,17 +52,18 @@ class LocatorWarning(HPNWarning):
 
 
 def pancreas_label_values(dataset_json: Mapping, where: str) -> tuple[int, ...]:
-    """The label values of a model's ``dataset.json`` that together make the pancreas mask: every foreground label
-    of HPN's label set, else the labels whose name contains "pancreas". One-line HPNInputError for region-based
-    labels or a label set without a pancreas."""
+    """The label values of a model's ``dataset.json`` that together make the locator's mask: every foreground label
+    of the paper's label set or of a dataset of this plugin (one with the ``"hpn"`` key: a locator dataset, an HPN
+    model), else the labels whose name contains "pancreas". One-line HPNInputError for region-based labels or a
+    label set without a pancreas."""
     labels = dataset_json.get("labels")
     if not isinstance(labels, Mapping) or not labels:
         raise HPNInputError(f"{where}: no 'labels' in dataset.json")
     if any(not isinstance(value, int) or isinstance(value, bool) for value in labels.values()):
         raise HPNInputError(f"{where}: region-based labels ({dict(labels)}); a locator must output a label map "
                             f"with a 'pancreas' label")
-    if dict(labels) == LABELS:
-        return tuple(value for value in LABELS.values() if value > 0)
+    if dict(labels) == PDAC_LABELS or HPN_KEY in dataset_json:
+        return tuple(value for value in labels.values() if value > 0)
     values = tuple(value for name, value in labels.items() if "pancreas" in name.lower() and value > 0)
     if not values:
         shown = ", ".join(f"{name}={value}" for name, value in labels.items())
@@ -163,12 +166,13 @@ class Locator:
         return box, qc
 
 
-def write_locator_dataset(source_dir: Path, target_id: int, all_phases: bool = False, progress: bool = True
-                          ) -> Path:
+def write_locator_dataset(source_dir: Path, target_id: int, all_phases: bool = False, progress: bool = True,
+                          target: str | None = None) -> Path:
     """``Dataset{target_id:03d}_{source name}Locator`` next to the HPN dataset ``source_dir`` (a raw dataset folder):
-    the same training cases with one label, the abnormal pancreas (label > 0), and the reference phase as its
-    only channel (``all_phases``: every phase, in the source's channel order). Images are copied unchanged; the
-    folder appears complete or not at all."""
+    the same training cases with one label, the union of every foreground label (the paper's abnormal pancreas,
+    named "pancreas") or the named ``target`` of the source's label scheme, and the reference phase (the one stored
+    in its dataset.json) as its only channel (``all_phases``: every phase, in the source's channel order). Images
+    are copied unchanged; the folder appears complete or not at all."""
     source_dir = Path(source_dir)
     dataset_json = source_dir / "dataset.json"
     try:
@@ -176,12 +180,21 @@ def write_locator_dataset(source_dir: Path, target_id: int, all_phases: bool = F
         phases = channel_names(meta)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise HPNInputError(f"{dataset_json}: missing or no readable channel_names") from None
-    if dict(meta.get("labels", {})) != LABELS:
-        raise HPNInputError(f"{dataset_json}: labels {meta.get('labels')} are not HPN's {LABELS}")
+    scheme = LabelScheme.from_dataset_json(meta, str(dataset_json))
+    if target is not None and target not in scheme.targets:
+        raise HPNInputError(f"{dataset_json}: target {target!r} is not one of the targets {list(scheme.targets)}")
+    mask_values = scheme.foreground_values if target is None else scheme.target_values[target]
+    if target is None and scheme.labels == PDAC_LABELS:
+        locator_labels, what = dict(LOCATOR_LABELS), "abnormal pancreas (pancreas, PDAC and duct of the source)"
+    else:
+        label_name = target or "foreground"
+        locator_labels = {"background": 0, label_name: 1}
+        what = f"{label_name} ({', '.join(scheme.targets[target] if target else scheme.foreground)} of the source)"
     if not 1 <= target_id <= 999:
         raise HPNInputError(f"{source_dir}: dataset id must be in 1..999, got {target_id}")
     ending = meta.get("file_ending", ".nii.gz")
-    used = list(phases) if all_phases else [reference_phase(phases)]
+    reference = dataset_reference_phase(meta, where=str(dataset_json))
+    used = list(phases) if all_phases else [reference]
     cases = channel_files(source_dir / "imagesTr", len(phases), ending)
     labels_dir = source_dir / "labelsTr"
     missing = [case for case in cases if not (labels_dir / f"{case}{ending}").is_file()]
@@ -192,11 +205,11 @@ def write_locator_dataset(source_dir: Path, target_id: int, all_phases: bool = F
     if existing:
         raise HPNInputError(f"{existing[0]}: dataset id {target_id} already exists; pick another id")
     name = source_dir.name.split("_", 1)[1] if "_" in source_dir.name else source_dir.name
-    target = raw_root / f"Dataset{target_id:03d}_{name}Locator"
+    target_dir = raw_root / f"Dataset{target_id:03d}_{name}Locator"
     check_output_location(raw_root, "folder", "--raw-root")
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
-    with published_folder(target, "new") as built:
+    with published_folder(target_dir, "new") as built:
         (built / "imagesTr").mkdir()
         (built / "labelsTr").mkdir()
         for case, files in tqdm(sorted(cases.items()), desc="locator dataset", unit="case", disable=not progress):
@@ -204,14 +217,14 @@ def write_locator_dataset(source_dir: Path, target_id: int, all_phases: bool = F
                 shutil.copyfile(files[phases.index(phase)], built / "imagesTr" / channel_file_name(case, channel,
                                                                                                   ending))
             label = sitk.ReadImage(str(labels_dir / f"{case}{ending}"))
-            mask = sitk.Cast(label > 0, sitk.sitkUInt8)
+            mask = sitk.GetImageFromArray(np.isin(sitk.GetArrayViewFromImage(label), mask_values).astype(np.uint8))
             mask.CopyInformation(label)
             sitk.WriteImage(mask, str(built / "labelsTr" / f"{case}{ending}"), useCompression=True)
         generate_dataset_json(str(built), channel_names={str(i): phase for i, phase in enumerate(used)},
-                              labels=dict(LOCATOR_LABELS), num_training_cases=len(cases), file_ending=ending,
-                              dataset_name=target.name,
-                              description=f"Pancreas locator (stage 1 of two-stage HPN) derived from "
-                                          f"{source_dir.name}: label 1 = abnormal pancreas (pancreas, PDAC and duct "
-                                          f"of the source); channels {', '.join(used)}.",
-                              converted_by="nnunet_hpn.pipeline.locator", license="as the source dataset")
-    return target
+                              labels=locator_labels, num_training_cases=len(cases), file_ending=ending,
+                              dataset_name=target_dir.name,
+                              description=f"Locator (stage 1 of two-stage HPN) derived from {source_dir.name}: "
+                                          f"label 1 = {what}; channels {', '.join(used)}.",
+                              converted_by="nnunet_hpn.pipeline.locator", license="as the source dataset",
+                              **{HPN_KEY: {"reference_phase": reference}})
+    return target_dir

@@ -1,9 +1,11 @@
 """Final HPN output (paper §3.2): the union of the regions predicted by the original-pair and virtual-pair models.
 
-Union rule, voxel by voxel: the voxel is foreground if either map says foreground; where the maps give
-different labels, the label of higher priority in :data:`LABEL_PRIORITY` wins (PDAC 2 > duct 3 > pancreas 1),
-and any foreground label beats background 0. The rule is symmetric and associative, so more than two maps
-(e.g. several folds or models) can be merged in any order.
+Union rule, voxel by voxel, for the label scheme (:mod:`nnunet_hpn.labels`) of the predictions: the voxel is
+foreground if either map says foreground; where the maps give different labels, the label first in the scheme's
+``union_precedence`` wins (the paper's, :data:`LABEL_PRIORITY`: PDAC 2 > duct 3 > pancreas 1), and any foreground
+label beats background 0. For a region-based scheme each region is the union of the maps' regions, painted in
+``regions_class_order`` as nnU-Net exports region predictions. The rule is symmetric and associative, so more than
+two maps (e.g. several folds or models) can be merged in any order.
 """
 from __future__ import annotations
 
@@ -12,45 +14,57 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_hpn import LABELS
 from nnunet_hpn.io.publish import check_output_location, check_output_not_input, published_folder
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.geometry import grid_difference
 from nnunet_hpn.io.images import read_label
+from nnunet_hpn.labels import PDAC_SCHEME, LabelScheme, resolve_scheme
 from nnunet_hpn.io.listing import case_files
 
-#: Foreground labels from highest to lowest priority where two maps disagree: PDAC, duct, pancreas.
-LABEL_PRIORITY: tuple[int, ...] = (2, 3, 1)
+#: The paper's foreground labels from highest to lowest priority where two maps disagree: PDAC, duct, pancreas.
+LABEL_PRIORITY: tuple[int, ...] = tuple(PDAC_SCHEME.labels[name] for name in PDAC_SCHEME.union_precedence)
 
-#: _RANK[label] -> priority rank (higher wins); background 0 ranks lowest.
-_RANK: np.ndarray = np.zeros(max(LABELS.values()) + 1, dtype=np.uint8)
-for _position, _label in enumerate(LABEL_PRIORITY):
-    _RANK[_label] = len(LABEL_PRIORITY) - _position
+def _ranks(scheme: LabelScheme) -> np.ndarray:
+    """rank[value] -> priority (higher wins) of each label value of ``scheme``; background 0 ranks lowest."""
+    rank = np.zeros(max(scheme.values) + 1, dtype=np.int32)
+    for position, name in enumerate(scheme.union_precedence):
+        rank[scheme.labels[name]] = len(scheme.union_precedence) - position
+    return rank
 
 
-def _check_label_array(label_map: np.ndarray, name: str) -> np.ndarray:
-    """``label_map`` as an integer array with labels in {0, 1, 2, 3}; ValueError otherwise."""
+
+def _check_label_array(label_map: np.ndarray, name: str, scheme: LabelScheme) -> np.ndarray:
+    """``label_map`` as an integer array with values of ``scheme``; ValueError otherwise."""
     label_map = np.asarray(label_map)
     if label_map.dtype == bool or not np.issubdtype(label_map.dtype, np.integer):
         raise ValueError(f"{name}: label map must have an integer dtype, got {label_map.dtype}")
-    if label_map.size and (label_map.min() < 0 or label_map.max() >= len(_RANK)):
-        unexpected = sorted(set(np.unique(label_map).tolist()) - set(LABELS.values()))
-        raise ValueError(f"{name}: unexpected labels {unexpected}, expected only {sorted(LABELS.values())}")
+    unexpected = sorted(set(np.unique(label_map).tolist()) - set(scheme.values))
+    if unexpected:
+        raise ValueError(f"{name}: unexpected labels {unexpected}, expected only {scheme.values}")
     return label_map
 
 
-def union_label_maps(original: np.ndarray, virtual: np.ndarray) -> np.ndarray:
+def union_label_maps(original: np.ndarray, virtual: np.ndarray, scheme: LabelScheme = PDAC_SCHEME) -> np.ndarray:
     """Union of two label maps of the same shape (any shape, e.g. (z, y, x)) -> uint8 map of that shape.
 
-    Foreground where either is foreground; where both are foreground with different labels the higher-priority
-    label wins, :data:`LABEL_PRIORITY` = PDAC (2) > duct (3) > pancreas (1). Symmetric in its arguments.
-    Raises ValueError for different shapes, non-integer arrays or labels outside {0, 1, 2, 3}.
+    Foreground where either is foreground; where both are foreground with different labels the label first in
+    ``scheme.union_precedence`` wins (the paper's :data:`LABEL_PRIORITY`: PDAC (2) > duct (3) > pancreas (1)).
+    Region-based ``scheme``: every region the union of both maps' regions, painted in ``regions_class_order``.
+    Symmetric in its arguments. Raises ValueError for different shapes, non-integer arrays or values outside the
+    scheme.
     """
-    original = _check_label_array(original, "original")
-    virtual = _check_label_array(virtual, "virtual")
+    original = _check_label_array(original, "original", scheme)
+    virtual = _check_label_array(virtual, "virtual", scheme)
     if original.shape != virtual.shape:
         raise ValueError(f"label maps differ in shape: original {original.shape}, virtual {virtual.shape}")
-    virtual_wins = _RANK[virtual] > _RANK[original]
+    if scheme.has_regions:
+        union = np.zeros(original.shape, dtype=np.uint8)
+        for value, name in scheme.output_values.items():
+            region = scheme.label_values(name)
+            union[np.isin(original, region) | np.isin(virtual, region)] = value
+        return union
+    rank = _ranks(scheme)
+    virtual_wins = rank[virtual] > rank[original]
     return np.where(virtual_wins, virtual, original).astype(np.uint8)
 
 
@@ -69,27 +83,30 @@ def _matched_cases(input_dirs: list[Path], file_ending: str) -> dict[str, list[P
     return {case: [cases[case] for cases in cases_per_dir] for case in all_cases}
 
 
-def _union_of_files(files: list[Path]) -> sitk.Image:
+def _union_of_files(files: list[Path], scheme: LabelScheme = PDAC_SCHEME) -> sitk.Image:
     """Read the label maps ``files``, check their geometry against the first, return their union (uint8 image
     with the first file's geometry)."""
-    union, reference = read_label(files[0])
+    union, reference = read_label(files[0], scheme)
     for path in files[1:]:
-        label_map, image = read_label(path)
+        label_map, image = read_label(path, scheme)
         difference = grid_difference(reference, image)
         if difference is not None:
             raise HPNInputError(f"{path}: geometry differs from {files[0]}: {difference} (this file vs the first)")
-        union = union_label_maps(union, label_map)
+        union = union_label_maps(union, label_map, scheme)
     result = sitk.GetImageFromArray(union.astype(np.uint8))
     result.CopyInformation(reference)
     return result
 
 
-def union_folders(input_dirs: list[Path], output_dir: Path, file_ending: str = ".nii.gz") -> list[str]:
+def union_folders(input_dirs: list[Path], output_dir: Path, file_ending: str = ".nii.gz",
+                  scheme: LabelScheme | None = None) -> list[str]:
     """Write the union (:func:`union_label_maps`) of the label maps in 2 or more folders; returns the case names.
 
     Every case (file ending in ``file_ending``) must be present in all folders with the same geometry (size,
     spacing, origin, direction; tolerance as in :mod:`nnunet_hpn.evaluate.metrics`), otherwise HPNInputError naming the
-    files; labels outside {0, 1, 2, 3} also raise HPNInputError. Outputs are uint8 with the first folder's
+    files; values outside the label scheme also raise HPNInputError (``scheme``: ``-djfile``, default
+    :func:`nnunet_hpn.labels.resolve_scheme` beside the input folders: nnUNetv2_predict writes the model's
+    dataset.json into them; else the paper's). Outputs are uint8 with the first folder's
     geometry, named like the inputs. All outputs are written to a temporary folder next to ``output_dir`` and
     moved in only once every case succeeded: on error nothing is written. ``output_dir`` may already exist; files
     in it with other names are left alone, files with the same names are replaced.
@@ -100,10 +117,12 @@ def union_folders(input_dirs: list[Path], output_dir: Path, file_ending: str = "
         raise HPNInputError(f"{input_dirs[0] if input_dirs else output_dir}: need at least 2 input folders for "
                             f"a union, got {len(input_dirs)}")
     check_output_not_input(output_dir, input_dirs, "-o", folder=True)
+    if scheme is None:
+        scheme = resolve_scheme(None, input_dirs)
     check_output_location(output_dir, "folder", "-o")
     cases = _matched_cases(input_dirs, file_ending)
 
     with published_folder(output_dir, "merge") as staging:
         for case, files in cases.items():
-            sitk.WriteImage(_union_of_files(files), str(staging / f"{case}{file_ending}"), True)
+            sitk.WriteImage(_union_of_files(files, scheme), str(staging / f"{case}{file_ending}"), True)
     return list(cases)
