@@ -12,6 +12,7 @@ import torch
 from nnunet_hpn.nnunet.trainers.hpn_trainer import (
     EarlyFusionTrainer,
     HPNTrainer,
+    HPNTrainer_demo,
     HPNTrainer_virtual,
     HyperNetTrainer,
     HyperNetTrainer_virtual,
@@ -24,8 +25,9 @@ class BalancedRecipeMixin:
     """Put first in the bases of an HPN trainer: cross-entropy of PDAC and duct weighted 4, every patch centred on a
     foreground class, initial learning rate 0.03, λ ramped up over the first 12 epochs."""
 
-    #: cross-entropy weight per class (background, pancreas, PDAC, duct)
-    ce_class_weights = (1.0, 1.0, 4.0, 4.0)
+    #: cross-entropy of PDAC and duct weighted 4 (the others 1): the demo's weights, the lever that made its short runs
+    #: find PDAC
+    ce_class_weights = HPNTrainer_demo.ce_class_weights
     #: epochs over which λ ramps linearly from 0 (only rows with the pairing loss use it)
     pairing_warmup_epochs = 12
     #: share of the patches centred on a voxel of a foreground class (nnU-Net picks the class uniformly among those
