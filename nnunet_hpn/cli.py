@@ -14,8 +14,14 @@ def _phantom(args: argparse.Namespace) -> None:
     from nnunet_hpn.phantom import write_phantom_cases
     from nnunet_hpn.phantom_liver import write_liver_cases
 
+    from nnunet_hpn.io.publish import check_outputs, published_folder, replace_mode
+
     write = write_liver_cases if args.preset == "liver" else write_phantom_cases
-    cases = write(Path(args.out_dir), args.cases, seed=args.seed, phases=args.phases, crop_margin_mm=args.crop)
+    out_dir = Path(args.out_dir)
+    check_outputs([(out_dir, "OUT_DIR", "folder")])
+    # the whole set at once: an earlier set (phantoms.json) is replaced, never mixed with the new cases
+    with published_folder(out_dir, replace_mode(out_dir, "phantoms.json", "OUT_DIR")) as staging:
+        cases = write(staging, args.cases, seed=args.seed, phases=args.phases, crop_margin_mm=args.crop)
     cropped = f", cropped to the label box + {args.crop:g} mm" if args.crop is not None else ""
     labels = f"; labels for convert --labels: {Path(args.out_dir) / 'labels.json'}" if args.preset == "liver" else ""
     print(f"wrote {len(cases)} {args.preset} phantom cases ({', '.join(args.phases)}{cropped}) to "
@@ -105,27 +111,31 @@ def _model_folder(args: argparse.Namespace) -> Path:
     if not args.dataset or not args.configuration:
         raise HPNInputError(f"{args.output}: no model; give -m MODEL_DIR or -d DATASET -c CONFIGURATION "
                             "[-tr TRAINER] [-p PLANS]")
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    import os
 
-    try:
-        return Path(get_output_folder(args.dataset, args.trainer, args.plans, args.configuration))
-    except (RuntimeError, TypeError) as error:  # nnU-Net: no dataset with that id, or $nnUNet_results unset
-        raise HPNInputError(f"-d {args.dataset}: {str(error).splitlines()[0]}") from None
+    from nnunet_hpn.nnunet.dataset_names import dataset_name
+
+    name = dataset_name(args.dataset)
+    if not os.environ.get("nnUNet_results"):
+        raise HPNInputError(f"-d {args.dataset}: nnUNet_results: environment variable not set")
+    model = Path(os.environ["nnUNet_results"]) / name / f"{args.trainer}__{args.plans}__{args.configuration}"
+    if not model.is_dir():
+        trained = sorted(path.name for path in model.parent.glob("*__*__*") if path.is_dir())
+        raise HPNInputError(f"{model}: no such model folder (trained in {model.parent}: "
+                            f"{', '.join(trained) if trained else 'none'})")
+    return model
 
 
 def _locator_dataset(args: argparse.Namespace) -> None:
-    from nnunetv2.paths import nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    import os
 
+    from nnunet_hpn.nnunet.dataset_names import dataset_name
     from nnunet_hpn.pipeline.locator import write_locator_dataset
 
-    if not nnUNet_raw:
+    if not os.environ.get("nnUNet_raw"):
         raise HPNInputError("nnUNet_raw: environment variable not set")
-    try:
-        source = Path(nnUNet_raw) / maybe_convert_to_dataset_name(args.dataset)
-    except RuntimeError as error:  # nnU-Net: no dataset with that id
-        raise HPNInputError(f"-d {args.dataset}: {str(error).splitlines()[0]}") from None
-    target = write_locator_dataset(source, args.target_id, all_phases=args.all_phases)
+    source = Path(os.environ["nnUNet_raw"]) / dataset_name(args.dataset)
+    target = write_locator_dataset(source, args.target_id, all_phases=args.all_phases, target=args.target)
     print(f"wrote {target}")
 
 
@@ -150,6 +160,8 @@ def _predict(args: argparse.Namespace) -> None:
         name, _, path = item.partition("=")
         if not name or not path:
             raise HPNInputError(f"--phase {item}: expected NAME=PATH")
+        if name in phases:
+            raise HPNInputError(f"{path}: phase {name} given twice (also as {phases[name]}); give each phase once")
         phases[name] = path
     options = dict(folds=args.folds, device=_predict_device(args.device), disable_tta=args.disable_tta,
                    checkpoint=args.checkpoint,
@@ -159,8 +171,11 @@ def _predict(args: argparse.Namespace) -> None:
                    two_stage=TwoStage(Path(args.locator) if args.locator else None, tuple(args.locator_folds),
                                       *(() if args.locator_margin is None else (args.locator_margin,)),
                                       strict=args.strict))
-    if (args.strict or args.locator_margin is not None) and not args.locator:
-        raise HPNInputError(f"{args.output}: --strict and --locator-margin need --locator MODEL_DIR")
+    if (args.strict or args.locator_margin is not None or args.locator_folds != ["0"]) and not args.locator:
+        raise HPNInputError(f"{args.output}: --strict, --locator-folds and --locator-margin need --locator MODEL_DIR")
+    if args.qc and args.input:
+        raise HPNInputError(f"{args.qc}: --qc is for one case; folder mode writes the QC of every case to "
+                            f"{Path(args.output) / 'registration_qc'}")
     if args.input and phases:
         raise HPNInputError(f"{args.input}: give either -i IN_DIR or the phases of one case, not both")
     if not args.input and not phases:
@@ -186,14 +201,19 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _cpu_config(args: argparse.Namespace) -> None:
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    import os
 
+    from nnunet_hpn.nnunet.dataset_names import dataset_name
     from nnunet_hpn.nnunet.plans_tools import add_small_configuration
 
-    plans_file = Path(nnUNet_preprocessed) / maybe_convert_to_dataset_name(args.dataset) / f"{args.plans}.json"
+    if not os.environ.get("nnUNet_preprocessed"):
+        raise HPNInputError("nnUNet_preprocessed: environment variable not set")
+    plans_file = Path(os.environ["nnUNet_preprocessed"]) / dataset_name(args.dataset) / f"{args.plans}.json"
     entry = add_small_configuration(plans_file, args.name, args.patch_size, args.base_features, args.max_features,
-                                    args.batch_size, spacing_factor=args.spacing_factor)
+                                    args.batch_size, spacing_factor=args.spacing_factor, overwrite=args.overwrite)
+    if entry["patch_size"] != list(args.patch_size):
+        print(f"note: patch size {' '.join(map(str, args.patch_size))} rounded to "
+              f"{' '.join(map(str, entry['patch_size']))} (each edge a multiple of the network's total stride)")
     print(f"added configuration '{args.name}' to {plans_file}: spacing {entry['spacing']}, patch "
           f"{entry['patch_size']}, features {entry['architecture']['arch_kwargs']['features_per_stage']}, batch "
           f"{entry['batch_size']}")
@@ -201,10 +221,18 @@ def _cpu_config(args: argparse.Namespace) -> None:
         print(f"its data is its own: nnUNetv2_preprocess -d {args.dataset} -c {args.name} -plans_name {args.plans}")
 
 
+def _label_scheme(args: argparse.Namespace):
+    """The label scheme of ``-djfile`` (None when not given: each command looks beside its inputs, then takes the
+    paper's; :func:`nnunet_hpn.labels.resolve_scheme`)."""
+    from nnunet_hpn.labels import LabelScheme
+
+    return LabelScheme.read(Path(args.djfile)) if args.djfile else None
+
+
 def _union(args: argparse.Namespace) -> None:
     from nnunet_hpn.pipeline.union import union_folders
 
-    cases = union_folders([Path(d) for d in args.input], Path(args.output))
+    cases = union_folders([Path(d) for d in args.input], Path(args.output), scheme=_label_scheme(args))
     print(f"wrote the union of {len(args.input)} predictions for {len(cases)} cases to {args.output}")
 
 
@@ -212,7 +240,8 @@ def _split(args: argparse.Namespace) -> None:
     from nnunet_hpn.nnunet.splits import resolve_preprocessed_dir, write_crossval_splits
 
     folder = resolve_preprocessed_dir(args.dataset)
-    splits = write_crossval_splits(folder, n_folds=args.folds, seed=args.seed, overwrite=args.overwrite)
+    splits = write_crossval_splits(folder, n_folds=args.folds, seed=args.seed, overwrite=args.overwrite,
+                                   scheme=_label_scheme(args))
     sizes = ", ".join(f"fold {i}: {len(s['train'])} train / {len(s['val'])} val" for i, s in enumerate(splits))
     print(f"wrote {folder / 'splits_final.json'} ({sizes})")
 
@@ -221,17 +250,21 @@ def _evaluate(args: argparse.Namespace) -> None:
     from nnunet_hpn.evaluate.metrics import (check_folder_order, evaluate_folders, format_dice_table,
                                              predicted_cases, write_summary)
 
+    if Path(args.gt_dir).resolve() == Path(args.pred_dir).resolve():
+        raise HPNInputError(f"{args.pred_dir}: PRED_DIR is GT_DIR ({args.gt_dir}); the truth compared with itself")
     check_folder_order(Path(args.gt_dir), Path(args.pred_dir))
     if args.output:
-        from nnunet_hpn.io.publish import check_output_location, check_output_not_input
+        from nnunet_hpn.io.publish import check_outputs
 
-        inputs = [path for folder in (Path(args.pred_dir), Path(args.gt_dir)) if folder.is_dir()
+        # the truth folder as a whole; of the prediction folder (where nnU-Net puts its summary.json) the images
+        images = [path for folder in (Path(args.gt_dir), Path(args.pred_dir)) if folder.is_dir()
                   for path in folder.iterdir() if not path.name.endswith((".json", ".csv"))]
-        check_output_not_input(Path(args.output), inputs, "-o")
-        check_output_location(Path(args.output), "file", "-o")
+        output = Path(args.output)
+        check_outputs([(output, "-o", "file"), (output.with_suffix(".csv"), "-o (its per-case .csv)", "file")],
+                      [*images, Path(args.gt_dir)])
     cases = predicted_cases(Path(args.pred_dir)) if args.only_predicted else None
     result = evaluate_folders(Path(args.pred_dir), Path(args.gt_dir), cases=cases, tolerance_mm=args.tolerance_mm,
-                              progress=None, n_processes=args.np)
+                              progress=None, n_processes=args.np, scheme=_label_scheme(args))
     print(format_dice_table(result))
     if args.output:
         write_summary(result, Path(args.output))
@@ -244,7 +277,8 @@ def _report(args: argparse.Namespace) -> None:
     report = build_report(parse_method_args(args.runs), Path(args.gt), Path(args.output),
                           images_dir=Path(args.images) if args.images else None, reference=args.reference,
                           single_phase=args.single_phase, hpn=args.hpn, tolerance_mm=args.tolerance_mm,
-                          n_overlays=args.overlays, progress=None, n_processes=args.np)
+                          n_overlays=args.overlays, progress=None, n_processes=args.np,
+                          scheme=_label_scheme(args))
     print(format_report_summary(report))
     print(f"wrote {Path(args.output) / 'report.md'} (+ report.csv, per_case.csv, report.json, PNGs)")
 
@@ -252,14 +286,46 @@ def _report(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from nnunet_hpn.demo import run_demo
 
+    from nnunet_hpn.io.publish import check_outputs, replace_mode
+
+    # the demo replaces its work folder: only an absent or empty folder or an earlier demo's
+    check_outputs([(Path(args.workdir), "--workdir", "folder")])
+    replace_mode(Path(args.workdir), "phantoms_full/phantoms.json", "--workdir")
     run_demo(Path(args.workdir), n_cases=args.cases, seed=args.seed)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: a whole number in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number in {low}..{high}, got {text}")
+        return value
+    return parse
+
+
+def _real(low: float, high: float, low_open: bool = False, unit: str = "") -> Callable[[str], float]:
+    """argparse type: a finite number in [low, high] (``low_open``: (low, high])."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not ((low < value) if low_open else (low <= value)) or not value <= high:
+            raise argparse.ArgumentTypeError(f"must be a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+                                             f"{unit}, got {text}")
+        return value
+    return parse
+
+
+_positive_int = _whole(1, 4096)
+#: Seeds of NumPy's generators.
+_seed = _whole(0, 2 ** 32 - 1)
+#: A margin around a box (crop, locator): more than 0, at most a metre.
+_margin_mm = _real(0.0, 1000.0, low_open=True, unit=" mm")
 
 
 def _tolerance_mm(text: str) -> float:
@@ -288,12 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("phantom", help="write synthetic multi-phase (default: arterial + venous) abdominal CT cases "
                                         "with labels")
     p.add_argument("out_dir")
-    p.add_argument("--cases", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", type=_whole(1, 100000), default=10)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--phases", nargs="+", default=["arterial", "venous"], metavar="PHASE",
                    help="phases to simulate, out of noncontrast arterial venous delayed (default: arterial venous); "
                         "the first is the reference (label.nii.gz), the others are deformed (label_<phase>.nii.gz)")
-    p.add_argument("--crop", type=float, metavar="MARGIN_MM",
+    p.add_argument("--crop", type=_margin_mm, metavar="MARGIN_MM",
                    help="cut every file of a case to its label's box plus MARGIN_MM (world positions kept); "
                         "boxes in OUT_DIR/crop_boxes.json")
     p.add_argument("--preset", choices=("pancreas", "liver"), default="pancreas",
@@ -303,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="IN_DIR/<case>/{arterial,venous,label}.nii.gz -> $nnUNet_raw/DatasetXXX_NAME")
     p.add_argument("in_dir")
-    p.add_argument("-d", "--dataset-id", type=int, required=True)
+    p.add_argument("-d", "--dataset-id", type=_whole(1, 999), required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--raw-root", help="defaults to $nnUNet_raw")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with the same id")
@@ -314,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", action="store_true",
                    help="register every other phase (and its label_<phase>.nii.gz, if any) onto the reference "
                         "phase; QC per case in <dataset>/registration_qc/")
-    p.add_argument("--crop-to-label", type=float, metavar="MARGIN_MM",
+    p.add_argument("--crop-to-label", type=_margin_mm, metavar="MARGIN_MM",
                    help="cut every case (all phases, after --register, and the label) to the label's box plus "
                         "MARGIN_MM, world positions kept: an oracle ROI for experiments, or second-stage training "
                         "data; boxes in <dataset>/crop_boxes.json (every case needs a label)")
@@ -388,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
                    help="no test-time mirroring")
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
-    p.add_argument("-step_size", "--step-size", dest="step_size", type=float, default=0.5,
+    p.add_argument("-step_size", "--step-size", dest="step_size", type=_real(0.0, 1.0, low_open=True), default=0.5,
                    help="sliding-window step as a fraction of the patch (nnU-Net's -step_size, default 0.5)")
     p.add_argument("--save_probabilities", "--save-probabilities", dest="save_probabilities", action="store_true",
                    help="also nnU-Net's <case>.npz / <case>.pkl (folder mode: + dataset.json, plans.json), as "
@@ -400,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-nps", type=_positive_int, default=1,
                    help="folder mode: threads writing label maps and probabilities (default 1; nnU-Net: 3)")
     p.add_argument("-num_parts", type=_positive_int, default=1, help="folder mode: split the cases into N parts")
-    p.add_argument("-part_id", type=int, default=0, help="folder mode: the part to predict (0 .. num_parts-1)")
+    p.add_argument("-part_id", type=_whole(0, 4095), default=0, help="folder mode: the part to predict (0 .. num_parts-1)")
     p.add_argument("--registration", choices=list(METHODS), default="demons",
                    help="demons (default), syn (ANTs SyN; needs antspyx), affine or none")
     p.add_argument("--qc", help="one case: write the registration QC (JSON) here")
@@ -409,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "'nnunet-hpn locator-dataset'); HPN runs on its largest component's box + margin and the "
                         "labels are pasted back into the full scan")
     p.add_argument("--locator-folds", nargs="+", default=["0"], help="folds of the locator (default: 0)")
-    p.add_argument("--locator-margin", type=float, default=None, metavar="MM",
+    p.add_argument("--locator-margin", type=_margin_mm, default=None, metavar="MM",
                    help=f"margin around the locator's box in mm (default {STAGE2_MARGIN_MM:g}, as stage 2 trains)")
     p.add_argument("--strict", action="store_true",
                    help="with --locator: an empty locator mask is an error (default: warn, segment the whole scan)")
@@ -425,41 +491,54 @@ def build_parser() -> argparse.ArgumentParser:
                                                "pancreas) derived from an HPN dataset, for the stock nnUNetv2_* "
                                                "commands")
     p.add_argument("-d", "--dataset", required=True, help="the HPN dataset (id or name, in $nnUNet_raw)")
-    p.add_argument("--target-id", type=int, required=True, help="id of the new dataset (Dataset<ID>_<name>Locator)")
+    p.add_argument("--target-id", type=_whole(1, 999), required=True, help="id of the new dataset (Dataset<ID>_<name>Locator)")
     p.add_argument("--all-phases", action="store_true",
                    help="every phase as a channel (default: only the reference phase)")
+    p.add_argument("--target", metavar="NAME",
+                   help="the locator's label: this target of the dataset's label scheme (default: every foreground "
+                        "label together; the paper's abnormal pancreas)")
     p.set_defaults(func=_locator_dataset)
 
     p = sub.add_parser("cpu-config", help="add a small-patch, narrow configuration to a plans file for CPU runs")
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
     p.add_argument("-p", "--plans", default="nnUNetHPNPlans")
     p.add_argument("-c", "--name", default="3d_cpu", help="name of the new configuration (default 3d_cpu)")
-    p.add_argument("--patch-size", type=int, nargs=3, default=(32, 48, 48))
-    p.add_argument("--base-features", type=int, default=8)
-    p.add_argument("--max-features", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--spacing-factor", type=float, default=1.0, metavar="F",
+    p.add_argument("--patch-size", type=_whole(8, 4096), nargs=3, default=(32, 48, 48), metavar=("Z", "Y", "X"),
+                   help="voxels (at least 8 each; rounded up to the network's stride, with a note)")
+    p.add_argument("--base-features", type=_whole(1, 1024), default=8)
+    p.add_argument("--max-features", type=_whole(1, 4096), default=64)
+    p.add_argument("--batch-size", type=_whole(1, 4096), default=2)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a configuration of that name with other settings (even one with trained models)")
+    p.add_argument("--spacing-factor", type=_real(1.0, 64.0), default=1.0, metavar="F",
                    help="a coarse configuration (as 3d_lowres): 3d_fullres's spacing × F, its own preprocessed data "
                         "(default 1: 3d_fullres's spacing and data)")
     p.set_defaults(func=_cpu_config)
 
+    djfile_help = ("dataset.json whose label scheme to use (nnU-Net's -djfile; default: the dataset.json beside %s, "
+                   "else the paper's pancreas / PDAC / duct)")
     p = sub.add_parser("union", help="the paper's final HPN output: union of original-pair and virtual-pair "
-                                      "predictions (overlaps: PDAC > duct > pancreas)")
+                                      "predictions (overlaps: the label scheme's union precedence; the paper's: "
+                                      "PDAC > duct > pancreas)")
     p.add_argument("-i", "--input", nargs="+", required=True, help="prediction folders (2 or more)")
     p.add_argument("-o", "--output", required=True)
+    p.add_argument("-djfile", metavar="DATASET_JSON", help=djfile_help % "the predictions (the model's)")
     p.set_defaults(func=_union)
 
-    p = sub.add_parser("split", help="write a PDAC-stratified k-fold splits_final.json into the preprocessed folder")
+    p = sub.add_parser("split", help="write a k-fold splits_final.json into the preprocessed folder, stratified on "
+                                     "the lesion target (the paper's: PDAC)")
     p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
-    p.add_argument("--folds", type=int, default=3)
-    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--folds", type=_whole(2, 100), default=3)
+    p.add_argument("--seed", type=_seed, default=12345)
     p.add_argument("--overwrite", action="store_true", help="replace a different existing splits_final.json")
+    p.add_argument("-djfile", metavar="DATASET_JSON", help=djfile_help % "the preprocessed or raw data")
     p.set_defaults(func=_split)
 
     empty_rule = ("Empty masks: both empty -> Dice 1, HD95 0, NSD 1; one empty -> Dice 0, NSD 0, HD95 = image "
                   "diagonal in mm; means never NaN.")
-    p = sub.add_parser("evaluate", help="Dice, HD95 (mm) and NSD of abnormal pancreas (1∪2∪3), PDAC (2) and duct "
-                                        "(3) per case and mean±std, missed cases",
+    p = sub.add_parser("evaluate", help="Dice, HD95 (mm) and NSD per target of the label scheme (the paper's: "
+                                        "abnormal pancreas 1∪2∪3, PDAC 2, duct 3) per case and mean±std, missed "
+                                        "cases",
                        description="Dice (nnU-Net's helpers), HD95 and normalised surface Dice (MONAI, physical mm "
                                    "from the image spacing) per case and target; mean ± population std; missed = "
                                    "target in truth but Dice 0. " + empty_rule)
@@ -470,13 +549,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-np", type=_positive_int, default=1, help="processes evaluating cases (default 1)")
     p.add_argument("--only-predicted", action="store_true",
                    help="evaluate only the cases in PRED_DIR (default: every case of GT_DIR needs a prediction)")
+    p.add_argument("-djfile", metavar="DATASET_JSON", help=djfile_help % "GT_DIR, then PRED_DIR")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("report", help="Table-1-style comparison of several methods: mean±std, Wilcoxon p-values, "
-                                      "missed/rescued PDAC, box plots, overlays of the largest gains",
+                                      "missed/rescued lesions, box plots, overlays of the largest gains",
                        description="Evaluates every method's predictions (same cases in each) against GT_DIR and "
                                    "writes report.md, report.csv, per_case.csv, report.json, a box plot PNG per "
-                                   "target and, with --images, overlays of the cases with the largest PDAC Dice "
+                                   "target and, with --images, overlays of the cases with the largest lesion Dice "
                                    "gain of the reference. p: paired two-sided scipy.stats.wilcoxon against the "
                                    "reference (1 when all differences are 0). " + empty_rule)
     p.add_argument("runs", nargs="+", metavar="NAME=PRED_DIR", help="prediction folder of each method")
@@ -487,19 +567,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", help="method to compare against (default: --hpn, else the last method)")
     p.add_argument("--single-phase", nargs=2, metavar="NAME",
                    help="the two single-phase methods (default: arterial venous, if so named)")
-    p.add_argument("--hpn", help="method whose rescues of PDAC missed by both single-phase methods are counted "
-                                 "(default: the reference)")
+    p.add_argument("--hpn", help="method whose rescues of the lesion (PDAC) missed by both single-phase methods are "
+                                 "counted (default: the reference)")
     p.add_argument("--tolerance-mm", type=_tolerance_mm, default=2.0, help="NSD tolerance in mm (default 2)")
-    p.add_argument("--overlays", type=int, default=3, help="cases with the largest gain to draw (default 3)")
+    p.add_argument("--overlays", type=_whole(0, 100), default=3, help="cases with the largest gain to draw (default 3)")
     p.add_argument("-np", type=_positive_int, default=1, help="processes evaluating cases (default 1)")
     p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR",
                    help="report folder (created, or replaced if it holds an earlier report.md)")
+    p.add_argument("-djfile", metavar="DATASET_JSON", help=djfile_help % "GT_DIR, then the predictions")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("demo", help="phantoms -> convert -> plan -> short HPN training -> predict -> Dice + PNG (CPU)")
     p.add_argument("--workdir", default="hpn_demo")
-    p.add_argument("--cases", type=int, default=14, help="phantom cases; the last 4 are held out for testing")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", type=_whole(6, 100000), default=14,
+                   help="phantom cases; the last 4 are held out for testing")
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=_demo)
     return parser
 

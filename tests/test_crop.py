@@ -128,9 +128,10 @@ def test_phantom_crop_writes_boxes_and_world_aligned_crops(tmp_path: Path) -> No
 
 
 def test_phantom_crop_with_bad_margin_writes_nothing(tmp_path: Path, capsys) -> None:
-    assert cli_main(["phantom", str(tmp_path / "out"), "--cases", "1", "--crop", "0"]) != 0
-    error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "crop margin must be a positive number" in error[0]
+    with pytest.raises(SystemExit) as error:  # range-checked when the options are parsed
+        cli_main(["phantom", str(tmp_path / "out"), "--cases", "1", "--crop", "0"])
+    assert error.value.code == 2
+    assert "argument --crop: must be a number in (0, 1000] mm, got 0" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "out").exists()
 
 
@@ -168,9 +169,10 @@ def test_convert_crop_refuses_a_case_without_label_and_writes_nothing(tmp_path: 
 
 def test_convert_crop_refuses_a_margin_of_zero(tmp_path: Path, capsys) -> None:
     phantoms = _phantoms(tmp_path)
-    assert cli_main(["convert", str(phantoms), "--dataset-id", "9", "--name", "Crop", "--raw-root",
-                     str(tmp_path / "raw"), "--crop-to-label", "-1"]) != 0
-    assert "crop margin must be a positive number" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as error:  # range-checked when the options are parsed
+        cli_main(["convert", str(phantoms), "--dataset-id", "9", "--name", "Crop", "--raw-root",
+                  str(tmp_path / "raw"), "--crop-to-label", "-1"])
+    assert error.value.code == 2 and "argument --crop-to-label: must be a number in" in capsys.readouterr().err
     assert not (tmp_path / "raw").exists()
 
 

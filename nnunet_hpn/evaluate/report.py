@@ -36,7 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_hpn.io.publish import check_output_location, published_folder
+from nnunet_hpn.io.publish import check_outputs, published_folder
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.evaluate.metrics import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, EvaluationResult,
                                          evaluate_folders, predicted_cases)
@@ -125,15 +125,20 @@ def largest_gains(results: Mapping[str, EvaluationResult], reference: str, n: in
     return target, rows[:n]
 
 
-def is_report_file(name: str) -> bool:
-    """Whether a file name is one a report writes (:func:`build_report`); only those are ever replaced."""
-    return name in {REPORT_MARKER, "report.csv", "per_case.csv", "report.json", "overlays_largest_gain.png"} or \
-        bool(re.fullmatch(r"boxplot_[A-Za-z0-9_]+\.png", name))
+def _earlier_report_files(out_dir: Path) -> set[str]:
+    """The files the report in ``out_dir`` wrote, as its ``report.json`` lists them (none without one)."""
+    try:
+        earlier = json.loads((out_dir / "report.json").read_text())
+        return {REPORT_MARKER, "report.csv", "per_case.csv", "report.json", *earlier.get("boxplots", {}).values(),
+                *([earlier["overlays"]] if earlier.get("overlays") else [])}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()
 
 
-def _check_out_dir(out_dir: Path) -> None:
-    """``out_dir`` may be absent, empty, or a previous report (holding :data:`REPORT_MARKER`), and writable."""
-    check_output_location(out_dir, "folder", "-o")
+def _check_out_dir(out_dir: Path, inputs: Sequence[Path] = ()) -> None:
+    """``out_dir`` may be absent, empty, or a previous report (holding :data:`REPORT_MARKER`), and writable; never
+    an input (:func:`~nnunet_hpn.io.publish.check_outputs`)."""
+    check_outputs([(out_dir, "-o", "folder")], inputs)
     if out_dir.exists():
         if any(out_dir.iterdir()) and not (out_dir / REPORT_MARKER).is_file():
             raise HPNInputError(f"{out_dir}: output folder is not empty and holds no {REPORT_MARKER}; "
@@ -192,15 +197,15 @@ def _load_overlay_case(case: str, images_dir: Path, truth_dir: Path, methods: Ma
                        spacing_zyx=tuple(reversed(truth_image.GetSpacing())), captions=captions)
 
 
-def target_slug(target: str) -> str:
-    """File-name form of a target name: ``abnormal pancreas`` -> ``abnormal_pancreas``."""
-    return re.sub(r"[^A-Za-z0-9]+", "_", target).strip("_")
-
-
 def target_note(scheme: LabelScheme) -> str:
     """The targets' definitions in label values, e.g. ``Abnormal pancreas = 1∪2∪3, PDAC mass = 2``."""
     parts = [f"{target_title(name)} = {'∪'.join(map(str, values))}" for name, values in scheme.target_values.items()]
     return "Targets (label values): " + ", ".join(parts)
+
+
+def target_slug(target: str) -> str:
+    """File-name form of a target name: ``abnormal pancreas`` -> ``abnormal_pancreas``."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", target).strip("_")
 
 
 def _scaled(metric: str, value: float) -> float:
@@ -272,12 +277,12 @@ def format_report_markdown(report: dict[str, Any]) -> str:
               f"{100 * row['best_other_dice']:.1f} | {100 * row['gain']:+.1f} |" for row in report["gains"]]
     lines.append("")
     if report.get("overlays"):
+        colours = ", ".join(f"{colour} {name}" for name, colour in report["label_colours"].items())
         lines += [f"![largest gain]({report['overlays']})", "",
                   f"Columns: {', '.join(report['overlay_phases'])}, truth, then each method (labels on the "
                   f"{report['overlay_phases'][-1]} phase; {colours}), slice with the "
                   f"largest truth {report['lesion']} area.", ""]
     else:
-        colours = ", ".join(f"{colour} {name}" for name, colour in report["label_colours"].items())
         lines += ["No overlays: no images folder given (--images).", ""]
     lines += ["## Conventions", "",
               "- Dice and NSD in %, HD95 in mm; std is the population std over cases (ddof 0).",
@@ -363,14 +368,14 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
         raise HPNInputError(f"{images_dir}: images folder does not exist")
     _check_out_dir(out_dir, [truth_dir, *methods.values(), *([Path(images_dir)] if images_dir else [])])
     cases = _common_cases(methods, file_ending)
+    if scheme is None:
+        scheme = resolve_scheme(None, (truth_dir, *methods.values()))
+    targets = list(scheme.targets)
 
     results = {name: evaluate_folders(folder, truth_dir, file_ending, cases=cases, tolerance_mm=tolerance_mm,
                                       progress=progress, description=f"evaluating {name}",
                                       n_processes=n_processes, scheme=scheme)
                for name, folder in methods.items()}
-    if scheme is None:
-        scheme = resolve_scheme(None, (truth_dir, *methods.values()))
-    targets = list(scheme.targets)
 
     summary: dict[str, dict[str, Any]] = {}
     for name, result in results.items():
@@ -422,8 +427,8 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
         (staging / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         (staging / REPORT_MARKER).write_text(format_report_markdown(report), encoding="utf-8")
         written = {path.name for path in staging.iterdir()}
-        stale = [path for path in out_dir.glob("*") if is_report_file(path.name) and path.name not in written] \
-            if out_dir.is_dir() else []
+        stale = [out_dir / name for name in sorted(_earlier_report_files(out_dir) - written)
+                 if (out_dir / name).is_file()]
     for path in stale:  # an earlier report's figure this report does not draw; other files of the folder stay
         path.unlink()
     return report

@@ -14,9 +14,10 @@ is valid).
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import nibabel
 import numpy as np
@@ -42,6 +43,8 @@ def read_header(path: Path) -> sitk.ImageFileReader:
     path = Path(path)
     if not path.is_file():
         raise HPNInputError(f"{path}: file is missing")
+    if path.name.endswith((".nii.gz", ".nii")):
+        check_nifti_geometry(path)  # before ITK, which warns on stderr about such a header and reads on
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -51,6 +54,36 @@ def read_header(path: Path) -> sitk.ImageFileReader:
     check_3d_single_component(reader, str(path))
     check_spacing(reader, str(path))
     return reader
+
+
+#: Largest disagreement between a NIfTI file's sform and its pixdim (relative) or qform (mm) that is float noise.
+HEADER_TOLERANCE = (1e-3, 1e-2)
+
+
+def check_nifti_geometry(path: Path) -> None:
+    """HPNInputError when a NIfTI header disagrees with itself: sform voxel sizes other than pixdim, or sform and
+    qform that place the voxels differently (readers differ in which they believe: ITK may take 1 mm where the sform
+    says 2.5 mm, with a warning on stderr only)."""
+    try:
+        header = nibabel.load(path).header
+        sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+        pixdim = np.asarray(header["pixdim"][1:4], dtype=float)
+        sform, qform = header.get_sform(), header.get_qform()
+    except (OSError, EOFError, zlib.error, ValueError, ImageFileError):
+        raise HPNInputError(f"{path}: unreadable or corrupt image file") from None
+    if sform_code <= 0:
+        return
+    sform_spacing = np.linalg.norm(sform[:3, :3], axis=0)
+    if not np.allclose(sform_spacing, pixdim, rtol=HEADER_TOLERANCE[0], atol=0):
+        raise HPNInputError(f"{path}: NIfTI header disagrees with itself: the sform gives voxel sizes "
+                            f"{tuple(np.round(sform_spacing, 4).tolist())} mm, pixdim "
+                            f"{tuple(np.round(pixdim, 4).tolist())}; readers differ in which they use (fix the "
+                            f"header, e.g. with nibabel)")
+    if qform_code > 0 and not np.allclose(sform, qform, rtol=0, atol=HEADER_TOLERANCE[1]):
+        offset = float(np.abs(sform - qform).max())
+        raise HPNInputError(f"{path}: NIfTI header disagrees with itself: sform and qform place the voxels up to "
+                            f"{offset:.3g} mm apart; readers differ in which they use (fix the header, e.g. with "
+                            f"nibabel)")
 
 
 def read_voxels_verified(path: Path) -> np.ndarray:
@@ -115,10 +148,42 @@ MIN_DISTINCT_CT_VALUES = 16
 CT_RANGE_HU: tuple[float, float] = (-4096.0, 40000.0)
 
 
+#: Below this (HU) no tissue and no air lies (air is about -1000 HU; scanners clip at -1024): values here, beyond
+#: the padding outside the field of view, are in other units.
+AIR_FLOOR_HU = -1124.0
+#: Share of the voxels (outside the padding) that must lie beyond a plausibility limit for the check to fire.
+IMPLAUSIBLE_SHARE = 0.01
+#: The share of the voxels one exact value must hold to count as padding outside the field of view.
+PADDING_SHARE = 0.01
+
+
+#: Values this close to the lowest one (HU) count as its padding (resampling spreads -3024 to -3026 ... -3020).
+PADDING_SPREAD = 16.0
+
+
+def _without_padding(sample: np.ndarray) -> np.ndarray:
+    """``sample`` without what the scanner put outside the field of view (any value: -3024, -2048, -1024, 0 ...):
+    everything up to :data:`PADDING_SPREAD` above the padding value, which is the most frequent value when it holds
+    at least :data:`PADDING_SHARE` of the voxels and lies in the lowest tenth (values below it are resampling's
+    blend of padding and air), else the lowest value when the values near it hold that share."""
+    values, counts = np.unique(sample, return_counts=True)
+    mode = values[np.argmax(counts)]
+    if counts.max() >= PADDING_SHARE * sample.size and mode <= np.percentile(sample, 10):
+        padding = mode
+    elif np.mean(sample <= values[0] + PADDING_SPREAD) >= PADDING_SHARE:
+        padding = values[0]
+    else:
+        return sample
+    kept = sample[sample > padding + PADDING_SPREAD]
+    return kept if kept.size else sample
+
+
 def ct_value_problem(voxels: np.ndarray) -> str | None:
     """What makes ``voxels`` not look like a CT in HU, or None: fewer than :data:`MIN_DISTINCT_CT_VALUES` distinct
-    values, values outside :data:`CT_RANGE_HU`, or no value below 0 in 99 % of the volume with a median above
-    500 (stored values without the DICOM rescale intercept, HU + 1024)."""
+    values, values outside :data:`CT_RANGE_HU`, and, whatever the padding outside the field of view
+    (:func:`_without_padding`), the signs of a rescale mistake: no value below 0 in 95 % of the volume with a median
+    above 500 or 1 % above 1000 (the intercept missing, HU + 1024), 99 % of it below 0 (the intercept applied twice, HU - 1024), or
+    1 % of it below :data:`AIR_FLOOR_HU` (a wrong slope)."""
     sample = np.asarray(voxels).ravel()[:: max(1, voxels.size // 2_000_000)]  # up to 2 M voxels, evenly spread
     distinct = np.unique(sample).size
     if distinct < MIN_DISTINCT_CT_VALUES:
@@ -127,23 +192,77 @@ def ct_value_problem(voxels: np.ndarray) -> str | None:
     if low < CT_RANGE_HU[0] or high > CT_RANGE_HU[1]:
         return (f"values {low:g}..{high:g} lie outside any CT range in HU ({CT_RANGE_HU[0]:g}..{CT_RANGE_HU[1]:g}); "
                 f"scaled or not a CT")
-    p1, median = (float(v) for v in np.percentile(sample, [1, 50]))
-    if p1 >= 0 and median > 500:
-        return (f"1st percentile {p1:g} and median {median:g}: no air or fat below 0 HU; looks like stored values "
-                f"without the rescale intercept (HU + 1024)")
+    body = _without_padding(sample)
+    p5, median, p99 = (float(v) for v in np.percentile(body, [5, 50, 99]))
+    if p5 >= 0 and (median > 500 or p99 > 1000):
+        return (f"5th percentile {p5:g}, median {median:g} and 99th percentile {p99:g}: no air or fat below 0 HU; "
+                f"looks like stored values without the rescale intercept (HU + 1024)")
+    if p99 < 0:
+        return (f"99th percentile {p99:g}: no soft tissue above 0 HU; looks like the rescale intercept applied twice "
+                f"(HU - 1024)")
+    below_air = float(np.mean(body < AIR_FLOOR_HU))
+    if below_air >= IMPLAUSIBLE_SHARE:
+        return (f"{below_air:.0%} of the values below {AIR_FLOOR_HU:g} (air is -1000 HU); looks like values in other "
+                f"units (a wrong rescale slope)")
+    return None
+
+
+#: Fewest exactly constant slices at the head or tail of a volume that look like a partial copy or a blanked part
+#: (also at least this share of the slices: :data:`BLANK_SLICE_SHARE`).
+MIN_BLANK_SLICES = 2
+BLANK_SLICE_SHARE = 0.1
+
+
+def blank_slice_problem(voxels: np.ndarray, slice_axis: int) -> str | None:
+    """What looks wrong when the first or last slices along ``slice_axis`` (the slowest axis in the file: a partial
+    copy ends there) are one block of exactly one value, or None."""
+    slices = np.moveaxis(np.asarray(voxels), slice_axis, 0).reshape(voxels.shape[slice_axis], -1)
+    constant = slices.min(axis=1) == slices.max(axis=1)
+    n = constant.size
+    for where, flags, values in (("last", constant[::-1], slices[::-1, 0]), ("first", constant, slices[:, 0])):
+        run = int(np.argmin(flags)) if not flags.all() else n
+        while run > 0 and (values[:run] != values[0]).any():
+            run -= 1
+        if run >= max(MIN_BLANK_SLICES, BLANK_SLICE_SHARE * n):
+            return (f"the {where} {run} of {n} slices are all exactly {float(values[0]):g}: looks like a partial copy "
+                    f"or a blanked part of the scan")
     return None
 
 
 def check_phase_voxels(voxels: np.ndarray, size_xyz: Sequence[int], path: str,
-                       allow_unusual_intensities: bool = False) -> None:
+                       allow_unusual_intensities: bool = False, slice_axis: int = 0) -> None:
     """The checks of a phase image beyond readability: not constant, at least 4 voxels per axis of ``size_xyz``
-    and, unless ``allow_unusual_intensities``, CT values in HU (:func:`ct_value_problem`)."""
+    and, unless ``allow_unusual_intensities``, CT values in HU (:func:`ct_value_problem`) and no block of constant
+    slices at the head or tail along ``slice_axis`` of ``voxels`` (:func:`blank_slice_problem`; 0 for SimpleITK's
+    (z, y, x) arrays, 2 for nibabel's (x, y, z))."""
     check_not_constant(voxels, path)
     check_volume_size(size_xyz, path)
     if not allow_unusual_intensities:
-        problem = ct_value_problem(voxels)
+        problem = ct_value_problem(voxels) or blank_slice_problem(voxels, slice_axis)
         if problem is not None:
             raise HPNInputError(f"{path}: {problem} (--allow-unusual-intensities accepts it)")
+
+
+def _same_file(first: str, second: str) -> bool:
+    first_path, second_path = Path(first), Path(second)
+    if not (first_path.exists() and second_path.exists()):
+        return False
+    return first_path.resolve() == second_path.resolve() or os.path.samefile(first_path, second_path)
+
+
+def check_distinct_phases(phases: Mapping[str, tuple[str, np.ndarray | None]]) -> None:
+    """HPNInputError when two phases (phase -> (file or folder, voxels or None)) are one file or hold exactly the
+    same voxels: one scan given twice, which a multi-phase model would take for two."""
+    seen: list[tuple[str, str, np.ndarray | None]] = []
+    for phase, (path, voxels) in phases.items():
+        for other, other_path, other_voxels in seen:
+            if _same_file(str(path), other_path):
+                raise HPNInputError(f"{path}: given as both {other} and {phase}; each phase needs its own scan")
+            if voxels is not None and other_voxels is not None and voxels.shape == other_voxels.shape \
+                    and np.array_equal(voxels, other_voxels):
+                raise HPNInputError(f"{path}: the same voxels as {other_path} ({other}); the {phase} phase must be "
+                                    f"its own scan")
+        seen.append((phase, str(path), voxels))
 
 
 def dicom_file_names(folder: Path) -> list[str]:

@@ -68,6 +68,36 @@ def atomic_file(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def atomic_files(paths: Sequence[Path], remove: Iterable[Path] = ()) -> Iterator[list[Path]]:
+    """Yields a temporary path next to each of ``paths`` (same file endings); when the block succeeds every one
+    replaces its target and the files of ``remove`` that are not among ``paths`` are deleted (an earlier run's
+    output this run does not write), else every temporary is removed: the outputs of one piece of work appear
+    together or not at all."""
+    targets = [Path(path) for path in paths]
+    temporaries: list[Path] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale(target.parent, target.name)
+            suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".nii.gz") else target.suffix
+            handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=_hidden_prefix(target.name, "tmp"),
+                                                 suffix=suffix)
+            os.close(handle)
+            temporaries.append(Path(temporary))
+        yield list(temporaries)
+        for temporary, target in zip(temporaries, targets):
+            os.chmod(temporary, _permissions(directory=False))
+            os.replace(temporary, target)
+        written = {target.resolve() for target in targets}
+        for path in remove:
+            if Path(path).resolve() not in written:
+                Path(path).unlink(missing_ok=True)
+    finally:
+        for temporary in temporaries:
+            temporary.unlink(missing_ok=True)
+
+
 def write_text_atomically(path: Path, text: str) -> None:
     """``path`` holds ``text`` afterwards, or is unchanged if writing failed."""
     with atomic_file(path) as temporary:
@@ -181,12 +211,71 @@ def check_output_location(output: Path, kind: str, option: str) -> None:
 
 
 def check_output_not_input(output: Path, inputs: Iterable[Path], option: str, folder: bool = False) -> None:
-    """HPNInputError if ``output`` is one of ``inputs`` or lies inside one (a DICOM folder), or, for an output
-    ``folder``, holds one: inputs are never overwritten. ``option`` names the flag that set ``output``."""
+    """HPNInputError if ``output`` is one of ``inputs`` or lies inside one (a DICOM folder, a truth folder), or, for
+    an output ``folder``, holds one: inputs are never overwritten. ``option`` names the flag that set ``output``."""
     target = Path(output).resolve()
     for source in inputs:
         source = Path(source).resolve()
-        if target == source or source in target.parents:
+        if target == source:
             raise HPNInputError(f"{output}: {option} would overwrite the input {source}; choose another path")
+        if source in target.parents:
+            raise HPNInputError(f"{output}: {option} lies inside the input folder {source}; choose another path")
         if folder and target in source.parents:
             raise HPNInputError(f"{output}: {option} is a folder holding the input {source}; choose another path")
+
+
+#: Folders of an nnU-Net raw dataset that hold its images and labels (with its dataset.json: protected).
+RAW_DATASET_FOLDERS: tuple[str, ...] = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
+
+
+def protected_folder(path: Path) -> str | None:
+    """What no command may write into that ``path`` (resolved) is or lies in, described, or None: a trained model
+    folder (``plans.json`` and ``dataset.json`` beside ``fold_*`` folders: plans, checkpoints, nnU-Net's fold
+    summaries), an nnU-Net preprocessed dataset (``dataset_fingerprint.json``: plans files, splits, data) or a raw
+    dataset's ``dataset.json`` and image and label folders."""
+    path = Path(path).resolve()
+    for folder in (path, *path.parents):
+        if not folder.is_dir():
+            continue
+        if (folder / "plans.json").is_file() and (folder / "dataset.json").is_file() \
+                and any(child.is_dir() for child in folder.glob("fold_*")):
+            return f"the trained model folder {folder}"
+        if (folder / "dataset_fingerprint.json").is_file():
+            return f"the nnU-Net preprocessed dataset {folder}"
+        if (folder / "dataset.json").is_file() and any((folder / name).is_dir() for name in RAW_DATASET_FOLDERS):
+            if path == folder / "dataset.json" or any(folder / name in (path, *path.parents)
+                                                     for name in RAW_DATASET_FOLDERS):
+                return f"the nnU-Net raw dataset {folder}"
+    return None
+
+
+def check_outputs(outputs: Sequence[tuple[Path, str, str]], inputs: Iterable[Path] = ()) -> None:
+    """Every output of one command checked before any work. ``outputs``: (path, option, "file" or "folder"). An
+    HPNInputError names the first output that equals another output of the command, is or lies inside an input
+    (``inputs``: files or folders such as a truth folder) or, as a folder, holds one, lies inside a protected folder
+    (:func:`protected_folder`), or cannot be written (:func:`check_output_location`)."""
+    inputs = [Path(path) for path in inputs]
+    seen: dict[Path, str] = {}
+    for path, option, kind in outputs:
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise HPNInputError(f"{path}: {option} is the same path as {seen[resolved]}; choose another path")
+        seen[resolved] = option
+        check_output_not_input(Path(path), inputs, option, folder=kind == "folder")
+        where = protected_folder(resolved)
+        if where is not None:
+            raise HPNInputError(f"{path}: {option} lies inside {where}; choose another path")
+        check_output_location(Path(path), kind, option)
+
+
+def replace_mode(folder: Path, marker: str, option: str) -> str:
+    """How an output ``folder`` of a command that writes a whole set of files (marked by the file ``marker``) is
+    published (:func:`published_folder`): "new" when absent or empty, "replace" when it holds an earlier set (the
+    marker); any other folder is an HPNInputError (its files are not the command's to replace)."""
+    folder = Path(folder)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return "new"
+    if (folder / marker).is_file():
+        return "replace"
+    raise HPNInputError(f"{folder}: {option} names a folder that holds other files and no {marker} of an earlier "
+                        f"run; choose a new or empty folder")

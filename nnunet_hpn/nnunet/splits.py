@@ -15,13 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import nnunetv2.paths as nnunet_paths
-from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
 from nnunet_hpn.io.publish import write_text_atomically
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.images import read_label
-from nnunet_hpn.labels import PDAC_SCHEME, LabelScheme, resolve_scheme
 from nnunet_hpn.io.listing import case_files
+from nnunet_hpn.labels import PDAC_SCHEME, LabelScheme, resolve_scheme
 
 SPLITS_FILE_NAME: str = "splits_final.json"
 DEFAULT_FILE_ENDING: str = ".nii.gz"
@@ -38,11 +37,10 @@ def _nnunet_folder(variable: str) -> Path:
 
 def resolve_preprocessed_dir(dataset: str | int) -> Path:
     """``$nnUNet_preprocessed/DatasetXXX_Name`` for a dataset id (``990``, ``"990"``) or name."""
-    try:
-        dataset_name = maybe_convert_to_dataset_name(dataset)
-    except (RuntimeError, ValueError) as error:
-        raise HPNInputError(f"dataset {dataset!r}: {str(error).strip().splitlines()[0]}") from None
-    return _nnunet_folder("nnUNet_preprocessed") / dataset_name
+    from nnunet_hpn.nnunet.dataset_names import dataset_name
+
+    folder = _nnunet_folder("nnUNet_preprocessed")
+    return folder / dataset_name(dataset)
 
 
 def _file_ending(json_candidates: list[Path]) -> str:

@@ -24,7 +24,7 @@ import SimpleITK as sitk
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 from tqdm import tqdm
 
-from nnunet_hpn.io.publish import check_output_location, check_output_not_input, exclusive_claim, published_folder
+from nnunet_hpn.io.publish import check_output_not_input, check_outputs, exclusive_claim, published_folder
 from nnunet_hpn.labels import PDAC_LABELS, PDAC_SCHEME, LabelScheme
 from nnunet_hpn.phases import PHASES, channel_file_name, reference_phase as reference_phase_rule
 from nnunet_hpn.pipeline.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
@@ -33,11 +33,11 @@ from nnunet_hpn.io.case_layout import CaseInputs, read_case_layout
 from nnunet_hpn.io.dicom_study import StagedStudies
 from nnunet_hpn.io.listing import case_folders
 from nnunet_hpn.io.images import check_finite as _check_finite
-from nnunet_hpn.io.images import check_phase_voxels
+from nnunet_hpn.io.images import check_distinct_phases, check_phase_voxels
 from nnunet_hpn.io.images import read_header as _read_header
 from nnunet_hpn.io.images import read_label
 from nnunet_hpn.io.images import read_file_voxels as _read_voxels
-from nnunet_hpn.io.geometry import check_overlap, check_same_grid
+from nnunet_hpn.io.geometry import MIN_VOXELS_PER_AXIS, check_overlap, check_same_grid
 from nnunet_hpn.pipeline.registration import METHODS, register_to_reference
 
 FILE_ENDING = ".nii.gz"
@@ -158,11 +158,14 @@ def _check_voxels_and_copy(case_dir: Path, dataset_dir: Path, layout: _Layout = 
     reference_path = phase_paths[layout.reference_index]
     images_dir = dataset_dir / ("imagesTr" if label_path is not None else "imagesTs")
     case_qc = {}
+    read: dict[str, tuple[str, np.ndarray]] = {}
     for channel, (phase, path) in enumerate(zip(layout.phases, phase_paths)):
         voxels = _read_voxels(path)
         _check_finite(voxels, str(path))
-        # nibabel's arrays are in (x, y, z) order: the shape is the size
-        check_phase_voxels(voxels, voxels.shape, str(path), layout.allow_unusual_intensities)
+        # nibabel's arrays are in (x, y, z) order: the shape is the size, the slices along the last axis
+        check_phase_voxels(voxels, voxels.shape, str(path), layout.allow_unusual_intensities, slice_axis=2)
+        read[phase] = (str(path), voxels)
+        check_distinct_phases(read)
         images_dir.mkdir(exist_ok=True)
         target = images_dir / channel_file_name(case_dir.name, channel, FILE_ENDING)
         if layout.register and path != reference_path:
@@ -204,12 +207,13 @@ def _convert_all(case_dirs: list[Path], dataset_dir: Path, layout: _Layout, boxe
     if n_processes <= 1 or len(case_dirs) <= 1:
         return sum(_check_voxels_and_copy(case_dir, dataset_dir, layout, progress, boxes.get(case_dir.name))
                    for case_dir in tqdm(case_dirs, **bar))
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
+
+    from nnunet_hpn.processes import worker_pool
 
     n_labelled = 0
     workers = min(n_processes, len(case_dirs))
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with worker_pool(workers) as pool:
         futures = [pool.submit(_convert_case_in_worker, case_dir, dataset_dir, layout, boxes.get(case_dir.name))
                    for case_dir in case_dirs]
         try:
@@ -347,7 +351,7 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     case_dirs = studies.case_dirs
     target = raw_root / f"Dataset{dataset_id:03d}_{name}"
     check_output_not_input(target, [in_dir], "--raw-root", folder=True)
-    check_output_location(raw_root, "folder", "--raw-root")
+    check_outputs([(raw_root, "--raw-root", "folder")], [in_dir])
     # one claim per dataset id (nnU-Net refuses two folders with one id): a second convert of the id waits its turn
     with exclusive_claim(raw_root / f".Dataset{dataset_id:03d}.lock", f"{raw_root}: dataset id {dataset_id}"):
         existing = sorted(path for path in raw_root.glob(f"Dataset{dataset_id:03d}_*") if path.is_dir())
@@ -363,6 +367,10 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
                     raise HPNInputError(f"{case_dir}: no {LABEL_FILE}; --crop-to-label needs a label in every case")
                 boxes[case_dir.name] = label_box(read_label(label_path, layout.scheme)[1], layout.crop_margin_mm,
                                                  str(label_path))
+                if min(boxes[case_dir.name].size_xyz) < MIN_VOXELS_PER_AXIS:  # convert's own gate would refuse it
+                    raise HPNInputError(f"{label_path}: the label's box + {layout.crop_margin_mm:g} mm is "
+                                        f"{tuple(boxes[case_dir.name].size_xyz)} voxels; a phase needs at least "
+                                        f"{MIN_VOXELS_PER_AXIS} along every axis (a larger --crop-to-label margin)")
         if all(_case_files(case_dir, layout)[1] is None for case_dir in case_dirs):
             raise HPNInputError(f"{in_dir}: no case has a {LABEL_FILE}, nothing to train on")
 

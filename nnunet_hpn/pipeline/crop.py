@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn.io.publish import check_output_location, published_folder, write_text_atomically
+from nnunet_hpn.io.publish import check_outputs, published_folder, write_text_atomically
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.geometry import Grid, grid_difference
 from nnunet_hpn.phases import channel_file_name
@@ -147,7 +147,8 @@ def uncrop_folder(pred_dir: Path, boxes_path: Path, reference_dir: Path, out_dir
                   file_ending: str = ".nii.gz", progress: bool = True) -> list[str]:
     """Paste every ``pred_dir/<case><file_ending>`` back onto the full grid of its reference image; the label maps
     go to ``out_dir`` (built hidden, moved into place when all cases succeeded; an existing ``out_dir`` must be
-    empty). Returns the cases."""
+    empty). Every prediction is checked as a label map of the scheme of the dataset.json beside it (default the
+    paper's). Returns the cases."""
     pred_dir, reference_dir, out_dir = Path(pred_dir), Path(reference_dir), Path(out_dir)
     boxes = read_boxes(boxes_path)
     from nnunet_hpn.evaluate.metrics import predicted_cases  # nnU-Net's evaluation: not needed by phantom / convert
@@ -158,12 +159,16 @@ def uncrop_folder(pred_dir: Path, boxes_path: Path, reference_dir: Path, out_dir
         raise HPNInputError(f"{pred_dir / (unknown[0] + file_ending)}: case not in {boxes_path}")
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise HPNInputError(f"{out_dir}: output exists and is not an empty folder")
-    check_output_location(out_dir, "folder", "-o")
+    check_outputs([(out_dir, "-o", "folder")], [pred_dir, Path(boxes_path), reference_dir])
     references = {case: find_reference(reference_dir, case, file_ending) for case in cases}
+    from nnunet_hpn.io.images import read_label
+    from nnunet_hpn.labels import resolve_scheme
+
+    scheme = resolve_scheme(None, [pred_dir])  # values outside it, or fractional, are refused: never pasted through
     with published_folder(out_dir, "new") as built:
         for case in tqdm(cases, desc="uncrop", unit="case", disable=not progress):
             prediction_path = pred_dir / f"{case}{file_ending}"
-            full = uncrop_image(sitk.ReadImage(str(prediction_path)), boxes[case],
+            full = uncrop_image(read_label(prediction_path, scheme)[1], boxes[case],
                                 sitk.ReadImage(str(references[case])), str(prediction_path))
             sitk.WriteImage(full, str(built / f"{case}{file_ending}"), useCompression=True)
     return cases

@@ -32,8 +32,8 @@ import SimpleITK as sitk
 from tqdm import tqdm
 
 from nnunet_hpn.errors import HPNInputError, HPNWarning
-from nnunet_hpn.io.publish import check_output_location, published_folder
 from nnunet_hpn.labels import HPN_KEY, PDAC_LABELS, LabelScheme, dataset_reference_phase
+from nnunet_hpn.io.publish import check_outputs, published_folder
 from nnunet_hpn.phases import channel_file_name, channel_files, channel_names
 from nnunet_hpn.pipeline.crop import CropBox, label_box
 
@@ -206,7 +206,7 @@ def write_locator_dataset(source_dir: Path, target_id: int, all_phases: bool = F
         raise HPNInputError(f"{existing[0]}: dataset id {target_id} already exists; pick another id")
     name = source_dir.name.split("_", 1)[1] if "_" in source_dir.name else source_dir.name
     target_dir = raw_root / f"Dataset{target_id:03d}_{name}Locator"
-    check_output_location(raw_root, "folder", "--raw-root")
+    check_outputs([(raw_root, "--raw-root", "folder")])
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
     with published_folder(target_dir, "new") as built:

@@ -29,7 +29,7 @@ import json
 import pickle
 import time
 import warnings
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -38,15 +38,16 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn.io.publish import (atomic_file, check_output_location, check_output_not_input, published_folder,
-                                   write_text_atomically)
+from nnunet_hpn.io.publish import atomic_files, check_outputs, published_folder, write_text_atomically
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.listing import case_folders
-from nnunet_hpn.io.dicom_seg import DICOM_SEG_ENDING, import_highdicom, write_dicom_seg
+from nnunet_hpn.processes import worker_pool
+from nnunet_hpn.io.dicom_seg import DICOM_SEG_ENDING, dicom_seg_for, import_highdicom
 from nnunet_hpn.io.case_layout import read_case_layout
 from nnunet_hpn.io.dicom_study import StagedStudies, check_series_folders_order
-from nnunet_hpn.io.images import IMAGE_FILE_ENDINGS, read_image
+from nnunet_hpn.io.images import IMAGE_FILE_ENDINGS, check_distinct_phases, read_image
 from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
+from nnunet_hpn.labels import LabelScheme, dataset_reference_phase
 from nnunet_hpn.phases import read_channel_names, reference_phase
 from nnunet_hpn.pipeline.crop import CropBox, crop_image, uncrop_image
 from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM, Locator, LocatorWarning
@@ -80,7 +81,8 @@ def check_model_folder(model_dir: Path, folds: Sequence[int | str], checkpoint: 
     channel_names = model_channel_names(model_dir)
     plans = model_dir / "plans.json"
     try:
-        json.loads(plans.read_text())
+        plans_content = json.loads(plans.read_text())
+        dataset_content = json.loads((model_dir / "dataset.json").read_text())
     except FileNotFoundError:
         raise HPNInputError(f"{plans}: missing; -m must be a trained model folder") from None
     except (OSError, ValueError):
@@ -100,16 +102,67 @@ def check_model_folder(model_dir: Path, folds: Sequence[int | str], checkpoint: 
         if trained and len(trained) != len(channel_names):
             raise HPNInputError(f"{model_dir / 'dataset.json'}: {len(channel_names)} channels "
                                 f"({', '.join(channel_names)}), but {path} was trained on {len(trained)}")
+        check_model_matches_checkpoint(model_dir, plans_content, dataset_content, saved["init_args"], path)
     return channel_names
 
 
-def prediction_reference(channel_names: Sequence[str], available: Sequence[str]) -> str:
-    """The phase whose grid the prediction is made on: :func:`nnunet_hpn.phases.reference_phase` among the given
+def check_model_matches_checkpoint(model_dir: Path, plans: dict, dataset: dict, init_args: dict,
+                                   checkpoint: Path) -> None:
+    """HPNInputError, before nnU-Net builds the network, when the model folder's ``plans.json`` or ``dataset.json``
+    disagree with what ``checkpoint`` was trained with (``init_args``): the configuration missing or resolving to
+    nothing, a patch size that is not positive, other network widths or another label set."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans_file, dataset_file = model_dir / "plans.json", model_dir / "dataset.json"
+    name = init_args.get("configuration")
+    if not isinstance(name, str):
+        return
+    try:
+        configuration = PlansManager(plans).get_configuration(name).configuration
+    except (KeyError, RuntimeError, TypeError, ValueError):
+        available = ", ".join(plans.get("configurations", {})) if isinstance(plans, dict) else ""
+        raise HPNInputError(f"{plans_file}: no usable configuration '{name}', which {checkpoint} was trained with "
+                            f"(configurations: {available or 'none'})") from None
+    patch = configuration.get("patch_size")
+    if not isinstance(patch, list) or not patch or any(not isinstance(p, int) or p < 1 for p in patch):
+        raise HPNInputError(f"{plans_file}: configuration '{name}' has patch size {patch}; every edge must be a "
+                            f"whole number of at least 1")
+    trained_plans = init_args.get("plans", {})
+    try:
+        trained = PlansManager(trained_plans).get_configuration(name).configuration
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError):
+        trained = None
+    if trained is not None:
+        widths = configuration.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
+        trained_widths = trained.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
+        if trained_widths is not None and widths != trained_widths:
+            raise HPNInputError(f"{plans_file}: configuration '{name}' has features per stage {widths}, but "
+                                f"{checkpoint} was trained with {trained_widths}")
+    labels, trained_labels = dataset.get("labels"), init_args.get("dataset_json", {}).get("labels")
+    if isinstance(labels, dict) and isinstance(trained_labels, dict) and labels != trained_labels:
+        raise HPNInputError(f"{dataset_file}: labels {labels}, but {checkpoint} was trained with {trained_labels}")
+
+
+def model_reference_phase(model_dir: Path) -> str:
+    """The model's reference phase: the one stored in its dataset.json (:func:`nnunet_hpn.labels.
+    dataset_reference_phase`: ``convert --reference-phase``), else the rule of the phases."""
+    dataset_json = Path(model_dir) / "dataset.json"
+    try:
+        meta = json.loads(dataset_json.read_text())
+    except (OSError, ValueError):
+        raise HPNInputError(f"{dataset_json}: missing or unreadable") from None
+    return dataset_reference_phase(meta, where=str(dataset_json))
+
+
+def prediction_reference(channel_names: Sequence[str], available: Sequence[str], preferred: str | None = None
+                         ) -> str:
+    """The phase whose grid the prediction is made on: ``preferred`` (the model's reference phase,
+    :func:`model_reference_phase`) when given, else :func:`nnunet_hpn.phases.reference_phase` among the given
     phases, in the model's channel order."""
     given = [phase for phase in channel_names if phase in available]
     if not given:
         raise HPNInputError(f"none of the model's phases ({', '.join(channel_names)}) was given")
-    return reference_phase(given)
+    return preferred if preferred in given else reference_phase(given)
 
 
 def align_phases(phases: Mapping[str, sitk.Image], reference: str, method: str = "demons",
@@ -146,20 +199,23 @@ class AlignedCase:
 
 
 def align_case(phases: Mapping[str, sitk.Image], channel_names: Sequence[str], method: str = "demons",
-               names: Mapping[str, str] | None = None, progress: bool = True) -> AlignedCase:
-    """The phases of one case checked against the model's channels and registered onto the reference phase."""
+               names: Mapping[str, str] | None = None, progress: bool = True,
+               preferred_reference: str | None = None) -> AlignedCase:
+    """The phases of one case checked against the model's channels and registered onto the reference phase
+    (:func:`prediction_reference`)."""
     check_phase_names(list(phases), channel_names)
-    reference = prediction_reference(channel_names, list(phases))
+    reference = prediction_reference(channel_names, list(phases), preferred_reference)
     aligned, qc = align_phases(phases, reference, method, names, progress)
     return AlignedCase(aligned, reference, qc, {phase: str(name) for phase, name in (names or {}).items()})
 
 
 def read_and_align_case(phase_paths: Mapping[str, Path], channel_names: Sequence[str], method: str,
-                        allow_unusual_intensities: bool, progress: bool = False) -> AlignedCase:
+                        allow_unusual_intensities: bool, progress: bool = False,
+                        preferred_reference: str | None = None) -> AlignedCase:
     """Read (input gate of :func:`read_image`) and register one case; the unit of work of ``-npp`` processes."""
-    images = {phase: read_image(path, allow_unusual_intensities) for phase, path in phase_paths.items()}
+    images = read_distinct_phases(phase_paths, allow_unusual_intensities)
     return align_case(images, channel_names, method, {phase: str(path) for phase, path in phase_paths.items()},
-                      progress)
+                      progress, preferred_reference)
 
 
 def nnunet_properties(reference: sitk.Image) -> dict:
@@ -181,12 +237,6 @@ def _image_suffix(path: Path) -> str:
     raise HPNInputError(f"{path}: output must end with one of {', '.join(IMAGE_FILE_ENDINGS)}")
 
 
-def write_image_atomically(image: sitk.Image, path: Path) -> None:
-    """``image`` written to ``path`` (compressed where the format allows), complete or not at all."""
-    with atomic_file(Path(path), suffix=_image_suffix(Path(path))) as temporary:
-        sitk.WriteImage(image, str(temporary), useCompression=True)
-
-
 def check_phase_names(phases: Sequence[str] | Mapping[str, Path], channel_names: Sequence[str]) -> None:
     """HPNInputError for a phase the model does not have (more or other channels than the model was trained on),
     naming its file where ``phases`` maps names to paths."""
@@ -206,7 +256,18 @@ def read_phase_images(phase_paths: Mapping[str, Path], channel_names: Sequence[s
     check_phase_names(phase_paths, channel_names)
     _image_suffix(Path(out_path))
     check_series_folders_order(phase_paths)
-    return {phase: read_image(path, allow_unusual_intensities) for phase, path in phase_paths.items()}
+    return read_distinct_phases(phase_paths, allow_unusual_intensities)
+
+
+def read_distinct_phases(phase_paths: Mapping[str, Path], allow_unusual_intensities: bool = False
+                         ) -> dict[str, sitk.Image]:
+    """Every phase read through the input gate (:func:`nnunet_hpn.io.images.read_image`); no two of them one file
+    or the same voxels (:func:`nnunet_hpn.io.images.check_distinct_phases`)."""
+    check_distinct_phases({phase: (str(path), None) for phase, path in phase_paths.items()})
+    images = {phase: read_image(path, allow_unusual_intensities) for phase, path in phase_paths.items()}
+    check_distinct_phases({phase: (str(phase_paths[phase]), sitk.GetArrayViewFromImage(image))
+                           for phase, image in images.items()})
+    return images
 
 
 def _case_inputs(case_dir: Path, channel_names: Sequence[str]) -> dict[str, Path]:
@@ -254,23 +315,21 @@ def uncrop_probabilities(probabilities: np.ndarray, box: CropBox) -> np.ndarray:
     return full
 
 
-def check_dicom_seg_input(phase_paths: Mapping[str, Path], channel_names: Sequence[str]) -> None:
+def check_dicom_seg_input(phase_paths: Mapping[str, Path], channel_names: Sequence[str],
+                          preferred_reference: str | None = None) -> None:
     """``--output-format dicom-seg`` needs highdicom and the reference phase given as a DICOM series folder."""
     import_highdicom()
-    reference = prediction_reference(channel_names, list(phase_paths))
+    reference = prediction_reference(channel_names, list(phase_paths), preferred_reference)
     if not Path(phase_paths[reference]).is_dir():
         raise HPNInputError(f"{phase_paths[reference]}: --output-format dicom-seg needs the {reference} phase as a "
                             f"DICOM series folder (the Segmentation references its instances)")
 
 
-def write_probabilities(probabilities: np.ndarray, properties: dict, truncated: Path) -> None:
+def write_probabilities(probabilities: np.ndarray, properties: dict, npz: Path, pkl: Path) -> None:
     """nnU-Net's probability export (:func:`probability_files`): the ``.npz`` (key ``probabilities``) and the
-    ``.pkl`` (the image properties), each complete or not at all."""
-    npz, pkl = probability_files(truncated)
-    with atomic_file(npz, suffix=".npz") as temporary:
-        np.savez_compressed(temporary, probabilities=probabilities)
-    with atomic_file(pkl, suffix=".pkl") as temporary:
-        temporary.write_bytes(pickle.dumps(properties))
+    ``.pkl`` (the image properties)."""
+    np.savez_compressed(npz, probabilities=probabilities)
+    Path(pkl).write_bytes(pickle.dumps(properties))
 
 
 class HPNPredictor:
@@ -291,6 +350,8 @@ class HPNPredictor:
 
         model_dir = Path(model_dir)
         self.channel_names = check_model_folder(model_dir, folds, checkpoint)
+        self.reference_phase = model_reference_phase(model_dir)
+        self.scheme = LabelScheme.read(model_dir / "dataset.json")  # the DICOM Segmentation's segments
         if registration not in METHODS:
             raise HPNInputError(f"{model_dir}: registration {registration!r} is not one of {list(METHODS)}")
         if device not in ("cpu", "cuda"):
@@ -304,7 +365,7 @@ class HPNPredictor:
         self.output_format = output_format
         self.locator, self.locator_margin_mm, self.strict = locator, locator_margin_mm, strict
         if locator is not None:
-            locator.check_phases(self.channel_names, reference_phase(self.channel_names))
+            locator.check_phases(self.channel_names, self.reference_phase)
         self.allow_unusual_intensities = allow_unusual_intensities
         self.progress = progress
         if not 0 < step_size <= 1:
@@ -319,7 +380,8 @@ class HPNPredictor:
     def predict_images(self, phases: Mapping[str, sitk.Image], names: Mapping[str, str] | None = None
                        ) -> CasePrediction:
         """Label map (uint8) of one case given its phase images (any grids that overlap in physical space)."""
-        return self.predict_aligned(align_case(phases, self.channel_names, self.registration, names, self.progress))
+        return self.predict_aligned(align_case(phases, self.channel_names, self.registration, names, self.progress,
+                                               self.reference_phase))
 
     def predict_aligned(self, case: AlignedCase) -> CasePrediction:
         """Label map (uint8) of one registered case (:func:`align_case`) on its reference grid. With a locator: HPN
@@ -380,22 +442,34 @@ class HPNPredictor:
     def write(self, result: CasePrediction, phase_paths: Mapping[str, Path], out_path: Path,
               qc_path: Path | None = None) -> None:
         """The label map at ``out_path``, nnU-Net's ``.npz`` / ``.pkl`` beside it (with probabilities), the DICOM
-        Segmentation beside it (``dicom-seg``) and the QC."""
-        write_image_atomically(result.label, Path(out_path))
+        Segmentation beside it (``dicom-seg``) and the QC: all of them, or (when one fails) none."""
+        out_path = Path(out_path)
+        targets = [out_path]
         if result.probabilities is not None:
-            write_probabilities(result.probabilities, result.properties, truncated_name(Path(out_path)))
+            targets += probability_files(truncated_name(out_path))
         if self.output_format == "dicom-seg":
-            write_dicom_seg(result.label, Path(phase_paths[result.reference_phase]),
-                            dicom_seg_file(truncated_name(Path(out_path))))
+            targets.append(dicom_seg_file(truncated_name(out_path)))
         if qc_path is not None:
-            record = {"reference_phase": result.reference_phase,
-                      "inputs": {phase: str(path) for phase, path in phase_paths.items()},
-                      "missing_phases": result.missing_phases, "phases": result.qc}
-            if result.missing_phases:
-                record["missing_phase_policy"] = missing_phase_message(result.missing_phases, self.channel_names)
-            if result.locator is not None:
-                record["locator"] = result.locator
-            write_text_atomically(Path(qc_path), json.dumps(record, indent=2))
+            targets.append(Path(qc_path))
+        with atomic_files(targets) as temporaries:
+            written = dict(zip(targets, temporaries))
+            sitk.WriteImage(result.label, str(written[out_path]), useCompression=True)
+            if result.probabilities is not None:
+                write_probabilities(result.probabilities, result.properties,
+                                    *(written[path] for path in probability_files(truncated_name(out_path))))
+            if self.output_format == "dicom-seg":
+                dicom_seg_for(result.label, Path(phase_paths[result.reference_phase]), self.scheme).save_as(
+                    str(written[dicom_seg_file(truncated_name(out_path))]))
+            if qc_path is not None:
+                record = {"reference_phase": result.reference_phase,
+                          "inputs": {phase: str(path) for phase, path in phase_paths.items()},
+                          "missing_phases": result.missing_phases, "phases": result.qc}
+                if result.missing_phases:
+                    record["missing_phase_policy"] = missing_phase_message(result.missing_phases,
+                                                                           self.channel_names)
+                if result.locator is not None:
+                    record["locator"] = result.locator
+                written[Path(qc_path)].write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -432,13 +506,11 @@ def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Pat
         outputs.append((dicom_seg_file(truncated_name(Path(out_path))), "--output-format dicom-seg"))
     if qc_path is not None:
         outputs.append((qc_path, "--qc"))
-    for path, flag in outputs:
-        check_output_not_input(Path(path), phase_paths.values(), flag)
-        check_output_location(Path(path), "file", flag)
+    check_outputs([(Path(path), flag, "file") for path, flag in outputs], phase_paths.values())
     channel_names = model_channel_names(Path(model_dir))
     if output_format == "dicom-seg":
         check_phase_names(phase_paths, channel_names)
-        check_dicom_seg_input(phase_paths, channel_names)
+        check_dicom_seg_input(phase_paths, channel_names, model_reference_phase(Path(model_dir)))
     images = read_phase_images(phase_paths, channel_names, out_path, allow_unusual_intensities)  # before the models
     predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
                              allow_unusual_intensities, step_size, save_probabilities,
@@ -462,20 +534,20 @@ def select_part(cases: Sequence[str], num_parts: int, part_id: int) -> list[str]
 
 
 def _aligned_cases(inputs: Mapping[str, Mapping[str, Path]], channel_names: Sequence[str], registration: str,
-                   allow_unusual_intensities: bool, n_processes: int, progress: bool) -> Iterator[AlignedCase]:
+                   allow_unusual_intensities: bool, n_processes: int, progress: bool,
+                   preferred_reference: str | None = None) -> Iterator[AlignedCase]:
     """The cases of ``inputs`` read and registered in order: in this process, or ``n_processes`` worker processes
     working at most ``2 × n_processes`` cases ahead (so a long folder is never all in memory)."""
     if n_processes <= 1:
         for phase_paths in inputs.values():
-            yield read_and_align_case(phase_paths, channel_names, registration, allow_unusual_intensities, progress)
+            yield read_and_align_case(phase_paths, channel_names, registration, allow_unusual_intensities, progress,
+                                      preferred_reference)
         return
-    import multiprocessing
-
-    with ProcessPoolExecutor(n_processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with worker_pool(n_processes) as pool:
         pending: list[Future] = []
         for phase_paths in inputs.values():
             pending.append(pool.submit(read_and_align_case, phase_paths, channel_names, registration,
-                                       allow_unusual_intensities))
+                                       allow_unusual_intensities, False, preferred_reference))
             if len(pending) >= 2 * n_processes:
                 yield pending.pop(0).result()
         for future in pending:
@@ -498,7 +570,8 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     case_dirs = case_folders(in_dir)
     channel_names = model_channel_names(Path(model_dir))
-    studies = StagedStudies(case_dirs, channel_names, reference_phase(channel_names), phase_map, nifti=False)
+    reference = model_reference_phase(Path(model_dir))
+    studies = StagedStudies(case_dirs, channel_names, reference, phase_map, nifti=False)
     case_dirs = studies.case_dirs
     inputs = {case_dir.name: _case_inputs(case_dir, channel_names) for case_dir in case_dirs}
     inputs = {case: inputs[case] for case in select_part(list(inputs), num_parts, part_id)}
@@ -510,9 +583,8 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
         check_series_folders_order(phase_paths)  # phases named by DICOM folder: acquired in their order
     if output_format == "dicom-seg":
         for phase_paths in inputs.values():
-            check_dicom_seg_input(phase_paths, channel_names)
-    check_output_not_input(out_dir, [in_dir], "-o")
-    check_output_location(out_dir, "folder", "-o")
+            check_dicom_seg_input(phase_paths, channel_names, reference)
+    check_outputs([(out_dir, "-o", "folder")], [in_dir])
     predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
                              allow_unusual_intensities, step_size, save_probabilities,
                              *(two_stage or TwoStage()).load(device, checkpoint), output_format=output_format)
@@ -523,7 +595,7 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
             for name in ("dataset.json", "plans.json"):
                 write_text_atomically(staging / name, (Path(model_dir) / name).read_text())
         aligned = _aligned_cases(inputs, channel_names, registration, allow_unusual_intensities,
-                                 n_processes_preprocessing, progress and n_processes_preprocessing <= 1)
+                                 n_processes_preprocessing, progress and n_processes_preprocessing <= 1, reference)
         writes = []
         for (case, phase_paths), case_data in tqdm(zip(inputs.items(), aligned), total=len(inputs),
                                                    desc="predicting cases", unit="case", disable=not progress):

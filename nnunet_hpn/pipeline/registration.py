@@ -60,6 +60,10 @@ MIN_JACOBIAN = 0.01
 BODY_THRESHOLD_HU = -500.0
 
 
+#: Fraction of the fixed image's bounding box the moving image should cover; less is warned about.
+MIN_COVERAGE = 0.8
+
+
 class RegistrationWarning(HPNWarning):
     """A registration result that needs a look (worse similarity or surface distance, little overlap, folding)."""
 
@@ -551,8 +555,9 @@ def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label
         qc["warnings"].append(message)
         warnings.warn(f"{moving_name}: {message}", RegistrationWarning, stacklevel=3)
 
-    if overlap < 0.5:
-        warn(f"the moving image covers only {overlap:.0%} of the fixed image's bounding box")
+    if overlap < MIN_COVERAGE:
+        warn(f"the moving image covers only {overlap:.0%} of the fixed image's bounding box; outside it the "
+             f"registered image is empty")
 
     grid = working_grid(fixed, moving, settings)
     moving_grid = working_grid(moving, fixed, settings)
@@ -662,18 +667,20 @@ def register_files(fixed_path: Path, moving_path: Path, out_dir: Path, *, moving
                    fixed_label_path: Path | None = None, method: str = "demons", progress: bool = True,
                    allow_unusual_intensities: bool = False) -> RegistrationResult:
     """``nnunet-hpn register``: read the images (NIfTI files or DICOM series folders), register the moving one onto
-    the fixed grid, write ``out_dir/{warped,displacement,warped_label}.nii.gz`` and ``qc.json`` (each complete or
-    not at all; nothing is written when registration fails)."""
+    the fixed grid, write ``out_dir/{warped,displacement,warped_label}.nii.gz`` and ``qc.json`` (together or not at
+    all, an earlier run's file this run does not write removed; nothing is written when registration fails)."""
     import json
 
-    from nnunet_hpn.io.images import read_image, read_label
-    from nnunet_hpn.io.publish import atomic_file, check_output_location, check_output_not_input, write_text_atomically
+    from nnunet_hpn.io.images import check_distinct_phases, read_image, read_label
+    from nnunet_hpn.io.publish import atomic_files, check_outputs
 
     inputs = [Path(path) for path in (fixed_path, moving_path, moving_label_path, fixed_label_path) if path is not None]
-    check_output_not_input(out_dir, inputs, "-o", folder=True)
-    check_output_location(Path(out_dir), "folder", "-o")
+    check_outputs([(Path(out_dir), "-o", "folder")], inputs)
+    check_distinct_phases({"fixed": (str(fixed_path), None), "moving": (str(moving_path), None)})
     fixed = read_image(fixed_path, allow_unusual_intensities)
     moving = read_image(moving_path, allow_unusual_intensities)
+    check_distinct_phases({"fixed": (str(fixed_path), sitk.GetArrayViewFromImage(fixed)),
+                           "moving": (str(moving_path), sitk.GetArrayViewFromImage(moving))})
     labels = {}
     for key, path, image, image_path in (("moving", moving_label_path, moving, moving_path),
                                          ("fixed", fixed_label_path, fixed, fixed_path)):
@@ -684,11 +691,11 @@ def register_files(fixed_path: Path, moving_path: Path, out_dir: Path, *, moving
                                    method=method, progress=progress, fixed_name=str(fixed_path),
                                    moving_name=str(moving_path))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for key in ("warped", "displacement", "warped_label"):
-        image = getattr(result, key)
-        if image is not None:
-            with atomic_file(out_dir / OUTPUT_FILES[key], suffix=".nii.gz") as temporary:
-                sitk.WriteImage(image, str(temporary), useCompression=True)
-    write_text_atomically(out_dir / OUTPUT_FILES["qc"], json.dumps(result.qc, indent=2))
+    images = {key: getattr(result, key) for key in ("warped", "displacement", "warped_label")
+              if getattr(result, key) is not None}
+    targets = [out_dir / OUTPUT_FILES[key] for key in images] + [out_dir / OUTPUT_FILES["qc"]]
+    with atomic_files(targets, remove=[out_dir / name for name in OUTPUT_FILES.values()]) as temporaries:
+        for image, temporary in zip(images.values(), temporaries):
+            sitk.WriteImage(image, str(temporary), useCompression=True)
+        temporaries[-1].write_text(json.dumps(result.qc, indent=2), encoding="utf-8")
     return result

@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_hpn.io.publish import check_output_location, check_output_not_input, published_folder
+from nnunet_hpn.io.publish import check_outputs, published_folder
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.geometry import grid_difference
 from nnunet_hpn.io.images import read_label
-from nnunet_hpn.labels import PDAC_SCHEME, LabelScheme, resolve_scheme
 from nnunet_hpn.io.listing import case_files
+from nnunet_hpn.labels import PDAC_SCHEME, LabelScheme, resolve_scheme
 
 #: The paper's foreground labels from highest to lowest priority where two maps disagree: PDAC, duct, pancreas.
 LABEL_PRIORITY: tuple[int, ...] = tuple(PDAC_SCHEME.labels[name] for name in PDAC_SCHEME.union_precedence)
+
 
 def _ranks(scheme: LabelScheme) -> np.ndarray:
     """rank[value] -> priority (higher wins) of each label value of ``scheme``; background 0 ranks lowest."""
@@ -30,7 +31,6 @@ def _ranks(scheme: LabelScheme) -> np.ndarray:
     for position, name in enumerate(scheme.union_precedence):
         rank[scheme.labels[name]] = len(scheme.union_precedence) - position
     return rank
-
 
 
 def _check_label_array(label_map: np.ndarray, name: str, scheme: LabelScheme) -> np.ndarray:
@@ -116,11 +116,10 @@ def union_folders(input_dirs: list[Path], output_dir: Path, file_ending: str = "
     if len(input_dirs) < 2:
         raise HPNInputError(f"{input_dirs[0] if input_dirs else output_dir}: need at least 2 input folders for "
                             f"a union, got {len(input_dirs)}")
-    check_output_not_input(output_dir, input_dirs, "-o", folder=True)
+    check_outputs([(output_dir, "-o", "folder")], input_dirs)
+    cases = _matched_cases(input_dirs, file_ending)
     if scheme is None:
         scheme = resolve_scheme(None, input_dirs)
-    check_output_location(output_dir, "folder", "-o")
-    cases = _matched_cases(input_dirs, file_ending)
 
     with published_folder(output_dir, "merge") as staging:
         for case, files in cases.items():
