@@ -28,7 +28,8 @@ API (nothing here imports torch or nnunetv2):
   ``convert --labels``), ``dataset_json_fields()`` (what convert writes into dataset.json), ``values`` (every voxel
   value a label map may hold), ``target_values`` (target -> label values, the masks of :mod:`nnunet_hpn.evaluate`),
   ``lesion_values``, ``foreground_values``, ``label_values(name)``, ``class_index(name)`` (the network's output
-  channel of a label or region), ``nnunet_regions_or_labels`` (what nnU-Net's own evaluation scores),
+  channel of a label or region), ``per_class(by_name)`` (a per-class setting keyed by label name, as a list per
+  output channel), ``output_values`` (value in a predicted map -> name), ``nnunet_regions_or_labels`` (what nnU-Net's own evaluation scores),
   ``check_values(voxels, where)``;
 * :data:`PDAC_SCHEME` -- the paper's labels, targets "abnormal pancreas", "PDAC", "duct", lesion PDAC;
 * :func:`resolve_scheme` -- the scheme of a command's ``-djfile``, else of the first dataset.json found beside its
@@ -120,8 +121,6 @@ class LabelScheme:
                     or len(regions_class_order) != len(parsed) - 1):
                 raise HPNInputError(f"{where}: 'regions_class_order' must list one integer per region "
                                     f"({len(parsed) - 1}), got {regions_class_order!r}")
-            parsed = {name: value if isinstance(value, tuple) or name == "background" else (value,)
-                      for name, value in parsed.items()}
             order: Optional[tuple[int, ...]] = tuple(int(v) for v in regions_class_order)
         else:
             if regions_class_order is not None:
@@ -203,6 +202,19 @@ class LabelScheme:
         if self.regions_class_order is not None:
             return {int(value): name for value, name in zip(self.regions_class_order, self.foreground)}
         return {int(self.labels[name]): name for name in self.foreground}
+
+    def per_class(self, by_name: Mapping[str, float], default: float = 1.0, where: str = "per-class setting"
+                  ) -> list[float]:
+        """One value per network output channel (:meth:`class_index`: labels incl. background, or regions) from
+        values keyed by label name, ``default`` for the others; KeyError naming ``where`` for an unknown name."""
+        values = [float(default)] * (len(self.foreground) if self.has_regions else len(self.labels))
+        for name, value in by_name.items():
+            try:
+                values[self.class_index(name)] = float(value)
+            except KeyError:
+                raise KeyError(f"{where}: {name!r} is not a {'region' if self.has_regions else 'label'} of the "
+                               f"dataset ({', '.join(self.labels)})") from None
+        return values
 
     @property
     def nnunet_regions_or_labels(self) -> dict[str, Union[int, tuple[int, ...]]]:

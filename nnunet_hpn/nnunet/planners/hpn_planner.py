@@ -7,7 +7,7 @@ noncontrast, arterial, venous, delayed). Which paths are hyper-connected is the 
 * ``"all"`` (:class:`HPNPlanner`): every ordered pair of paths, all three kinds (enc->enc, enc->dec, dec->dec):
   3·K·(K-1) connections; for two phases the paper's six.
 * ``"star"`` (:class:`HPNStarPlanner`): only between the reference phase's path (``reference_phase``; default the
-  first channel, the phase the others are registered to) and each other path, both directions: 6·(K-1)
+  phase the others are registered to, as convert stored it) and each other path, both directions: 6·(K-1)
   connections, so every path's inputs grow by at most one other path's features, except the reference's. For
   K = 4: 18 instead of 36 connections; for K = 2 the same network as ``"all"``.
 * ``"ring"`` (:func:`hyper_connection_names`, for a subclass): path i with paths i±1 (mod K): 6·K connections for
@@ -26,7 +26,8 @@ from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.model.hyper_connections import all_hyper_connection_names
 from nnunet_hpn.model.network import HyperPairedResDSN, HyperPairedUNet
 from nnunet_hpn.nnunet.normalization import CLIP_KEY, HPNCTNormalization
-from nnunet_hpn.phases import HU_WINDOW, channel_names, reference_phase
+from nnunet_hpn.labels import dataset_reference_phase
+from nnunet_hpn.phases import HU_WINDOW, channel_names
 
 HPN_PLANS_NAME = "nnUNetHPNPlans"
 HPN_RESDSN_PLANS_NAME = "nnUNetHPNResDSNPlans"
@@ -78,7 +79,8 @@ class HPNPlanner(ExperimentPlanner):
     encoder_blocks_per_stage: Optional[int] = None
     #: which pairs of paths are hyper-connected: one of HYPER_CONNECTION_PATTERNS
     hyper_connection_pattern: str = "all"
-    #: hub of the "star" pattern, a dataset.json channel name (None: nnunet_hpn.phases.reference_phase's rule)
+    #: hub of the "star" pattern, a dataset.json channel name (None: the reference phase convert stored in
+    #: dataset.json, else nnunet_hpn.phases.reference_phase's rule)
     reference_phase: Optional[str] = None
     #: plans whose preprocessed data this planner reuses where the spacing cannot differ (None: its own data)
     reuses_data_of: Optional[str] = None
@@ -114,9 +116,11 @@ class HPNPlanner(ExperimentPlanner):
 
     @property
     def reference_path(self) -> int:
-        """Path of the reference phase (the "star" hub): :func:`nnunet_hpn.phases.reference_phase` of the channels
-        (``reference_phase`` if set, else arterial if present, else channel 0)."""
-        return self.phase_names.index(reference_phase(self.phase_names, self.reference_phase))
+        """Path of the reference phase (the "star" hub, ``hpn_reference_phase`` of the plans):
+        :func:`nnunet_hpn.labels.dataset_reference_phase` (``reference_phase`` if set, else the one convert stored
+        in dataset.json, else arterial if present, else channel 0)."""
+        return self.phase_names.index(dataset_reference_phase(self.dataset_json, self.reference_phase,
+                                                              f"{self.raw_dataset_folder}/dataset.json"))
 
     def hyper_connections(self) -> List[str]:
         """The connections of this planner's pattern for this dataset's phases."""
