@@ -549,6 +549,329 @@ SCENARIOS: Dict[str, Scenario] = {
 }
 
 
+# ------------------------------------------------------------------------------------------------ round 3: damage,
+# implausible input, one case layout, no traceback
+
+def _ct_with_air(seed: int, shape=SHAPE_ZYX) -> np.ndarray:
+    """:func:`_ct` inside a body; air (-1000 HU, noisy) outside it."""
+    volume = _ct(seed, shape).astype(np.float32)
+    rng = np.random.default_rng(seed + 7)
+    volume[:, :3, :] = volume[:, -3:, :] = rng.normal(-1000, 10, (shape[0], 3, shape[2]))
+    return volume.astype(np.int16)
+
+
+def _with_air(files: Dict[str, Path], key: str) -> Path:
+    _write(_image(_ct_with_air(3)), files[key])
+    return files[key]
+
+
+def _nifti_header_disagrees(path: Path) -> None:
+    """The image rewritten by nibabel with an sform of 2.5 mm voxels and pixdim 1 mm (ITK believes the pixdim)."""
+    import nibabel
+
+    voxels = np.asanyarray(nibabel.load(path).dataobj).copy()  # a copy: the file is rewritten below
+    image = nibabel.Nifti1Image(voxels, np.diag([2.5, 2.5, 2.5, 1.0]))
+    image.header.set_zooms((1.0, 1.0, 1.0))
+    image.header.set_sform(np.diag([2.5, 2.5, 2.5, 1.0]), code=1)
+    image.header.set_qform(None, code=0)
+    nibabel.save(image, path)
+
+
+def _blank_tail(path: Path) -> None:
+    """The last 40 % of the slices zero, as in a partial copy that a zero-filled download completed."""
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    array[int(0.6 * array.shape[0]):] = 0
+    _write(_image(array), path)
+
+
+def _copy_of(files: Dict[str, Path], source: str, target: str) -> Path:
+    shutil.copyfile(files[source], files[target])
+    return files[target]
+
+
+def _second_file_for_venous(files: Dict[str, Path]) -> Path:
+    second = files["venous"].with_name("venous.nii")
+    sitk.WriteImage(sitk.ReadImage(str(files["venous"])), str(second), useCompression=False)
+    return second
+
+
+_intercept_twice = _values(lambda hu: hu - 1024)
+_wrong_slope = _values(lambda hu: hu * 2)
+_padded_without_intercept = _values(lambda hu: np.where(np.arange(hu.size).reshape(hu.shape) % 10 == 0, -2000,
+                                                        hu + 1024))
+
+
+def _with_env_dataset(tmp: Path) -> Path:
+    """``$nnUNet_preprocessed/Dataset007_Bad`` (the test sets the variables onto ``tmp``)."""
+    folder = tmp / "preprocessed" / "Dataset007_Bad"
+    folder.mkdir(parents=True, exist_ok=True)
+    (tmp / "raw" / "Dataset007_Bad").mkdir(parents=True, exist_ok=True)
+    (tmp / "results").mkdir(exist_ok=True)
+    return folder
+
+
+def _cpu_config(extra: List[str], prepare: Optional[Callable[[Path, Path], Path]] = None):
+    """cpu-config on a copy of the model's plans (and a fingerprint of 24x48x48 images at its spacing)."""
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        folder = _with_env_dataset(tmp)
+        plans_file = Path(shutil.copyfile(model / "plans.json", folder / "nnUNetHPNPlans.json"))
+        spacing = json.loads(plans_file.read_text())["configurations"]["3d_fullres"]["spacing"]
+        (folder / "dataset_fingerprint.json").write_text(json.dumps(
+            {"shapes_after_crop": [[24, 48, 48]], "spacings": [spacing]}))
+        named = prepare(tmp, plans_file) if prepare is not None else plans_file
+        return ["cpu-config", "-d", "7", *extra], folder, named
+    return build
+
+
+def _trained_configuration(tmp: Path, plans_file: Path) -> Path:
+    from nnunet_hpn.nnunet.plans_tools import add_small_configuration
+
+    add_small_configuration(plans_file, "3d_cpu", patch_size=(16, 32, 32))
+    fold = tmp / "results" / "Dataset007_Bad" / "HPNTrainer__nnUNetHPNPlans__3d_cpu" / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / "checkpoint_final.pth").write_bytes(b"weights")
+    return plans_file
+
+
+def _evaluate_into_truth(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    argv, _, _ = _evaluate(lambda pred, truth: pred)(tmp, model)
+    summary = tmp / "truth" / "summary.json"
+    argv[argv.index("-o") + 1] = str(summary)
+    return argv, tmp / "truth", summary
+
+
+def _evaluate_csv_onto_json(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    argv, location, _ = _evaluate(lambda pred, truth: pred)(tmp, model)
+    argv[argv.index("-o") + 1] = str(location / "summary.csv")
+    return argv, location, location / "summary.csv"
+
+
+def _evaluate_same_folder(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    argv, location, _ = _evaluate(lambda pred, truth: pred)(tmp, model)
+    argv[2] = argv[1]
+    return argv, location, Path(argv[1])
+
+
+def _predict_qc(where: Callable[[Path, Path], Path]):
+    """One case with ``--qc where(model copy, -o)``."""
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        argv, location, named = _predict_with_model(lambda copy: copy)(tmp, model)
+        qc = where(Path(argv[argv.index("-m") + 1]), Path(argv[argv.index("-o") + 1]))
+        return [*argv, "--qc", str(qc)], location, qc
+    return build
+
+
+def _predict_twice_given(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    argv, location, _ = _predict(lambda files: files["arterial"])(tmp, model)
+    venous = tmp / "case" / "venous.nii.gz"
+    return [*argv, "--arterial", str(venous)], location, venous
+
+
+def _predict_options(extra: List[str], folder: bool = False):
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        make = _predict_folder(lambda case: case) if folder else _predict(lambda files: files["arterial"])
+        argv, location, _ = make(tmp, model)
+        return [*argv, *extra], location, Path(argv[argv.index("-o") + 1])
+    return build
+
+
+def _plans_change(change: Callable[[dict], None]):
+    """The model copy's plans.json changed by ``change`` (a dict of the 3d_tiny configuration and the plans)."""
+    def damage(model: Path) -> Path:
+        path = model / "plans.json"
+        plans = json.loads(path.read_text())
+        change(plans)
+        path.write_text(json.dumps(plans))
+        return path
+    return damage
+
+
+def _dataset_labels(model: Path) -> Path:
+    path = model / "dataset.json"
+    dataset = json.loads(path.read_text())
+    dataset["labels"]["extra"] = 4
+    path.write_text(json.dumps(dataset))
+    return path
+
+
+def _predict_unknown_dataset(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    argv, location, _ = _predict(lambda files: files["arterial"])(tmp, model)
+    _with_env_dataset(tmp)
+    at = argv.index("-m")
+    argv[at:at + 2] = ["-d", "999", "-c", "3d_fullres"]
+    return argv, location, Path("-d 999")
+
+
+def _phantom_into(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    out = tmp / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my own files")
+    return ["phantom", str(out), "--cases", "1"], out, out
+
+
+def _demo_into(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    _, out, _ = _phantom_into(tmp, model)
+    return ["demo", "--workdir", str(out)], out, out
+
+
+def _locator_unknown(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    folder = _with_env_dataset(tmp)
+    return ["locator-dataset", "-d", "PancreasDualPhase", "--target-id", "8"], folder.parents[1] / "raw", \
+        Path("-d PancreasDualPhase")
+
+
+def _register_same_file(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    argv, out, _ = _register(lambda files: files["arterial"])(tmp, model)
+    argv[argv.index("--moving") + 1] = argv[argv.index("--fixed") + 1]
+    return argv, out, Path(argv[argv.index("--fixed") + 1])
+
+
+def _crop_of_one_voxel(files: Dict[str, Path]) -> Path:
+    label = np.zeros(SHAPE_ZYX, dtype=np.uint8)
+    label[6, 12, 12] = 1
+    _write(_image(label), files["label"])
+    return files["label"]
+
+
+def _convert_crop(corrupt: Callable[[Dict[str, Path]], Path], margin: str):
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        argv, raw, named = _convert(corrupt)(tmp, model)
+        return [*argv, "--crop-to-label", margin], raw, named
+    return build
+
+
+SCENARIOS.update({
+    # things users cannot rebuild
+    "cpu-config/nnunet-configuration": Scenario("cpu-config", r"'2d' is one of nnU-Net's own configurations",
+                                                _cpu_config(["-c", "2d"]), needs_model=True),
+    "cpu-config/inherits-from-itself": Scenario("cpu-config", r"'3d_fullres' is the configuration it inherits from",
+                                                _cpu_config(["-c", "3d_fullres", "--patch-size", "16", "32", "32"]),
+                                                needs_model=True),
+    "cpu-config/trained-configuration": Scenario(
+        "cpu-config", r"configuration '3d_cpu' exists with other settings; 1 trained checkpoints use it",
+        _cpu_config(["-c", "3d_cpu", "--patch-size", "16", "16", "16"], _trained_configuration), needs_model=True),
+    "cpu-config/patch-larger-than-images": Scenario("cpu-config", r"larger than every image of the dataset",
+                                                    _cpu_config(["--patch-size", "64", "64", "64"]),
+                                                    needs_model=True),
+    "cpu-config/spacing-factor-too-coarse": Scenario("cpu-config", r"larger than every image|too coarse",
+                                                     _cpu_config(["--spacing-factor", "50"]), needs_model=True),
+    "cpu-config/name-not-a-folder-name": Scenario("cpu-config", r"configuration name '\.\./x' must be letters",
+                                                  _cpu_config(["-c", "../x"]), needs_model=True),
+    "cpu-config/unknown-dataset": Scenario("cpu-config", r"-d 777: no such dataset in .*\(datasets there: "
+                                           r"Dataset007_Bad\)", lambda tmp, model: (
+                                               ["cpu-config", "-d", "777"], _with_env_dataset(tmp), Path("-d 777"))),
+    "predict/qc-onto-model-plans": Scenario("predict", r"--qc lies inside the trained model folder",
+                                            _predict_qc(lambda model, out: model / "plans.json"), needs_model=True),
+    "predict/qc-onto-checkpoint": Scenario(
+        "predict", r"--qc lies inside the trained model folder",
+        _predict_qc(lambda model, out: model / "fold_0" / "checkpoint_final.pth"), needs_model=True),
+    "predict/qc-is-the-output": Scenario("predict", r"--qc is the same path as -o",
+                                         _predict_qc(lambda model, out: out), needs_model=True),
+    "evaluate/output-inside-truth": Scenario("evaluate", r"-o lies inside the input folder .*truth",
+                                             _evaluate_into_truth),
+    "evaluate/csv-onto-summary": Scenario("evaluate", r"is the same path as -o", _evaluate_csv_onto_json),
+    "phantom/folder-of-other-files": Scenario("phantom", r"holds other files and no phantoms\.json",
+                                              _phantom_into),
+    "demo/folder-of-other-files": Scenario("demo", r"holds other files and no phantoms_full/phantoms\.json",
+                                           _demo_into),
+    # implausible input
+    "evaluate/same-folder": Scenario("evaluate", r"PRED_DIR is GT_DIR", _evaluate_same_folder),
+    "predict/phase-given-twice": Scenario("predict", r"phase arterial given twice", _predict_twice_given,
+                                          needs_model=True),
+    "predict/same-file-both-phases": Scenario("predict", r"given as both arterial and venous", _predict(
+        lambda files: _replace(files, "venous", files["arterial"])), needs_model=True),
+    "predict/same-voxels": Scenario("predict", r"the same voxels as .*arterial\.nii\.gz", _predict(
+        lambda files: _copy_of(files, "arterial", "venous")), needs_model=True),
+    "predict/header-disagrees": Scenario("predict", r"NIfTI header disagrees with itself: the sform gives voxel "
+                                         r"sizes \(2\.5, 2\.5, 2\.5\) mm, pixdim \(1\.0, 1\.0, 1\.0\)",
+                                         _predict(lambda files: _uncompressed(files, "venous",
+                                                                              _nifti_header_disagrees)),
+                                         needs_model=True),
+    "predict/blank-tail": Scenario("predict", r"the last 5 of 12 slices are all exactly 0", _predict(
+        lambda files: _uncompressed(files, "arterial", _blank_tail)), needs_model=True),
+    "predict/intercept-twice": Scenario("predict", r"rescale intercept applied twice",
+                                        _predict(_then(_intercept_twice, "venous")), needs_model=True),
+    "predict/wrong-slope": Scenario("predict", r"below -1124 \(air is -1000 HU\)", _predict(
+        lambda files: (_with_air(files, "venous"), _wrong_slope(files["venous"]), files["venous"])[2]),
+        needs_model=True),
+    "predict/hu-plus-1024-with-padding": Scenario("predict", r"without the rescale intercept",
+                                                  _predict(_then(_padded_without_intercept, "arterial")),
+                                                  needs_model=True),
+    "convert/same-voxels": Scenario("convert", r"the same voxels as .*arterial\.nii\.gz",
+                                    _convert(lambda files: _copy_of(files, "arterial", "venous"))),
+    "convert/header-disagrees": Scenario("convert", r"NIfTI header disagrees with itself",
+                                         _convert(lambda files: _uncompressed(files, "arterial",
+                                                                              _nifti_header_disagrees))),
+    "convert/blank-tail": Scenario("convert", r"the last 5 of 12 slices are all exactly 0",
+                                   _convert(lambda files: _uncompressed(files, "venous", _blank_tail))),
+    "convert/intercept-twice": Scenario("convert", r"rescale intercept applied twice",
+                                        _convert(_then(_intercept_twice, "arterial"))),
+    "convert/crop-smaller-than-a-phase": Scenario("convert", r"the label's box \+ 1 mm is \(\d+, \d+, \d+\) voxels",
+                                                  _convert_crop(_crop_of_one_voxel, "1")),
+    "register/same-file": Scenario("register", r"given as both fixed and moving", _register_same_file),
+    "register/blank-tail": Scenario("register", r"slices are all exactly 0",
+                                    _register(lambda files: _uncompressed(files, "venous", _blank_tail))),
+    "register/header-disagrees": Scenario("register", r"NIfTI header disagrees with itself",
+                                          _register(lambda files: _uncompressed(files, "arterial",
+                                                                                _nifti_header_disagrees))),
+    # one case layout
+    "convert/two-files-one-phase": Scenario("convert", r"a second file for phase venous beside venous\.nii",
+                                            _convert(_second_file_for_venous)),
+    "predict/folder-two-files-one-phase": Scenario("predict", r"a second file for phase venous", _predict_folder(
+        lambda case: _second_file_for_venous({"venous": case / "venous.nii.gz"})), needs_model=True),
+    # no traceback: options that do nothing, model folders that disagree with their checkpoint, datasets by name
+    "predict/qc-in-folder-mode": Scenario("predict", r"--qc is for one case",
+                                          _predict_options(["--qc", "qc.json"], folder=True), needs_model=True),
+    "predict/locator-folds-without-locator": Scenario("predict", r"--locator-folds .* need --locator",
+                                                      _predict_options(["--locator-folds", "1"]), needs_model=True),
+    "predict/model-labels": Scenario("predict", r"labels .*'extra': 4.*, but .* was trained with",
+                                     _predict_with_model(_dataset_labels), needs_model=True),
+    "predict/model-widths": Scenario("predict", r"features per stage \[1, 2\], but .* was trained with",
+                                     _predict_with_model(_plans_change(lambda plans: plans["configurations"][
+                                         "3d_tiny"]["architecture"]["arch_kwargs"].update(
+                                         features_per_stage=[1, 2]))), needs_model=True),
+    "predict/model-patch-size-0": Scenario("predict", r"has patch size \[0, 32, 32\]",
+                                           _predict_with_model(_plans_change(lambda plans: plans["configurations"][
+                                               "3d_tiny"].update(patch_size=[0, 32, 32]))), needs_model=True),
+    "predict/model-without-configuration": Scenario("predict", r"no usable configuration '3d_tiny'",
+                                                    _predict_with_model(_plans_change(
+                                                        lambda plans: plans["configurations"].pop("3d_tiny"))),
+                                                    needs_model=True),
+    "predict/unknown-dataset": Scenario("predict", r"-d 999: no such dataset .*\(datasets there: Dataset007_Bad\)",
+                                        _predict_unknown_dataset, needs_model=True),
+    "locator-dataset/unknown-dataset": Scenario("locator-dataset", r"no such dataset .*Dataset007_Bad",
+                                                _locator_unknown),
+})
+
+#: Numeric options out of range: refused while the options are parsed (argparse: exit 2, the option named).
+OPTION_CASES: Dict[str, Tuple[List[str], str]] = {
+    "options/convert-crop-margin-huge": (["convert", "in", "-d", "7", "--name", "X", "--crop-to-label", "1e300"],
+                                         "--crop-to-label"),
+    "options/convert-dataset-id": (["convert", "in", "-d", "1000", "--name", "X"], "-d/--dataset-id"),
+    "options/predict-locator-margin-huge": (["predict", "-i", "in", "-m", "m", "-o", "o", "--locator-margin",
+                                             "1e300"], "--locator-margin"),
+    "options/predict-step-size-zero": (["predict", "-i", "in", "-m", "m", "-o", "o", "-step_size", "0"],
+                                       "-step_size/--step-size"),
+    "options/predict-part-id-negative": (["predict", "-i", "in", "-m", "m", "-o", "o", "-part_id", "-1"],
+                                         "-part_id"),
+    "options/split-seed-negative": (["split", "-d", "7", "--seed", "-1"], "--seed"),
+    "options/split-seed-huge": (["split", "-d", "7", "--seed", "1e20"], "--seed"),
+    "options/split-one-fold": (["split", "-d", "7", "--folds", "1"], "--folds"),
+    "options/cpu-config-patch-zero": (["cpu-config", "-d", "7", "--patch-size", "0", "32", "32"], "--patch-size"),
+    "options/cpu-config-patch-negative": (["cpu-config", "-d", "7", "--patch-size", "-16", "32", "32"],
+                                          "--patch-size"),
+    "options/cpu-config-patch-one-voxel": (["cpu-config", "-d", "7", "--patch-size", "1", "1", "1"],
+                                           "--patch-size"),
+    "options/cpu-config-spacing-factor-huge": (["cpu-config", "-d", "7", "--spacing-factor", "1000"],
+                                               "--spacing-factor"),
+    "options/cpu-config-features-zero": (["cpu-config", "-d", "7", "--base-features", "0"], "--base-features"),
+    "options/cpu-config-batch-size-zero": (["cpu-config", "-d", "7", "--batch-size", "0"], "--batch-size"),
+    "options/phantom-cases-zero": (["phantom", "out", "--cases", "0"], "--cases"),
+    "options/report-overlays-negative": (["report", "a=b", "--gt", "g", "-o", "r", "--overlays", "-1"],
+                                         "--overlays"),
+}
+
+
 @pytest.fixture
 def model_for(request) -> Callable[[Scenario], Optional[Path]]:
     """The tiny trained model of conftest's ``predict_model``, only for scenarios that need one."""
@@ -559,7 +882,9 @@ def model_for(request) -> Callable[[Scenario], Optional[Path]]:
 
 @pytest.mark.parametrize("scenario_id", sorted(SCENARIOS))
 def test_bad_input_exits_1_with_one_line_and_writes_nothing(scenario_id: str, tmp_path: Path, model_for,
-                                                            capsys: pytest.CaptureFixture) -> None:
+                                                            capsys: pytest.CaptureFixture, monkeypatch) -> None:
+    for variable in ("raw", "preprocessed", "results"):  # nnU-Net's folders, for -d scenarios
+        monkeypatch.setenv(f"nnUNet_{variable}", str(tmp_path / variable))
     scenario = SCENARIOS[scenario_id]
     argv, output, named = scenario.build(tmp_path, model_for(scenario))
     before = _snapshot(output)
@@ -586,7 +911,18 @@ def test_bad_input_exits_1_with_one_line_and_writes_nothing(scenario_id: str, tm
 
 def test_every_scenario_is_in_the_docs_table() -> None:
     documented = set(re.findall(r"^\| `([a-z0-9-]+/[a-z0-9-]+)` \|", DOC.read_text(), flags=re.MULTILINE))
-    assert documented == set(SCENARIOS)
+    assert documented == set(SCENARIOS) | set(OPTION_CASES)
+
+
+@pytest.mark.parametrize("case_id", sorted(OPTION_CASES))
+def test_numeric_options_are_range_checked_when_parsed(case_id: str, capsys: pytest.CaptureFixture) -> None:
+    argv, option = OPTION_CASES[case_id]
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"nnunet-hpn {argv[0]}: error: argument {option}: "), last
+    assert "Traceback" not in last
 
 
 def test_truncated_file_really_is_damaged(tmp_path: Path) -> None:
@@ -604,3 +940,61 @@ def test_unusual_intensities_are_accepted_with_the_override(tmp_path: Path, caps
     assert main(argv) == 1 and "--allow-unusual-intensities accepts it" in capsys.readouterr().err
     assert main([*argv, "--allow-unusual-intensities"]) == 0
     assert (raw / "Dataset007_Bad" / "imagesTr" / "case_a_0001.nii.gz").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ what is accepted
+
+def test_convert_takes_uncompressed_nifti_as_the_case_layout_says(tmp_path: Path) -> None:
+    argv, raw, _ = _convert(lambda files: _uncompressed(files, "venous"))(tmp_path, None)
+    assert main(argv) == 0
+    written = raw / "Dataset007_Bad" / "imagesTr" / "case_a_0001.nii.gz"
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(written))),
+                          sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "cases" / "case_a" / "venous.nii"))))
+
+
+def test_phantom_replaces_an_earlier_set_whole(tmp_path: Path) -> None:
+    out = tmp_path / "phantoms"
+    assert main(["phantom", str(out), "--cases", "2", "--seed", "1"]) == 0
+    assert main(["phantom", str(out), "--cases", "1", "--seed", "2"]) == 0
+    listed = [case["case_id"] for case in json.loads((out / "phantoms.json").read_text())["cases"]]
+    assert sorted(path.name for path in out.iterdir() if path.is_dir()) == listed == ["hpn_000"]
+
+
+def test_register_twice_leaves_only_the_second_runs_files(tmp_path: Path) -> None:
+    argv, out, _ = _register(lambda files: files["arterial"], with_labels=True)(tmp_path, None)
+    assert main(argv) == 0 and (out / "warped_label.nii.gz").is_file()
+    without_labels = argv[: argv.index("--moving-label")]
+    assert main(without_labels) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["displacement.nii.gz", "qc.json", "warped.nii.gz"]
+
+
+def test_report_keeps_files_it_did_not_write(tmp_path: Path) -> None:
+    first, second = _label_folders(tmp_path)
+    truth = tmp_path / "truth"
+    shutil.copytree(first, truth)
+    out = tmp_path / "report"
+    argv = ["report", f"a={first}", f"b={second}", "--gt", str(truth), "-o", str(out)]
+    assert main(argv) == 0
+    (out / "boxplot_mine.png").write_bytes(b"my own figure")
+    assert main(argv) == 0
+    assert (out / "boxplot_mine.png").read_bytes() == b"my own figure"
+
+
+def test_cpu_config_takes_a_dataset_name_notes_rounding_and_survives_concurrent_runs(
+        predict_model: Path, tmp_path: Path, monkeypatch, capsys: pytest.CaptureFixture) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from nnunet_hpn.nnunet.plans_tools import add_small_configuration
+
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "preprocessed"))
+    for variable in ("raw", "results"):
+        monkeypatch.setenv(f"nnUNet_{variable}", str(tmp_path / variable))
+    argv, folder, plans_file = _cpu_config([])(tmp_path, predict_model)
+    assert main(["cpu-config", "-d", "Bad", "-c", "3d_odd", "--patch-size", "17", "33", "31"]) == 0
+    out = capsys.readouterr().out
+    assert "note: patch size 17 33 31 rounded to" in out
+    with ThreadPoolExecutor(4) as pool:  # concurrent writers: every configuration lands, the file stays JSON
+        list(pool.map(lambda name: add_small_configuration(plans_file, name, patch_size=(16, 32, 32)),
+                      [f"3d_c{i}" for i in range(8)]))
+    configurations = json.loads(plans_file.read_text())["configurations"]
+    assert {f"3d_c{i}" for i in range(8)} | {"3d_odd"} <= set(configurations)

@@ -84,10 +84,8 @@ def _largest_image(plans_file: Path, spacing: Sequence[float]) -> list[int] | No
         return None
 
 
-def _check_replacement(plans_file: Path, plans: dict, name: str, parent: str, entry: dict, overwrite: bool) -> None:
-    """HPNInputError when ``entry`` may not become configuration ``name``: a name nnU-Net plans itself or the
-    parent, a name that is no folder name, an existing different configuration without ``overwrite``, or an
-    inheritance loop."""
+def _check_name(plans_file: Path, name: str, parent: str) -> None:
+    """HPNInputError for a configuration name that is no folder name, the parent's or one nnU-Net plans itself."""
     if not CONFIGURATION_NAME.fullmatch(name):
         raise HPNInputError(f"{plans_file}: configuration name {name!r} must be letters, digits and '_'")
     if name == parent:
@@ -96,6 +94,11 @@ def _check_replacement(plans_file: Path, plans: dict, name: str, parent: str, en
     if name in NNUNET_CONFIGURATIONS:
         raise HPNInputError(f"{plans_file}: '{name}' is one of nnU-Net's own configurations; choose another name "
                             f"with -c")
+
+
+def _check_replacement(plans_file: Path, plans: dict, name: str, entry: dict, overwrite: bool) -> None:
+    """HPNInputError when ``entry`` may not become configuration ``name``: an existing different configuration
+    without ``overwrite``, or an inheritance loop."""
     existing = plans["configurations"].get(name)
     if existing is not None and existing != entry and not overwrite:
         models = trained_models(plans_file, name)
@@ -133,6 +136,7 @@ def add_small_configuration(plans_file: Path, name: str = "3d_cpu", patch_size: 
     if not plans_file.is_file():
         raise HPNInputError(f"{plans_file}: plans file not found (run nnUNetv2_plan_and_preprocess first)")
     _check_numbers(plans_file, patch_size, base_features, max_features, batch_size, spacing_factor)
+    _check_name(plans_file, name, parent)
     with plans_lock(plans_file):
         try:
             plans = json.loads(plans_file.read_text())
@@ -144,7 +148,7 @@ def add_small_configuration(plans_file: Path, name: str = "3d_cpu", patch_size: 
                                 f"({str(error).splitlines()[0][:80]})") from None
         entry = json.loads(json.dumps(_small_configuration(plans_file, plans, name, patch_size, base_features,
                                                            max_features, batch_size, parent, spacing_factor)))
-        _check_replacement(plans_file, plans, name, parent, entry, overwrite)
+        _check_replacement(plans_file, plans, name, entry, overwrite)
         if plans["configurations"].get(name) != entry:
             plans["configurations"][name] = entry
             write_text_atomically(plans_file, json.dumps(plans, indent=4))
