@@ -13,7 +13,7 @@ import os
 import pydoc
 import random
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from nnunet_hpn.io.publish import atomic_file
 from nnunet_hpn.model.cpu_inference import use_onednn_for_cpu_inference
 from nnunet_hpn.budget import BUDGET_ENV, NO_TTA_ENV, SEED_ENV
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.labels import LabelScheme
 from nnunet_hpn.model.network import SINGLE_PATH_NETWORKS, HyperPairedUNet
 from nnunet_hpn.model.pairing_loss import pairing_loss
 from nnunet_hpn.augment.virtual_pairs import insert_virtual_pairs
@@ -83,15 +84,19 @@ def plans_backbone(configuration_manager: ConfigurationManager) -> str:
     return configuration_manager.network_arch_init_kwargs.get("backbone") or network_class.default_backbone
 
 
-def weight_cross_entropy(loss: nn.Module, weights: Sequence[float], n_classes: int, device: torch.device) -> None:
-    """Give every cross-entropy term inside nnU-Net's loss (Dice + CE, deep-supervision wrapper) a weight per class."""
+def weight_cross_entropy(loss: nn.Module, weights: Sequence[float], n_classes: int, device: torch.device,
+                         spatial_dims: int = 3) -> None:
+    """Give every cross-entropy term inside nnU-Net's loss (Dice + CE; for regions Dice + BCE, one channel per
+    region; deep-supervision wrapper) a weight per class (output channel). A BCE term's weight has shape
+    (C, 1, ..., 1) with ``spatial_dims`` ones, so that it scales each channel of (B, C, *spatial) outputs."""
     if len(weights) != n_classes:
         raise ValueError(f"{len(weights)} cross-entropy class weights for {n_classes} classes")
-    terms = [module for module in loss.modules() if isinstance(module, nn.CrossEntropyLoss)]
+    terms = [module for module in loss.modules() if isinstance(module, (nn.CrossEntropyLoss, nn.BCEWithLogitsLoss))]
     if not terms:
         raise ValueError(f"no cross-entropy term in {type(loss).__name__}")
+    vector = torch.tensor(weights, dtype=torch.float32, device=device)
     for term in terms:
-        term.weight = torch.tensor(weights, dtype=torch.float32, device=device)
+        term.weight = vector.view(-1, *(1,) * spatial_dims) if isinstance(term, nn.BCEWithLogitsLoss) else vector
 
 
 def unwrap_network(network: nn.Module) -> nn.Module:
@@ -156,8 +161,9 @@ class HPNTrainer(nnUNetTrainer):
     virtual_pair_alpha: Optional[float] = None
     #: epochs over which λ ramps linearly from 0 to ``pairing_loss_weight`` (0: the paper's constant λ)
     pairing_warmup_epochs: int = 0
-    #: cross-entropy weight per class (background, pancreas, PDAC, duct); None: nnU-Net's unweighted cross-entropy
-    ce_class_weights: Optional[Tuple[float, ...]] = None
+    #: cross-entropy weight per label (or region) name of the dataset, e.g. ``{"PDAC": 4.0, "duct": 4.0}``; labels not
+    #: named weigh 1 (:meth:`nnunet_hpn.labels.LabelScheme.per_class`); None: nnU-Net's unweighted cross-entropy
+    ce_class_weights: Optional[Mapping[str, float]] = None
     #: False: no test-time mirroring in the final validation and later predictions (``HPN_NO_TTA=1`` also sets it)
     test_time_mirroring: bool = True
     #: batch-1 CPU inference through oneDNN's convolutions (see :mod:`nnunet_hpn.model.cpu_inference`); False: PyTorch's
@@ -233,8 +239,13 @@ class HPNTrainer(nnUNetTrainer):
     def _build_loss(self) -> nn.Module:
         segmentation_loss = super()._build_loss()
         if self.ce_class_weights is not None:
-            weight_cross_entropy(segmentation_loss, self.ce_class_weights, self.label_manager.num_segmentation_heads,
-                                 self.device)
+            scheme = LabelScheme.from_dataset_json(self.dataset_json)
+            try:
+                weights = scheme.per_class(self.ce_class_weights, where=f"{type(self).__name__}.ce_class_weights")
+            except KeyError as error:
+                raise HPNInputError(error.args[0]) from None
+            weight_cross_entropy(segmentation_loss, weights, self.label_manager.num_segmentation_heads, self.device,
+                                 len(self.configuration_manager.patch_size))
         if self.pairing_loss_weight == 0 or getattr(unwrap_network(self.network), "n_paths", 1) < 2:
             return segmentation_loss
         return SegmentationPlusPairingLoss(segmentation_loss, lambda: unwrap_network(self.network),
@@ -440,7 +451,7 @@ class HPNTrainer_demo(_ShortTraining, HPNTrainer):
     short_budget = (40, 25, 1)
     pairing_warmup_epochs = 12
     demo_initial_lr = 0.03
-    ce_class_weights = (1.0, 1.0, 4.0, 4.0)
+    ce_class_weights = {"PDAC": 4.0, "duct": 4.0}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")) -> None:
