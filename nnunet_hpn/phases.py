@@ -3,7 +3,8 @@
 * the default phase names in channel order (:data:`PHASES`: ``_0000`` arterial, ``_0001`` venous); any K >= 2
   phases work, in the order of dataset.json's ``channel_names``;
 * the **reference phase** (:func:`reference_phase`): the grid of the label, of the registered phases and of the
-  prediction: the one asked for, else "arterial" when it is among the phases, else the first;
+  prediction: the one asked for, else "arterial" when it is among the phases, else the first (``convert`` stores the
+  one it used in dataset.json; :func:`nnunet_hpn.labels.dataset_reference_phase` reads it back for every later step);
 * the channel names of an nnU-Net dataset.json (:func:`channel_names`, :func:`read_channel_names`) and the channel
   file names (:func:`channel_file_name`);
 * the paper's HU window (:data:`HU_WINDOW`, §3.2: normalization, registration and figures);
