@@ -740,6 +740,20 @@ def _convert_crop(corrupt: Callable[[Dict[str, Path]], Path], margin: str):
     return build
 
 
+def _uncrop_label_values(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+    """A prediction with label 7 pasted back onto its full image (a box as big as the image)."""
+    prediction = _write(_image(_label()), tmp / "predictions" / "case_a.nii.gz")
+    _label_values(prediction)
+    _write(_image(_ct(0)), tmp / "full" / "case_a.nii.gz")
+    size = list(reversed(SHAPE_ZYX))
+    box = {"start_xyz": [0, 0, 0], "size_xyz": size, "full_size_xyz": size, "spacing_xyz": list(SPACING_XYZ),
+           "origin_xyz": [-10.0, 20.0, 5.0], "direction": [1, 0, 0, 0, 1, 0, 0, 0, 1]}
+    (tmp / "crop_boxes.json").write_text(json.dumps({"margin_mm": 5, "reference_phase": "arterial",
+                                                    "cases": {"case_a": box}}))
+    return ["uncrop", str(tmp / "predictions"), "--boxes", str(tmp / "crop_boxes.json"), "--reference",
+            str(tmp / "full"), "-o", str(tmp / "uncropped")], tmp / "uncropped", prediction
+
+
 SCENARIOS.update({
     # things users cannot rebuild
     "cpu-config/nnunet-configuration": Scenario("cpu-config", r"'2d' is one of nnU-Net's own configurations",
@@ -841,6 +855,7 @@ SCENARIOS.update({
                                         _predict_unknown_dataset, needs_model=True),
     "locator-dataset/unknown-dataset": Scenario("locator-dataset", r"no such dataset .*Dataset007_Bad",
                                                 _locator_unknown),
+    "uncrop/label-values": Scenario("uncrop", r"\[7\]|\{7\}", _uncrop_label_values),
 })
 
 #: Numeric options out of range: refused while the options are parsed (argparse: exit 2, the option named).
@@ -998,3 +1013,19 @@ def test_cpu_config_takes_a_dataset_name_notes_rounding_and_survives_concurrent_
                       [f"3d_c{i}" for i in range(8)]))
     configurations = json.loads(plans_file.read_text())["configurations"]
     assert {f"3d_c{i}" for i in range(8)} | {"3d_odd"} <= set(configurations)
+
+
+def test_registration_of_half_overlapping_phases_warns_about_coverage(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    argv, out, _ = _register(lambda files: files["arterial"])(tmp_path, None)
+    venous = Path(argv[argv.index("--moving") + 1])
+    image = sitk.ReadImage(str(venous))
+    origin = list(image.GetOrigin())
+    origin[0] += 0.5 * image.GetSize()[0] * image.GetSpacing()[0]  # half the image to the side
+    image.SetOrigin(origin)
+    _write(image, venous)
+    argv[argv.index("--method") + 1] = "none"
+    assert main(argv) == 0
+    warnings_shown = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert any(str(venous) in line and "covers only 50% of the fixed image's bounding box" in line
+               for line in warnings_shown), warnings_shown
