@@ -144,7 +144,8 @@ def test_memory_estimate_counts_k_paths_and_the_pattern(realistic_dataset, plann
     two = HPNPlanner(realistic_dataset)
     with torch.device("meta"):  # K = 2: nnU-Net's estimate of the default (dual-path, six connections) network
         previous = ExperimentPlanner.static_estimate_VRAM_usage(args[0], 2, 4, *args[1:])
-    assert two.static_estimate_VRAM_usage(args[0], 2, 4, *args[1:]) == previous
+    pairing_two = two.pairing_loss_feature_map_size(args[0], kwargs)
+    assert two.static_estimate_VRAM_usage(args[0], 2, 4, *args[1:]) == previous + pairing_two
     estimates = {}
     for planner_cls in (HPNPlanner, HPNStarPlanner):
         planner = planner_cls(realistic_dataset)
@@ -154,7 +155,8 @@ def test_memory_estimate_counts_k_paths_and_the_pattern(realistic_dataset, plann
             network = get_network_from_plans(args[1], dict(kwargs, hyper_connections=planner.hyper_connections()),
                                              args[3], 4, 4, allow_init=False)
         assert network.n_paths == 4
-        assert estimates[planner_cls.__name__] == network.compute_conv_feature_map_size(args[0])
+        assert estimates[planner_cls.__name__] == (network.compute_conv_feature_map_size(args[0])
+                                                   + planner.pairing_loss_feature_map_size(args[0], kwargs))
     assert estimates["HPNPlanner"] > estimates["HPNStarPlanner"] > 1.5 * previous
 
 
@@ -181,7 +183,7 @@ def test_planners_share_data_only_where_the_spacing_is_the_same(realistic_datase
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         monkeypatch.setenv(key, planned_dataset["env"][key])
     spacing_of: dict[str, list] = {}
-    lowres_spacings = {}
+    lowres_identifiers = {}
     for planner_cls in (HPNPlanner, HPNResDSNPlanner, HPNStarPlanner):
         planner = planner_cls(realistic_dataset)
         planner.plan_experiment()
@@ -193,5 +195,36 @@ def test_planners_share_data_only_where_the_spacing_is_the_same(realistic_datase
                 continue
             spacing = [round(float(s), 6) for s in config["spacing"]]
             assert spacing_of.setdefault(config["data_identifier"], spacing) == spacing, (planner_cls, name)
-        lowres_spacings[planner_cls.__name__] = tuple(configurations["3d_lowres"]["spacing"])
-    assert lowres_spacings["HPNResDSNPlanner"] != lowres_spacings["HPNPlanner"]
+        lowres_identifiers[planner_cls.__name__] = configurations["3d_lowres"]["data_identifier"]
+    # each network's memory search may end at another 3d_lowres spacing: every plans name keeps its own folder
+    assert len(set(lowres_identifiers.values())) == 3
+
+
+def test_memory_estimate_counts_the_pairing_loss_tensors(realistic_dataset, planned_dataset, monkeypatch):
+    """The pairing loss's tensors in the estimate: as many float32 maps as the loss saves for its backward pass
+    (counted with autograd's saved-tensor hooks) plus the two in flight, converted by nnU-Net's own reference."""
+    from nnunet_hpn.model.pairing_loss import pairing_loss, pairing_loss_float32_maps
+    from nnunet_hpn.nnunet.planners import HPNPlanner
+
+    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(key, planned_dataset["env"][key])
+    channels, patch = 4, (8, 16, 16)
+    for n_paths in (2, 3):
+        features = [torch.randn(1, channels, *patch, requires_grad=True) for _ in range(n_paths)]
+        inputs, saved = {f.data_ptr() for f in features}, {}
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            if tensor.data_ptr() not in inputs and tensor.numel() == channels * int(np.prod(patch)):
+                saved[tensor.data_ptr()] = tensor.dtype
+            return tensor
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            pairing_loss(features)
+        assert set(saved.values()) == {torch.float32}
+        assert pairing_loss_float32_maps(n_paths) == len(saved) + 2
+    planner = HPNPlanner(realistic_dataset)
+    kwargs = {"features_per_stage": [32, 64]}
+    size = planner.pairing_loss_feature_map_size((64, 128, 128), kwargs)
+    n_bytes = pairing_loss_float32_maps(2) * 32 * 64 * 128 * 128 * 4
+    # nnU-Net's reference: 560e6 units per sample at batch 2 fill 8 GB
+    assert size == pytest.approx(n_bytes / (8 * 2 ** 30 / (560e6 * 2)), rel=1e-6)
+    assert planner.estimate_in_gib(size, 2) == pytest.approx(2 * n_bytes / 2 ** 30, rel=1e-6)

@@ -52,6 +52,14 @@ def pearson_correlation(fa: Tensor, fb: Tensor) -> Tensor:
         return torch.where(defined, covariance / safe_denominator, torch.zeros_like(covariance))
 
 
+def pairing_loss_float32_maps(n_paths: int) -> int:
+    """How many float32 tensors of one path's features' size (C x voxels, per sample) :func:`pairing_loss` holds at
+    its peak, on top of the features themselves: each of the K·(K-1)/2 pairs keeps its two normalised deviations for
+    the backward pass (K·(K-1)), and the pair being computed has up to two more in flight (the float32 copy or the
+    rescaled features before centring, and a product)."""
+    return n_paths * (n_paths - 1) + 2
+
+
 def pairing_loss(features: Sequence[Tensor]) -> Tensor:
     """Eq. 1: minus the mean Pearson correlation over samples, channels and unordered pairs of paths.
 

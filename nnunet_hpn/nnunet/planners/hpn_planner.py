@@ -13,8 +13,9 @@ noncontrast, arterial, venous, delayed). Which paths are hyper-connected is the 
 * ``"ring"`` (:func:`hyper_connection_names`, for a subclass): path i with paths i±1 (mod K): 6·K connections for
   K >= 3 (= ``"all"`` for K = 3).
 
-The memory estimate behind nnU-Net's patch search builds the network with all K paths and exactly the connections
-of the pattern. The pairing loss averages over every pair of paths (``nnunet_hpn.model.pairing_loss``).
+The memory estimate behind nnU-Net's patch search builds the network with all K paths and exactly the
+connections of the pattern, and adds the pairing loss's own float32 tensors. The pairing loss averages over every
+pair of paths (``nnunet_hpn.model.pairing_loss``).
 """
 from typing import List, Optional, Tuple, Union
 
@@ -25,6 +26,7 @@ from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.model.hyper_connections import all_hyper_connection_names
 from nnunet_hpn.model.network import HyperPairedResDSN, HyperPairedUNet
+from nnunet_hpn.model.pairing_loss import pairing_loss_float32_maps
 from nnunet_hpn.nnunet.normalization import CLIP_KEY, HPNCTNormalization
 from nnunet_hpn.labels import dataset_reference_phase
 from nnunet_hpn.phases import HU_WINDOW, channel_names
@@ -68,9 +70,10 @@ class HPNPlanner(ExperimentPlanner):
     hyper-connected (``hyper_connection_pattern = "all"``).
 
     nnU-Net's own patch / batch search is kept: it shrinks the patch until the network's
-    ``compute_conv_feature_map_size`` (all K paths plus the hyper-connection tensors of the pattern) fits the same
-    memory target as nnU-Net's default planner (``-gpu_memory_target``, 8 GB by default). Every phase is clipped to
-    [-100, 240] HU and z-scored per case (:class:`~nnunet_hpn.nnunet.normalization.HPNCTNormalization`).
+    ``compute_conv_feature_map_size`` (all K paths plus the hyper-connection tensors of the pattern) plus the pairing
+    loss's tensors (:meth:`pairing_loss_feature_map_size`) fits the same memory target as nnU-Net's default planner
+    (``-gpu_memory_target``, 8 GB by default). Every phase is clipped to [-100, 240] HU and z-scored per case
+    (:class:`~nnunet_hpn.nnunet.normalization.HPNCTNormalization`).
     """
 
     network_class = HyperPairedUNet
@@ -132,7 +135,8 @@ class HPNPlanner(ExperimentPlanner):
     def static_estimate_VRAM_usage(self, patch_size: Tuple[int, ...], input_channels: int, output_channels: int,
                                    arch_class_name: str, arch_kwargs: dict,
                                    arch_kwargs_req_import: Tuple[str, ...]) -> int:
-        """nnU-Net's estimate for the network of these plans: one path per phase and the pattern's connections.
+        """nnU-Net's estimate for the network of these plans (one path per phase and the pattern's connections) plus
+        the pairing loss's tensors, per sample, in nnU-Net's units (feature-map elements).
 
         An instance method here (nnU-Net calls it on the planner): the estimate needs the dataset's phases and
         the pattern. Built on the meta device: no weights are allocated or initialised, which otherwise dominates
@@ -141,8 +145,31 @@ class HPNPlanner(ExperimentPlanner):
         arch_kwargs = {**arch_kwargs, "path_channels": list(range(self.n_phases)),
                        "hyper_connections": self.hyper_connections()}
         with torch.device("meta"):
-            return ExperimentPlanner.static_estimate_VRAM_usage(patch_size, input_channels, output_channels,
-                                                                arch_class_name, arch_kwargs, arch_kwargs_req_import)
+            network = ExperimentPlanner.static_estimate_VRAM_usage(patch_size, input_channels, output_channels,
+                                                                   arch_class_name, arch_kwargs,
+                                                                   arch_kwargs_req_import)
+        return network + self.pairing_loss_feature_map_size(patch_size, arch_kwargs)
+
+    def bytes_per_estimate_unit(self, n_spatial_dims: int = 3) -> float:
+        """Bytes of GPU memory per unit of the estimate and per sample, as nnU-Net's reference implies: the
+        reference value at the reference batch size fills the reference memory (``UNet_reference_val_corresp_GB``,
+        taken as GiB)."""
+        reference, batch = ((self.UNet_reference_val_3d, self.UNet_reference_val_corresp_bs_3d) if n_spatial_dims == 3
+                            else (self.UNet_reference_val_2d, self.UNet_reference_val_corresp_bs_2d))
+        return self.UNet_reference_val_corresp_GB * 2 ** 30 / (reference * batch)
+
+    def pairing_loss_feature_map_size(self, patch_size: Tuple[int, ...], arch_kwargs: dict) -> int:
+        """The pairing loss's float32 tensors per sample (``pairing_loss_float32_maps(K)`` maps of
+        ``features_per_stage[0]`` x patch voxels, 4 bytes each) in the estimate's units; 0 for a single path."""
+        if self.n_phases < 2:
+            return 0
+        n_bytes = (pairing_loss_float32_maps(self.n_phases) * arch_kwargs["features_per_stage"][0]
+                   * int(np.prod(patch_size)) * 4)
+        return int(round(n_bytes / self.bytes_per_estimate_unit(len(patch_size))))
+
+    def estimate_in_gib(self, estimate: float, batch_size: int, n_spatial_dims: int = 3) -> float:
+        """An estimate (per sample, nnU-Net's units) as GiB of GPU memory at ``batch_size``, by nnU-Net's reference."""
+        return estimate * batch_size * self.bytes_per_estimate_unit(n_spatial_dims) / 2 ** 30
 
     def get_plans_for_configuration(self, spacing: Union[np.ndarray, Tuple[float, ...], List[float]],
                                     median_shape: Union[np.ndarray, Tuple[int, ...]], data_identifier: str,
