@@ -63,8 +63,11 @@ def _batch(trainer, rng: np.random.Generator) -> dict:
     return {"data": data, "target": targets}
 
 
-def _ddp_steps(rank: int, name: str, configuration: str, plans: dict, dataset_json: dict) -> dict:
-    """Two nnU-Net DDP training steps of trainer ``name`` on this rank's random batch; what rank 0 checks."""
+def _ddp_steps(rank: int, name: str, configuration: str, plans: dict, dataset_json: dict,
+               compile_network: bool = False) -> dict:
+    """Two nnU-Net DDP training steps of trainer ``name`` on this rank's random batch; what rank 0 checks.
+    ``compile_network``: torch.compile as nnU-Net does on CUDA (before the DDP wrapper), here with inductor on CPU."""
+    from torch._dynamo import OptimizedModule
     from torch.nn.parallel import DistributedDataParallel
 
     from nnunet_hpn.nnunet import trainers
@@ -75,6 +78,7 @@ def _ddp_steps(rank: int, name: str, configuration: str, plans: dict, dataset_js
                                       device=torch.device("cpu"))
     assert trainer.is_ddp and trainer.local_rank == rank
     trainer.device, trainer.grad_scaler = torch.device("cpu"), None  # nnU-Net forces cuda:<rank> under DDP
+    trainer._do_i_compile = lambda: compile_network  # nnU-Net compiles on CUDA only
     trainer.initialize()
     assert isinstance(trainer.network, DistributedDataParallel)
     assert trainer.network.find_unused_parameters is False
@@ -101,6 +105,8 @@ def _ddp_steps(rank: int, name: str, configuration: str, plans: dict, dataset_js
         "network": type(network).__name__,
         "path_channels": getattr(network, "path_channels", None),
         "pairing": isinstance(trainer.loss, SegmentationPlusPairingLoss),
+        "pairing_steps": getattr(trainer.loss, "pairing_count", 0),
+        "compiled": isinstance(network, OptimizedModule),
         "lowest_output_weight": float(trainer.loss.weight_factors[-1]) if hasattr(trainer.loss, "weight_factors")
         else float(trainer.loss.segmentation_loss.weight_factors[-1]),
     }
@@ -118,13 +124,14 @@ def _worker(rank: int, port: int, env: dict, plans: dict, dataset_json: dict, jo
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=timedelta(seconds=120))
     results = {}
     try:
-        for name, configuration in jobs:
+        for name, configuration, *options in jobs:  # options: "compile"
+            key = "/".join((name, configuration, *options))
             start = time.perf_counter()
             try:
-                results[f"{name}/{configuration}"] = _ddp_steps(rank, name, configuration, plans, dataset_json)
-                results[f"{name}/{configuration}"]["seconds"] = time.perf_counter() - start
+                results[key] = _ddp_steps(rank, name, configuration, plans, dataset_json, "compile" in options)
+                results[key]["seconds"] = time.perf_counter() - start
             except Exception:  # the same error on both ranks (a DDP reduction error is symmetric)
-                results[f"{name}/{configuration}"] = {"error": traceback.format_exc()[-3000:]}
+                results[key] = {"error": traceback.format_exc()[-3000:]}
     finally:
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
         dist.destroy_process_group()
