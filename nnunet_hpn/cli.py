@@ -163,7 +163,7 @@ def _predict(args: argparse.Namespace) -> None:
         if name in phases:
             raise HPNInputError(f"{path}: phase {name} given twice (also as {phases[name]}); give each phase once")
         phases[name] = path
-    options = dict(folds=args.folds, device=_predict_device(args.device), disable_tta=args.disable_tta,
+    options = dict(folds=args.folds, device=args.device, disable_tta=args.disable_tta,
                    checkpoint=args.checkpoint,
                    registration=args.registration, allow_unusual_intensities=args.allow_unusual_intensities,
                    step_size=args.step_size, save_probabilities=args.save_probabilities,
@@ -189,6 +189,7 @@ def _predict(args: argparse.Namespace) -> None:
     if folder_only and not args.input:
         raise HPNInputError(f"{args.output}: {folder_only[0]} needs folder mode (-i IN_DIR)")
     model = _model_folder(args)
+    options["device"] = _predict_device(args.device)  # after the checks of the arguments: no line before an error
     if args.input:
         cases = predict_folder(Path(args.input), Path(args.output), model, n_processes_preprocessing=args.npp,
                                n_processes_export=args.nps, continue_prediction=args.continue_prediction,
