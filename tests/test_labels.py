@@ -301,7 +301,9 @@ def test_locator_dataset_of_a_liver_dataset_marks_every_foreground_label(tmp_pat
     target = write_locator_dataset(source, 12, progress=False)
     meta = json.loads((target / "dataset.json").read_text())
     assert meta["labels"] == {"background": 0, "foreground": 1} and meta["channel_names"] == {"0": "venous"}
-    assert pancreas_label_values(meta, "locator") == (1,)  # a dataset of this plugin: its foreground
+    assert pancreas_label_values(meta, "locator") == (1,)  # a locator dataset: its one label, whatever its name
+    with pytest.raises(HPNInputError, match="no 'pancreas' label"):  # any other liver model is no locator
+        pancreas_label_values(json.loads((source / "dataset.json").read_text()), "liver model")
     mask = sitk.GetArrayFromImage(sitk.ReadImage(str(target / "labelsTr" / "case_a.nii.gz")))
     assert np.array_equal(mask, (_label([1, 2, 3, 4]) > 0).astype(np.uint8))
     lesion_only = write_locator_dataset(source, 13, progress=False, target="lesion")

@@ -45,6 +45,8 @@ BOX_JITTER_MM: float = 10.0
 STAGE2_TRAINING_MARGIN_MM: float = STAGE2_MARGIN_MM + BOX_JITTER_MM
 #: The locator dataset's labels for the paper's scheme (another scheme's: the target's name, or "foreground").
 LOCATOR_LABELS: dict[str, int] = {"background": 0, "pancreas": 1}
+#: Key of a locator dataset's ``"hpn"`` facts: the dataset it was derived from (its one label is the mask to crop to).
+LOCATOR_SOURCE_KEY = "locator_of"
 
 
 class LocatorWarning(HPNWarning):
@@ -53,16 +55,16 @@ class LocatorWarning(HPNWarning):
 
 def pancreas_label_values(dataset_json: Mapping, where: str) -> tuple[int, ...]:
     """The label values of a model's ``dataset.json`` that together make the locator's mask: every foreground label
-    of the paper's label set or of a dataset of this plugin (one with the ``"hpn"`` key: a locator dataset, an HPN
-    model), else the labels whose name contains "pancreas". One-line HPNInputError for region-based labels or a
-    label set without a pancreas."""
+    of the paper's label set or of a locator dataset (:func:`write_locator_dataset`, whatever its label's name),
+    else the labels whose name contains "pancreas". One-line HPNInputError for region-based labels or a label set
+    without a pancreas."""
     labels = dataset_json.get("labels")
     if not isinstance(labels, Mapping) or not labels:
         raise HPNInputError(f"{where}: no 'labels' in dataset.json")
     if any(not isinstance(value, int) or isinstance(value, bool) for value in labels.values()):
         raise HPNInputError(f"{where}: region-based labels ({dict(labels)}); a locator must output a label map "
                             f"with a 'pancreas' label")
-    if dict(labels) == PDAC_LABELS or HPN_KEY in dataset_json:
+    if dict(labels) == PDAC_LABELS or LOCATOR_SOURCE_KEY in (dataset_json.get(HPN_KEY) or {}):
         return tuple(value for value in labels.values() if value > 0)
     values = tuple(value for name, value in labels.items() if "pancreas" in name.lower() and value > 0)
     if not values:
@@ -226,5 +228,5 @@ def write_locator_dataset(source_dir: Path, target_id: int, all_phases: bool = F
                               description=f"Locator (stage 1 of two-stage HPN) derived from {source_dir.name}: "
                                           f"label 1 = {what}; channels {', '.join(used)}.",
                               converted_by="nnunet_hpn.pipeline.locator", license="as the source dataset",
-                              **{HPN_KEY: {"reference_phase": reference}})
+                              **{HPN_KEY: {"reference_phase": reference, LOCATOR_SOURCE_KEY: source_dir.name}})
     return target_dir
