@@ -99,7 +99,7 @@ def test_missing_phase_predicts_warns_and_records_it(planned_dataset, predict_mo
 def test_unknown_phase_no_phase_or_missing_fold_is_a_clear_error(planned_dataset, predict_model, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
     assert model_channel_names(predict_model) == ["arterial", "venous"]
-    arterial, _ = _unaligned_case(planned_dataset, planned_dataset["test_cases"][1], tmp_path / "case")
+    arterial, venous = _unaligned_case(planned_dataset, planned_dataset["test_cases"][1], tmp_path / "case")
     out = tmp_path / "out.nii.gz"
     assert main(["predict", "--arterial", str(arterial), "--phase", f"delayed={arterial}", "-m", str(predict_model),
                  "-o", str(out)]) == 1
@@ -109,6 +109,9 @@ def test_unknown_phase_no_phase_or_missing_fold_is_a_clear_error(planned_dataset
     assert main(["predict", "-m", str(predict_model), "-o", str(out)]) == 1
     assert "no input" in capsys.readouterr().err
     assert main(["predict", "--arterial", str(arterial), "--venous", str(arterial), "-m", str(predict_model),
+                 "-o", str(out)]) == 1
+    assert "given as both arterial and venous" in capsys.readouterr().err
+    assert main(["predict", "--arterial", str(arterial), "--venous", str(venous), "-m", str(predict_model),
                  "-f", "3", "-o", str(out)]) == 1
     assert "fold_3" in capsys.readouterr().err
     assert not out.exists()
@@ -201,5 +204,5 @@ def test_predict_parses_nnunet_spellings_and_refuses_folder_flags_for_one_case(p
     assert "no model" in capsys.readouterr().err
     assert main(["predict", "--arterial", "a.nii.gz", "-d", "987", "-c", "3d_fullres", "-o", str(out)]) == 1
     error = capsys.readouterr().err
-    assert "-d 987: Could not find a dataset with the ID 987" in error and error.count("\n") == 1
+    assert "-d 987: no such dataset in" in error and error.count("\n") == 1
     assert not out.exists()

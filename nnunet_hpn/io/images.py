@@ -64,6 +64,8 @@ def check_nifti_geometry(path: Path) -> None:
     """HPNInputError when a NIfTI header disagrees with itself: sform voxel sizes other than pixdim, or sform and
     qform that place the voxels differently (readers differ in which they believe: ITK may take 1 mm where the sform
     says 2.5 mm, with a warning on stderr only)."""
+    if path.name.endswith(".gz"):
+        check_gzip_magic(path)
     try:
         header = nibabel.load(path).header
         sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
@@ -86,6 +88,13 @@ def check_nifti_geometry(path: Path) -> None:
                             f"nibabel)")
 
 
+def check_gzip_magic(path: Path) -> None:
+    """HPNInputError for a file named ``*.gz`` that is not gzip-compressed (a renamed ``.nii``)."""
+    with Path(path).open("rb") as file:
+        if file.read(2) != GZIP_MAGIC:
+            raise HPNInputError(f"{path}: not gzip-compressed although named *.nii.gz")
+
+
 def read_voxels_verified(path: Path) -> np.ndarray:
     """Voxel values of a NIfTI file (``.nii.gz`` or ``.nii``) exactly as stored, or HPNInputError for a damaged file.
 
@@ -95,9 +104,7 @@ def read_voxels_verified(path: Path) -> np.ndarray:
     path = Path(path)
     compressed = path.name.endswith(".gz")
     if compressed:
-        with path.open("rb") as file:
-            if file.read(2) != GZIP_MAGIC:
-                raise HPNInputError(f"{path}: not gzip-compressed although named *.nii.gz")
+        check_gzip_magic(path)
     try:
         if compressed:
             with gzip.open(path, "rb") as stream:
