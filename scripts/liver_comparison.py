@@ -91,13 +91,11 @@ def fold_cases(archive: Path, fold: int) -> list[str]:
 
 
 def truth_subset(raw: Path, cases: Sequence[str], out: Path) -> Path:
-    """``out/labelsTr`` with links to the truth of ``cases`` and ``out/dataset.json`` (the raw dataset's layout,
-    so that the label scheme is found beside the labels)."""
-    labels = run_ablation.fresh_folder(out / "labelsTr")
+    """``out`` with links to the truth of ``cases``."""
+    run_ablation.fresh_folder(out)
     for case in cases:
-        (labels / f"{case}.nii.gz").symlink_to(raw / "labelsTr" / f"{case}.nii.gz")
-    shutil.copy2(raw / "dataset.json", out / "dataset.json")
-    return labels
+        (out / f"{case}.nii.gz").symlink_to(raw / "labelsTr" / f"{case}.nii.gz")
+    return out
 
 
 def report(raw: Path, rows: dict[str, Path], truth: Path, out: Path, env: dict[str, str]) -> None:
@@ -106,7 +104,7 @@ def report(raw: Path, rows: dict[str, Path], truth: Path, out: Path, env: dict[s
     try:
         cpu_table1.run([console_command("nnunet-hpn"), "report", *(f"{row}={path}" for row, path in rows.items()),
                         "--gt", str(truth), "--images", str(raw / "imagesTr"), "--reference", REFERENCE,
-                        "--hpn", REFERENCE, "-o", str(out)], env)
+                        "--hpn", REFERENCE, "-djfile", str(raw / "dataset.json"), "-o", str(out)], env)
     except subprocess.CalledProcessError as error:
         print(f"liver_comparison: report {out} failed (exit {error.returncode})", file=sys.stderr, flush=True)
 
