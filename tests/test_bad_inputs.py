@@ -764,10 +764,10 @@ SCENARIOS.update({
     "cpu-config/trained-configuration": Scenario(
         "cpu-config", r"configuration '3d_cpu' exists with other settings; 1 trained checkpoints use it",
         _cpu_config(["-c", "3d_cpu", "--patch-size", "16", "16", "16"], _trained_configuration), needs_model=True),
-    "cpu-config/patch-larger-than-images": Scenario("cpu-config", r"larger than every image of the dataset",
+    "cpu-config/patch-larger-than-images": Scenario("cpu-config", r"more than 2 times the largest image",
                                                     _cpu_config(["--patch-size", "64", "64", "64"]),
                                                     needs_model=True),
-    "cpu-config/spacing-factor-too-coarse": Scenario("cpu-config", r"larger than every image|too coarse",
+    "cpu-config/spacing-factor-too-coarse": Scenario("cpu-config", r"more than 2 times|too coarse",
                                                      _cpu_config(["--spacing-factor", "50"]), needs_model=True),
     "cpu-config/name-not-a-folder-name": Scenario("cpu-config", r"configuration name '\.\./x' must be letters",
                                                   _cpu_config(["-c", "../x"]), needs_model=True),

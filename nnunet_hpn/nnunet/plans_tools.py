@@ -22,6 +22,8 @@ from nnunet_hpn.io.publish import write_text_atomically
 NNUNET_CONFIGURATIONS: frozenset[str] = frozenset({"2d", "3d_fullres", "3d_lowres", "3d_cascade_fullres"})
 #: Smallest patch edge (voxels) of a configuration: one pooling step and a 3x3x3 convolution on each side.
 MIN_PATCH_EDGE = 8
+#: A patch edge may exceed the dataset's largest image along that axis (nnU-Net pads) up to this factor.
+PATCH_OVER_IMAGE = 2.0
 #: A configuration name: letters, digits and "_" (it becomes part of folder names).
 CONFIGURATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*")
 
@@ -127,8 +129,8 @@ def add_small_configuration(plans_file: Path, name: str = "3d_cpu", patch_size: 
     for the new patch comes from nnU-Net's own ``get_pool_and_conv_props`` (which may round the patch up to a
     multiple of its pooling: the entry's ``patch_size`` says what it became). Returns the new entry.
 
-    HPNInputError, the file unchanged, for a number no configuration can have, a patch larger than every image
-    of the dataset, a name nnU-Net plans itself, an existing configuration with other settings (unless
+    HPNInputError, the file unchanged, for a number no configuration can have, a patch edge more than
+    :data:`PATCH_OVER_IMAGE` times the dataset's largest image along its axis, a name nnU-Net plans itself, an existing configuration with other settings (unless
     ``overwrite``) and an inheritance loop. The file is read, changed and replaced (atomically) under
     :func:`plans_lock`, so that concurrent runs never see it half-written nor lose each other's configuration.
     """
@@ -171,10 +173,11 @@ def _small_configuration(plans_file: Path, plans: dict, name: str, patch_size: S
             raise HPNInputError(f"{plans_file}: spacing factor {spacing_factor:g} leaves a median image of "
                                 f"{parent_config['median_image_size_in_voxels']} voxels; too coarse")
     largest = _largest_image(plans_file, parent_config["spacing"])
-    if largest is not None and any(edge > size for edge, size in zip(patch_size, largest)):
-        raise HPNInputError(f"{plans_file}: patch size {list(patch_size)} is larger than every image of the dataset "
-                            f"at spacing {[round(s, 3) for s in parent_config['spacing']]} mm (largest "
-                            f"{largest} voxels)")
+    if largest is not None and any(edge > PATCH_OVER_IMAGE * size for edge, size in zip(patch_size, largest)):
+        raise HPNInputError(f"{plans_file}: patch size {list(patch_size)} is more than {PATCH_OVER_IMAGE:g} times "
+                            f"the largest image of the dataset along an axis at spacing "
+                            f"{[round(s, 3) for s in parent_config['spacing']]} mm ({largest} voxels): most of "
+                            f"every patch would be padding")
     _, strides, kernel_sizes, patch, _ = get_pool_and_conv_props(parent_config["spacing"], list(patch_size), 4, 999999)
     n_stages = len(strides)
     architecture = deepcopy(parent_config["architecture"])
