@@ -69,6 +69,10 @@ def test_predict_folder_mode_and_generic_phase_option(planned_dataset, predict_m
                           sitk.ReadImage(str(in_dir / case / "arterial.nii.gz")))
         assert json.loads((out_dir / "registration_qc" / f"{case}.json").read_text())["phases"]["venous"]["method"] \
             == "affine"
+    # as nnUNetv2_predict: the model's dataset.json and plans.json travel with the predictions (union, evaluate and
+    # report read the label scheme there)
+    for name in ("dataset.json", "plans.json"):
+        assert (out_dir / name).read_bytes() == (predict_model / name).read_bytes()
     # --phase NAME=PATH is the same as --arterial/--venous
     case_dir = in_dir / planned_dataset["test_cases"][0]
     single = tmp_path / "single.nii.gz"

@@ -19,8 +19,8 @@ says so, and the QC file records the missing phases. At least one of the model's
 Folder mode stages every output in a hidden folder next to ``OUT_DIR`` and moves the files in only when every case
 succeeded: a bad case leaves ``OUT_DIR`` as it was. nnU-Net's predict options keep their meaning: ``-npp`` cases read
 and registered in parallel processes, ``-nps`` threads writing the outputs, ``--save_probabilities`` nnU-Net's
-``<case>.npz`` / ``<case>.pkl`` (plus ``dataset.json`` and ``plans.json`` in folder mode, so ``nnUNetv2_ensemble``
-reads the folder), ``--continue_prediction`` skips cases already in ``OUT_DIR``, ``-num_parts`` / ``-part_id``
+``<case>.npz`` / ``<case>.pkl`` (``nnUNetv2_ensemble`` reads such a folder: folder mode copies the model's
+``dataset.json`` and ``plans.json`` into it, as ``nnUNetv2_predict`` does), ``--continue_prediction`` skips cases already in ``OUT_DIR``, ``-num_parts`` / ``-part_id``
 predict one share of the cases.
 """
 from __future__ import annotations
@@ -591,9 +591,10 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
     if out_dir.exists() and not out_dir.is_dir():
         raise HPNInputError(f"{out_dir}: output path exists and is not a folder")
     with published_folder(out_dir, "merge") as staging, ThreadPoolExecutor(max(1, n_processes_export)) as writers:
-        if save_probabilities:  # what nnUNetv2_ensemble reads from each folder
-            for name in ("dataset.json", "plans.json"):
-                write_text_atomically(staging / name, (Path(model_dir) / name).read_text())
+        # as nnUNetv2_predict: the model's label scheme travels with its predictions (union, evaluate and report
+        # read it there), and nnUNetv2_ensemble reads both files from each folder
+        for name in ("dataset.json", "plans.json"):
+            write_text_atomically(staging / name, (Path(model_dir) / name).read_text())
         aligned = _aligned_cases(inputs, channel_names, registration, allow_unusual_intensities,
                                  n_processes_preprocessing, progress and n_processes_preprocessing <= 1, reference)
         writes = []
