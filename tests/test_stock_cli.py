@@ -103,3 +103,36 @@ def test_a_coarse_cpu_configuration_is_preprocessed_by_the_stock_command(planned
         fine_shape = np.array(blosc2.open(str(fine_dir / case), mode="r").shape[1:])
         coarse_shape = np.array(blosc2.open(str(coarse_dir / case), mode="r").shape[1:])
         assert np.all(np.abs(coarse_shape - fine_shape / 2) <= 1), (case, fine_shape, coarse_shape)
+
+
+def test_one_channel_dataset_planned_with_hpn_planner_is_one_error_line(tmp_path):
+    """HPN's planner meets bad input inside the stock command (after nnU-Net's fingerprint): one error line naming
+    the dataset.json, exit status 1, no traceback and no plans written."""
+    import subprocess
+
+    from conftest import BIN, nnunet_env
+
+    env = nnunet_env(tmp_path)
+    raw = Path(env["nnUNet_raw"]) / "Dataset977_OnePhase"
+    for folder in ("imagesTr", "labelsTr"):
+        (raw / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for case in ("case_a", "case_b"):
+        label = np.zeros((12, 24, 24), np.uint8)
+        label[4:8, 8:16, 8:16] = 1
+        image = rng.normal(40, 10, label.shape).astype(np.float32) + 60 * label
+        for array, path in ((image, raw / "imagesTr" / f"{case}_0000.nii.gz"),
+                            (label, raw / "labelsTr" / f"{case}.nii.gz")):
+            item = sitk.GetImageFromArray(array)
+            item.SetSpacing((1.0, 1.0, 2.5))
+            sitk.WriteImage(item, str(path))
+    (raw / "dataset.json").write_text(json.dumps({"channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1},
+                                                  "numTraining": 2, "file_ending": ".nii.gz"}))
+    proc = subprocess.run([str(BIN / "nnUNetv2_plan_and_preprocess"), "-d", "977", "-pl", "HPNPlanner", "-c",
+                           "3d_fullres", "--no_pp", "-npfp", "1"], env=env, capture_output=True, text=True,
+                          encoding="utf-8", errors="replace")
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+    assert errors == [f"nnUNetv2_plan_and_preprocess: error: {raw / 'dataset.json'}: HPN needs at least 2 phase "
+                      f"channels, found 1 ({{'0': 'CT'}})"], proc.stderr[-3000:]
+    assert not list(Path(env["nnUNet_preprocessed"]).rglob("nnUNetHPNPlans.json"))

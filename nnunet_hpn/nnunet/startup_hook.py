@@ -11,6 +11,8 @@ imports nothing heavy. It
 
    - ``nnunetv2.experiment_planning.plan_and_preprocess_api``  → ``HPNPlanner``, ``HPNResDSNPlanner`` (``-pl``)
    - ``nnunetv2.preprocessing.normalization.default_normalization_schemes`` → ``HPNCTNormalization``
+3. prints bad input that HPN's classes meet inside a stock command (an uncaught ``HPNInputError``, e.g. a dataset
+   with one channel planned with ``-pl HPNPlanner``) as one error line instead of a traceback.
 
 Nothing is written into nnU-Net's files; uninstalling the package removes the hook. Set ``NNUNET_HPN_DISABLE_HOOK=1``
 to switch it off. The hook never raises: a failure prints one warning line and leaves nnU-Net untouched.
@@ -89,6 +91,22 @@ class _PostImportFinder(importlib.abc.MetaPathFinder):
         return None
 
 
+def _one_line_input_errors(previous: Callable) -> Callable:
+    """``sys.excepthook`` that prints an uncaught :class:`~nnunet_hpn.errors.HPNInputError` (bad input met by HPN's
+    planner or trainer inside a stock ``nnUNetv2_*`` command) as one ``<command>: error: <message>`` line instead of a
+    traceback; every other exception goes to ``previous``. Python's exit status stays 1."""
+    def hook(exc_type, exc, traceback) -> None:
+        from nnunet_hpn.errors import HPNInputError
+
+        if isinstance(exc_type, type) and issubclass(exc_type, HPNInputError):
+            print(f"{os.path.basename(sys.argv[0]) or 'python'}: error: {exc}", file=sys.stderr)
+        else:
+            previous(exc_type, exc, traceback)
+
+    hook.hpn_one_line_input_errors = True
+    return hook
+
+
 def _append_ext_trainer_dir() -> None:
     entries = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
     if EXT_TRAINER_DIR not in entries:
@@ -102,6 +120,8 @@ def install() -> None:
     _append_ext_trainer_dir()
     if not any(isinstance(f, _PostImportFinder) for f in sys.meta_path):
         sys.meta_path.insert(0, _PostImportFinder())
+    if not getattr(sys.excepthook, "hpn_one_line_input_errors", False):
+        sys.excepthook = _one_line_input_errors(sys.excepthook)
     for name in REGISTRATIONS:
         if name in sys.modules:
             _run_registration(name, sys.modules[name])
