@@ -89,10 +89,14 @@ def check_nifti_geometry(path: Path) -> None:
 
 
 def check_gzip_magic(path: Path) -> None:
-    """HPNInputError for a file named ``*.gz`` that is not gzip-compressed (a renamed ``.nii``)."""
+    """HPNInputError for a file named ``*.gz`` that is not gzip-compressed: a renamed ``.nii`` (NIfTI-1 magic at
+    byte 344) is named as such, anything else is a corrupt file."""
     with Path(path).open("rb") as file:
-        if file.read(2) != GZIP_MAGIC:
+        head = file.read(348)
+    if head[:2] != GZIP_MAGIC:
+        if head[344:348] in (b"n+1\0", b"ni1\0"):
             raise HPNInputError(f"{path}: not gzip-compressed although named *.nii.gz")
+        raise HPNInputError(f"{path}: unreadable or corrupt image file (neither gzip-compressed nor a NIfTI file)")
 
 
 def read_voxels_verified(path: Path) -> np.ndarray:
