@@ -149,7 +149,9 @@ def test_memory_estimate_counts_k_paths_and_the_pattern(realistic_dataset, plann
     estimates = {}
     for planner_cls in (HPNPlanner, HPNStarPlanner):
         planner = planner_cls(realistic_dataset)
-        planner.dataset_json = dict(planner.dataset_json, channel_names={str(c): f"phase{c}" for c in range(4)})
+        # a four-phase dataset.json: four channels, and no reference phase stored for the two-phase dataset's names
+        four_phases = {key: value for key, value in planner.dataset_json.items() if key != "hpn"}
+        planner.dataset_json = dict(four_phases, channel_names={str(c): f"phase{c}" for c in range(4)})
         estimates[planner_cls.__name__] = planner.static_estimate_VRAM_usage(args[0], 4, 4, *args[1:])
         with torch.device("meta"):
             network = get_network_from_plans(args[1], dict(kwargs, hyper_connections=planner.hyper_connections()),
