@@ -16,7 +16,8 @@ import SimpleITK as sitk
 from nnunet_hpn.cli import main
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.evaluate.metrics import (TARGETS, EvaluationResult, dice_per_target, evaluate_folders,
-                                         format_dice_table, image_diagonal_mm, surface_metrics, write_summary)
+                                         format_dice_table, write_summary)
+from nnunet_hpn.measures import image_diagonal_mm, surface_metrics
 from nnunet_hpn.evaluate.figures import pick_slice, save_overlay_from_files, save_overlay_png
 
 SHAPE = (8, 10, 12)  # (z, y, x)

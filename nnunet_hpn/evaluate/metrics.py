@@ -1,40 +1,21 @@
 """Evaluation of predicted label maps against ground truth, per HPN target: Dice, HD95 and NSD.
 
 Targets are unions of labels, named by the dataset's label scheme (:mod:`nnunet_hpn.labels`: each label or region,
-or the scheme's named unions; the paper's preset: :data:`TARGETS`). Metrics per case and target:
-
-* **Dice** from nnU-Net's own helpers (``region_or_label_to_mask`` / ``compute_tp_fp_fn_tn``), so every label's and
-  region's Dice equals the one ``nnunetv2.evaluation.evaluate_predictions.compute_metrics_on_folder`` reports
-  (e.g. the abnormal pancreas for the region ``(1, 2, 3)``) wherever nnU-Net's value is defined (nnU-Net gives NaN
-  when both masks are empty; we give 1.0).
-* **HD95** (mm): MONAI's ``compute_hausdorff_distance(percentile=95)``, symmetric: the larger of the two directed
-  95th percentiles of the distances between boundary voxels (mask XOR its 6-connected erosion; the image border
-  counts as boundary).
-* **NSD** (normalised surface Dice, 0..1): MONAI's ``compute_surface_dice`` with boundary voxels counted (no
-  sub-voxel areas): the fraction of boundary voxels of both masks lying within ``tolerance_mm`` (distance <=
-  tolerance) of the other mask's boundary.
-
-Both surface metrics use physical distances from the image spacing (numpy (z, y, x) order, i.e. SimpleITK's
-``GetSpacing()`` reversed), so anisotropic voxels are honoured.
-
-Convention for empty masks (every per-case value is finite, aggregates are never NaN):
-    truth and prediction both empty -> Dice 1.0, HD95 0 mm, NSD 1.0 (correctly predicted absence);
-    exactly one of them empty       -> Dice 0.0, NSD 0.0, HD95 = the image diagonal in mm (the largest distance
-    between two voxel centres of the image, ``norm((shape - 1) * spacing)``); such cases stay in the mean and are
-    counted per target in ``one_empty``.
+or the scheme's named unions; the paper's preset: :data:`TARGETS`). The per-case measures (Dice equal to nnU-Net's,
+HD95 and NSD with MONAI, in mm from the image spacing) and their empty-mask convention are those of
+:mod:`nnunet_hpn.measures`; every per-case value is finite, so aggregates are never NaN, and a case where exactly one
+of truth and prediction is empty stays in the mean and is counted per target in ``one_empty``.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
 from tqdm import tqdm
 
 from nnunet_hpn.io.publish import write_text_atomically
@@ -43,6 +24,7 @@ from nnunet_hpn.io.geometry import grid_difference
 from nnunet_hpn.io.images import read_label
 from nnunet_hpn.io.listing import case_files
 from nnunet_hpn.labels import PDAC_SCHEME, LabelScheme, resolve_scheme
+from nnunet_hpn.measures import DEFAULT_TOLERANCE_MM, dice_from_masks, surface_metrics, target_mask
 
 #: The paper's evaluated targets: name -> labels whose union forms the target mask (the preset's
 #: :attr:`~nnunet_hpn.labels.LabelScheme.target_values`).
@@ -54,26 +36,9 @@ METRICS: tuple[str, ...] = ("Dice", "HD95", "NSD")
 #: Unit of each metric as written in tables and CSV headers.
 METRIC_UNITS: dict[str, str] = {"Dice": "", "HD95": "mm", "NSD": ""}
 
-#: Default NSD tolerance in mm.
-DEFAULT_TOLERANCE_MM: float = 2.0
-
 #: One-line statement of the empty-mask convention (CLI help, reports, JSON).
 EMPTY_CONVENTION: str = ("both masks empty: Dice 1, HD95 0 mm, NSD 1; exactly one empty: Dice 0, NSD 0, "
                          "HD95 = image diagonal in mm (counted in one_empty); aggregates are over all cases")
-
-
-def target_mask(label_map: np.ndarray, labels: tuple[int, ...]) -> np.ndarray:
-    """Boolean mask of the voxels whose label is any of ``labels``."""
-    return region_or_label_to_mask(label_map, tuple(labels))
-
-
-def dice_from_masks(truth_mask: np.ndarray, pred_mask: np.ndarray) -> float:
-    """Dice of two boolean masks: 1.0 if both are empty, 0.0 if exactly one is empty; never NaN."""
-    tp, fp, fn, _ = compute_tp_fp_fn_tn(truth_mask, pred_mask)
-    denominator = 2 * tp + fp + fn
-    if denominator == 0:
-        return 1.0
-    return float(2 * tp / denominator)
 
 
 def dice_per_target(pred: np.ndarray, truth: np.ndarray,
@@ -86,48 +51,6 @@ def dice_per_target(pred: np.ndarray, truth: np.ndarray,
         raise ValueError(f"prediction shape {pred.shape} differs from truth shape {truth.shape}")
     return {name: dice_from_masks(target_mask(truth, labels), target_mask(pred, labels))
             for name, labels in targets.items()}
-
-
-def image_diagonal_mm(shape: Sequence[int], spacing_zyx: Sequence[float]) -> float:
-    """Largest distance between two voxel centres of a (z, y, x) image, in mm: ``norm((shape - 1) * spacing)``."""
-    return float(np.linalg.norm((np.asarray(shape, dtype=float) - 1) * np.asarray(spacing_zyx, dtype=float)))
-
-
-def surface_metrics(truth_mask: np.ndarray, pred_mask: np.ndarray, spacing_zyx: Sequence[float],
-                    tolerance_mm: float = DEFAULT_TOLERANCE_MM) -> tuple[float, float]:
-    """(HD95 in mm, NSD) of two boolean (z, y, x) masks with MONAI, distances scaled by ``spacing_zyx`` (mm).
-
-    Empty masks follow the module's convention: both empty -> (0, 1); exactly one empty -> (image diagonal, 0).
-    """
-    import torch
-    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
-
-    if truth_mask.shape != pred_mask.shape:
-        raise ValueError(f"prediction shape {pred_mask.shape} differs from truth shape {truth_mask.shape}")
-    if len(spacing_zyx) != truth_mask.ndim:
-        raise ValueError(f"spacing {tuple(spacing_zyx)} does not match a {truth_mask.ndim}-D mask")
-    if tolerance_mm < 0 or not np.isfinite(tolerance_mm):
-        raise ValueError(f"tolerance must be a finite number >= 0 mm, got {tolerance_mm}")
-    truth_any, pred_any = bool(truth_mask.any()), bool(pred_mask.any())
-    if not truth_any and not pred_any:
-        return 0.0, 1.0
-    if truth_any != pred_any:
-        return image_diagonal_mm(truth_mask.shape, spacing_zyx), 0.0
-
-    spacing = [float(value) for value in spacing_zyx]
-    truth_tensor = torch.from_numpy(np.ascontiguousarray(truth_mask, dtype=np.float32))[None, None]
-    pred_tensor = torch.from_numpy(np.ascontiguousarray(pred_mask, dtype=np.float32))[None, None]
-    with warnings.catch_warnings():
-        # MONAI 1.5+ passes a deprecated argument to itself inside get_mask_edges; nothing for us to change.
-        warnings.filterwarnings("ignore", category=FutureWarning, module=r"monai\.")
-        hd95 = compute_hausdorff_distance(pred_tensor, truth_tensor, include_background=True, percentile=95,
-                                          spacing=spacing)
-        nsd = compute_surface_dice(pred_tensor, truth_tensor, [float(tolerance_mm)], include_background=True,
-                                   spacing=spacing, use_subvoxels=False)
-    hd95_value, nsd_value = float(hd95.reshape(-1)[0]), float(nsd.reshape(-1)[0])
-    if not (np.isfinite(hd95_value) and np.isfinite(nsd_value)):   # cannot happen for two non-empty masks
-        raise RuntimeError(f"MONAI returned a non-finite surface metric (HD95 {hd95_value}, NSD {nsd_value})")
-    return hd95_value, nsd_value
 
 
 def metrics_per_target(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequence[float],

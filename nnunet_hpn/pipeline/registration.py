@@ -27,7 +27,7 @@ demons (pancreas surface distance 1.01 ± 0.52 mm). :func:`register_to_reference
 
 A stage that lowers the normalised mutual information (NMI, [-100, 240] HU window) is dropped with a
 :class:`RegistrationWarning`; every warning is also in ``qc["warnings"]``. With both labels the QC holds the
-pancreas (label > 0) mean surface distance, HD95 and Dice, in mm, before and after.
+pancreas (label > 0) Dice, mean surface distance and HD95 (mm), before and after (:func:`alignment_metrics`).
 """
 from __future__ import annotations
 
@@ -50,7 +50,6 @@ from nnunet_hpn.phases import HU_WINDOW
 METHODS = ("none", "affine", "demons", "syn")
 #: the deformable methods: each runs after the affine stage, on the working grid, and yields a displacement field
 DEFORMABLE_METHODS = ("demons", "syn")
-#: HU window of the paper's preprocessing: the affine stage and the similarity QC use it.
 #: A stage must not lower the NMI by more than this to be kept.
 SIMILARITY_TOLERANCE = 1e-3
 #: a deformable field whose Jacobian determinant is below this somewhere is smoothed (:func:`unfolded`): invertible
@@ -205,6 +204,9 @@ def _domain_mask(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform 
 
 def normalized_mutual_information(a: np.ndarray, b: np.ndarray, bins: int = 64) -> float:
     """(H(a) + H(b)) / H(a, b) of two equally shaped value arrays in [0, 1]; 1 = independent, 2 = identical."""
+    # not skimage.metrics.normalized_mutual_information: it bins each call's own value range, so the NMI before and
+    # after a stage would be measured on different bins; here every call bins the fixed range [0, 1] (values outside
+    # it, from interpolation overshoot, are left out), which makes the before/after comparison of a stage fair
     joint, _, _ = np.histogram2d(a.ravel(), b.ravel(), bins=bins, range=[[0, 1], [0, 1]])
     joint = joint / max(joint.sum(), 1)
 
@@ -233,19 +235,18 @@ def alignment_metrics(reference: sitk.Image, test: sitk.Image) -> dict:
     """Dice, symmetric mean surface distance and 95 % Hausdorff distance (mm) of two masks (> 0) on one grid: how
     well a warped label matches the fixed one (registration QC).
 
-    Mean surface distance: the masks' boundary voxels (``LabelContour``, face connectivity), the distance of each
-    boundary voxel of one mask to the nearest boundary voxel of the other, pooled over both masks. HD95: the one
-    definition of the reports (:func:`nnunet_hpn.evaluate.metrics.surface_metrics`, MONAI). Distances are None where
-    a mask
-    is empty.
+    Dice and HD95: the definitions of the evaluation (:mod:`nnunet_hpn.measures`); Dice is None where both masks
+    are empty. Mean surface distance: the masks' boundary voxels (``LabelContour``, face connectivity), the distance
+    of each boundary voxel of one mask to the nearest boundary voxel of the other, pooled over both masks. Distances
+    are None where a mask is empty.
     """
-    from nnunet_hpn.evaluate.metrics import surface_metrics
+    from nnunet_hpn.measures import dice_from_masks, surface_metrics  # nnU-Net's and MONAI's helpers load torch
 
     ref = sitk.Cast(reference > 0, sitk.sitkUInt8)
     tst = sitk.Cast(test > 0, sitk.sitkUInt8)
-    ref_array, tst_array = sitk.GetArrayFromImage(ref), sitk.GetArrayFromImage(tst)
+    ref_array, tst_array = sitk.GetArrayFromImage(ref) > 0, sitk.GetArrayFromImage(tst) > 0
     n_ref, n_tst = int(ref_array.sum()), int(tst_array.sum())
-    dice = round(2 * int(np.logical_and(ref_array, tst_array).sum()) / (n_ref + n_tst), 5) if n_ref + n_tst else None
+    dice = round(dice_from_masks(ref_array, tst_array), 5) if n_ref + n_tst else None
     if not n_ref or not n_tst:
         return {"dice": dice, "mean_surface_distance_mm": None, "hd95_mm": None}
     # distances only involve boundary voxels: crop both masks to their joint bounding box plus one voxel (no more
@@ -528,8 +529,8 @@ def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label
                           fixed_label: sitk.Image | None = None, method: str = "demons", progress: bool = True,
                           fixed_name: str = "fixed image", moving_name: str = "moving image",
                           settings: RegistrationSettings | None = None) -> RegistrationResult:
-    """Register ``moving`` onto ``fixed``'s grid; ``method`` in {"none", "affine", "demons"} ("none": resample in
-    physical space only).
+    """Register ``moving`` onto ``fixed``'s grid; ``method`` one of :data:`METHODS` ("none": resample in physical
+    space only; "affine"; the deformable "demons" or "syn" after the affine stage).
 
     ``moving_label`` (on the moving grid) is warped with nearest-neighbour interpolation; with ``fixed_label`` (on
     the fixed grid) as well, ``qc["pancreas"]`` holds the label > 0 surface distance and Dice before and after.
