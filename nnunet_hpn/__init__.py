@@ -5,7 +5,7 @@ interpreter of the environment.
 """
 from pathlib import Path
 
-__version__ = "0.1.0"
+from nnunet_hpn.version import __version__  # noqa: F401  (re-exported)
 
 #: Folder that holds only the trainer shim modules; appended to ``nnUNet_extTrainer`` by the start-up hook.
 EXT_TRAINER_DIR: str = str(Path(__file__).resolve().parent / "nnunet" / "ext")

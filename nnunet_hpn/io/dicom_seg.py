@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_hpn import __version__
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.geometry import check_same_grid
 from nnunet_hpn.io.images import dicom_file_names
 from nnunet_hpn.io.publish import atomic_file
 from nnunet_hpn.labels import PDAC_SCHEME, LabelScheme
+from nnunet_hpn.version import __version__
 
 #: Label name (lower case) -> (segment label, category code name, type code name) in pydicom's SCT code dictionary.
 KNOWN_SEGMENTS: dict[str, tuple[str, str, str]] = {
