@@ -30,7 +30,7 @@ API (nothing here imports torch or nnunetv2):
   ``lesion_values``, ``foreground_values``, ``label_values(name)``, ``class_index(name)`` (the network's output
   channel of a label or region), ``per_class(by_name)`` (a per-class setting keyed by label name, as a list per
   output channel), ``output_values`` (value in a predicted map -> name), ``nnunet_regions_or_labels`` (what nnU-Net's own evaluation scores),
-  ``check_values(voxels, where)``;
+  ``unexpected_values(voxels, where)`` and the two checks built on it, ``check_values`` / ``check_label_map``;
 * :data:`PDAC_SCHEME` -- the paper's labels, targets "abnormal pancreas", "PDAC", "duct", lesion PDAC;
 * :func:`resolve_scheme` -- the scheme of a command's ``-djfile``, else of the first dataset.json found beside its
   inputs, else :data:`PDAC_SCHEME`; :func:`dataset_json_candidates` lists where "beside" looks;
@@ -60,6 +60,11 @@ LabelValue = Union[int, tuple[int, ...]]
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _shown(values: Sequence[int], most: int = 10) -> str:
+    """The first ``most`` of ``values`` comma-separated, ``...`` appended when there are more."""
+    return ", ".join(str(value) for value in values[:most]) + (", ..." if len(values) > most else "")
 
 
 @dataclass(frozen=True)
@@ -221,17 +226,30 @@ class LabelScheme:
         """Name -> what nnU-Net's ``compute_metrics_on_folder`` scores (a label value, or a region's values)."""
         return {name: self.labels[name] for name in self.foreground}
 
-    def check_values(self, voxels: np.ndarray, where: str) -> None:
-        """HPNInputError naming ``where`` and the values when ``voxels`` hold values outside :attr:`values`."""
+    def unexpected_values(self, voxels: np.ndarray, where: str) -> list[int]:
+        """The distinct values of ``voxels`` (any shape) outside :attr:`values`, sorted; empty for a valid label map.
+        HPNInputError naming ``where`` when a value is not a whole number."""
         present = np.unique(voxels)
         fractional = present[present != np.round(present)]
         if fractional.size:
             raise HPNInputError(f"{where}: label map contains non-integer values (e.g. {float(fractional[0])!r}); "
                                 f"labels must be whole numbers in {self.values}")
-        bad = np.setdiff1d(present, self.values)
-        if bad.size:
-            shown = ", ".join(f"{v:g}" for v in bad[:10]) + (", ..." if bad.size > 10 else "")
-            raise HPNInputError(f"{where}: label values {{{shown}}} outside {self.values}")
+        return [int(value) for value in np.setdiff1d(present, self.values)]
+
+    def check_values(self, voxels: np.ndarray, where: str) -> None:
+        """HPNInputError ``<where>: label values {..} outside [..]`` when ``voxels`` hold values outside
+        :attr:`values` (the wording of convert's label check); non-integer values as :meth:`unexpected_values`."""
+        unexpected = self.unexpected_values(voxels, where)
+        if unexpected:
+            raise HPNInputError(f"{where}: label values {{{_shown(unexpected)}}} outside {self.values}")
+
+    def check_label_map(self, voxels: np.ndarray, where: str) -> None:
+        """HPNInputError ``<where>: unexpected labels [..], expected only [..]`` when ``voxels`` hold values outside
+        :attr:`values` (the wording of label maps read for evaluation, union, splits and registration QC);
+        non-integer values as :meth:`unexpected_values`."""
+        unexpected = self.unexpected_values(voxels, where)
+        if unexpected:
+            raise HPNInputError(f"{where}: unexpected labels [{_shown(unexpected)}], expected only {self.values}")
 
     def dataset_json_fields(self) -> dict[str, Any]:
         """``labels`` (and ``regions_class_order``) as nnU-Net reads them, and the ``"hpn"`` facts."""

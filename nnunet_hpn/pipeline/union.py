@@ -34,13 +34,12 @@ def _ranks(scheme: LabelScheme) -> np.ndarray:
 
 
 def _check_label_array(label_map: np.ndarray, name: str, scheme: LabelScheme) -> np.ndarray:
-    """``label_map`` as an integer array with values of ``scheme``; ValueError otherwise."""
+    """``label_map`` as an integer array with values of ``scheme``; ValueError (HPNInputError for values outside the
+    scheme) otherwise."""
     label_map = np.asarray(label_map)
     if label_map.dtype == bool or not np.issubdtype(label_map.dtype, np.integer):
         raise ValueError(f"{name}: label map must have an integer dtype, got {label_map.dtype}")
-    unexpected = sorted(set(np.unique(label_map).tolist()) - set(scheme.values))
-    if unexpected:
-        raise ValueError(f"{name}: unexpected labels {unexpected}, expected only {scheme.values}")
+    scheme.check_label_map(label_map, name)
     return label_map
 
 
