@@ -359,17 +359,11 @@ def read_label(path: Path | str, scheme: LabelScheme | None = None) -> tuple[np.
     (:class:`nnunet_hpn.labels.LabelScheme`, default the paper's {0, 1, 2, 3}) raise HPNInputError."""
     from nnunet_hpn.labels import PDAC_SCHEME
 
-    allowed = (scheme or PDAC_SCHEME).values
     image = _read_3d(Path(path))
     voxels = sitk.GetArrayFromImage(image)
+    (scheme or PDAC_SCHEME).check_label_map(voxels, str(path))
     if not np.issubdtype(voxels.dtype, np.integer):
-        if not np.array_equal(voxels, np.round(voxels)):
-            raise HPNInputError(f"{path}: label map contains non-integer values")
         voxels = voxels.astype(np.int16)
-    unexpected = sorted(set(np.unique(voxels).tolist()) - set(allowed))
-    if unexpected:
-        shown = ", ".join(str(v) for v in unexpected[:10]) + (", ..." if len(unexpected) > 10 else "")
-        raise HPNInputError(f"{path}: unexpected labels [{shown}], expected only {allowed}")
     return voxels, image
 
 
