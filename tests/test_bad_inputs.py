@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_hpn.cli import main
+from nnunet_hpn.io.images import ct_value_problem
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "BAD_INPUTS.md"
 SHAPE_ZYX = (12, 24, 24)
@@ -597,6 +598,7 @@ def _second_file_for_venous(files: Dict[str, Path]) -> Path:
 
 _intercept_twice = _values(lambda hu: hu - 1024)
 _wrong_slope = _values(lambda hu: hu * 2)
+_halved_slope = _values(lambda hu: np.round(hu / 2))
 _padded_without_intercept = _values(lambda hu: np.where(np.arange(hu.size).reshape(hu.shape) % 10 == 0, -2000,
                                                         hu + 1024))
 
@@ -820,6 +822,9 @@ SCENARIOS.update({
                                    _convert(lambda files: _uncompressed(files, "venous", _blank_tail))),
     "convert/intercept-twice": Scenario("convert", r"rescale intercept applied twice",
                                         _convert(_then(_intercept_twice, "arterial"))),
+    "convert/halved-slope": Scenario("convert", r"almost none at air \(-1000 HU\) or lung; looks like a rescale "
+                                     r"slope below 1", _convert(
+        lambda files: (_with_air(files, "venous"), _halved_slope(files["venous"]), files["venous"])[2])),
     "convert/crop-smaller-than-a-phase": Scenario("convert", r"the label's box \+ 1 mm is \(\d+, \d+, \d+\) voxels",
                                                   _convert_crop(_crop_of_one_voxel, "1")),
     "register/same-file": Scenario("register", r"given as both fixed and moving", _register_same_file),
@@ -862,7 +867,7 @@ SCENARIOS.update({
 OPTION_CASES: Dict[str, Tuple[List[str], str]] = {
     "options/convert-crop-margin-huge": (["convert", "in", "-d", "7", "--name", "X", "--crop-to-label", "1e300"],
                                          "--crop-to-label"),
-    "options/convert-dataset-id": (["convert", "in", "-d", "1000", "--name", "X"], "-d/--dataset-id"),
+    "options/convert-dataset-id": (["convert", "in", "-d", "1000", "--name", "X"], "-d/--dataset"),
     "options/predict-locator-margin-huge": (["predict", "-i", "in", "-m", "m", "-o", "o", "--locator-margin",
                                              "1e300"], "--locator-margin"),
     "options/predict-step-size-zero": (["predict", "-i", "in", "-m", "m", "-o", "o", "-step_size", "0"],
@@ -955,6 +960,26 @@ def test_unusual_intensities_are_accepted_with_the_override(tmp_path: Path, caps
     assert main(argv) == 1 and "--allow-unusual-intensities accepts it" in capsys.readouterr().err
     assert main([*argv, "--allow-unusual-intensities"]) == 0
     assert (raw / "Dataset007_Bad" / "imagesTr" / "case_a_0001.nii.gz").is_file()
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL_CTS = ("lits_liver_crop_117/lits117_image.nii.gz", "totalsegmentator/example_ct_sm.nii.gz",
+            "tcia_cc_tumor_heterogeneity_ccth_a01/ct_abdomen_pelvis.nii.gz")
+
+
+@pytest.mark.parametrize("relative", REAL_CTS)
+def test_real_ct_passes_the_gate_and_each_rescale_mistake_is_named(relative: str) -> None:
+    """A real CT in HU passes :func:`ct_value_problem`; the same voxels with the intercept missing or applied twice,
+    or with the slope doubled or halved, are each refused with the mistake named."""
+    path = REAL / relative
+    if not path.is_file():
+        pytest.skip(f"real CT ../shared/data/real/{relative} absent")
+    hu = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
+    assert ct_value_problem(hu) is None
+    assert "intercept" in ct_value_problem(hu + 1024)
+    assert "intercept applied twice" in ct_value_problem(hu - 1024)
+    assert "slope" in ct_value_problem(hu * 2) or "outside any CT range" in ct_value_problem(hu * 2)
+    assert "slope below 1" in ct_value_problem(np.round(hu / 2))
 
 
 # ------------------------------------------------------------------------------------------------ what is accepted

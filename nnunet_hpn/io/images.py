@@ -6,8 +6,8 @@ stream or an uncompressed NIfTI shorter than its header says, not 3D, more than 
 and positive, NaN/Inf voxels (NIfTI values are read with nibabel, which sees them), a folder without (or with
 several) DICOM series, uneven DICOM slice spacing (missing slices). Phase images (:func:`read_image`,
 :func:`check_phase_voxels`) also refuse an all-constant image, fewer than 4 voxels along an axis, and values that do
-not look like CT in HU (:func:`ct_value_problem`: a label map or mask, stored values without the rescale intercept,
-values far outside any CT range) unless ``allow_unusual_intensities``. Label maps (:func:`read_label`) refuse
+not look like CT in HU (:func:`ct_value_problem`: a label map or mask, the rescale intercept missing or applied
+twice, a rescale slope above or below 1, values far outside any CT range) unless ``allow_unusual_intensities``. Label maps (:func:`read_label`) refuse
 non-integer values and labels outside the label scheme (default the paper's {0, 1, 2, 3}; an all-background label map
 is valid).
 """
@@ -164,6 +164,12 @@ CT_RANGE_HU: tuple[float, float] = (-4096.0, 40000.0)
 AIR_FLOOR_HU = -1124.0
 #: Share of the voxels (outside the padding) that must lie beyond a plausibility limit for the check to fire.
 IMPLAUSIBLE_SHARE = 0.01
+#: Air and lung lie here (HU); a slope below 1 (HU / 2: air at -500) leaves this range empty.
+AIR_RANGE_HU: tuple[float, float] = (AIR_FLOOR_HU, -700.0)
+#: Between air and fat (HU): partial volumes of air, lung edges, or air itself under a slope below 1.
+BELOW_FAT_RANGE_HU: tuple[float, float] = (-700.0, -300.0)
+#: Fewest air voxels per voxel of :data:`BELOW_FAT_RANGE_HU` in a CT in HU (air next to its partial volumes).
+MIN_AIR_RATIO = 0.1
 #: The share of the voxels one exact value must hold to count as padding outside the field of view.
 PADDING_SHARE = 0.01
 
@@ -193,8 +199,10 @@ def ct_value_problem(voxels: np.ndarray) -> str | None:
     """What makes ``voxels`` not look like a CT in HU, or None: fewer than :data:`MIN_DISTINCT_CT_VALUES` distinct
     values, values outside :data:`CT_RANGE_HU`, and, whatever the padding outside the field of view
     (:func:`_without_padding`), the signs of a rescale mistake: no value below 0 in 95 % of the volume with a median
-    above 500 or 1 % above 1000 (the intercept missing, HU + 1024), 99 % of it below 0 (the intercept applied twice, HU - 1024), or
-    1 % of it below :data:`AIR_FLOOR_HU` (a wrong slope)."""
+    above 500 or 1 % above 1000 (the intercept missing, HU + 1024), 99 % of it below 0 (the intercept applied twice,
+    HU - 1024), 1 % of it below :data:`AIR_FLOOR_HU` (a slope above 1), or 1 % of the whole volume between air and
+    fat (:data:`BELOW_FAT_RANGE_HU`) with less than :data:`MIN_AIR_RATIO` as much at air and lung
+    (:data:`AIR_RANGE_HU`; a slope below 1, such as HU / 2 with air at -500)."""
     sample = np.asarray(voxels).ravel()[:: max(1, voxels.size // 2_000_000)]  # up to 2 M voxels, evenly spread
     distinct = np.unique(sample).size
     if distinct < MIN_DISTINCT_CT_VALUES:
@@ -215,6 +223,13 @@ def ct_value_problem(voxels: np.ndarray) -> str | None:
     if below_air >= IMPLAUSIBLE_SHARE:
         return (f"{below_air:.0%} of the values below {AIR_FLOOR_HU:g} (air is -1000 HU); looks like values in other "
                 f"units (a wrong rescale slope)")
+    # on the whole sample: under HU / 2 the air itself can be the most frequent value, which the padding rule drops
+    below_fat = int(np.count_nonzero((sample > BELOW_FAT_RANGE_HU[0]) & (sample <= BELOW_FAT_RANGE_HU[1])))
+    air = int(np.count_nonzero((sample >= AIR_RANGE_HU[0]) & (sample <= AIR_RANGE_HU[1])))
+    if below_fat >= IMPLAUSIBLE_SHARE * sample.size and air < MIN_AIR_RATIO * below_fat:
+        return (f"{below_fat / sample.size:.0%} of the values between {BELOW_FAT_RANGE_HU[0]:g} and "
+                f"{BELOW_FAT_RANGE_HU[1]:g} and almost none at air (-1000 HU) or lung; looks like a rescale slope "
+                f"below 1 (HU / 2 puts air at -500)")
     return None
 
 
