@@ -248,8 +248,8 @@ def _split(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from nnunet_hpn.evaluate.metrics import (check_folder_order, evaluate_folders, format_dice_table,
-                                             predicted_cases, write_summary)
+    from nnunet_hpn.evaluate.metrics import check_folder_order, evaluate_folders, format_dice_table, write_summary
+    from nnunet_hpn.io.listing import predicted_cases
 
     if Path(args.gt_dir).resolve() == Path(args.pred_dir).resolve():
         raise HPNInputError(f"{args.pred_dir}: PRED_DIR is GT_DIR ({args.gt_dir}); the truth compared with itself")

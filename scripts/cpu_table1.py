@@ -51,9 +51,10 @@ import numpy as np
 
 import run_ablation  # beside this script (its folder is on sys.path)
 from nnunet_hpn.demo import console_command
-from nnunet_hpn.evaluate.metrics import evaluate_folders, predicted_cases
+from nnunet_hpn.evaluate.metrics import evaluate_folders
 from nnunet_hpn.evaluate.report import paired_wilcoxon
 from nnunet_hpn.evaluate.training_stats import hierarchical_bootstrap_difference, seed_spread
+from nnunet_hpn.io.listing import predicted_cases
 
 N_CASES = 24
 #: seed of the phantoms: 8 of its 24 cases are subtle in both phases (33 %), inside the documented 25-35 %

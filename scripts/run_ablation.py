@@ -34,7 +34,8 @@ from typing import Any, Optional, Sequence
 from nnunet_hpn.budget import BUDGET_ENV, NO_TTA_ENV, SEED_ENV
 from nnunet_hpn.demo import console_command
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.evaluate.metrics import EvaluationResult, evaluate_folders, predicted_cases, write_summary
+from nnunet_hpn.evaluate.metrics import EvaluationResult, evaluate_folders, write_summary
+from nnunet_hpn.io.listing import predicted_cases
 
 
 @dataclass(frozen=True)

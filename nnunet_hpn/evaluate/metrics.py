@@ -96,11 +96,6 @@ def check_folder_order(truth_dir: Path, pred_dir: Path) -> None:
                             f"and {pred_dir} does not; the order is nnU-Net's: GT_DIR PRED_DIR")
 
 
-def predicted_cases(pred_dir: Path, file_ending: str = ".nii.gz") -> list[str]:
-    """Sorted case names of the files in ``pred_dir`` ending in ``file_ending`` (HPNInputError if none)."""
-    return list(case_files(pred_dir, file_ending, "prediction"))
-
-
 def _mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and population std (ddof=0); (0, 0) for no values. Raises if a value is not finite."""
     array = np.asarray(list(values), dtype=float)

@@ -39,8 +39,9 @@ import SimpleITK as sitk
 from nnunet_hpn.io.publish import check_outputs, published_folder
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.evaluate.metrics import (DEFAULT_TOLERANCE_MM, EMPTY_CONVENTION, METRICS, EvaluationResult,
-                                         evaluate_folders, predicted_cases)
+                                         evaluate_folders)
 from nnunet_hpn.io.images import read_label
+from nnunet_hpn.io.listing import predicted_cases
 from nnunet_hpn.labels import LabelScheme, resolve_scheme
 from nnunet_hpn.phases import PHASES, channel_file_name, read_channel_names
 

@@ -22,6 +22,11 @@ def case_files(folder: Path, file_ending: str, what: str, required: bool = True)
     return cases
 
 
+def predicted_cases(pred_dir: Path, file_ending: str = ".nii.gz") -> list[str]:
+    """Sorted case names of the files in ``pred_dir`` ending in ``file_ending`` (HPNInputError if none)."""
+    return list(case_files(pred_dir, file_ending, "prediction"))
+
+
 def case_folders(folder: Path) -> list[Path]:
     """The case folders of ``folder`` (sub-folders not starting with "."), in name order; HPNInputError naming
     ``folder`` when it does not exist or has none."""

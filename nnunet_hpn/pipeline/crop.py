@@ -21,6 +21,7 @@ from tqdm import tqdm
 from nnunet_hpn.io.publish import check_outputs, published_folder, write_text_atomically
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.geometry import Grid, grid_difference
+from nnunet_hpn.io.listing import predicted_cases
 from nnunet_hpn.phases import channel_file_name
 
 #: File name of a dataset's crop boxes (in the raw dataset folder, or next to the phantom cases).
@@ -151,8 +152,6 @@ def uncrop_folder(pred_dir: Path, boxes_path: Path, reference_dir: Path, out_dir
     paper's). Returns the cases."""
     pred_dir, reference_dir, out_dir = Path(pred_dir), Path(reference_dir), Path(out_dir)
     boxes = read_boxes(boxes_path)
-    from nnunet_hpn.evaluate.metrics import predicted_cases  # nnU-Net's evaluation: not needed by phantom / convert
-
     cases = predicted_cases(pred_dir, file_ending)
     unknown = [case for case in cases if case not in boxes]
     if unknown:
