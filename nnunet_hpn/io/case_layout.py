@@ -1,5 +1,5 @@
-"""The layout of one case folder: which entry holds each phase and which hold labels. One rule for ``convert``,
-``predict`` (folder mode) and ``register``.
+"""The layout of one case folder: which entry holds each phase and which hold labels, and where the registration QC
+goes. One rule for ``convert``, ``predict`` (folder mode), ``register``, ``uncrop`` and the phantom cases.
 
 In a case folder ``<case>/`` (hidden entries, names starting with ".", are ignored):
 
@@ -12,10 +12,14 @@ In a case folder ``<case>/`` (hidden entries, names starting with ".", are ignor
 * anything else is an unexpected file (an error naming it: a misnamed phase is more often a mistake than
   something to ignore).
 
+A command that registers phases writes one QC record per case into :data:`QC_FOLDER` of its output (the converted
+dataset, predict's output folder).
+
 :func:`read_case_layout` applies the rule to one folder and returns a :class:`CaseInputs`; :func:`split_image_name`
 is the rule for one name (``"venous.nii.gz"`` -> ``("venous", ".nii.gz")``). Another layout of a case (e.g. a DICOM
 study folder whose series are identified by their headers) returns the same :class:`CaseInputs`, so that the
-commands after it need not know how the phases were found.
+commands after it need not know how the phases were found. How strict a command is stays a parameter of
+:func:`read_case_layout`: ``convert`` reads image files only, ``predict`` DICOM folders too and ignores labels.
 """
 from __future__ import annotations
 
@@ -34,6 +38,9 @@ LABEL_FILE_ENDINGS: tuple[str, ...] = (".nii.gz", ".nii")
 LABEL_STEM = "label"
 #: Data files an ``.mhd`` header points to (``<stem>.raw`` / ``<stem>.zraw`` beside it).
 MHD_DATA_ENDINGS: tuple[str, ...] = (".raw", ".zraw")
+#: Folder of the per-case registration QC (``<case>.json``, and ``summary.json`` in a converted dataset) inside the
+#: output of a command that registers phases.
+QC_FOLDER = "registration_qc"
 
 
 def split_image_name(name: str, endings: Sequence[str] = PHASE_FILE_ENDINGS) -> tuple[str, str] | None:
@@ -43,6 +50,24 @@ def split_image_name(name: str, endings: Sequence[str] = PHASE_FILE_ENDINGS) -> 
         if name.endswith(ending) and len(name) > len(ending):
             return name[: -len(ending)], ending
     return None
+
+
+def label_file_name(phase: str | None = None, ending: str = LABEL_FILE_ENDINGS[0]) -> str:
+    """File name of a case's label: on the reference grid (``label.nii.gz``) or, given ``phase``, on that phase's own
+    grid (``label_<phase>.nii.gz``)."""
+    return f"{LABEL_STEM if phase is None else f'{LABEL_STEM}_{phase}'}{ending}"
+
+
+def phase_images(case_dir: Path, ending: str) -> list[Path]:
+    """The image files ending in ``ending`` of a case folder whose phase names are not known, labels and hidden
+    entries left out, in name order."""
+    images = []
+    for entry in sorted(Path(case_dir).iterdir()):
+        parts = split_image_name(entry.name, (ending,))
+        if entry.is_file() and not entry.name.startswith(".") and parts is not None \
+                and not parts[0].startswith(LABEL_STEM):
+            images.append(entry)
+    return images
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Convert a folder of multi-phase cases into an nnU-Net v2 raw dataset (``Dataset{id:03d}_{name}``).
 
-Input layout: ``in_dir/<case>/<phase>.nii.gz`` for each phase (default ``arterial``, ``venous``) and optionally
-``label.nii.gz`` (on the reference phase's grid), ``label_<phase>.nii.gz`` (optional, for registration QC); every
-non-hidden sub-folder of ``in_dir`` is a case, other files in a case folder (hidden files aside) are refused.
+Input layout (:mod:`nnunet_hpn.io.case_layout`, image files only): ``in_dir/<case>/<phase>.nii.gz`` (or ``.nii``)
+for each phase (default ``arterial``, ``venous``) and optionally ``label.nii.gz`` (on the reference phase's grid),
+``label_<phase>.nii.gz`` (optional, for registration QC); every non-hidden sub-folder of ``in_dir`` is a case, other
+files in a case folder (hidden files aside) are refused.
 Unaligned phases are registered onto the reference phase first with ``register=True``. Everything is validated while
 the dataset is built in a hidden temporary folder inside the raw root, which is renamed into place only when
 complete.
@@ -29,7 +30,7 @@ from nnunet_hpn.labels import PDAC_LABELS, PDAC_SCHEME, LabelScheme
 from nnunet_hpn.phases import PHASES, channel_file_name, reference_phase as reference_phase_rule
 from nnunet_hpn.pipeline.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.io.case_layout import CaseInputs, read_case_layout
+from nnunet_hpn.io.case_layout import QC_FOLDER, CaseInputs, label_file_name, read_case_layout
 from nnunet_hpn.io.dicom_study import StagedStudies
 from nnunet_hpn.io.listing import case_folders
 from nnunet_hpn.io.images import check_finite as _check_finite
@@ -38,14 +39,12 @@ from nnunet_hpn.io.images import read_header as _read_header
 from nnunet_hpn.io.images import read_label
 from nnunet_hpn.io.images import read_file_voxels as _read_voxels
 from nnunet_hpn.io.geometry import MIN_VOXELS_PER_AXIS, check_overlap, check_same_grid
-from nnunet_hpn.pipeline.registration import METHODS, register_to_reference
+from nnunet_hpn.pipeline.registration import METHOD_DESCRIPTIONS, METHODS, register_to_reference
 
 FILE_ENDING = ".nii.gz"
-LABEL_FILE = "label" + FILE_ENDING
+LABEL_FILE = label_file_name()
 #: Appended to a phase-grid mismatch without ``register``: the usual cause is phases acquired on their own grids.
 UNALIGNED_HINT = "; the phases are on different grids: --register aligns them onto the reference phase"
-#: Folder of the per-case registration QC inside a dataset converted with ``register=True``.
-QC_FOLDER = "registration_qc"
 DATASET_DESCRIPTION = ("Dual-phase pancreas CT for the Hyper-Pairing Network: channel 0 arterial, channel 1 venous; "
                        "labels pancreas, PDAC mass and pancreatic duct. Converted by nnunet_hpn.pipeline.convert.")
 
@@ -272,8 +271,9 @@ def _description(layout: _Layout) -> str:
         text = (f"Multi-phase CT for the Hyper-Pairing Network: {channels}; labels "
                 f"{', '.join(layout.scheme.foreground)}. Converted by nnunet_hpn.pipeline.convert.")
     if layout.register:
-        text += (f" Every other phase registered onto the {layout.reference} grid (diffeomorphic demons, "
-                 f"nnunet_hpn.pipeline.registration); QC in {QC_FOLDER}/.")
+        text += (f" Every other phase registered onto the {layout.reference} grid "
+                 f"({METHOD_DESCRIPTIONS[layout.registration_method]}, nnunet_hpn.pipeline.registration); QC in "
+                 f"{QC_FOLDER}/.")
     if layout.crop_margin_mm is not None:
         text += (f" Every case cut to its label's box plus {layout.crop_margin_mm:g} mm (oracle ROI, world positions "
                  f"kept); boxes in {BOXES_FILE}.")
@@ -304,16 +304,14 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     Channel i is ``phases[i]`` (``channel_names`` of dataset.json = the phase names in order). Cases with
     ``label.nii.gz`` go to imagesTr/labelsTr, the others to imagesTs. The label is defined on the reference phase's
     grid (``reference_phase``, default "arterial" if among the phases, else the first). Without ``register`` all
-    phases must share that grid; with it, every other phase is registered onto it (diffeomorphic demons, see
-    :mod:`nnunet_hpn.pipeline.registration`; an optional ``label_<phase>.nii.gz`` on that phase's grid is warped
-    along for
-    the surface-distance QC) and the QC of every case goes to ``<dataset>/registration_qc/<case>.json`` with a
-    ``summary.json``. ``crop_margin_mm``: every case (all phases, after registration, and the label) cut to the box
-    of its label's foreground plus this margin in mm, world positions kept (:mod:`nnunet_hpn.pipeline.crop`; an
-    oracle ROI),
-    the boxes in ``<dataset>/crop_boxes.json``; every case needs a label then. Nothing is left in the raw root when
-    any input is invalid (HPNInputError). ``n_processes`` > 1: cases converted (registered) in that many worker
-    processes; ``registration_method``: :data:`~nnunet_hpn.pipeline.registration.METHODS` but "none".
+    phases must share that grid; with it, every other phase is registered onto it with ``registration_method``
+    (:mod:`nnunet_hpn.pipeline.registration`; an optional ``label_<phase>.nii.gz`` on that phase's grid is warped
+    along for the surface-distance QC) and the QC of every case goes to ``<dataset>/registration_qc/<case>.json``
+    with a ``summary.json``. ``crop_margin_mm``: every case (all phases, after registration, and the label) cut to
+    the box of its label's foreground plus this margin in mm, world positions kept (:mod:`nnunet_hpn.pipeline.crop`;
+    an oracle ROI), the boxes in ``<dataset>/crop_boxes.json``; every case needs a label then. Nothing is left in
+    the raw root when any input is invalid (HPNInputError). ``n_processes`` > 1: cases converted (registered) in that
+    many worker processes; ``registration_method``: :data:`~nnunet_hpn.pipeline.registration.METHODS` but "none".
     ``labels``: the label scheme (:mod:`nnunet_hpn.labels`; a path is a ``--labels`` file), default the paper's:
     every label map is checked against it, and dataset.json gets its ``labels`` and ``"hpn"`` facts, with the
     reference phase. A case folder of DICOM files (a study, :mod:`nnunet_hpn.io.dicom_study`) stands for the case

@@ -48,6 +48,13 @@ from nnunet_hpn.io.geometry import check_3d_single_component, check_overlap, che
 from nnunet_hpn.phases import HU_WINDOW
 
 METHODS = ("none", "affine", "demons", "syn")
+#: What each method of :data:`METHODS` does, in words (e.g. for a dataset's description).
+METHOD_DESCRIPTIONS: dict[str, str] = {
+    "none": "resampled in physical space, not registered",
+    "affine": "rigid then affine, Mattes mutual information",
+    "demons": "affine, then SimpleITK demons",
+    "syn": "affine, then ANTs SyN",
+}
 #: the deformable methods: each runs after the affine stage, on the working grid, and yields a displacement field
 DEFORMABLE_METHODS = ("demons", "syn")
 #: A stage must not lower the NMI by more than this to be kept.
