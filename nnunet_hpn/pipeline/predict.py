@@ -43,7 +43,7 @@ from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.listing import case_folders
 from nnunet_hpn.processes import worker_pool
 from nnunet_hpn.io.dicom_seg import DICOM_SEG_ENDING, dicom_seg_for, import_highdicom
-from nnunet_hpn.io.case_layout import read_case_layout
+from nnunet_hpn.io.case_layout import QC_FOLDER, read_case_layout
 from nnunet_hpn.io.dicom_study import StagedStudies, check_series_folders_order
 from nnunet_hpn.io.images import IMAGE_FILE_ENDINGS, check_distinct_phases, read_image
 from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
@@ -52,9 +52,6 @@ from nnunet_hpn.phases import read_channel_names, reference_phase
 from nnunet_hpn.pipeline.crop import CropBox, crop_image, uncrop_image
 from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM, Locator, LocatorWarning
 from nnunet_hpn.pipeline.registration import METHODS, register_to_reference
-
-#: Sub-folder of a folder-mode output that holds the registration QC of every case.
-QC_FOLDER = "registration_qc"
 #: ``--output-format`` values: NIfTI label maps, or NIfTI plus a DICOM Segmentation (``<case>.seg.dcm``)
 OUTPUT_FORMATS = ("nifti", "dicom-seg")
 
