@@ -376,6 +376,32 @@ def test_segmentation_outside_the_volume_or_of_another_series_is_one_line(studie
         dicom_study.resolve_studies([tmp_path / "foreign" / "c"], ("arterial", "venous"), "arterial")
 
 
+def test_segmentation_beside_its_study_folder_is_the_label_of_that_study(studies, tmp_path: Path) -> None:
+    """A SEG lying beside the study folders (not in them) labels the study whose series it references; one that
+    references none of them is one line and nothing is written."""
+    case = studies["cases"]["three_series"]
+    study = generate_uid()
+    arterial, venous = _series(case, "arterial", study), _series(case, "venous", study)
+    _write_shuffled(arterial + venous, tmp_path / "in" / "c", random.Random(9))
+    _segmentation(case, arterial, tmp_path / "scratch").save_as(tmp_path / "in" / "c_seg.dcm",
+                                                                enforce_file_format=True)
+    (tmp_path / "in" / "notes.txt").write_text("not DICOM: left alone")
+    assert dicom_study.scan_study(tmp_path / "in" / "c").segmentations == []
+    dataset = convert_cases(tmp_path / "in", 505, "Beside", raw_root=tmp_path / "raw", progress=False)
+    label = sitk.ReadImage(str(dataset / "labelsTr" / "c.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(label), case.label)
+    record = json.loads((dataset / "dicom_study" / "c.json").read_text())
+    assert record["segmentations"] == [str(tmp_path / "in" / "c_seg.dcm")]
+    # a SEG beside them of a series in none of the study folders
+    _write_shuffled(arterial + venous, tmp_path / "stray" / "c", random.Random(10))
+    other = _segmentation(case, _series(case, "arterial", generate_uid()), tmp_path / "scratch")
+    other.save_as(tmp_path / "stray" / "other_seg.dcm", enforce_file_format=True)
+    with pytest.raises(HPNInputError, match=r"other_seg\.dcm: the Segmentation beside the study folders references "
+                                            r"none of their series"):
+        convert_cases(tmp_path / "stray", 506, "Stray", raw_root=tmp_path / "raw2", progress=False)
+    assert not (tmp_path / "raw2").exists() or not list((tmp_path / "raw2").iterdir())
+
+
 def test_named_dicom_series_folders_acquired_in_the_wrong_order_are_refused(studies, tmp_path: Path) -> None:
     case = studies["cases"]["three_series"]
     study = generate_uid()
@@ -454,6 +480,25 @@ def test_predict_reads_a_study_folder_as_its_nifti_case_folder(studies, predict_
     assert record["phases"]["venous"]["description"] == "VENOUS"
     assert not list(out.glob("*.dcm")) and sorted(p.name for p in out.glob("*.nii.gz")) == ["nifti.nii.gz",
                                                                                           "study.nii.gz"]
+
+
+def test_predict_writes_a_dicom_seg_of_a_study_on_its_reference_series(studies, predict_model, tmp_path: Path
+                                                                        ) -> None:
+    """``predict -i`` of a study folder with ``--output-format dicom-seg``: the Segmentation references the series
+    identified as the reference phase (arterial) and reads back as the NIfTI output, voxel for voxel."""
+    in_dir = tmp_path / "cases"
+    shutil.copytree(studies["root"] / "dicom" / "three_series", in_dir / "study")
+    out = tmp_path / "pred"
+    assert main(["predict", "-i", str(in_dir), "-m", str(predict_model), "-o", str(out), "--disable-tta",
+                 "--registration", "none", "--output-format", "dicom-seg"]) == 0
+    study = dicom_study.scan_study(in_dir / "study")
+    arterial = next(c for c in study.candidates if c.description == "ARTERIAL")
+    seg_file = out / "study.seg.dcm"
+    assert pydicom.dcmread(seg_file).ReferencedSeriesSequence[0].SeriesInstanceUID == arterial.series_uid
+    nifti = sitk.ReadImage(str(out / "study.nii.gz"))
+    names = {name: value for name, value in dicom_study.dataset_labels().items()}
+    read_back = dicom_study.read_segmentation(seg_file, arterial, dicom_study.read_candidate(arterial), names)
+    assert np.array_equal(sitk.GetArrayFromImage(read_back), sitk.GetArrayFromImage(nifti))
 
 
 @pytest.mark.skipif(not (REAL / "totalsegmentator" / "example_ct_dicom").is_dir(),

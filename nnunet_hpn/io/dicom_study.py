@@ -975,6 +975,35 @@ def study_segmentation(study: Study, reference: Candidate, assignment: PhaseAssi
     return path
 
 
+def segmentations_beside(study_dirs: Sequence[Path], studies: Mapping[Path, Study]) -> dict[Path, list[Path]]:
+    """The DICOM Segmentation files lying beside the study folders (directly in their parent folders), by the study
+    folder whose series they reference (ReferencedSeriesSequence). HPNInputError naming a file beside them that
+    references none of their series."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    owner = {candidate.series_uid: folder for folder, study in studies.items() for candidate in study.candidates}
+    found: dict[Path, list[Path]] = {}
+    for parent in sorted({Path(folder).parent for folder in study_dirs}):
+        for path in sorted(entry for entry in parent.iterdir() if entry.is_file() and not entry.name.startswith(".")):
+            if not _is_dicom_file(path):
+                continue
+            try:
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+            except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError):
+                raise HPNInputError(f"{path}: unreadable DICOM file beside the study folders") from None
+            if _text(header, "SOPClassUID") != SEG_SOP_CLASS:
+                continue
+            referenced = [str(item.SeriesInstanceUID) for item in header.get("ReferencedSeriesSequence", [])]
+            folders = {owner[uid] for uid in referenced if uid in owner}
+            if len(folders) != 1:
+                raise HPNInputError(f"{path}: the Segmentation beside the study folders references "
+                                    f"{'series of several of them' if folders else 'none of their series'} "
+                                    f"({', '.join(referenced) or 'no ReferencedSeriesSequence'})")
+            found.setdefault(folders.pop(), []).append(path)
+    return found
+
+
 # ----------------------------------------------------------------------------------------- cases from studies --
 def dataset_labels() -> dict[str, int]:
     """Label names and values of the paper's scheme (:data:`nnunet_hpn.labels.PDAC_SCHEME`), the default."""
@@ -995,17 +1024,28 @@ class StudyCase:
 def resolve_studies(case_dirs: Sequence[Path], phases: Sequence[str], reference_phase: str,
                     phase_map: Path | None = None) -> dict[str, StudyCase]:
     """Case name -> :class:`StudyCase` for every study folder among ``case_dirs`` (the others are left out):
-    phases from the phase map where it names the case, else identified. Every failing case is one line of a
-    single HPNInputError (cases in name order)."""
+    phases from the phase map where it names the case, else identified; the label from the Segmentation in the study
+    folder or beside it (:func:`segmentations_beside`). Every failing case is one line of a single HPNInputError
+    (cases in name order)."""
     mapped = read_phase_map(phase_map) if phase_map is not None else {}
     resolved, errors = {}, []
     study_dirs = [Path(d) for d in case_dirs if is_study_folder(Path(d), phases)]
     unknown = sorted(set(mapped) - {d.name for d in study_dirs})
     if unknown:
         errors.append(f"{phase_map}: case {unknown[0]} is not a study folder of the input")
+    studies = {}
     for case_dir in study_dirs:
         try:
-            study = scan_study(case_dir)
+            studies[case_dir] = scan_study(case_dir)
+        except HPNInputError as error:
+            errors.append(str(error))
+    try:
+        for case_dir, paths in segmentations_beside(study_dirs, studies).items():
+            studies[case_dir].segmentations.extend(paths)
+    except HPNInputError as error:
+        errors.append(str(error))
+    for case_dir, study in studies.items():
+        try:
             if case_dir.name in mapped:
                 assignment = assignment_from_map(study, phases, mapped[case_dir.name], Path(phase_map))
             else:
