@@ -46,6 +46,7 @@ from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
 from nnunet_hpn import LABELS
+from nnunet_hpn.augment.displacement import control_grid_field, scaled_to_peak
 from nnunet_hpn.phases import PHASES, reference_phase as reference_phase_rule
 from nnunet_hpn.pipeline.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.errors import HPNInputError
@@ -195,12 +196,8 @@ def _irregular_mass(grid: _Grid, centre: np.ndarray, diameter_mm: float, rng: np
 
 def _random_displacement_mm(shape: tuple[int, int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Smooth random displacement field (3, z, y, x) in mm and its translation part (z, y, x)."""
-    coarse = rng.standard_normal((3, 4, 4, 4))
-    # Cubic interpolation of the 4 x 4 x 4 control grid, axis by axis: (n, 4) weights per axis.
-    z_weights, y_weights, x_weights = (make_interp_spline(np.linspace(0, 1, 4), np.eye(4), k=3)(np.linspace(0, 1, n))
-                                       for n in shape)
-    field = np.einsum("zi,yj,xk,cijk->czyx", z_weights, y_weights, x_weights, coarse, optimize=True)
-    field *= rng.uniform(2.0, 5.0) / np.linalg.norm(field, axis=0).max()
+    field = control_grid_field(rng.standard_normal((3, 4, 4, 4)), shape, degree=3)  # cubic through 4 x 4 x 4
+    field = scaled_to_peak(field, rng.uniform(2.0, 5.0))
     translation = rng.uniform(-2.0, 2.0, size=3) * np.array([0.5, 1.0, 1.0])
     return field + translation[:, None, None, None], translation
 
