@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from nnunet_hpn.io.publish import check_outputs, published_folder, write_text_atomically
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.io.case_layout import phase_images
 from nnunet_hpn.io.geometry import Grid, grid_difference
 from nnunet_hpn.io.listing import predicted_cases
 from nnunet_hpn.phases import channel_file_name
@@ -131,13 +132,13 @@ def read_boxes(path: Path) -> dict[str, CropBox]:
 
 def find_reference(reference_dir: Path, case: str, file_ending: str = ".nii.gz") -> Path:
     """The full image of ``case`` in ``reference_dir``: ``<case>_0000``, ``<case>`` (nnU-Net names) or
-    ``<case>/<any phase>`` (a case folder; its first image in name order)."""
+    ``<case>/<any phase>`` (a case folder, :func:`nnunet_hpn.io.case_layout.phase_images`; its first image in name
+    order)."""
     for candidate in (reference_dir / channel_file_name(case, 0, file_ending), reference_dir / f"{case}{file_ending}"):
         if candidate.is_file():
             return candidate
     folder = reference_dir / case
-    images = sorted(path for path in folder.glob(f"*{file_ending}") if not path.name.startswith("label")) \
-        if folder.is_dir() else []
+    images = phase_images(folder, file_ending) if folder.is_dir() else []
     if not images:
         raise HPNInputError(f"{reference_dir}: no full image of case {case!r} ({case}_0000{file_ending}, "
                             f"{case}{file_ending} or {case}/<phase>{file_ending})")
