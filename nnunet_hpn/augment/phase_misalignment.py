@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from batchgeneratorsv2.transforms.base.basic_transform import ImageOnlyTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 
+from nnunet_hpn.augment.displacement import control_grid_field, scaled_to_peak
 from nnunet_hpn.augment.virtual_pairs import spatial_block_end
 
 #: largest displacement (mm) of the HPN / early-fusion ``_misalign`` trainer variants
@@ -73,15 +74,13 @@ class PhaseMisalignmentTransform(ImageOnlyTransform):
         shift_mm = direction * np.random.uniform(0.0, self.shift_fraction * self.max_displacement_mm)
         spacing = np.asarray(self.spacing)
         n_control = [max(2, int(np.ceil(n * s / self.control_spacing_mm)) + 1) for n, s in zip(spatial, spacing)]
-        coarse = torch.from_numpy(np.random.normal(size=(1, ndim, *n_control)).astype(np.float32))
-        field = F.interpolate(coarse, size=spatial, mode="trilinear" if ndim == 3 else "bilinear",
-                              align_corners=True)[0]  # (ndim, *spatial), arbitrary units
-        peak = float(torch.linalg.vector_norm(field, dim=0).max())
+        control = np.random.normal(size=(ndim, *n_control)).astype(np.float32)
+        field = control_grid_field(control, spatial, degree=1)  # (ndim, *spatial), multilinear
         budget = self.max_displacement_mm - float(np.linalg.norm(shift_mm))
-        scale = np.random.uniform(0.0, budget) / peak if peak > 0 else 0.0
         view = (ndim,) + (1,) * ndim
-        displacement_mm = field * scale + torch.from_numpy(shift_mm.astype(np.float32)).reshape(view)
-        return {"displacement": displacement_mm / torch.from_numpy(spacing.astype(np.float32)).reshape(view),
+        displacement_mm = (scaled_to_peak(field, np.random.uniform(0.0, budget))
+                           + shift_mm.astype(np.float32).reshape(view))
+        return {"displacement": torch.from_numpy(displacement_mm / spacing.astype(np.float32).reshape(view)),
                 "channels": moved}
 
     def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
