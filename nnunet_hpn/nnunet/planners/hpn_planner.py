@@ -24,7 +24,7 @@ import torch
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
 
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.model.hyper_connections import all_hyper_connection_names
+from nnunet_hpn.model.hyper_connections import all_hyper_connection_names, parse_connection
 from nnunet_hpn.model.network import HyperPairedResDSN, HyperPairedUNet
 from nnunet_hpn.model.pairing_loss import pairing_loss_float32_maps
 from nnunet_hpn.nnunet.normalization import CLIP_KEY, HPNCTNormalization
@@ -59,8 +59,8 @@ def hyper_connection_names(n_paths: int, pattern: str = "all", reference: int = 
     pairs |= {(j, i) for i, j in pairs}
     names = []
     for name in all_hyper_connection_names(n_paths):
-        source, target = name.split("->")
-        if (int(source[3:]), int(target[3:])) in pairs:
+        _, source, _, target = parse_connection(name)
+        if (source, target) in pairs:
             names.append(name)
     return names
 
