@@ -58,7 +58,8 @@ def run_demo(workdir: Path, n_cases: int = 14, seed: int = 0) -> "EvaluationResu
     of held-out cases → pasted back into the full images → Dice table and PNG overlays. Everything is written under
     ``workdir`` (replaced if it exists). Returns the evaluation result (on the crops)."""
     from nnunet_hpn.pipeline.convert import convert_cases
-    from nnunet_hpn.pipeline.crop import BOXES_FILE, uncrop_folder
+    from nnunet_hpn.io.crop_boxes import BOXES_FILE
+    from nnunet_hpn.pipeline.crop import uncrop_folder
     from nnunet_hpn.evaluate.metrics import evaluate_folders, format_dice_table, write_summary
     from nnunet_hpn.evaluate.figures import save_overlay_from_files
     from nnunet_hpn.phantom import write_phantom_cases

@@ -48,8 +48,8 @@ from tqdm import tqdm
 from nnunet_hpn import LABELS
 from nnunet_hpn.augment.displacement import control_grid_field, scaled_to_peak
 from nnunet_hpn.phases import PHASES, reference_phase as reference_phase_rule
-from nnunet_hpn.pipeline.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.io.crop_boxes import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 
 #: Phases the phantom simulates, in acquisition order.
 KNOWN_PHASES: tuple = ("noncontrast", "arterial", "venous", "delayed")
@@ -493,7 +493,7 @@ def write_phantom_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: t
     ``label_<phase>.nii.gz`` for every other phase, and ``out_dir/phantoms.json``.
 
     ``crop_margin_mm``: every file of a case cut to the box of its label's foreground plus this margin
-    (:mod:`nnunet_hpn.pipeline.crop`, world positions kept), the boxes in ``out_dir/crop_boxes.json``.
+    (:mod:`nnunet_hpn.io.crop_boxes`, world positions kept), the boxes in ``out_dir/crop_boxes.json``.
 
     Returns the case ids (``hpn_000``, ``hpn_001``, ...). Default: ``arterial.nii.gz``, ``venous.nii.gz``,
     ``label.nii.gz`` (arterial space), ``label_venous.nii.gz``. All images share one grid. For another phase list

@@ -44,7 +44,7 @@ import SimpleITK as sitk
 from misalignment import misaligned_copy
 from nnunet_hpn.io.publish import write_text_atomically
 from nnunet_hpn.phantom import generate_phantom_case, phantom_image
-from nnunet_hpn.pipeline.crop import crop_image, label_box
+from nnunet_hpn.io.crop_boxes import crop_image, label_box
 from nnunet_hpn.pipeline.registration import METHODS, RegistrationWarning, register_to_reference
 
 REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "totalsegmentator"

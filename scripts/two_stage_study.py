@@ -246,7 +246,7 @@ def real_ct_pairs(out: Path) -> dict[str, Path]:
 
     import SimpleITK as sitk
     import benchmark_registration as bench  # beside this script
-    from nnunet_hpn.pipeline.crop import crop_image, label_box
+    from nnunet_hpn.io.crop_boxes import crop_image, label_box
 
     if not (bench.REAL_DIR / "example_ct.nii.gz").is_file():
         print(f"two_stage_study: {bench.REAL_DIR}: absent; no real-CT timing", flush=True)

@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_hpn.cli import main as cli_main
-from nnunet_hpn.pipeline.crop import BOXES_FILE, crop_image, label_box, read_boxes, uncrop_folder, write_boxes
+from nnunet_hpn.io.crop_boxes import BOXES_FILE, crop_image, label_box, read_boxes, write_boxes
+from nnunet_hpn.pipeline.crop import uncrop_folder
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.phantom import write_phantom_cases
 

@@ -281,7 +281,7 @@ def test_a_folding_field_is_smoothed_until_it_does_not_fold() -> None:
 def test_demons_stage_is_kept_on_a_pancreas_crop_and_recovers_the_deformation() -> None:
     """Phantom cases cropped to the pancreas box + 20 mm (the CPU Table 1's data): the deformable stage improves
     the alignment and is not dropped, and the displacement does not fold."""
-    from nnunet_hpn.pipeline.crop import crop_image, label_box
+    from nnunet_hpn.io.crop_boxes import crop_image, label_box
 
     fixed, fixed_label, moving, moving_label = _phantom_pair(0)
     box = label_box(fixed_label, 20.0, "fixed label")

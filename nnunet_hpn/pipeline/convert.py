@@ -28,9 +28,9 @@ from tqdm import tqdm
 from nnunet_hpn.io.publish import check_output_not_input, check_outputs, exclusive_claim, published_folder
 from nnunet_hpn.labels import PDAC_LABELS, PDAC_SCHEME, LabelScheme
 from nnunet_hpn.phases import PHASES, channel_file_name, reference_phase as reference_phase_rule
-from nnunet_hpn.pipeline.crop import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.case_layout import QC_FOLDER, CaseInputs, label_file_name, read_case_layout
+from nnunet_hpn.io.crop_boxes import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
 from nnunet_hpn.io.dicom_study import StagedStudies
 from nnunet_hpn.io.listing import case_folders
 from nnunet_hpn.io.images import check_finite as _check_finite
@@ -308,7 +308,7 @@ def convert_cases(in_dir: Path, dataset_id: int, name: str, raw_root: Path | Non
     (:mod:`nnunet_hpn.pipeline.registration`; an optional ``label_<phase>.nii.gz`` on that phase's grid is warped
     along for the surface-distance QC) and the QC of every case goes to ``<dataset>/registration_qc/<case>.json``
     with a ``summary.json``. ``crop_margin_mm``: every case (all phases, after registration, and the label) cut to
-    the box of its label's foreground plus this margin in mm, world positions kept (:mod:`nnunet_hpn.pipeline.crop`;
+    the box of its label's foreground plus this margin in mm, world positions kept (:mod:`nnunet_hpn.io.crop_boxes`;
     an oracle ROI), the boxes in ``<dataset>/crop_boxes.json``; every case needs a label then. Nothing is left in
     the raw root when any input is invalid (HPNInputError). ``n_processes`` > 1: cases converted (registered) in that
     many worker processes; ``registration_method``: :data:`~nnunet_hpn.pipeline.registration.METHODS` but "none".

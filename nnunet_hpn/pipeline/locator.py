@@ -35,7 +35,7 @@ from nnunet_hpn.errors import HPNInputError, HPNWarning
 from nnunet_hpn.labels import HPN_KEY, PDAC_LABELS, LabelScheme, dataset_reference_phase
 from nnunet_hpn.io.publish import check_outputs, published_folder
 from nnunet_hpn.phases import channel_file_name, channel_files, channel_names
-from nnunet_hpn.pipeline.crop import CropBox, label_box
+from nnunet_hpn.io.crop_boxes import CropBox, label_box
 
 #: Margin (mm) around the locator's pancreas box at inference.
 STAGE2_MARGIN_MM: float = 20.0

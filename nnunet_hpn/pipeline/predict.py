@@ -49,7 +49,7 @@ from nnunet_hpn.io.images import IMAGE_FILE_ENDINGS, check_distinct_phases, read
 from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
 from nnunet_hpn.labels import LabelScheme, dataset_reference_phase
 from nnunet_hpn.phases import read_channel_names, reference_phase
-from nnunet_hpn.pipeline.crop import CropBox, crop_image, uncrop_image
+from nnunet_hpn.io.crop_boxes import CropBox, crop_image, uncrop_image
 from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM, Locator, LocatorWarning
 from nnunet_hpn.pipeline.registration import METHODS, register_to_reference
 #: ``--output-format`` values: NIfTI label maps, or NIfTI plus a DICOM Segmentation (``<case>.seg.dcm``)
