@@ -5,9 +5,16 @@ import argparse
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
+from nnunet_hpn.cli_options import (DEFAULT_TRAINER, add_dataset, add_djfile, add_folds, add_option, add_phases,
+                                    add_plans, add_processes, add_registration_method, add_seed, add_tolerance,
+                                    add_unusual_intensities, margin_mm, positive_int, real, whole)
 from nnunet_hpn.errors import HPNInputError, HPNWarning
+from nnunet_hpn.phases import PHASES, PREFERRED_REFERENCE
+
+#: What ``add_subparsers`` returns: the subcommands are added to it.
+Subparsers = argparse._SubParsersAction
 
 
 def _phantom(args: argparse.Namespace) -> None:
@@ -90,10 +97,10 @@ def _register(args: argparse.Namespace) -> None:
 
     result = register_files(Path(args.fixed), Path(args.moving), Path(args.output),
                             moving_label_path=Path(args.moving_label) if args.moving_label else None,
-                            fixed_label_path=Path(args.fixed_label) if args.fixed_label else None, method=args.method,
-                            allow_unusual_intensities=args.allow_unusual_intensities)
+                            fixed_label_path=Path(args.fixed_label) if args.fixed_label else None,
+                            method=args.registration_method, allow_unusual_intensities=args.allow_unusual_intensities)
     similarity = result.qc["similarity"]
-    print(f"NMI {similarity['before']['nmi']} -> {similarity['after']['nmi']} ({args.method}, "
+    print(f"NMI {similarity['before']['nmi']} -> {similarity['after']['nmi']} ({args.registration_method}, "
           f"{result.qc['seconds']:.1f} s)")
     if "pancreas" in result.qc:
         before, after = result.qc["pancreas"]["before"], result.qc["pancreas"]["after"]
@@ -155,7 +162,7 @@ def _predict_device(requested: Optional[str]) -> str:
 def _predict(args: argparse.Namespace) -> None:
     from nnunet_hpn.pipeline.predict import TwoStage, predict_case, predict_folder
 
-    phases = {name: path for name, path in (("arterial", args.arterial), ("venous", args.venous)) if path}
+    phases = {name: getattr(args, name) for name in PHASES if getattr(args, name)}
     for item in args.phase:
         name, _, path = item.partition("=")
         if not name or not path:
@@ -165,7 +172,7 @@ def _predict(args: argparse.Namespace) -> None:
         phases[name] = path
     options = dict(folds=args.folds, device=args.device, disable_tta=args.disable_tta,
                    checkpoint=args.checkpoint,
-                   registration=args.registration, allow_unusual_intensities=args.allow_unusual_intensities,
+                   registration=args.registration_method, allow_unusual_intensities=args.allow_unusual_intensities,
                    step_size=args.step_size, save_probabilities=args.save_probabilities,
                    output_format=args.output_format,
                    two_stage=TwoStage(Path(args.locator) if args.locator else None, tuple(args.locator_folds),
@@ -241,7 +248,7 @@ def _split(args: argparse.Namespace) -> None:
     from nnunet_hpn.nnunet.splits import resolve_preprocessed_dir, write_crossval_splits
 
     folder = resolve_preprocessed_dir(args.dataset)
-    splits = write_crossval_splits(folder, n_folds=args.folds, seed=args.seed, overwrite=args.overwrite,
+    splits = write_crossval_splits(folder, n_folds=args.n_folds, seed=args.seed, overwrite=args.overwrite,
                                    scheme=_label_scheme(args))
     sizes = ", ".join(f"fold {i}: {len(s['train'])} train / {len(s['val'])} val" for i, s in enumerate(splits))
     print(f"wrote {folder / 'splits_final.json'} ({sizes})")
@@ -295,295 +302,295 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(Path(args.workdir), n_cases=args.cases, seed=args.seed)
 
 
-def _whole(low: int, high: int) -> Callable[[str], int]:
-    """argparse type: a whole number in [low, high]."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be a whole number in {low}..{high}, got {text}")
-        return value
-    return parse
+def _add_phantom(sub: Subparsers) -> None:
+    from nnunet_hpn.phantom import KNOWN_PHASES
 
-
-def _real(low: float, high: float, low_open: bool = False, unit: str = "") -> Callable[[str], float]:
-    """argparse type: a finite number in [low, high] (``low_open``: (low, high])."""
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not ((low < value) if low_open else (low <= value)) or not value <= high:
-            raise argparse.ArgumentTypeError(f"must be a number in {'(' if low_open else '['}{low:g}, {high:g}]"
-                                             f"{unit}, got {text}")
-        return value
-    return parse
-
-
-_positive_int = _whole(1, 4096)
-#: Seeds of NumPy's generators.
-_seed = _whole(0, 2 ** 32 - 1)
-#: A margin around a box (crop, locator): more than 0, at most a metre.
-_margin_mm = _real(0.0, 1000.0, low_open=True, unit=" mm")
-
-
-def _tolerance_mm(text: str) -> float:
-    """argparse type of --tolerance-mm: a finite number of mm, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of mm, 0 or more, got {text}")
-    return value
-
-
-UNUSUAL_INTENSITIES_HELP = ("accept phase images whose values do not look like CT in HU (few distinct values, far "
-                            "outside -4096..40000, or no value below 0 with a median above 500 as when the rescale "
-                            "intercept is missing): for unusual but real data")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM
-    from nnunet_hpn.pipeline.registration import METHODS
-
-    parser = argparse.ArgumentParser(prog="nnunet-hpn", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("phantom", help="write synthetic multi-phase (default: arterial + venous) abdominal CT cases "
-                                        "with labels")
-    p.add_argument("out_dir")
-    p.add_argument("--cases", type=_whole(1, 100000), default=10)
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--phases", nargs="+", default=["arterial", "venous"], metavar="PHASE",
-                   help="phases to simulate, out of noncontrast arterial venous delayed (default: arterial venous); "
-                        "the first is the reference (label.nii.gz), the others are deformed (label_<phase>.nii.gz)")
-    p.add_argument("--crop", type=_margin_mm, metavar="MARGIN_MM",
-                   help="cut every file of a case to its label's box plus MARGIN_MM (world positions kept); "
-                        "boxes in OUT_DIR/crop_boxes.json")
-    p.add_argument("--preset", choices=("pancreas", "liver"), default="pancreas",
-                   help="pancreas: pancreas, PDAC, duct (default); liver: liver, hypervascular lesions, portal vein, "
-                        "aorta, with OUT_DIR/labels.json for convert --labels (nnunet_hpn/phantom_liver.py)")
+    p = sub.add_parser("phantom", help=f"write synthetic multi-phase (default: {' + '.join(PHASES)}) abdominal CT "
+                                       "cases with labels")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder of the cases (new, empty, or an earlier phantom set, "
+                                                      "which is replaced): OUT_DIR/<case>/<phase>.nii.gz, label.nii.gz")
+    add_option(p, "--cases", type=whole(1, 100000), default=10, help="number of cases")
+    add_seed(p, 0)
+    add_phases(p, f"phases to simulate, out of {' '.join(KNOWN_PHASES)}; the first is the reference (label.nii.gz), "
+                  "the others are deformed (label_<phase>.nii.gz)")
+    add_option(p, "--crop", type=margin_mm, metavar="MARGIN_MM",
+               help="cut every file of a case to its label's box plus MARGIN_MM (world positions kept); boxes in "
+                    "OUT_DIR/crop_boxes.json")
+    add_option(p, "--preset", choices=("pancreas", "liver"), default="pancreas",
+               help="pancreas: pancreas, PDAC, duct; liver: liver, hypervascular lesions, portal vein, aorta, with "
+                    "OUT_DIR/labels.json for convert --labels (nnunet_hpn/phantom_liver.py)")
     p.set_defaults(func=_phantom)
 
-    p = sub.add_parser("convert", help="IN_DIR/<case>/{arterial,venous,label}.nii.gz -> $nnUNet_raw/DatasetXXX_NAME")
-    p.add_argument("in_dir")
-    p.add_argument("-d", "--dataset-id", type=_whole(1, 999), required=True)
-    p.add_argument("--name", required=True)
-    p.add_argument("--raw-root", help="defaults to $nnUNet_raw")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset with the same id")
-    p.add_argument("--phases", nargs="+", default=["arterial", "venous"], metavar="PHASE",
-                   help="phase file names in channel order (default: arterial venous)")
-    p.add_argument("--reference-phase", help="grid of label.nii.gz and of the registered phases (default: arterial "
-                                             "if among the phases, else the first)")
-    p.add_argument("--register", action="store_true",
-                   help="register every other phase (and its label_<phase>.nii.gz, if any) onto the reference "
-                        "phase; QC per case in <dataset>/registration_qc/")
-    p.add_argument("--crop-to-label", type=_margin_mm, metavar="MARGIN_MM",
-                   help="cut every case (all phases, after --register, and the label) to the label's box plus "
-                        "MARGIN_MM, world positions kept: an oracle ROI for experiments, or second-stage training "
-                        "data; boxes in <dataset>/crop_boxes.json (every case needs a label)")
-    p.add_argument("--registration-method", choices=[m for m in METHODS if m != "none"],
-                   default="demons", help="with --register: demons (default), syn (needs antspyx) or affine")
-    p.add_argument("-np", type=_positive_int, default=None,
-                   help="worker processes (default: with --register nnU-Net's nnUNet_def_n_proc, else 1)")
-    p.add_argument("--labels", metavar="LABELS.json",
-                   help="the labels of your data: dataset.json's 'labels' object (name -> value, or -> list of "
-                        "values for regions), or {\"labels\": {...}} with regions_class_order, targets, lesion, "
-                        "union_precedence beside it (default: background 0, pancreas 1, PDAC 2, duct 3)")
-    p.add_argument("--phase-map", metavar="CSV",
-                   help="DICOM study folders: a reviewed phase map (case,phase,series,reason; see 'phase-map') whose "
-                        "assignments replace the automatic ones")
-    p.add_argument("--segment-map", nargs="+", default=[], metavar="SEGMENT=LABEL",
-                   help="DICOM-SEG segments whose label or property names no label of the dataset: segment label -> "
-                        "label name (or 0 to leave the segment out)")
-    p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
+
+def _add_convert(sub: Subparsers, methods: Sequence[str]) -> None:
+    p = sub.add_parser("convert", help=f"IN_DIR/<case>/{{{','.join((*PHASES, 'label'))}}}.nii.gz -> "
+                                       "$nnUNet_raw/DatasetXXX_NAME")
+    p.add_argument("in_dir", metavar="IN_DIR", help="one folder per case: <phase>.nii.gz for each of --phases and "
+                                                    "label.nii.gz, or DICOM study folders (see --phase-map)")
+    add_dataset(p, "id of the new dataset (DatasetXXX_NAME)", type=whole(1, 999), dest="dataset_id",
+                old=("--dataset-id",))
+    add_option(p, "--name", required=True, help="name of the new dataset (DatasetXXX_NAME)")
+    add_option(p, "--raw-root", help="folder of nnU-Net's raw datasets (default: $nnUNet_raw)")
+    add_option(p, "--overwrite", action="store_true", help="replace an existing dataset with the same id")
+    add_phases(p, "phase file names in channel order")
+    add_option(p, "--reference-phase", help=f"grid of label.nii.gz and of the registered phases (default: "
+                                            f"{PREFERRED_REFERENCE} if among the phases, else the first)")
+    add_option(p, "--register", action="store_true",
+               help="register every other phase (and its label_<phase>.nii.gz, if any) onto the reference phase; QC "
+                    "per case in <dataset>/registration_qc/")
+    add_option(p, "--crop-to-label", type=margin_mm, metavar="MARGIN_MM",
+               help="cut every case (all phases, after --register, and the label) to the label's box plus MARGIN_MM, "
+                    "world positions kept: an oracle ROI for experiments, or second-stage training data; boxes in "
+                    "<dataset>/crop_boxes.json (every case needs a label)")
+    add_registration_method(p, [method for method in methods if method != "none"], "with --register")
+    add_processes(p, "worker processes (default: with --register nnU-Net's nnUNet_def_n_proc, else 1)", default=None)
+    add_option(p, "--labels", metavar="LABELS.json",
+               help="the labels of your data: dataset.json's 'labels' object (name -> value, or -> list of values for "
+                    "regions), or {\"labels\": {...}} with regions_class_order, targets, lesion, union_precedence "
+                    "beside it (default: background 0, pancreas 1, PDAC 2, duct 3)")
+    add_option(p, "--phase-map", metavar="CSV",
+               help="DICOM study folders: a reviewed phase map (case,phase,series,reason; see 'phase-map') whose "
+                    "assignments replace the automatic ones")
+    add_option(p, "--segment-map", nargs="+", default=[], metavar="SEGMENT=LABEL",
+               help="DICOM-SEG segments whose label or property names no label of the dataset: segment label -> "
+                    "label name (or 0 to leave the segment out)")
+    add_unusual_intensities(p)
     p.set_defaults(func=_convert)
+
+
+def _add_phase_map(sub: Subparsers) -> None:
+    from nnunet_hpn.io.dicom_study import KNOWN_PHASES
 
     p = sub.add_parser("phase-map", help="DICOM study folders -> phase map CSV for review: which series is which "
                                          "phase and why (edit it, then convert/predict --phase-map)")
-    p.add_argument("in_dir", help="IN_DIR/<case>/ folders of DICOM files in any layout")
-    p.add_argument("-o", "--output", required=True, metavar="CSV", help="the phase map to write")
-    p.add_argument("--phases", nargs="+", default=["arterial", "venous"], metavar="PHASE",
-                   help="the dataset's phases (default: arterial venous); known: noncontrast arterial venous delayed")
-    p.add_argument("--phase-map", metavar="CSV", help="an earlier, edited phase map: its assignments are kept")
+    p.add_argument("in_dir", metavar="IN_DIR", help="IN_DIR/<case>/ folders of DICOM files in any layout")
+    add_option(p, "-o", "--output", required=True, metavar="CSV", help="the phase map to write")
+    add_phases(p, f"the dataset's phases, out of {' '.join(KNOWN_PHASES)}")
+    add_option(p, "--phase-map", metavar="CSV", help="an earlier, edited phase map: its assignments are kept")
     p.set_defaults(func=_phase_map)
 
+
+def _add_uncrop(sub: Subparsers) -> None:
     p = sub.add_parser("uncrop", help="paste predictions made on crops back onto the full images "
                                       "(crop_boxes.json of convert --crop-to-label / phantom --crop)")
-    p.add_argument("pred_dir", help="label maps <case>.nii.gz on the cropped grids")
-    p.add_argument("--boxes", required=True, help="crop_boxes.json")
-    p.add_argument("--reference", required=True, metavar="FULL_IMAGES",
-                   help="folder with the full images: <case>_0000.nii.gz, <case>.nii.gz or <case>/<phase>.nii.gz")
-    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="new (or empty) folder")
+    p.add_argument("pred_dir", metavar="PRED_DIR", help="label maps <case>.nii.gz on the cropped grids")
+    add_option(p, "--boxes", required=True, help="crop_boxes.json")
+    add_option(p, "--reference", required=True, metavar="FULL_IMAGES",
+               help="folder with the full images: <case>_0000.nii.gz, <case>.nii.gz or <case>/<phase>.nii.gz")
+    add_option(p, "-o", "--output", required=True, metavar="OUT_DIR", help="new (or empty) folder")
     p.set_defaults(func=_uncrop)
 
-    p = sub.add_parser("register", help="register a moving phase onto a fixed one (affine + diffeomorphic demons): "
-                                        "warped image, displacement field, warped label, qc.json")
-    p.add_argument("--fixed", required=True, help="reference image (NIfTI file or DICOM series folder), e.g. arterial")
-    p.add_argument("--moving", required=True, help="image to warp onto the fixed grid, e.g. venous")
-    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR")
-    p.add_argument("--moving-label", help="label on the moving grid, warped with nearest-neighbour interpolation")
-    p.add_argument("--fixed-label", help="label on the fixed grid: with --moving-label, pancreas surface distance and "
-                                         "Dice before/after in qc.json")
-    p.add_argument("--method", choices=list(METHODS), default="demons",
-                   help="demons (default), syn (ANTs SyN; needs antspyx), affine or none")
-    p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
+
+def _add_register(sub: Subparsers, methods: Sequence[str]) -> None:
+    p = sub.add_parser("register", help="register a moving phase onto a fixed one (by default affine + "
+                                        "diffeomorphic demons): warped image, displacement field, warped label, "
+                                        "qc.json")
+    add_option(p, "--fixed", required=True,
+               help="reference image (NIfTI file or DICOM series folder), e.g. arterial")
+    add_option(p, "--moving", required=True, help="image to warp onto the fixed grid, e.g. venous")
+    add_option(p, "-o", "--output", required=True, metavar="OUT_DIR", help="folder of the results")
+    add_option(p, "--moving-label", help="label on the moving grid, warped with nearest-neighbour interpolation")
+    add_option(p, "--fixed-label", help="label on the fixed grid: with --moving-label, pancreas surface distance and "
+                                        "Dice before/after in qc.json")
+    add_registration_method(p, methods, "method", old=("--method",))
+    add_unusual_intensities(p)
     p.set_defaults(func=_register)
 
+
+def _add_predict(sub: Subparsers, methods: Sequence[str]) -> None:
+    from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM
+
     p = sub.add_parser("predict", help="raw, unaligned phases -> registration -> trained nnU-Net model -> label map "
-                                       "in the arterial image's geometry; a missing phase is filled with a constant "
+                                       "in the reference phase's geometry; a missing phase is filled with a constant "
                                        "0 image (0 after normalization, as phase dropout trains) and warned about")
-    p.add_argument("--arterial", help="arterial phase (NIfTI file or DICOM series folder)")
-    p.add_argument("--venous", help="venous phase (NIfTI file or DICOM series folder)")
-    p.add_argument("--phase", action="append", default=[], metavar="NAME=PATH",
-                   help="any phase of the model by name (repeatable)")
-    p.add_argument("-i", "--input", metavar="IN_DIR",
-                   help="folder mode: IN_DIR/<case>/<phase>.nii.gz (or <phase>/ DICOM folders)")
-    p.add_argument("-m", "--model", metavar="MODEL_DIR",
-                   help="nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration> (or -d -c [-tr] [-p])")
-    p.add_argument("-d", "--dataset", help="instead of -m, as nnUNetv2_predict: dataset id or name")
-    p.add_argument("-c", "--configuration", help="with -d: configuration, e.g. 3d_fullres")
-    p.add_argument("-tr", "--trainer", default="HPNTrainer", help="with -d: trainer (default HPNTrainer)")
-    p.add_argument("-p", "--plans", default="nnUNetHPNPlans", help="with -d: plans (default nnUNetHPNPlans)")
-    p.add_argument("-o", "--output", required=True, help="OUT.nii.gz (one case) or OUT_DIR (folder mode)")
-    p.add_argument("-f", "--folds", nargs="+", default=["0"], help="folds to ensemble (default: 0)")
-    p.add_argument("-device", "--device", choices=["cpu", "cuda"], default=None,
-                   help="default: cuda where a CUDA device is available (as nnUNetv2_predict), else cpu")
-    p.add_argument("--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
-                   help="no test-time mirroring")
-    p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth")
-    p.add_argument("-step_size", "--step-size", dest="step_size", type=_real(0.0, 1.0, low_open=True), default=0.5,
-                   help="sliding-window step as a fraction of the patch (nnU-Net's -step_size, default 0.5)")
-    p.add_argument("--save_probabilities", "--save-probabilities", dest="save_probabilities", action="store_true",
-                   help="also nnU-Net's <case>.npz / <case>.pkl (folder mode: + dataset.json, plans.json), as "
-                        "nnUNetv2_ensemble reads them")
-    p.add_argument("--continue_prediction", "--continue-prediction", dest="continue_prediction",
-                   action="store_true", help="folder mode: skip cases whose outputs are already in OUT_DIR")
-    p.add_argument("-npp", type=_positive_int, default=1,
-                   help="folder mode: processes reading and registering cases (default 1; nnU-Net: 3)")
-    p.add_argument("-nps", type=_positive_int, default=1,
-                   help="folder mode: threads writing label maps and probabilities (default 1; nnU-Net: 3)")
-    p.add_argument("-num_parts", type=_positive_int, default=1, help="folder mode: split the cases into N parts")
-    p.add_argument("-part_id", type=_whole(0, 4095), default=0, help="folder mode: the part to predict (0 .. num_parts-1)")
-    p.add_argument("--registration", choices=list(METHODS), default="demons",
-                   help="demons (default), syn (ANTs SyN; needs antspyx), affine or none")
-    p.add_argument("--qc", help="one case: write the registration QC (JSON) here")
-    p.add_argument("--locator", metavar="MODEL_DIR",
-                   help="two-stage: a trained nnU-Net model folder with a pancreas label (e.g. trained on "
-                        "'nnunet-hpn locator-dataset'); HPN runs on its largest component's box + margin and the "
-                        "labels are pasted back into the full scan")
-    p.add_argument("--locator-folds", nargs="+", default=["0"], help="folds of the locator (default: 0)")
-    p.add_argument("--locator-margin", type=_margin_mm, default=None, metavar="MM",
-                   help=f"margin around the locator's box in mm (default {STAGE2_MARGIN_MM:g}, as stage 2 trains)")
-    p.add_argument("--strict", action="store_true",
-                   help="with --locator: an empty locator mask is an error (default: warn, segment the whole scan)")
-    p.add_argument("--output-format", choices=["nifti", "dicom-seg"], default="nifti",
-                   help="dicom-seg: also <case>.seg.dcm, a DICOM Segmentation referencing the arterial DICOM series "
-                        "(needs highdicom: pip install 'nnunet-hpn[dicom]')")
-    p.add_argument("--phase-map", metavar="CSV",
-                   help="folder mode with DICOM study folders: a reviewed phase map (see 'phase-map')")
-    p.add_argument("--allow-unusual-intensities", action="store_true", help=UNUSUAL_INTENSITIES_HELP)
+    for phase in PHASES:
+        add_option(p, f"--{phase}", help=f"{phase} phase (NIfTI file or DICOM series folder)")
+    add_option(p, "--phase", action="append", default=[], metavar="NAME=PATH",
+               help="any phase of the model by name (repeatable)")
+    add_option(p, "-i", "--input", metavar="IN_DIR",
+               help="folder mode: IN_DIR/<case>/<phase>.nii.gz (or <phase>/ DICOM folders)")
+    add_option(p, "-m", "--model", metavar="MODEL_DIR",
+               help="nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration> (or -d -c [-tr] [-p])")
+    add_dataset(p, "instead of -m, as nnUNetv2_predict: dataset id or name", required=False)
+    add_option(p, "-c", "--configuration", help="with -d: configuration, e.g. 3d_fullres")
+    add_option(p, "-tr", "--trainer", default=DEFAULT_TRAINER, help="with -d: trainer")
+    add_plans(p, "with -d: plans")
+    add_option(p, "-o", "--output", required=True, help="OUT.nii.gz (one case) or OUT_DIR (folder mode)")
+    add_folds(p, "-f", "--folds", help_text="folds to ensemble")
+    add_option(p, "-device", "--device", choices=["cpu", "cuda"],
+               help="default: cuda where a CUDA device is available (as nnUNetv2_predict), else cpu")
+    add_option(p, "--disable_tta", "--disable-tta", dest="disable_tta", action="store_true",
+               help="no test-time mirroring")
+    add_option(p, "-chk", "--checkpoint", default="checkpoint_final.pth", help="checkpoint file of each fold")
+    add_option(p, "-step_size", "--step-size", dest="step_size", type=real(0.0, 1.0, low_open=True), default=0.5,
+               help="sliding-window step as a fraction of the patch, as nnU-Net's -step_size")
+    add_option(p, "--save_probabilities", "--save-probabilities", dest="save_probabilities", action="store_true",
+               help="also nnU-Net's <case>.npz / <case>.pkl (folder mode: + dataset.json, plans.json), as "
+                    "nnUNetv2_ensemble reads them")
+    add_option(p, "--continue_prediction", "--continue-prediction", dest="continue_prediction", action="store_true",
+               help="folder mode: skip cases whose outputs are already in OUT_DIR")
+    add_option(p, "-npp", type=positive_int, default=1,
+               help="folder mode: processes reading and registering cases, as nnU-Net's -npp (whose default is 3)")
+    add_option(p, "-nps", type=positive_int, default=1,
+               help="folder mode: threads writing label maps and probabilities, as nnU-Net's -nps (whose default is 3)")
+    add_option(p, "-num_parts", type=positive_int, default=1, help="folder mode: split the cases into N parts")
+    add_option(p, "-part_id", type=whole(0, 4095), default=0,
+               help="folder mode: the part to predict (0 .. num_parts-1)")
+    add_registration_method(p, methods, "registration of the phases onto the reference phase",
+                            old=("--registration",))
+    add_option(p, "--qc", help="one case: write the registration QC (JSON) here")
+    add_option(p, "--locator", metavar="MODEL_DIR",
+               help="two-stage: a trained nnU-Net model folder with a pancreas label (e.g. trained on 'nnunet-hpn "
+                    "locator-dataset'); HPN runs on its largest component's box + margin and the labels are pasted "
+                    "back into the full scan")
+    add_folds(p, "--locator-folds", help_text="folds of the locator")
+    add_option(p, "--locator-margin", type=margin_mm, metavar="MM",
+               help=f"margin around the locator's box in mm (default: {STAGE2_MARGIN_MM:g}, as stage 2 trains)")
+    add_option(p, "--strict", action="store_true",
+               help="with --locator: an empty locator mask is an error (default: warn, segment the whole scan)")
+    add_option(p, "--output-format", choices=["nifti", "dicom-seg"], default="nifti",
+               help="dicom-seg: also <case>.seg.dcm, a DICOM Segmentation referencing the reference phase's DICOM "
+                    "series (needs highdicom: pip install 'nnunet-hpn[dicom]')")
+    add_option(p, "--phase-map", metavar="CSV",
+               help="folder mode with DICOM study folders: a reviewed phase map (see 'phase-map')")
+    add_unusual_intensities(p)
     p.set_defaults(func=_predict)
 
+
+def _add_locator_dataset(sub: Subparsers) -> None:
     p = sub.add_parser("locator-dataset", help="stage 1 of two-stage HPN: an nnU-Net dataset with one label (abnormal "
                                                "pancreas) derived from an HPN dataset, for the stock nnUNetv2_* "
                                                "commands")
-    p.add_argument("-d", "--dataset", required=True, help="the HPN dataset (id or name, in $nnUNet_raw)")
-    p.add_argument("--target-id", type=_whole(1, 999), required=True, help="id of the new dataset (Dataset<ID>_<name>Locator)")
-    p.add_argument("--all-phases", action="store_true",
-                   help="every phase as a channel (default: only the reference phase)")
-    p.add_argument("--target", metavar="NAME",
-                   help="the locator's label: this target of the dataset's label scheme (default: every foreground "
-                        "label together; the paper's abnormal pancreas)")
+    add_dataset(p, "the HPN dataset (id or name, in $nnUNet_raw)")
+    add_option(p, "--target-id", type=whole(1, 999), required=True,
+               help="id of the new dataset (Dataset<ID>_<name>Locator)")
+    add_option(p, "--all-phases", action="store_true",
+               help="every phase as a channel (default: only the reference phase)")
+    add_option(p, "--target", metavar="NAME",
+               help="the locator's label: this target of the dataset's label scheme (default: every foreground "
+                    "label together; the paper's abnormal pancreas)")
     p.set_defaults(func=_locator_dataset)
 
+
+def _add_cpu_config(sub: Subparsers) -> None:
     p = sub.add_parser("cpu-config", help="add a small-patch, narrow configuration to a plans file for CPU runs")
-    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
-    p.add_argument("-p", "--plans", default="nnUNetHPNPlans")
-    p.add_argument("-c", "--name", default="3d_cpu", help="name of the new configuration (default 3d_cpu)")
-    p.add_argument("--patch-size", type=_whole(8, 4096), nargs=3, default=(32, 48, 48), metavar=("Z", "Y", "X"),
-                   help="voxels (at least 8 each; rounded up to the network's stride, with a note)")
-    p.add_argument("--base-features", type=_whole(1, 1024), default=8)
-    p.add_argument("--max-features", type=_whole(1, 4096), default=64)
-    p.add_argument("--batch-size", type=_whole(1, 4096), default=2)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a configuration of that name with other settings (even one with trained models)")
-    p.add_argument("--spacing-factor", type=_real(1.0, 64.0), default=1.0, metavar="F",
-                   help="a coarse configuration (as 3d_lowres): 3d_fullres's spacing × F, its own preprocessed data "
-                        "(default 1: 3d_fullres's spacing and data)")
+    add_dataset(p)
+    add_plans(p, "plans file to add the configuration to (as nnU-Net's -p)")
+    add_option(p, "--name", old=("-c",), default="3d_cpu", help="name of the new configuration")
+    add_option(p, "--patch-size", type=whole(8, 4096), nargs=3, default=(32, 48, 48), metavar=("Z", "Y", "X"),
+               help="voxels (at least 8 each; rounded up to the network's stride, with a note)")
+    add_option(p, "--base-features", type=whole(1, 1024), default=8, help="features of the first stage")
+    add_option(p, "--max-features", type=whole(1, 4096), default=64, help="features of any stage at most")
+    add_option(p, "--batch-size", type=whole(1, 4096), default=2, help="cases per training batch")
+    add_option(p, "--overwrite", action="store_true",
+               help="replace a configuration of that name with other settings (even one with trained models)")
+    add_option(p, "--spacing-factor", type=real(1.0, 64.0), default=1.0, metavar="F",
+               help="a coarse configuration (as 3d_lowres): 3d_fullres's spacing × F, its own preprocessed data; 1: "
+                    "3d_fullres's spacing and data")
     p.set_defaults(func=_cpu_config)
 
-    djfile_help = ("dataset.json whose label scheme to use (nnU-Net's -djfile; default: the dataset.json beside %s, "
-                   "else the paper's pancreas / PDAC / duct)")
+
+def _add_union(sub: Subparsers) -> None:
     p = sub.add_parser("union", help="the paper's final HPN output: union of original-pair and virtual-pair "
-                                      "predictions (overlaps: the label scheme's union precedence; the paper's: "
-                                      "PDAC > duct > pancreas)")
-    p.add_argument("-i", "--input", nargs="+", required=True, help="prediction folders (2 or more)")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("-djfile", metavar="DATASET_JSON", help=djfile_help % "the predictions (the model's)")
+                                     "predictions (overlaps: the label scheme's union precedence; the paper's: "
+                                     "PDAC > duct > pancreas)")
+    add_option(p, "-i", "--input", nargs="+", required=True, help="prediction folders (2 or more)")
+    add_option(p, "-o", "--output", required=True, metavar="OUT_DIR", help="folder of the union label maps")
+    add_djfile(p, "the predictions (the model's)")
     p.set_defaults(func=_union)
 
+
+def _add_split(sub: Subparsers) -> None:
     p = sub.add_parser("split", help="write a k-fold splits_final.json into the preprocessed folder, stratified on "
                                      "the lesion target (the paper's: PDAC)")
-    p.add_argument("-d", "--dataset", required=True, help="dataset id or name")
-    p.add_argument("--folds", type=_whole(2, 100), default=3)
-    p.add_argument("--seed", type=_seed, default=12345)
-    p.add_argument("--overwrite", action="store_true", help="replace a different existing splits_final.json")
-    p.add_argument("-djfile", metavar="DATASET_JSON", help=djfile_help % "the preprocessed or raw data")
+    add_dataset(p)
+    add_option(p, "--n-folds", old=("--folds",), type=whole(2, 100), default=3, help="number of folds")
+    add_seed(p, 12345, "seed of the stratified assignment of cases to folds")
+    add_option(p, "--overwrite", action="store_true", help="replace a different existing splits_final.json")
+    add_djfile(p, "the preprocessed or raw data")
     p.set_defaults(func=_split)
 
-    empty_rule = ("Empty masks: both empty -> Dice 1, HD95 0, NSD 1; one empty -> Dice 0, NSD 0, HD95 = image "
-                  "diagonal in mm; means never NaN.")
+
+EMPTY_RULE = ("Empty masks: both empty -> Dice 1, HD95 0, NSD 1; one empty -> Dice 0, NSD 0, HD95 = image diagonal in "
+              "mm; means never NaN.")
+
+
+def _add_evaluate(sub: Subparsers) -> None:
     p = sub.add_parser("evaluate", help="Dice, HD95 (mm) and NSD per target of the label scheme (the paper's: "
                                         "abnormal pancreas 1∪2∪3, PDAC 2, duct 3) per case and mean±std, missed "
                                         "cases",
                        description="Dice (nnU-Net's helpers), HD95 and normalised surface Dice (MONAI, physical mm "
                                    "from the image spacing) per case and target; mean ± population std; missed = "
-                                   "target in truth but Dice 0. " + empty_rule)
+                                   "target in truth but Dice 0. " + EMPTY_RULE)
     p.add_argument("gt_dir", metavar="GT_DIR", help="ground-truth label maps (nnUNetv2_evaluate_folder's order)")
     p.add_argument("pred_dir", metavar="PRED_DIR", help="predicted label maps <case>.nii.gz")
-    p.add_argument("-o", "--output", help="summary .json (a per-case .csv is written next to it)")
-    p.add_argument("--tolerance-mm", type=_tolerance_mm, default=2.0, help="NSD tolerance in mm (default 2)")
-    p.add_argument("-np", type=_positive_int, default=1, help="processes evaluating cases (default 1)")
-    p.add_argument("--only-predicted", action="store_true",
-                   help="evaluate only the cases in PRED_DIR (default: every case of GT_DIR needs a prediction)")
-    p.add_argument("-djfile", metavar="DATASET_JSON", help=djfile_help % "GT_DIR, then PRED_DIR")
+    add_option(p, "-o", "--output", help="summary .json (a per-case .csv is written next to it)")
+    add_tolerance(p)
+    add_processes(p, "processes evaluating cases")
+    add_option(p, "--only-predicted", action="store_true",
+               help="evaluate only the cases in PRED_DIR (default: every case of GT_DIR needs a prediction)")
+    add_djfile(p, "GT_DIR, then PRED_DIR")
     p.set_defaults(func=_evaluate)
 
+
+def _add_report(sub: Subparsers) -> None:
     p = sub.add_parser("report", help="Table-1-style comparison of several methods: mean±std, Wilcoxon p-values, "
                                       "missed/rescued lesions, box plots, overlays of the largest gains",
                        description="Evaluates every method's predictions (same cases in each) against GT_DIR and "
                                    "writes report.md, report.csv, per_case.csv, report.json, a box plot PNG per "
                                    "target and, with --images, overlays of the cases with the largest lesion Dice "
                                    "gain of the reference. p: paired two-sided scipy.stats.wilcoxon against the "
-                                   "reference (1 when all differences are 0). " + empty_rule)
+                                   "reference (1 when all differences are 0; none for too few cases). " + EMPTY_RULE)
     p.add_argument("runs", nargs="+", metavar="NAME=PRED_DIR", help="prediction folder of each method")
-    p.add_argument("--gt", required=True, metavar="GT_DIR", help="ground-truth label maps")
-    p.add_argument("--images", metavar="IMAGES_DIR",
-                   help="imagesTr-style folder (<case>_0000, <case>_0001, ...; phase names from the dataset.json "
-                        "beside it) for the overlays")
-    p.add_argument("--reference", help="method to compare against (default: --hpn, else the last method)")
-    p.add_argument("--single-phase", nargs=2, metavar="NAME",
-                   help="the two single-phase methods (default: arterial venous, if so named)")
-    p.add_argument("--hpn", help="method whose rescues of the lesion (PDAC) missed by both single-phase methods are "
-                                 "counted (default: the reference)")
-    p.add_argument("--tolerance-mm", type=_tolerance_mm, default=2.0, help="NSD tolerance in mm (default 2)")
-    p.add_argument("--overlays", type=_whole(0, 100), default=3, help="cases with the largest gain to draw (default 3)")
-    p.add_argument("-np", type=_positive_int, default=1, help="processes evaluating cases (default 1)")
-    p.add_argument("-o", "--output", required=True, metavar="REPORT_DIR",
-                   help="report folder (created, or replaced if it holds an earlier report.md)")
-    p.add_argument("-djfile", metavar="DATASET_JSON", help=djfile_help % "GT_DIR, then the predictions")
+    add_option(p, "--gt", required=True, metavar="GT_DIR", help="ground-truth label maps")
+    add_option(p, "--images", metavar="IMAGES_DIR",
+               help="imagesTr-style folder (<case>_0000, <case>_0001, ...; phase names from the dataset.json beside "
+                    "it) for the overlays")
+    add_option(p, "--reference", help="method to compare against (default: --hpn, else the last method)")
+    add_option(p, "--single-phase", nargs=2, metavar="NAME",
+               help=f"the two single-phase methods (default: {' '.join(PHASES)}, if so named)")
+    add_option(p, "--hpn", help="method whose rescues of the lesion (PDAC) missed by both single-phase methods are "
+                                "counted (default: the reference)")
+    add_tolerance(p)
+    add_option(p, "--overlays", type=whole(0, 100), default=3, help="cases with the largest gain to draw")
+    add_processes(p, "processes evaluating cases")
+    add_option(p, "-o", "--output", required=True, metavar="REPORT_DIR",
+               help="report folder (created, or replaced if it holds an earlier report.md)")
+    add_djfile(p, "GT_DIR, then the predictions")
     p.set_defaults(func=_report)
 
+
+def _add_demo(sub: Subparsers) -> None:
     p = sub.add_parser("demo", help="phantoms -> convert -> plan -> short HPN training -> predict -> Dice + PNG (CPU)")
-    p.add_argument("--workdir", default="hpn_demo")
-    p.add_argument("--cases", type=_whole(6, 100000), default=14,
-                   help="phantom cases; the last 4 are held out for testing")
-    p.add_argument("--seed", type=_seed, default=0)
+    add_option(p, "--workdir", default="hpn_demo", help="work folder (new, empty, or an earlier demo's, which is "
+                                                         "replaced)")
+    add_option(p, "--cases", type=whole(6, 100000), default=14, help="phantom cases; the last 4 are held out for "
+                                                                     "testing")
+    add_seed(p, 0)
     p.set_defaults(func=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``nnunet-hpn`` parser: one subparser per subcommand, each with its handler as ``func``."""
+    from nnunet_hpn import __version__
+    from nnunet_hpn.pipeline.registration import METHODS
+
+    parser = argparse.ArgumentParser(prog="nnunet-hpn", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_phantom(sub)
+    _add_convert(sub, METHODS)
+    _add_phase_map(sub)
+    _add_uncrop(sub)
+    _add_register(sub, METHODS)
+    _add_predict(sub, METHODS)
+    _add_locator_dataset(sub)
+    _add_cpu_config(sub)
+    _add_union(sub)
+    _add_split(sub)
+    _add_evaluate(sub)
+    _add_report(sub)
+    _add_demo(sub)
     return parser
 
 
