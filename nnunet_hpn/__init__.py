@@ -5,12 +5,8 @@ interpreter of the environment.
 """
 from pathlib import Path
 
+from nnunet_hpn.phases import PHASES  # noqa: F401  (re-exported; the phase names live in nnunet_hpn.phases)
 from nnunet_hpn.version import __version__  # noqa: F401  (re-exported)
 
 #: Folder that holds only the trainer shim modules; appended to ``nnUNet_extTrainer`` by the start-up hook.
 EXT_TRAINER_DIR: str = str(Path(__file__).resolve().parent / "nnunet" / "ext")
-
-from nnunet_hpn.phases import PHASES  # noqa: F401  (re-exported; the phase names live in nnunet_hpn.phases)
-
-#: The paper's label scheme, the default preset of :mod:`nnunet_hpn.labels` (any other scheme comes from dataset.json).
-LABELS: dict = {"background": 0, "pancreas": 1, "PDAC": 2, "duct": 3}

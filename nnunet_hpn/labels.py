@@ -46,7 +46,6 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from nnunet_hpn import LABELS
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.phases import channel_names, reference_phase
 
@@ -324,7 +323,7 @@ def _parse_precedence(precedence: Optional[Sequence[str]], foreground: list[str]
 
 
 #: The paper's labels (dataset.json ``labels`` of every PDAC dataset convert writes by default).
-PDAC_LABELS: dict[str, LabelValue] = dict(LABELS)
+PDAC_LABELS: dict[str, LabelValue] = {"background": 0, "pancreas": 1, "PDAC": 2, "duct": 3}
 PDAC_TARGETS: dict[str, tuple[str, ...]] = {"abnormal pancreas": ("pancreas", "PDAC", "duct"), "PDAC": ("PDAC",),
                                             "duct": ("duct",)}
 PDAC_LESION = "PDAC"

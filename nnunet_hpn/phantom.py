@@ -45,11 +45,12 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 from tqdm import tqdm
 
-from nnunet_hpn import LABELS
 from nnunet_hpn.augment.displacement import control_grid_field, scaled_to_peak
 from nnunet_hpn.phases import PHASES, reference_phase as reference_phase_rule
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.io.case_layout import label_file_name
 from nnunet_hpn.io.crop_boxes import BOXES_FILE, CropBox, crop_image, label_box, write_boxes
+from nnunet_hpn.labels import PDAC_LABELS
 
 #: Phases the phantom simulates, in acquisition order.
 KNOWN_PHASES: tuple = ("noncontrast", "arterial", "venous", "delayed")
@@ -91,9 +92,9 @@ class Tissue(IntEnum):
 
 #: Label of each tissue class (index = Tissue value); everything not listed is background.
 TISSUE_TO_LABEL = np.zeros(len(Tissue), dtype=np.uint8)
-TISSUE_TO_LABEL[Tissue.PANCREAS] = LABELS["pancreas"]
-TISSUE_TO_LABEL[Tissue.MASS] = LABELS["PDAC"]
-TISSUE_TO_LABEL[Tissue.DUCT] = LABELS["duct"]
+TISSUE_TO_LABEL[Tissue.PANCREAS] = PDAC_LABELS["pancreas"]
+TISSUE_TO_LABEL[Tissue.MASS] = PDAC_LABELS["PDAC"]
+TISSUE_TO_LABEL[Tissue.DUCT] = PDAC_LABELS["duct"]
 
 
 @dataclass
@@ -489,8 +490,9 @@ def write_phantom_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: t
                         phases: Sequence[str] = PHASES, reference_phase: str | None = None,
                         crop_margin_mm: float | None = None,
                         generate: Callable[..., PhantomCase] = generate_phantom_case) -> list[str]:
-    """Write ``out_dir/<case>/<phase>.nii.gz`` for every phase, ``label.nii.gz`` (reference phase's space),
-    ``label_<phase>.nii.gz`` for every other phase, and ``out_dir/phantoms.json``.
+    """Write a case folder (:mod:`nnunet_hpn.io.case_layout`) per case: ``out_dir/<case>/<phase>.nii.gz`` for every
+    phase, ``label.nii.gz`` (reference phase's space), ``label_<phase>.nii.gz`` for every other phase; and
+    ``out_dir/phantoms.json``.
 
     ``crop_margin_mm``: every file of a case cut to the box of its label's foreground plus this margin
     (:mod:`nnunet_hpn.io.crop_boxes`, world positions kept), the boxes in ``out_dir/crop_boxes.json``.
@@ -518,14 +520,14 @@ def write_phantom_cases(out_dir: Path, n_cases: int, seed: int = 0, shape_zyx: t
         case = generate(seed, case_index, shape_zyx, spacing_zyx, phases, reference_phase)
         case_dir = out_dir / case_id
         case_dir.mkdir(exist_ok=True)
-        files = [(phase, case.images[phase]) for phase in phases] + [("label", case.label)]
-        files += [(f"label_{phase}", case.labels[phase]) for phase in phases if phase != reference_phase]
+        files = [(f"{phase}.nii.gz", case.images[phase]) for phase in phases] + [(label_file_name(), case.label)]
+        files += [(label_file_name(phase), case.labels[phase]) for phase in phases if phase != reference_phase]
         box = None
         if crop_margin_mm is not None:
             box = boxes[case_id] = label_box(phantom_image(case.label, spacing_zyx), crop_margin_mm,
-                                             str(case_dir / "label.nii.gz"))
-        for file_stem, array in files:
-            _write_nifti(array, spacing_zyx, case_dir / f"{file_stem}.nii.gz", box)
+                                             str(case_dir / label_file_name()))
+        for file_name, array in files:
+            _write_nifti(array, spacing_zyx, case_dir / file_name, box)
         case_ids.append(case_id)
         cases_metadata.append({"case_id": case_id, **case.metadata})
     summary = {"seed": seed, "shape_zyx": list(shape_zyx), "spacing_zyx": list(spacing_zyx)}

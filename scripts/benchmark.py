@@ -61,7 +61,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnunet_hpn import LABELS
+from nnunet_hpn.labels import PDAC_LABELS as LABELS
 from nnunet_hpn.model.hyper_connections import all_hyper_connection_names
 from nnunet_hpn.model.pairing_loss import pairing_loss
 from nnunet_hpn.phases import PHASES

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_hpn import LABELS
+from nnunet_hpn.labels import PDAC_LABELS as LABELS
 from nnunet_hpn.pipeline.convert import convert_cases
 from nnunet_hpn.io.geometry import check_same_grid
 from nnunet_hpn.errors import HPNInputError

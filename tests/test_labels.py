@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_hpn import LABELS
 from nnunet_hpn.cli import main
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.labels import PDAC_SCHEME, LabelScheme, resolve_scheme
 from nnunet_hpn.pipeline.convert import convert_cases
 
 SIZE_ZYX = (6, 12, 10)
+#: the paper's labels, written out: the preset is checked against them
+LABELS = {"background": 0, "pancreas": 1, "PDAC": 2, "duct": 3}
 
 #: liver: a hypervascular lesion, portal vein and aorta beside the liver
 LIVER = {"labels": {"background": 0, "liver": 1, "lesion": 2, "portal vein": 3, "aorta": 4},

@@ -12,7 +12,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from conftest import TINY_CONFIGURATION, nnunet_env, run_stock
-from nnunet_hpn import LABELS
+from nnunet_hpn.labels import PDAC_LABELS as LABELS
 from nnunet_hpn.pipeline.convert import convert_cases
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.pipeline.missing_phase import (
@@ -247,7 +247,9 @@ def test_phase_dropout_is_last_in_training_and_absent_from_validation():
     from nnunet_hpn.augment.virtual_pairs import VirtualPairTransform, insert_virtual_pairs
 
     for trainer in (HPNTrainer_phasedropout, HPNTrainer_phasedropout_demo):
-        training = trainer.get_training_transforms(PATCH_SIZE, ((0, 0),) * 3, None, (0, 1, 2), False)
+        # an instance method (nnU-Net calls it on the trainer); these rows read class attributes only
+        training = object.__new__(trainer).get_training_transforms(PATCH_SIZE, ((0, 0),) * 3, None,
+                                                                   (0, 1, 2), False)
         assert isinstance(training.transforms[-1], PhaseDropoutTransform)
         assert sum(isinstance(t, PhaseDropoutTransform) for t in training.transforms) == 1
         validation = trainer.get_validation_transforms(None)

@@ -834,14 +834,14 @@ def segment_labels(segments: Sequence[tuple[int, str, str, str]], labels: Mappin
     HPNInputError naming the segment when none applies."""
     from pydicom.sr.codedict import codes
 
-    from nnunet_hpn import LABELS
+    from nnunet_hpn.labels import PDAC_LABELS
     from nnunet_hpn.io.dicom_seg import SEGMENTS
 
     def norm(text: str) -> str:
         return re.sub(r"[^a-z0-9]", "", text.lower())
 
     by_name = {norm(name): value for name, value in labels.items() if isinstance(value, int) and value != 0}
-    preset_names = {value: name for name, value in LABELS.items()}
+    preset_names = {value: name for name, value in PDAC_LABELS.items()}
     output_codes = {}  # the DICOM-SEG output's segment labels and codes, for labels of the same name
     for value, (segment_label, _, kind) in SEGMENTS.items():
         if norm(preset_names[value]) in by_name:
