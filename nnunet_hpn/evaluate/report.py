@@ -7,7 +7,8 @@ there). The report folder then holds:
 * ``report.md`` / ``report.csv``: mean ± population std per target and metric per method, missed counts, paired
   Wilcoxon signed-rank p-values of each method against the reference method (``scipy.stats.wilcoxon(method,
   reference)`` with SciPy's defaults: two-sided, zero differences dropped, exact or normal approximation chosen by
-  SciPy; p = 1.0 when all paired differences are zero, where the test is undefined);
+  SciPy; p = 1.0 when all paired differences are zero, where the test is undefined; no p-value, and a line saying
+  so, for fewer than :data:`MIN_WILCOXON_CASES` cases);
 * "missed by both single-phase models / rescued by HPN": cases with the lesion target (the label scheme's, PDAC for
   the paper's) in the truth where both single-phase methods have its Dice 0, and among those the cases where the HPN
   method has Dice > 0;
@@ -61,6 +62,22 @@ DEFAULT_SINGLE_PHASE: tuple[str, str] = ("arterial", "venous")
 REPORT_MARKER: str = "report.md"
 WILCOXON_NOTE: str = ("paired two-sided Wilcoxon signed-rank test, scipy.stats.wilcoxon(method, reference) with "
                       "SciPy's defaults (zero differences dropped); p = 1 when all paired differences are zero")
+#: Fewest paired cases given a Wilcoxon p: with n cases the smallest two-sided p of the exact test is 2 / 2**n, below
+#: 0.05 only from 6 cases on. Fewer cases get no p-value (None), and the report says why.
+MIN_WILCOXON_CASES: int = 6
+
+
+def wilcoxon_note(n_cases: int) -> str:
+    """What the report's p-values are for ``n_cases`` paired cases: the test, or why there is none."""
+    if n_cases < MIN_WILCOXON_CASES:
+        return (f"n = {n_cases}: too few cases for a Wilcoxon test (a two-sided p below 0.05 needs at least "
+                f"{MIN_WILCOXON_CASES} paired cases); no p-values")
+    return f"{WILCOXON_NOTE}; n = {n_cases} paired cases"
+
+
+def _p_text(p_value: float | None, spec: str) -> str:
+    """A p-value for a table: formatted with ``spec``, or "–" where there is none (too few cases)."""
+    return "–" if p_value is None else format(p_value, spec)
 
 
 def parse_method_args(specs: Sequence[str]) -> dict[str, Path]:
@@ -255,8 +272,8 @@ def format_report_markdown(report: dict[str, Any]) -> str:
         if method == reference:
             continue
         lines.append(f"| {method} | " + " | ".join(
-            f"{report['wilcoxon'][method][t][m]:.4g}" for t in targets for m in METRICS) + " |")
-    lines += ["", f"{WILCOXON_NOTE}; n = {report['n_cases']} paired cases.", ""]
+            _p_text(report["wilcoxon"][method][t][m], ".4g") for t in targets for m in METRICS) + " |")
+    lines += ["", f"{wilcoxon_note(report['n_cases'])}.", ""]
 
     rescue = report.get("missed_rescued")
     lines += ["## Missed by both single-phase models / rescued by HPN", ""]
@@ -304,7 +321,8 @@ def format_report_csv(report: dict[str, Any]) -> str:
         for target in report["targets"]:
             for metric in METRICS:
                 entry = report["summary"][method][target][metric]
-                p_value = "" if method == report["reference"] else f"{report['wilcoxon'][method][target][metric]:.6g}"
+                p = None if method == report["reference"] else report["wilcoxon"][method][target][metric]
+                p_value = "" if p is None else f"{p:.6g}"
                 writer.writerow([method, target, metric, "mm" if metric == "HD95" else "fraction",
                                  f"{entry['mean']:.6f}", f"{entry['std']:.6f}", f"{entry['median']:.6f}",
                                  report["n_cases"], report["summary"][method][target]["missed"],
@@ -386,9 +404,10 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
             for metric in METRICS:
                 summary[name][target][metric] = {"mean": result.mean(target, metric), "std": result.std(target, metric),
                                                  "median": float(np.median(result.values(target, metric, cases)))}
+    tested = len(cases) >= MIN_WILCOXON_CASES
     wilcoxon = {name: {target: {metric: paired_wilcoxon(results[name].values(target, metric, cases),
                                                         results[reference].values(target, metric, cases))
-                                for metric in METRICS}
+                                if tested else None for metric in METRICS}
                        for target in targets} for name in methods if name != reference}
     rescue = missed_and_rescued(results, single_phase, hpn, scheme.lesion) if single_phase is not None else None
     gain_target, gains = largest_gains(results, reference, max(0, n_overlays), scheme.lesion)
@@ -404,7 +423,7 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
         "images_dir": str(images_dir) if images_dir else None, "reference": reference, "hpn": hpn,
         "single_phase": list(single_phase) if single_phase else None, "tolerance_mm": float(tolerance_mm),
         "n_cases": len(cases), "cases": cases, "date": datetime.date.today().isoformat(),
-        "empty_convention": EMPTY_CONVENTION, "wilcoxon_note": WILCOXON_NOTE, "summary": summary,
+        "empty_convention": EMPTY_CONVENTION, "wilcoxon_note": wilcoxon_note(len(cases)), "summary": summary,
         "wilcoxon": wilcoxon, "missed_rescued": rescue, "missed_rescued_note": note, "gain_target": gain_target,
         "gains": gains, "boxplots": {target: f"boxplot_{target_slug(target)}.png" for target in targets},
         "targets": targets, "lesion": scheme.lesion, "target_note": target_note(scheme),
@@ -441,12 +460,14 @@ def format_report_summary(report: dict[str, Any]) -> str:
     width = max(len("method"), *(len(name) for name in methods))
     targets, lesion = report["targets"], report["lesion"]
     header = "method".ljust(width) + "".join(f"  {target_title(t):>22}" for t in targets) + f"  p({lesion} Dice)"
-    lines = [f"Dice % (mean ± std) over {report['n_cases']} cases; p: Wilcoxon vs {report['reference']}",
+    tested = report["n_cases"] >= MIN_WILCOXON_CASES
+    lines = [f"Dice % (mean ± std) over {report['n_cases']} cases; "
+             + (f"p: Wilcoxon vs {report['reference']}" if tested else wilcoxon_note(report["n_cases"])),
              header, "-" * len(header)]
     for name in methods:
         cells = "".join(f"  {100 * report['summary'][name][t]['Dice']['mean']:>10.2f} ± "
                         f"{100 * report['summary'][name][t]['Dice']['std']:<9.2f}" for t in targets)
-        p_value = "ref" if name == report["reference"] else f"{report['wilcoxon'][name][lesion]['Dice']:.4g}"
+        p_value = "ref" if name == report["reference"] else _p_text(report["wilcoxon"][name][lesion]["Dice"], ".4g")
         lines.append(name.ljust(width) + cells + f"  {p_value:>12}")
     rescue = report.get("missed_rescued")
     if rescue is not None:
