@@ -68,6 +68,8 @@ def assign_folds(lesion_positive: dict[str, bool], n_folds: int, seed: int) -> l
     Deterministic for (cases, n_folds, seed) and independent of the dict's order. Each fold gets floor or ceil
     of n/n_folds positives, negatives and cases.
     """
+    # Not sklearn's StratifiedKFold: for the same seed it deals the cases into other folds, and trainings continue
+    # (--c) and are compared against splits_final.json files written by this rule.
     rng = np.random.RandomState(seed)  # legacy generator: stream frozen across NumPy versions
     positives = sorted(case for case, positive in lesion_positive.items() if positive)
     negatives = sorted(case for case, positive in lesion_positive.items() if not positive)
