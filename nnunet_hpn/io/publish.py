@@ -167,6 +167,9 @@ def published_folder(target: Path, mode: str = "new", replaces: Sequence[Path] =
 def exclusive_claim(lock: Path, what: str) -> Iterator[None]:
     """Holds ``lock`` (created exclusively, holding this process's id) for the block: a second process asking for the
     same claim gets HPNInputError naming ``what``; the lock of a process that no longer runs is taken over."""
+    # Not the filelock package: its FileLock is the kernel's lock on the file, so a lock file naming a live process
+    # does not hold off a second claim and the file stays behind; its SoftFileLock writes a record of its own, not
+    # the bare process id, and does not take over a lock file whose process no longer runs.
     lock = Path(lock)
     lock.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(2):
