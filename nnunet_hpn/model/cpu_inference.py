@@ -3,18 +3,17 @@
 nnU-Net's sliding-window predictor feeds the network one patch at a time (batch 1). For a float32 CPU
 convolution PyTorch only picks oneDNN (mkldnn) when the batch is larger than 1 or ``N * C * D * H > 20480`` (a
 heuristic tuned on 2D convolutions, pytorch/pytorch#40610); otherwise it falls back to its im2col
-``slow_conv3d``. For 3D networks with narrow stages that is 10-15 times slower: a 3x3x3 convolution
-8 -> 8 channels on a 48³ patch took 110.5 ms instead of 7.3 ms, 32 -> 32 on 24³ 57.3 ms instead of 5.5 ms
-(2 threads, this project's CPU; ``scripts/benchmark_conv_kernels.py``, docs/BENCHMARKS.md). Every HPN path is
-narrower than the
-early-fusion network's first stages when the paths are narrowed (``HPNTrainer_equalcost``), so this fallback
+``slow_conv3d``, many times slower for 3D convolutions with few channels (measured by
+``scripts/benchmark_conv_kernels.py``, numbers in docs/BENCHMARKS.md). With its paths narrowed to the early-fusion
+network's cost (``HPNTrainer_equalcost``) every HPN path is narrower than that network's stages, so this fallback
 would cost HPN more than nnU-Net.
 
 :class:`OneDNNConv3d` is ``nn.Conv3d`` with one override: a batch-1, float32, CPU call without autograd goes to
-oneDNN directly (same weights, same result up to float rounding, about 1e-6). Training (autograd on), GPUs, other
-dtypes and other batch sizes take ``nn.Conv3d``'s own path, so state dicts, checkpoints and CUDA behaviour are
-unchanged. Under ``torch.compile`` (``nnUNet_compile=t``) the shortcut steps aside: the direct oneDNN call cannot be
-traced with fake tensors, and the compiler chooses the convolution kernels itself. ``torch.utils.flop_counter`` counts the direct oneDNN call like any convolution.
+oneDNN directly (same weights, same result up to float rounding). Training (autograd on), GPUs, other dtypes and
+other batch sizes take ``nn.Conv3d``'s own path, so state dicts, checkpoints and CUDA behaviour are unchanged. Under
+``torch.compile`` (``nnUNet_compile=t``) the shortcut steps aside: the direct oneDNN call cannot be traced with fake
+tensors, and the compiler chooses the convolution kernels itself. ``torch.utils.flop_counter`` counts the direct
+oneDNN call like any convolution.
 """
 from __future__ import annotations
 
