@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from nnunet_hpn.io.publish import write_text_atomically
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.io.case_layout import QC_FOLDER
 from nnunet_hpn.io.geometry import grid_difference
 from nnunet_hpn.io.images import read_label
 from nnunet_hpn.io.listing import case_files
@@ -71,7 +72,7 @@ def metrics_per_target(pred: np.ndarray, truth: np.ndarray, spacing_zyx: Sequenc
 #: what a folder of predictions holds and a folder of ground truth does not: nnUNetv2_predict's records, nnU-Net's
 #: validation summary, ``nnunet-hpn predict``'s registration QC (and probabilities, ``*.npz``)
 PREDICTION_FOLDER_MARKERS: tuple[str, ...] = ("predict_from_raw_data_args.json", "plans.json", "summary.json",
-                                              "registration_qc")
+                                              QC_FOLDER)
 
 
 def prediction_folder_marker(folder: Path) -> str | None:
