@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from nnunet_hpn.cli import main as cli_main
 from nnunet_hpn.io.crop_boxes import BOXES_FILE, crop_image, label_box, read_boxes, write_boxes
-from nnunet_hpn.pipeline.crop import uncrop_folder
+from nnunet_hpn.pipeline.crop import find_reference, uncrop_folder
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.phantom import write_phantom_cases
 
@@ -206,3 +206,18 @@ def test_convert_crop_refuses_an_empty_label_and_writes_nothing(tmp_path: Path, 
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and str(label_path) in error[0] and "label has no foreground" in error[0]
     assert not raw.exists() or not any(raw.iterdir())
+
+
+def test_find_reference_takes_a_case_folders_first_phase_by_the_case_layout(tmp_path: Path) -> None:
+    case = tmp_path / "references" / "case_1"
+    case.mkdir(parents=True)
+    for name in ("venous.nii.gz", "label.nii.gz", "label_arterial.nii.gz", ".hidden.nii.gz", "notes.txt"):
+        (case / name).write_bytes(b"")
+    (case / "arterial.nii.gz").mkdir()  # a folder is no image file
+    assert find_reference(tmp_path / "references", "case_1") == case / "venous.nii.gz"
+    (case / "arterial.nii").write_bytes(b"")  # another ending is not the asked file ending
+    assert find_reference(tmp_path / "references", "case_1") == case / "venous.nii.gz"
+    (tmp_path / "references" / "case_1_0000.nii.gz").write_bytes(b"")  # nnU-Net's name comes first
+    assert find_reference(tmp_path / "references", "case_1") == tmp_path / "references" / "case_1_0000.nii.gz"
+    with pytest.raises(HPNInputError, match="no full image of case 'case_2'"):
+        find_reference(tmp_path / "references", "case_2")
