@@ -61,6 +61,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from hpn_experiments.commands import nnunet_env
 from nnunet_hpn.labels import PDAC_LABELS as LABELS
 from nnunet_hpn.model.hyper_connections import all_hyper_connection_names
 from nnunet_hpn.model.pairing_loss import pairing_loss
@@ -384,10 +385,7 @@ def write_planner_dataset(root: Path) -> dict:
         "median_relative_size_after_cropping": 1.0,
         "shapes_after_crop": [PLANNER_DATASET["shape"]] * n,
         "spacings": [PLANNER_DATASET["spacing"]] * n}))
-    env = dict(os.environ)
-    env.update({"nnUNet_raw": str(root / "nnUNet_raw"), "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
-                "nnUNet_results": str(root / "nnUNet_results")})
-    return env
+    return nnunet_env(root, defaults={})
 
 
 # ------------------------------------------------------------------------------------------------------ results

@@ -6,7 +6,7 @@ Pairs (fixed = the arterial-like image with its pancreas label; moving = the sam
 * ``phantom``: ``nnunet_hpn.phantom`` cases; moving = the venous phase (already deformed by the phantom's own smooth
   field, different contrast per organ) with its ``label_venous``, further deformed by a known smooth field (max
   ``--deformation-mm``), shifted by ``--shift-mm``, rotated by ``--rotation-deg`` and resampled onto a grid with
-  other spacing, y-flipped direction (``misalignment.misaligned_copy``, beside this script).
+  other spacing, y-flipped direction (``hpn_experiments.misalignment.misaligned_copy``).
 * ``real-ct``: the TotalSegmentator example CT (``example_ct.nii.gz``, native, 3 mm) with the pancreas of
   ``example_seg_fast_force_split.nii.gz`` (label 7, a model output); moving = the same CT through the same kind of
   known misalignment, plus Gaussian noise (``--noise-hu``) so the two are not the same samples.
@@ -41,17 +41,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from misalignment import misaligned_copy
+from hpn_experiments.misalignment import (CLINICAL_MIN_SIZE, CLINICAL_SPACING, REAL_DIR, clinical_pairs,
+                                          misaligned_pair_side, real_pairs)
 from nnunet_hpn.io.publish import write_text_atomically
 from nnunet_hpn.phantom import generate_phantom_case, phantom_image
 from nnunet_hpn.io.crop_boxes import crop_image, label_box
 from nnunet_hpn.pipeline.registration import METHODS, RegistrationWarning, register_to_reference
 
-REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "totalsegmentator"
-PANCREAS_TOTALSEG = 7
-CLINICAL_SPACING = (0.8, 0.8, 2.5)
-#: the clinical-size pair's grid is at least this large (x, y, z): a 512 x 512 field of view, 150 slices
-CLINICAL_MIN_SIZE = (512, 512, 150)
 PHANTOM_SPACING_ZYX = (2.5, 1.5, 1.5)
 
 
@@ -59,26 +55,14 @@ def _phantom_image(array: np.ndarray) -> sitk.Image:
     return phantom_image(array, PHANTOM_SPACING_ZYX)
 
 
-def _misalign(image: sitk.Image, label: sitk.Image, seed: int, args: argparse.Namespace, noise_hu: float = 0.0,
-              deformation_mm: float | None = None):
-    deformation_mm = args.deformation_mm if deformation_mm is None else deformation_mm
-    moving, moving_label, _ = misaligned_copy(image, label, seed=seed, max_deformation_mm=deformation_mm,
-                                              shift_mm=args.shift_mm, rotation_deg=args.rotation_deg)
-    if noise_hu > 0:
-        noise = np.random.default_rng(seed).normal(0, noise_hu, moving.GetSize()[::-1])
-        noisy = sitk.GetImageFromArray(np.rint(sitk.GetArrayFromImage(moving) + noise).astype(np.int16))
-        noisy.CopyInformation(moving)
-        moving = noisy
-    return moving, moving_label
-
-
 def phantom_pairs(args: argparse.Namespace, deformation_mm: float, crop_margin_mm: float | None = None):
     """Phantom pairs with a ``deformation_mm`` field; with ``crop_margin_mm`` both images cut to their pancreas box
     plus that margin (what ``phantom --crop`` + ``convert --register`` registers)."""
     for index in range(args.phantoms):
         case = generate_phantom_case(args.seed, index, tuple(args.phantom_shape))
-        moving, moving_label = _misalign(_phantom_image(case.images["venous"]), _phantom_image(case.labels["venous"]),
-                                         args.seed * 1000 + index, args, deformation_mm=deformation_mm)
+        moving, moving_label = misaligned_pair_side(_phantom_image(case.images["venous"]),
+                                                    _phantom_image(case.labels["venous"]), args.seed * 1000 + index,
+                                                    args, deformation_mm=deformation_mm)
         fixed, fixed_label = _phantom_image(case.images["arterial"]), _phantom_image(case.label)
         if crop_margin_mm is not None:
             fixed_box = label_box(fixed_label, crop_margin_mm, "fixed label")
@@ -87,44 +71,6 @@ def phantom_pairs(args: argparse.Namespace, deformation_mm: float, crop_margin_m
             moving, moving_label = (crop_image(moving, moving_box, "moving"),
                                     crop_image(moving_label, moving_box, "moving label"))
         yield f"phantom_{index:03d}", fixed, fixed_label, moving, moving_label
-
-
-def _real_ct() -> tuple[sitk.Image, sitk.Image]:
-    image = sitk.ReadImage(str(REAL_DIR / "example_ct.nii.gz"), sitk.sitkInt16)
-    label = sitk.ReadImage(str(REAL_DIR / "example_seg_fast_force_split.nii.gz"))
-    return image, sitk.Cast(label == PANCREAS_TOTALSEG, sitk.sitkUInt8)
-
-
-def real_pairs(args: argparse.Namespace):
-    if args.real_pairs == 0:
-        return
-    image, label = _real_ct()
-    for index in range(args.real_pairs):
-        moving, moving_label = _misalign(image, label, 100 + index, args, noise_hu=args.noise_hu)
-        yield f"real_ct_{index}", image, label, moving, moving_label
-
-
-def clinical_pairs(args: argparse.Namespace):
-    if args.clinical_pairs == 0:
-        return
-    image, label = _real_ct()
-    covered = [int(round(n * s / c)) for n, s, c in zip(image.GetSize(), image.GetSpacing(), CLINICAL_SPACING)]
-    size = [max(n, m) for n, m in zip(covered, CLINICAL_MIN_SIZE)]  # the CT's box, widened with air where smaller
-    grid = sitk.Image(size, sitk.sitkUInt8)
-    grid.SetSpacing(CLINICAL_SPACING)
-    grid.SetDirection(image.GetDirection())
-    # the 3 mm image's box, centred in the (larger) clinical field of view
-    direction = np.asarray(image.GetDirection()).reshape(3, 3)
-    corner = np.asarray(image.GetOrigin()) - direction @ (np.asarray(image.GetSpacing()) / 2)
-    padding = (np.asarray(size) - np.asarray(covered)) / 2 * np.asarray(CLINICAL_SPACING)
-    grid.SetOrigin((corner + direction @ (np.asarray(CLINICAL_SPACING) / 2 - padding)).tolist())
-    fine = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1024, sitk.sitkInt16)
-    # smooth label on the fine grid: linear interpolation of the mask, thresholded at 0.5
-    fine_label = sitk.Cast(sitk.Resample(sitk.Cast(label, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear,
-                                         0.0) > 0.5, sitk.sitkUInt8)
-    for index in range(args.clinical_pairs):
-        moving, moving_label = _misalign(fine, fine_label, 200 + index, args, noise_hu=args.noise_hu)
-        yield f"real_ct_clinical_{index}", fine, fine_label, moving, moving_label
 
 
 def _rss_mib() -> float:

@@ -36,82 +36,34 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime
-import hashlib
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-import run_ablation  # beside this script (its folder is on sys.path)
-from nnunet_hpn.demo import console_command
+from hpn_experiments.ablation import (ROWS, TARGET_COLUMNS, evaluate_row, format_csv, format_duration,
+                                      format_markdown, table_records)
+from hpn_experiments.archive import (check_or_record, fold_archive, git_commit, is_archived, labels_digest,
+                                     run_resumably)
+from hpn_experiments.commands import nnunet_env, run_command
+from hpn_experiments.table1 import (CONFIGURATION, FOLDS, ORDER, PROTOCOL_V1, RUN_ABLATION, TRAINING_ORDER,
+                                    Protocol, archive_fold, assemble_rows, dice_per_case, prepare_dataset,
+                                    train_fold)
 from nnunet_hpn.evaluate.metrics import evaluate_folders
 from nnunet_hpn.evaluate.report import paired_wilcoxon
 from nnunet_hpn.evaluate.training_stats import hierarchical_bootstrap_difference, seed_spread
 from nnunet_hpn.io.listing import predicted_cases
 
-N_CASES = 24
-#: seed of the phantoms: 8 of its 24 cases are subtle in both phases (33 %), inside the documented 25-35 %
-PHANTOM_SEED = 8
-CROP_MARGIN_MM = 20.0
-DATASET_ID = 510
-DATASET_NAME = "PancreasROITable1"
-CONFIGURATION = "3d_cpu"
-PLANS = run_ablation.BACKBONES["unet"].plans
-FOLDS: tuple[int, ...] = (0, 1, 2)
-#: run_ablation.py arguments shared by every training: 80 epochs × 25 iterations = 2,000 iterations (training seed
-#: and trainer variant: :func:`preset`)
-PRESET_WITHOUT_SEED: tuple[str, ...] = (
-    "--backbones", "unet", "-c", CONFIGURATION, "--cpu-config", "32", "32", "32", "--epochs", "80", "--iterations",
-    "25", "--val-iterations", "2", "--save-every", "5", "--no-tta", "--device", "cpu", "--seed", "12345", "-np", "2")
-#: the earlier run's arguments (training seed 1234), which the misalignment and two-stage studies train with
-PRESET: tuple[str, ...] = (*PRESET_WITHOUT_SEED, "--training-seed", "1234")
 #: the budget of :data:`PRESET` as written in trainings.csv
 BUDGET = "80x25"
-#: rows of the table, in the paper's order (then the warm-up row)
-ORDER: tuple[str, ...] = ("arterial", "venous", "fusion", "early_fusion", "hypernet", "hypernet_aug", "hpn",
-                          "hpn_virtual", "hpn_union", "hpn_warmup")
-#: order of training: the baselines, then the rows of the headline comparison (HPN, virtual pairs, their union),
-#: then the other ablation rows
-TRAINING_ORDER: tuple[str, ...] = ("arterial", "venous", "early_fusion", "hpn", "hpn_virtual", "hypernet",
-                                   "hypernet_aug", "hpn_warmup")
-#: rows whose probabilities (.npz/.pkl) are archived too: late fusion averages them
-PROBABILITY_ROWS: frozenset[str] = frozenset(run_ablation.ROWS["fusion"].needs)
 #: report references: every row against HPN-union and against HPN (when they exist)
 REFERENCES: tuple[str, ...] = ("hpn_union", "hpn")
 
 
-
-class Protocol(NamedTuple):
-    """One version of the table: the trainer variant every row trains with, the training seeds (one training per
-    row, fold and seed) and the rows."""
-
-    name: str
-    trainer_variant: str
-    seeds: tuple[int, ...]
-    training_order: tuple[str, ...]
-    order: tuple[str, ...]
-
-    @property
-    def per_seed(self) -> bool:
-        """Archive, nnU-Net results and assembled rows one folder per seed (``seed_<s>/``)."""
-        return self.name != "v1"
-
-    def results_root(self, workdir: Path, seed: int) -> Path:
-        return workdir / "nnUNet_results" if not self.per_seed else workdir / f"nnUNet_results_{self.name}_seed{seed}"
-
-    def rows_dir(self, workdir: Path, seed: int) -> Path:
-        return workdir / "rows" if not self.per_seed else workdir / f"rows_{self.name}" / f"seed_{seed}"
-
-
-#: the earlier run: nnU-Net's own settings, one training seed, plus the warm-up row
-PROTOCOL_V1 = Protocol("v1", "", (1234,), TRAINING_ORDER, ORDER)
 #: Table 1 v2: every row with the balanced recipe (nnunet_hpn/nnunet/trainers/balanced.py), two training seeds
 PROTOCOL_V2 = Protocol("v2", "_balanced", (1234, 2345), tuple(row for row in TRAINING_ORDER if row != "hpn_warmup"),
                        tuple(row for row in ORDER if row != "hpn_warmup"))
@@ -127,172 +79,18 @@ CONTRASTS: tuple[tuple[str, str, str], ...] = (
 #: resamples of the hierarchical bootstrap of the contrasts
 BOOTSTRAP_RESAMPLES = 10000
 #: targets of the tables (run_ablation's columns)
-TARGETS: tuple[str, ...] = tuple(target for target, _ in run_ablation.TARGET_COLUMNS)
+TARGETS: tuple[str, ...] = tuple(target for target, _ in TARGET_COLUMNS)
 
-SCRIPTS = Path(__file__).resolve().parent
 #: the earlier run's archive: Table 1 v2 must have its labels and split
-EARLIER_ARCHIVE = SCRIPTS.parent / "docs" / "table1_cpu" / "folds"
-#: trainer attributes of nnU-Net's debug.json recorded with each archived fold
-BUDGET_KEYS: tuple[str, ...] = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch",
-                                "save_every", "initial_lr", "batch_size", "patch_size")
-
-
-def nnunet_env(workdir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({name: str(workdir / name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
-    env.setdefault("nnUNet_compile", "f")
-    return env
-
-
-def run(command: Sequence[str], env: dict[str, str]) -> None:
-    print("$ " + " ".join(command), flush=True)
-    subprocess.run(list(command), env=env, check=True)
-
-
-def prepare_dataset(workdir: Path, env: dict[str, str]) -> Path:
-    """Phantoms and the cropped, registered raw dataset (skipped when present)."""
-    raw = workdir / "nnUNet_raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
-    if (raw / "dataset.json").is_file():
-        print(f"dataset {raw} exists", flush=True)
-        return raw
-    phantoms = workdir / "phantoms"
-    if not (phantoms / "phantoms.json").is_file():
-        run([console_command("nnunet-hpn"), "phantom", str(phantoms), "--cases", str(N_CASES),
-             "--seed", str(PHANTOM_SEED)], env)
-    run([console_command("nnunet-hpn"), "convert", str(phantoms), "--dataset-id", str(DATASET_ID),
-         "--name", DATASET_NAME, "--raw-root", env["nnUNet_raw"], "--register", "--crop-to-label",
-         f"{CROP_MARGIN_MM:g}"], env)
-    return raw
-
-
-class ArchiveMismatch(RuntimeError):
-    """The archive in --docs belongs to other data or another split."""
-
-
-def labels_digest(labels: Path) -> str:
-    """sha256 over the names and bytes of the label maps, in name order."""
-    digest = hashlib.sha256()
-    for path in sorted(labels.glob("*.nii.gz")):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def check_or_record(archive: Path, name: str, value: object) -> None:
-    """Record ``value`` as ``archive/name`` (JSON) the first time; afterwards it must be equal."""
-    path = archive / name
-    if path.is_file():
-        recorded = json.loads(path.read_text())
-        if recorded != value:
-            raise ArchiveMismatch(f"{path}: the archive was made with other {name.split('.')[0]} than "
-                                  f"{archive.parent} now has; use another --docs folder")
-        return
-    archive.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2) + "\n")
-
-
-def preset(seed: int, variant: str = "") -> tuple[str, ...]:
-    """run_ablation.py arguments of one training: :data:`PRESET`, the training seed, the trainer variant."""
-    return (*PRESET_WITHOUT_SEED, "--training-seed", str(seed), *(("--trainer-variant", variant) if variant else ()))
-
-
-def fold_archive(archive: Path, row: str, fold: int, seed: Optional[int] = None) -> Path:
-    """``<row>/fold_<k>`` (one seed), or ``<row>/seed_<s>/fold_<k>``."""
-    return archive / row / ("" if seed is None else f"seed_{seed}") / f"fold_{fold}"
-
-
-def is_archived(archive: Path, row: str, fold: int, seed: Optional[int] = None) -> bool:
-    return (fold_archive(archive, row, fold, seed) / "fold.json").is_file()
-
-
-def model_dir(results: Path, row: str, variant: str = "") -> Path:
-    return results / f"{run_ablation.trainer_name(row, variant)}__{PLANS}__{CONFIGURATION}"
-
-
-def archive_fold(archive: Path, results: Path, row: str, fold: int, seconds: Optional[float],
-                 seed: Optional[int] = None, variant: str = "") -> None:
-    """Copy a finished fold's validation predictions, training log and model-folder JSONs into the archive
-    (``seed``: the per-seed layout); ``fold.json`` is written last, so that a half-copied fold is not taken as
-    archived."""
-    model = model_dir(results, row, variant)
-    source = model / f"fold_{fold}"
-    suffixes = run_ablation.PREDICTION_SUFFIXES if row in PROBABILITY_ROWS else (".nii.gz",)
-    files = sorted(path for path in (source / "validation").glob("*") if path.name.endswith(suffixes))
-    target = fold_archive(archive, row, fold, seed)
-    if target.exists():
-        shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for path in files:
-        shutil.copy2(path, target / path.name)
-    for log in sorted(source.glob("training_log_*.txt")):
-        shutil.copy2(log, target / log.name)
-    for name in ("plans.json", "dataset.json"):
-        shutil.copy2(model / name, archive / row / name)
-    debug = json.loads((source / "debug.json").read_text()) if (source / "debug.json").is_file() else {}
-    budget = {key: debug[key] for key in BUDGET_KEYS if key in debug}
-    info = {"row": row, "fold": fold, "seed": seed, "trainer": run_ablation.trainer_name(row, variant),
-            "plans": PLANS, "configuration": CONFIGURATION,
-            "preset": list(PRESET if seed is None else preset(seed, variant)),
-            "cases": sorted(path.name[:-len(".nii.gz")] for path in files if path.name.endswith(".nii.gz")),
-            "training_seconds": seconds, "archived": datetime.datetime.now().isoformat(timespec="seconds"),
-            "device": f"CPU ({os.cpu_count()} logical), {platform.processor() or platform.machine()}",
-            "budget": budget}
-    (target / "fold.json").write_text(json.dumps(info, indent=2) + "\n")
-
-
-def train_fold(workdir: Path, row: str, fold: int, env: dict[str, str], protocol: Protocol = PROTOCOL_V1,
-               seed: int = 1234, results_root: Optional[Path] = None, out: Optional[Path] = None) -> Optional[float]:
-    """``run_ablation.py`` for one row, fold and seed (skips training when nnU-Net's fold folder is finished);
-    returns the training wall time recorded by run_ablation (None when this fold was trained before).
-    ``results_root`` / ``out``: nnU-Net's results folder and run_ablation's output (default: the protocol's)."""
-    out = out or (workdir / "ablation_runs" / f"{row}_fold_{fold}" if not protocol.per_seed else
-                  workdir / f"ablation_runs_{protocol.name}" / f"{row}_seed{seed}_fold_{fold}")
-    env = {**env, "nnUNet_results": str(results_root or protocol.results_root(workdir, seed))}
-    run([sys.executable, str(SCRIPTS / "run_ablation.py"), "-d", str(DATASET_ID),
-         *preset(seed, protocol.trainer_variant), "--folds", str(fold), "--rows", row, "-o", str(out)], env)
-    trainings = json.loads((out / "run_info.json").read_text())["trainings"]
-    entry = trainings.get(f"unet/{row}/fold_{fold}")
-    return entry["seconds"] if entry else None
-
-
-def assemble_rows(archive: Path, rows_dir: Path, env: dict[str, str], seed: Optional[int] = None,
-                  order: Sequence[str] = ORDER) -> list[str]:
-    """Every row with all folds archived (for ``seed``, in the per-seed layout; and every derived row whose inputs
-    are there) as one prediction folder ``rows_dir/<row>``; returns the rows, in ``order``."""
-    complete: list[str] = []
-    for row in order:
-        spec = run_ablation.ROWS[row]
-        folder = rows_dir / row
-        if spec.trainer is not None:
-            if not all(is_archived(archive, row, fold, seed) for fold in FOLDS):
-                continue
-            run_ablation.fresh_folder(folder)
-            for name in ("plans.json", "dataset.json"):
-                shutil.copy2(archive / row / name, folder / name)
-            for fold in FOLDS:
-                for path in fold_archive(archive, row, fold, seed).glob("*"):
-                    if path.name.endswith(run_ablation.PREDICTION_SUFFIXES):
-                        if (folder / path.name).exists():
-                            raise ArchiveMismatch(f"{path}: case predicted by more than one fold")
-                        shutil.copy2(path, folder / path.name)
-        elif all(need in complete for need in spec.needs):
-            dirs = {need: rows_dir / need for need in spec.needs}
-            if row == "fusion":
-                run_ablation.make_fusion(dirs, folder, env, run_ablation.Progress(), 2)
-            else:
-                run_ablation.make_union(dirs, folder, ".nii.gz")
-        else:
-            continue
-        complete.append(row)
-    return complete
+EARLIER_ARCHIVE = RUN_ABLATION.parents[1] / "docs" / "table1_cpu" / "folds"
 
 
 def write_table(archive: Path, rows_dir: Path, rows: list[str], labels: Path, docs: Path) -> None:
     """``table1.md`` / ``table1.csv`` of the assembled rows and ``rows.json`` (every archived fold's record)."""
-    results = {("unet", row): run_ablation.evaluate_row(rows_dir / row, labels, ".nii.gz") for row in rows}
+    results = {("unet", row): evaluate_row(rows_dir / row, labels, ".nii.gz") for row in rows}
     folds = {row: {f"fold_{fold}": json.loads((fold_archive(archive, row, fold) / "fold.json").read_text())
                    for fold in FOLDS if is_archived(archive, row, fold)}
-             for row in ORDER if run_ablation.ROWS[row].trainer}
+             for row in ORDER if ROWS[row].trainer}
     folds = {row: value for row, value in folds.items() if value}
     recorded = [entry["training_seconds"] for value in folds.values() for entry in value.values()
                 if entry["training_seconds"] is not None]
@@ -301,11 +99,11 @@ def write_table(archive: Path, rows_dir: Path, rows: list[str], labels: Path, do
               f"epochs, training seed 1234, no test-time mirroring; folds {' '.join(map(str, FOLDS))} of "
               f"splits_final.json (PDAC-stratified, seed 12345); configuration {CONFIGURATION} (patch 32³); "
               f"device: 2-core CPU (see rows.json); folds archived {dates[0][:10]} – {dates[-1][:10]}; training "
-              f"time recorded {run_ablation.format_duration(sum(recorded))} over {len(recorded)} trainings "
+              f"time recorded {format_duration(sum(recorded))} over {len(recorded)} trainings "
               f"(scripts/cpu_table1.py)")
-    records = run_ablation.table_records(results, ["unet"], rows)
-    (docs / "table1.md").write_text(run_ablation.format_markdown(records, header), encoding="utf-8")
-    (docs / "table1.csv").write_text(run_ablation.format_csv(records, header), encoding="utf-8")
+    records = table_records(results, ["unet"], rows)
+    (docs / "table1.md").write_text(format_markdown(records, header), encoding="utf-8")
+    (docs / "table1.csv").write_text(format_csv(records, header), encoding="utf-8")
     (docs / "rows.json").write_text(json.dumps(folds, indent=2) + "\n")
 
 
@@ -322,8 +120,9 @@ def report(raw: Path, rows_dir: Path, rows: list[str], docs: Path, env: dict[str
         single = (["--single-phase", "arterial", "venous"]
                   if {"arterial", "venous"} <= set(rows) and reference not in ("arterial", "venous") else [])
         try:
-            run([console_command("nnunet-hpn"), "report", *runs, "--gt", str(raw / "labelsTr"), "--images",
-                 str(raw / "imagesTr"), "--reference", reference, "--hpn", reference, *single, "-o", str(out)], env)
+            run_command(["nnunet-hpn", "report", *runs, "--gt", str(raw / "labelsTr"), "--images",
+                         str(raw / "imagesTr"), "--reference", reference, "--hpn", reference, *single, "-o", str(out)],
+                        env)
         except subprocess.CalledProcessError as error:  # the table goes on; the report is redone after the next fold
             print(f"cpu_table1: report against {reference} failed (exit {error.returncode})", file=sys.stderr)
     if references and interim.is_dir():
@@ -370,21 +169,6 @@ def write_by_kind(workdir: Path, rows: list[str], docs: Path) -> None:
     (docs / "by_kind.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def dice_per_case(result, cases: Sequence[str]) -> dict[str, dict[str, float]]:
-    """``{case: {target: Dice %}}`` of an ``EvaluationResult`` (the studies' per-fold archive records)."""
-    return {case: {target: round(100 * result.per_case_metrics[case][target]["Dice"], 4)
-                   for target in result.per_case_metrics[case]} for case in cases}
-
-
-def git_commit(docs: Path, message: str) -> None:
-    """Commit ``docs`` only (other staged or unstaged changes stay as they are); a failure is printed, not fatal."""
-    try:
-        subprocess.run(["git", "add", "--", str(docs)], cwd=docs, check=True)
-        subprocess.run(["git", "commit", "-q", "-m", message, "--", str(docs)], cwd=docs, check=True)
-    except (subprocess.CalledProcessError, OSError) as error:
-        print(f"cpu_table1: git commit of {docs} failed ({error}); commit it by hand", file=sys.stderr)
-
-
 # ------------------------------------------------------------------------------------------------- Table 1 v2
 
 #: columns of trainings.csv: one line per training
@@ -414,7 +198,7 @@ def collect_dice(archive: Path, rows_dirs: dict[int, Path], rows: dict[int, list
     present: CaseDice = {}
     for row in protocol.order:
         for seed in protocol.seeds:
-            if run_ablation.ROWS[row].trainer is not None:
+            if ROWS[row].trainer is not None:
                 for fold in FOLDS:
                     if is_archived(archive, row, fold, seed):
                         dice[(row, seed, fold)], truth = fold_dice(fold_archive(archive, row, fold, seed), labels)
@@ -430,7 +214,7 @@ def training_records(archive: Path, protocol: Protocol, dice: dict[tuple[str, in
     """One record per archived training (:data:`TRAINING_FIELDS`), in the table's row order."""
     records = []
     for (row, seed, fold), cases in dice.items():
-        if run_ablation.ROWS[row].trainer is None:
+        if ROWS[row].trainer is None:
             continue
         info = json.loads((fold_archive(archive, row, fold, seed) / "fold.json").read_text())
         records.append({"row": row, "fold": fold, "seed": seed, "trainer": info["trainer"], "budget": BUDGET,
@@ -514,7 +298,7 @@ def format_table_v2(dice: dict[tuple[str, int, int], CaseDice], present: CaseDic
             cells += [f"{failed}/{len(trainings)}", f"{np.mean(seconds) / 60:.1f}" if seconds else "–"]
         else:
             cells += ["(derived)", "(derived)"]
-        lines.append(f"| {run_ablation.ROWS[row].label} | {' '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+        lines.append(f"| {ROWS[row].label} | {' '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
     lines += ["", "## Per fold", "",
               "Mean Dice % of each training on its fold's validation cases (seeds " +
               " / ".join(map(str, protocol.seeds)) + "; – not trained yet; trainings.csv has every number).", "",
@@ -591,7 +375,7 @@ def write_table_v2(workdir: Path, raw: Path, docs: Path, protocol: Protocol, env
               f"{', '.join(map(str, protocol.seeds))}; folds {' '.join(map(str, FOLDS))} of splits_final.json "
               f"(PDAC-stratified, seed 12345, the earlier run's); configuration {CONFIGURATION} (patch 32³); device: "
               f"{infos[0]['device'] if infos else '?'}; {len(infos)} trainings archived {dates[0][:10]} – "
-              f"{dates[-1][:10]}, training time recorded {run_ablation.format_duration(sum(seconds))} "
+              f"{dates[-1][:10]}, training time recorded {format_duration(sum(seconds))} "
               f"(scripts/cpu_table1.py --protocol {protocol.name})")
     (docs / "table1.md").write_text(format_table_v2(dice, present, records, protocol, header), encoding="utf-8")
     for seed in protocol.seeds:
@@ -708,7 +492,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for folder in archives:
                 check_or_record(folder, "splits_final.json", json.loads(split_file.read_text()))
 
-    try:
+    def train_and_archive() -> int:
         for folder in archives:
             check_or_record(folder, "labels.sha256.json", {"labelsTr": labels_digest(raw / "labelsTr")})
         if args.pilot:
@@ -738,14 +522,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         title = "CPU Table 1" + ("" if not protocol.per_seed else f" {protocol.name}")
                         git_commit(docs, f"{title}: {name} archived (complete rows: {', '.join(rows) or 'none'})")
         refresh_docs(workdir, raw, docs, env, protocol)
-    except ArchiveMismatch as error:
-        print(f"cpu_table1: error: {error}", file=sys.stderr)
-        return 1
-    except subprocess.CalledProcessError as error:
-        print(f"cpu_table1: {' '.join(map(str, error.cmd[:3]))} … failed (exit {error.returncode}); "
-              f"re-run to resume", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_resumably("cpu_table1", train_and_archive)
 
 
 if __name__ == "__main__":

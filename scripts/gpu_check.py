@@ -50,6 +50,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from hpn_experiments.commands import nnunet_env
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASET_ID = 977
 DATASET_NAME = "HPNGPUCheck"
@@ -265,12 +267,14 @@ class Check:
         self.figures = Figures(out / FIGURES)
         self.deadlines: dict[str, Optional[float]] = {}  # several commands of one step share its limit
         self.summary: dict[str, Any] = {"figures": FIGURES, "steps": {}}
-        self.env = dict(os.environ, nnUNet_raw=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
-                        nnUNet_results=str(work / "results"), HPN_NUM_EPOCHS=str(self.sizes["epochs"]),
-                        HPN_ITERATIONS_PER_EPOCH=str(self.sizes["iterations"]),
-                        HPN_VAL_ITERATIONS_PER_EPOCH=str(self.sizes["val_iterations"]))
-        self.env.setdefault("nnUNet_compile", "t")  # nnU-Net's default, on for training on CUDA and for prediction
-        self.env["HPN_NO_TTA"] = "1"  # no mirroring in the final validation and the prediction: 1/8 of the passes
+        # nnUNet_compile: nnU-Net's default, on for training on CUDA and for prediction; HPN_NO_TTA: no mirroring in
+        # the final validation and the prediction (1/8 of the passes)
+        self.env = nnunet_env(settings={
+            "nnUNet_raw": str(work / "raw"), "nnUNet_preprocessed": str(work / "preprocessed"),
+            "nnUNet_results": str(work / "results"), "HPN_NUM_EPOCHS": str(self.sizes["epochs"]),
+            "HPN_ITERATIONS_PER_EPOCH": str(self.sizes["iterations"]),
+            "HPN_VAL_ITERATIONS_PER_EPOCH": str(self.sizes["val_iterations"]), "HPN_NO_TTA": "1"},
+            defaults={"nnUNet_compile": "t"})
         os.environ.update({k: self.env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
 
     # -- bookkeeping

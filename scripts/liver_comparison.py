@@ -10,12 +10,12 @@ One command, resumable (re-run it to continue where it stopped; finished folds a
    48×96×96 grid), which writes ``labels.json`` (liver, lesion, portal vein, aorta; targets, lesion target, union
    precedence);
 2. ``nnunet-hpn convert --labels labels.json --register --crop-to-label`` :data:`CROP_MARGIN_MM`;
-3. ``scripts/run_ablation.py`` with the Table 1's preset (``cpu_table1.PRESET``: ``HPNPlanner``, ``3d_cpu`` patch
-   32³, 80 × 25 iterations, training seed 1234, no test-time mirroring, 3-fold split stratified on the lesion
-   target, seed 12345), one row and fold at a time, fold by fold (early fusion, HPN, HPN virtual pairs), so that
-   the first folds of all three land first;
-4. every finished fold is archived into ``--docs``/``folds/<row>/fold_<k>/`` (``cpu_table1.archive_fold``) and,
-   with ``--git-commit``, committed;
+3. ``scripts/run_ablation.py`` with the Table 1's preset (``hpn_experiments.table1.PRESET``: ``HPNPlanner``,
+   ``3d_cpu`` patch 32³, 80 × 25 iterations, training seed 1234, no test-time mirroring, 3-fold split stratified on
+   the lesion target, seed 12345), one row and fold at a time, fold by fold (early fusion, HPN, HPN virtual pairs),
+   so that the first folds of all three land first;
+4. every finished fold is archived into ``--docs``/``folds/<row>/fold_<k>/``
+   (``hpn_experiments.table1.archive_fold``) and, with ``--git-commit``, committed;
 5. after each fold: for every fold whose three rows are archived, the HPN union of that fold and
    ``nnunet-hpn report`` of its cases (``fold_<k>/``); once every fold is in, the report over all cases
    (``report/``: mean ± std per target, paired Wilcoxon p against HPN union, lesions missed and rescued).
@@ -33,9 +33,10 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-import cpu_table1  # beside this script (its folder is on sys.path)
-from cpu_table1 import run_ablation
-from nnunet_hpn.demo import console_command
+from hpn_experiments.ablation import fold_state, fresh_folder, make_union
+from hpn_experiments.archive import check_or_record, fold_archive, git_commit, is_archived, labels_digest, run_resumably
+from hpn_experiments.commands import nnunet_env, run_command
+from hpn_experiments.table1 import FOLDS, PRESET, RUN_ABLATION, archive_fold, assemble_rows, model_dir
 from nnunet_hpn.errors import HPNInputError
 
 N_CASES = 24
@@ -58,11 +59,11 @@ def prepare_dataset(workdir: Path, env: dict[str, str]) -> Path:
         return raw
     phantoms = workdir / "phantoms"
     if not (phantoms / "labels.json").is_file():
-        cpu_table1.run([console_command("nnunet-hpn"), "phantom", str(phantoms), "--preset", "liver", "--cases",
-                        str(N_CASES), "--seed", str(PHANTOM_SEED)], env)
-    cpu_table1.run([console_command("nnunet-hpn"), "convert", str(phantoms), "--dataset-id", str(DATASET_ID),
-                    "--name", DATASET_NAME, "--raw-root", env["nnUNet_raw"], "--labels",
-                    str(phantoms / "labels.json"), "--register", "--crop-to-label", f"{CROP_MARGIN_MM:g}"], env)
+        run_command(["nnunet-hpn", "phantom", str(phantoms), "--preset", "liver", "--cases", str(N_CASES),
+                     "--seed", str(PHANTOM_SEED)], env)
+    run_command(["nnunet-hpn", "convert", str(phantoms), "--dataset-id", str(DATASET_ID), "--name", DATASET_NAME,
+                 "--raw-root", env["nnUNet_raw"], "--labels", str(phantoms / "labels.json"), "--register",
+                 "--crop-to-label", f"{CROP_MARGIN_MM:g}"], env)
     return raw
 
 
@@ -70,16 +71,16 @@ def train_fold(workdir: Path, results: Path, row: str, fold: int, env: dict[str,
     """``run_ablation.py`` with the Table 1's preset for one row and fold; the wall time of the call when it
     trained (None when the fold was finished before). run_ablation's own table after the training is not needed
     here: when only that step fails, the finished fold is kept."""
-    fold_dir = cpu_table1.model_dir(results, row) / f"fold_{fold}"
-    if run_ablation.fold_state(fold_dir) == "done":
+    fold_dir = model_dir(results, row) / f"fold_{fold}"
+    if fold_state(fold_dir) == "done":
         return None
     out = workdir / "ablation_runs" / f"{row}_fold_{fold}"
     start = time.perf_counter()
     try:
-        cpu_table1.run([sys.executable, str(cpu_table1.SCRIPTS / "run_ablation.py"), "-d", str(DATASET_ID),
-                        *cpu_table1.PRESET, "--folds", str(fold), "--rows", row, "-o", str(out)], env)
+        run_command([sys.executable, str(RUN_ABLATION), "-d", str(DATASET_ID), *PRESET, "--folds", str(fold),
+                     "--rows", row, "-o", str(out)], env)
     except subprocess.CalledProcessError:
-        if run_ablation.fold_state(fold_dir) != "done":
+        if fold_state(fold_dir) != "done":
             raise
         print(f"liver_comparison: {row} fold {fold} trained; run_ablation failed after the training (its table), "
               f"which this comparison does not use", file=sys.stderr, flush=True)
@@ -87,12 +88,12 @@ def train_fold(workdir: Path, results: Path, row: str, fold: int, env: dict[str,
 
 
 def fold_cases(archive: Path, fold: int) -> list[str]:
-    return json.loads((cpu_table1.fold_archive(archive, TRAINED_ROWS[0], fold) / "fold.json").read_text())["cases"]
+    return json.loads((fold_archive(archive, TRAINED_ROWS[0], fold) / "fold.json").read_text())["cases"]
 
 
 def truth_subset(raw: Path, cases: Sequence[str], out: Path) -> Path:
     """``out`` with links to the truth of ``cases``."""
-    run_ablation.fresh_folder(out)
+    fresh_folder(out)
     for case in cases:
         (out / f"{case}.nii.gz").symlink_to(raw / "labelsTr" / f"{case}.nii.gz")
     return out
@@ -102,9 +103,9 @@ def report(raw: Path, rows: dict[str, Path], truth: Path, out: Path, env: dict[s
     """``nnunet-hpn report`` of ``rows`` against HPN union into ``out``; a failure is printed, not fatal (the
     report is redone after the next fold and by ``--docs-only``)."""
     try:
-        cpu_table1.run([console_command("nnunet-hpn"), "report", *(f"{row}={path}" for row, path in rows.items()),
-                        "--gt", str(truth), "--images", str(raw / "imagesTr"), "--reference", REFERENCE,
-                        "--hpn", REFERENCE, "-djfile", str(raw / "dataset.json"), "-o", str(out)], env)
+        run_command(["nnunet-hpn", "report", *(f"{row}={path}" for row, path in rows.items()), "--gt", str(truth),
+                     "--images", str(raw / "imagesTr"), "--reference", REFERENCE, "--hpn", REFERENCE, "-djfile",
+                     str(raw / "dataset.json"), "-o", str(out)], env)
     except subprocess.CalledProcessError as error:
         print(f"liver_comparison: report {out} failed (exit {error.returncode})", file=sys.stderr, flush=True)
 
@@ -113,8 +114,7 @@ def refresh_docs(workdir: Path, raw: Path, docs: Path, env: dict[str, str]) -> l
     """Per-fold reports of the folds whose rows are all archived, and the report over every case once all folds
     are; returns those folds. A union that fails is printed, not fatal (redone after the next fold)."""
     archive = docs / "folds"
-    complete = [fold for fold in cpu_table1.FOLDS
-                if all(cpu_table1.is_archived(archive, row, fold) for row in TRAINED_ROWS)]
+    complete = [fold for fold in FOLDS if all(is_archived(archive, row, fold) for row in TRAINED_ROWS)]
     try:
         write_reports(workdir, raw, docs, complete, env)
     except (ValueError, HPNInputError) as error:
@@ -129,16 +129,16 @@ def write_reports(workdir: Path, raw: Path, docs: Path, complete: Sequence[int],
         rows_dir = workdir / "rows" / f"fold_{fold}"
         dirs = {}
         for row in TRAINED_ROWS:
-            dirs[row] = run_ablation.fresh_folder(rows_dir / row)
-            for path in cpu_table1.fold_archive(archive, row, fold).glob("*.nii.gz"):
+            dirs[row] = fresh_folder(rows_dir / row)
+            for path in fold_archive(archive, row, fold).glob("*.nii.gz"):
                 shutil.copy2(path, dirs[row] / path.name)
             shutil.copy2(archive / row / "dataset.json", dirs[row] / "dataset.json")
         dirs["hpn_union"] = rows_dir / "hpn_union"
-        run_ablation.make_union(dirs, dirs["hpn_union"], ".nii.gz")
+        make_union(dirs, dirs["hpn_union"], ".nii.gz")
         truth = truth_subset(raw, fold_cases(archive, fold), workdir / "truth" / f"fold_{fold}")
         report(raw, {row: dirs[row] for row in REPORT_ROWS}, truth, docs / f"fold_{fold}", env)
-    if len(complete) == len(cpu_table1.FOLDS):
-        rows = cpu_table1.assemble_rows(archive, workdir / "rows" / "all", env)
+    if len(complete) == len(FOLDS):
+        rows = assemble_rows(archive, workdir / "rows" / "all", env)
         report(raw, {row: workdir / "rows" / "all" / row for row in REPORT_ROWS if row in rows}, raw / "labelsTr",
                docs / "report", env)
 
@@ -152,37 +152,32 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     workdir, docs = Path(args.workdir).resolve(), Path(args.docs).resolve()
     archive = docs / "folds"
-    env = cpu_table1.nnunet_env(workdir)
-    try:
+    env = nnunet_env(workdir)
+
+    def train_and_archive() -> int:
         raw = prepare_dataset(workdir, env)
         results = Path(env["nnUNet_results"]) / raw.name
-        cpu_table1.check_or_record(archive, "labels.sha256.json",
-                                   {"labelsTr": cpu_table1.labels_digest(raw / "labelsTr")})
-        for fold in cpu_table1.FOLDS if not args.docs_only else ():
+        check_or_record(archive, "labels.sha256.json", {"labelsTr": labels_digest(raw / "labelsTr")})
+        for fold in FOLDS if not args.docs_only else ():
             for row in TRAINED_ROWS:
-                if cpu_table1.is_archived(archive, row, fold):
+                if is_archived(archive, row, fold):
                     print(f"liver_comparison: {row} fold {fold}: archived in {archive}", flush=True)
                     continue
                 seconds = train_fold(workdir, results, row, fold, env)
-                cpu_table1.check_or_record(archive, "splits_final.json",
-                                           json.loads((Path(env["nnUNet_preprocessed"]) / raw.name /
-                                                       "splits_final.json").read_text()))
-                cpu_table1.archive_fold(archive, results, row, fold, seconds)
+                check_or_record(archive, "splits_final.json",
+                                json.loads((Path(env["nnUNet_preprocessed"]) / raw.name /
+                                            "splits_final.json").read_text()))
+                archive_fold(archive, results, row, fold, seconds)
                 complete = refresh_docs(workdir, raw, docs, env)
                 print(f"liver_comparison: {row} fold {fold} archived; folds with every row: "
                       f"{' '.join(map(str, complete)) or 'none'}", flush=True)
                 if args.git_commit:
-                    cpu_table1.git_commit(docs, f"Liver comparison: {row} fold {fold} archived (folds with every "
-                                                f"row: {', '.join(map(str, complete)) or 'none'})")
+                    git_commit(docs, f"Liver comparison: {row} fold {fold} archived (folds with every row: "
+                                     f"{', '.join(map(str, complete)) or 'none'})")
         refresh_docs(workdir, raw, docs, env)
-    except cpu_table1.ArchiveMismatch as error:
-        print(f"liver_comparison: error: {error}", file=sys.stderr)
-        return 1
-    except subprocess.CalledProcessError as error:
-        print(f"liver_comparison: {' '.join(map(str, error.cmd[:3]))} … failed (exit {error.returncode}); "
-              f"re-run to resume", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_resumably("liver_comparison", train_and_archive)
 
 
 if __name__ == "__main__":

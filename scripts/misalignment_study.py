@@ -6,11 +6,12 @@ fold at a time (so that a study longer than one session still lands whole):
 
 1. **models**: early fusion and HPN (the table's rows) and the same two trained with misalignment augmentation
    (``EarlyFusionTrainer_misalign``, ``HPNTrainer_misalign``: the non-reference phase warped by up to 4 mm during
-   training), all with the table's preset and budget (``cpu_table1.train_fold``; a finished fold is reused);
+   training), all with the table's preset and budget (``hpn_experiments.table1.train_fold``; a finished fold is
+   reused);
 2. **injected misalignment**: the fold's held-out cases' venous phase (already registered onto the arterial one)
-   warped by a known smooth field of at most L mm plus a rigid shift of L/2 mm (``misalignment.misaligned_copy``,
-   beside this script; one seed per case and level), L in :data:`LEVELS_MM`, predicted by the fold's models, so
-   every case is predicted by models that never saw it;
+   warped by a known smooth field of at most L mm plus a rigid shift of L/2 mm
+   (``hpn_experiments.misalignment.misaligned_copy``; one seed per case and level), L in :data:`LEVELS_MM`,
+   predicted by the fold's models, so every case is predicted by models that never saw it;
 3. **registration on unaligned input**: the table's phantoms converted again with the venous phase registered by
    ``none`` / ``affine`` / ``demons`` (then cut to the same label box), predicted by the HPN and early-fusion models;
 4. the fold's per-case Dice of abnormal pancreas, PDAC and duct is **archived** in ``--docs``/``folds/fold_<k>.json``
@@ -30,7 +31,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -39,9 +39,11 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-import cpu_table1  # beside this script
-from misalignment import misaligned_copy
-from nnunet_hpn.demo import console_command
+from hpn_experiments import table1
+from hpn_experiments.ablation import ROWS
+from hpn_experiments.archive import check_or_record, git_commit, labels_digest, run_resumably
+from hpn_experiments.commands import nnunet_env, run_command
+from hpn_experiments.misalignment import misaligned_copy
 from nnunet_hpn.evaluate.metrics import TARGETS, evaluate_folders
 from nnunet_hpn.evaluate.report import WILCOXON_NOTE, paired_wilcoxon
 
@@ -91,11 +93,10 @@ def predict(inputs: Path, out: Path, row: str, fold: int, env: dict[str, str]) -
     cases = sorted({path.name[:-len("_0000.nii.gz")] for path in inputs.glob("*_0000.nii.gz")})
     if out.is_dir() and all((out / f"{case}.nii.gz").is_file() for case in cases):
         return
-    trainer = cpu_table1.run_ablation.ROWS[row].trainer
-    cpu_table1.run([console_command("nnUNetv2_predict"), "-i", str(inputs), "-o", str(out), "-d",
-                    str(cpu_table1.DATASET_ID), "-c", cpu_table1.CONFIGURATION, "-tr", trainer, "-p",
-                    cpu_table1.PLANS, "-f", str(fold), "--disable_tta", "-device", "cpu", "-npp", "1", "-nps", "1"],
-                   env)
+    trainer = ROWS[row].trainer
+    run_command(["nnUNetv2_predict", "-i", str(inputs), "-o", str(out), "-d", str(table1.DATASET_ID), "-c",
+                 table1.CONFIGURATION, "-tr", trainer, "-p", table1.PLANS, "-f", str(fold), "--disable_tta", "-device",
+                 "cpu", "-npp", "1", "-nps", "1"], env)
 
 
 def plot_curves(records: dict[str, dict[str, dict[str, float]]], out: Path, title: str) -> None:
@@ -128,12 +129,12 @@ def registration_dataset(workdir: Path, method: str, env: dict[str, str]) -> Pat
     dataset_id = REGISTRATION_DATASET_IDS[method]
     converted = workdir / "nnUNet_raw" / f"Dataset{dataset_id}_MisalignStudy{method.capitalize()}"
     if not (converted / "dataset.json").is_file():
-        command = [console_command("nnunet-hpn"), "convert", str(workdir / "phantoms"), "-d", str(dataset_id),
-                   "--name", f"MisalignStudy{method.capitalize()}", "--raw-root", env["nnUNet_raw"],
-                   "--crop-to-label", f"{cpu_table1.CROP_MARGIN_MM:g}"]
+        command = ["nnunet-hpn", "convert", str(workdir / "phantoms"), "-d", str(dataset_id), "--name",
+                   f"MisalignStudy{method.capitalize()}", "--raw-root", env["nnUNet_raw"], "--crop-to-label",
+                   f"{table1.CROP_MARGIN_MM:g}"]
         if method != "none":
             command += ["--register", "--registration-method", method, "-np", "1"]
-        cpu_table1.run(command, env)
+        run_command(command, env)
     return converted
 
 
@@ -141,7 +142,7 @@ def run_fold(workdir: Path, raw: Path, fold: int, cases: Sequence[str], models: 
              levels: Sequence[float], registrations: Sequence[str], env: dict[str, str]) -> dict:
     """Train (or reuse) ``models``' fold ``fold``, predict its validation ``cases`` at every injected level and
     after every registration method; returns the fold's archive record (per-case Dice %)."""
-    seconds = {model: cpu_table1.train_fold(workdir, model, fold, env) for model in models}
+    seconds = {model: table1.train_fold(workdir, model, fold, env) for model in models}
     study = workdir / "misalignment_study"
     injected: dict[str, dict[str, dict]] = {model: {} for model in models}
     for level in levels:
@@ -151,7 +152,7 @@ def run_fold(workdir: Path, raw: Path, fold: int, cases: Sequence[str], models: 
             out = study / "predictions" / model / f"level_{level:g}" / f"fold_{fold}"
             predict(inputs, out, model, fold, env)
             result = evaluate_folders(out, raw / "labelsTr", cases=cases, surface=False, progress=False)
-            injected[model][f"{level:g}"] = cpu_table1.dice_per_case(result, cases)
+            injected[model][f"{level:g}"] = table1.dice_per_case(result, cases)
             print(f"fold {fold}: {model} at {level:g} mm: {mean_dice(injected[model][f'{level:g}'])}", flush=True)
     registration: dict[str, dict[str, dict]] = {}
     for method in registrations:
@@ -169,12 +170,12 @@ def run_fold(workdir: Path, raw: Path, fold: int, cases: Sequence[str], models: 
             out = study / "registration_predictions" / model / method / f"fold_{fold}"
             predict(inputs, out, model, fold, env)
             result = evaluate_folders(out, converted / "labelsTr", cases=cases, surface=False, progress=False)
-            registration.setdefault(model, {})[method] = cpu_table1.dice_per_case(result, cases)
+            registration.setdefault(model, {})[method] = table1.dice_per_case(result, cases)
             print(f"fold {fold}: {model} with {method} registration: "
                   f"{mean_dice(registration[model][method])}", flush=True)
     return {"fold": fold, "cases": list(cases), "levels_mm": [float(level) for level in levels],
             "injected": injected, "registration": registration, "training_seconds": seconds,
-            "preset": list(cpu_table1.PRESET), "date": datetime.date.today().isoformat(), "device": device()}
+            "preset": list(table1.PRESET), "date": datetime.date.today().isoformat(), "device": device()}
 
 
 def mean_dice(per_case: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -336,7 +337,7 @@ def write_docs(folds: Sequence[dict], docs: Path, command: str) -> None:
 
 def archived_folds(archive: Path) -> list[dict]:
     """The fold records in ``archive``, in fold order."""
-    return [json.loads((archive / f"fold_{k}.json").read_text()) for k in cpu_table1.FOLDS
+    return [json.loads((archive / f"fold_{k}.json").read_text()) for k in table1.FOLDS
             if (archive / f"fold_{k}.json").is_file()]
 
 
@@ -344,7 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("work_dirs/table1"))
     parser.add_argument("--docs", type=Path, default=Path("docs/misalignment"))
-    parser.add_argument("--folds", nargs="+", type=int, default=list(cpu_table1.FOLDS), choices=cpu_table1.FOLDS)
+    parser.add_argument("--folds", nargs="+", type=int, default=list(table1.FOLDS), choices=table1.FOLDS)
     parser.add_argument("--git-commit", action="store_true", help="commit --docs after every archived fold")
     parser.add_argument("--rewrite-docs", action="store_true",
                         help="only rewrite study.md / study.json / the PNG from the archived folds")
@@ -360,34 +361,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         write_docs(folds, docs, json.loads((docs / "study.json").read_text())["command"]
                    if (docs / "study.json").is_file() else command)
         return 0
-    env = cpu_table1.nnunet_env(workdir)
-    raw = cpu_table1.prepare_dataset(workdir, env)
-    try:
-        cpu_table1.check_or_record(archive, "labels.sha256.json",
-                                   {"labelsTr": cpu_table1.labels_digest(raw / "labelsTr")})
+    env = nnunet_env(workdir)
+    raw = table1.prepare_dataset(workdir, env)
+
+    def run_and_archive() -> int:
+        check_or_record(archive, "labels.sha256.json", {"labelsTr": labels_digest(raw / "labelsTr")})
         for fold in args.folds:
             target = archive / f"fold_{fold}.json"
             if target.is_file():
                 print(f"misalignment_study: fold {fold}: archived in {target}", flush=True)
                 continue
-            cpu_table1.train_fold(workdir, MODELS[0], fold, env)  # writes the split on the first run
+            table1.train_fold(workdir, MODELS[0], fold, env)  # writes the split on the first run
             splits = json.loads((Path(env["nnUNet_preprocessed"]) / raw.name / "splits_final.json").read_text())
-            cpu_table1.check_or_record(archive, "splits_final.json", splits)
+            check_or_record(archive, "splits_final.json", splits)
             record = run_fold(workdir, raw, fold, splits[fold]["val"], MODELS, LEVELS_MM, REGISTRATIONS, env)
             target.write_text(json.dumps(record, indent=1) + "\n")
             folds = archived_folds(archive)
             write_docs(folds, docs, command)
             if args.git_commit:
-                cpu_table1.git_commit(docs, f"Misalignment study: fold {fold} archived "
-                                            f"({len(folds)} of {len(cpu_table1.FOLDS)} folds)")
-    except cpu_table1.ArchiveMismatch as error:
-        print(f"misalignment_study: error: {error}", file=sys.stderr)
-        return 1
-    except subprocess.CalledProcessError as error:
-        print(f"misalignment_study: {' '.join(map(str, error.cmd[:3]))} … failed (exit {error.returncode}); "
-              f"re-run to resume", file=sys.stderr)
-        return 1
-    return 0
+                git_commit(docs, f"Misalignment study: fold {fold} archived ({len(folds)} of {len(table1.FOLDS)} "
+                                 f"folds)")
+        return 0
+
+    return run_resumably("misalignment_study", run_and_archive)
 
 
 if __name__ == "__main__":

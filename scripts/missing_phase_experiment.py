@@ -7,8 +7,7 @@ Steps (every nnU-Net step is the stock command, printed before it runs; finished
 3. ``nnUNetv2_train`` fold 0 (the same split for both) with each trainer of ``--trainers``
    (default: HPNTrainer_demo and HPNTrainer_phasedropout_demo, the demo's recipe; --epochs sets the length);
 4. input folders: all phases, and each phase missing (filled as ``nnunet_hpn.pipeline.missing_phase`` documents: a
-constant
-   0 image, exactly 0 after normalization);
+   constant 0 image, exactly 0 after normalization; ``hpn_experiments.missing_phase``);
 5. ``nnUNetv2_predict`` of every input folder with each model right after its training, Dice per target with
    ``nnunet_hpn.evaluate.metrics``;
 6. ``missing_phase.md`` (Markdown table with the budget) and ``missing_phase.json`` in ``--workdir``, rewritten after
@@ -24,11 +23,13 @@ import warnings
 from pathlib import Path
 from typing import Dict, List
 
+from hpn_experiments.commands import nnunet_env, run_command
+from hpn_experiments.missing_phase import write_input_folder_with_missing_phases
 from nnunet_hpn.io.publish import write_text_atomically
 from nnunet_hpn.pipeline.convert import convert_cases
-from nnunet_hpn.demo import DEMO_CONFIGURATION, DEMO_PATCH_SIZE, console_command, nnunet_env, run_step
+from nnunet_hpn.demo import DEMO_CONFIGURATION, DEMO_PATCH_SIZE
 from nnunet_hpn.evaluate.metrics import TARGETS, evaluate_folders
-from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning, write_input_folder_with_missing_phases
+from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning
 from nnunet_hpn.phantom import write_phantom_cases
 from nnunet_hpn.phases import read_channel_names
 from nnunet_hpn.nnunet.planners.hpn_planner import HPN_PLANS_NAME
@@ -60,8 +61,9 @@ def main() -> None:
 
     started = time.time()
     workdir = Path(args.workdir).resolve()
-    env = nnunet_env(workdir)
-    env.setdefault("OMP_NUM_THREADS", "2")
+    # the demo's environment: 2 worker processes, no torch.compile
+    env = nnunet_env(workdir, settings={"nnUNet_def_n_proc": "2", "nnUNet_compile": "f"},
+                     defaults={"nnUNet_n_proc_DA": "2", "OMP_NUM_THREADS": "2"})
     if args.epochs is not None:
         env["HPN_NUM_EPOCHS"] = str(args.epochs)
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -83,9 +85,9 @@ def main() -> None:
 
     plans_file = Path(env["nnUNet_preprocessed"]) / dataset / f"{HPN_PLANS_NAME}.json"
     if not plans_file.is_file() or DEMO_CONFIGURATION not in json.loads(plans_file.read_text())["configurations"]:
-        timings["plan and preprocess"] = run_step(
-            "planning and preprocessing", [console_command("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID),
-                                           "-pl", "HPNPlanner", "-c", "3d_fullres", "-np", "2", "-npfp", "2"], env)
+        timings["plan and preprocess"] = run_command(
+            ["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-pl", "HPNPlanner", "-c", "3d_fullres", "-np",
+             "2", "-npfp", "2"], env, step="planning and preprocessing")
         add_small_configuration(plans_file, DEMO_CONFIGURATION, patch_size=DEMO_PATCH_SIZE)
 
     conditions = input_conditions(channel_names)
@@ -105,21 +107,20 @@ def main() -> None:
     for trainer in args.trainers:  # train, predict, write the table so far: a stopped run leaves whole rows
         fold_dir = results / f"{trainer}__{HPN_PLANS_NAME}__{DEMO_CONFIGURATION}" / "fold_0"
         if not (fold_dir / "checkpoint_final.pth").is_file():
-            train = [console_command("nnUNetv2_train"), str(DATASET_ID), DEMO_CONFIGURATION, "0", "-tr", trainer, "-p",
+            train = ["nnUNetv2_train", str(DATASET_ID), DEMO_CONFIGURATION, "0", "-tr", trainer, "-p",
                      HPN_PLANS_NAME, "-device", "cpu"]
             if (fold_dir / "checkpoint_latest.pth").is_file():
                 train.append("--c")
-            timings[f"train {trainer}"] = run_step(f"training {trainer} (fold 0, CPU)", train, env)
+            timings[f"train {trainer}"] = run_command(train, env, step=f"training {trainer} (fold 0, CPU)")
         table[trainer] = {}
         for condition, missing in conditions.items():
             folder = raw / "imagesTs" if not missing else inputs / condition.replace(" ", "_")
             out = workdir / "predictions" / trainer / condition.replace(" ", "_")
             if not (out / "predict_from_raw_data_args.json").is_file():
-                timings[f"predict {trainer} {condition}"] = run_step(
-                    f"prediction, {trainer}, {condition}",
-                    [console_command("nnUNetv2_predict"), "-i", str(folder), "-o", str(out), "-d", str(DATASET_ID),
-                     "-c", DEMO_CONFIGURATION, "-tr", trainer, "-p", HPN_PLANS_NAME, "-f", "0", "-device", "cpu",
-                     "-npp", "1", "-nps", "1"], env)
+                timings[f"predict {trainer} {condition}"] = run_command(
+                    ["nnUNetv2_predict", "-i", str(folder), "-o", str(out), "-d", str(DATASET_ID), "-c",
+                     DEMO_CONFIGURATION, "-tr", trainer, "-p", HPN_PLANS_NAME, "-f", "0", "-device", "cpu", "-npp",
+                     "1", "-nps", "1"], env, step=f"prediction, {trainer}, {condition}")
             result = evaluate_folders(out, truth_dir, surface=False, progress=False)
             summary = result.to_json()
             table[trainer][condition] = {"mean": summary["mean"], "std": summary["std"], "missed": summary["missed"],

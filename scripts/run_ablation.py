@@ -18,9 +18,7 @@ Re-running with everything trained only redoes collection, derived rows and eval
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
-import io
 import json
 import os
 import shutil
@@ -31,62 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from hpn_experiments.ablation import (BACKBONES, PAPER_ROWS, PREDICTION_SUFFIXES, ROWS, TARGET_COLUMNS, Backbone,
+                                      Progress, evaluate_row, format_csv, format_duration, format_markdown,
+                                      fold_state, fresh_folder, make_fusion, make_union, table_records, trainer_name)
+from hpn_experiments.commands import nnunet_env, run_command
 from nnunet_hpn.budget import BUDGET_ENV, NO_TTA_ENV, SEED_ENV
-from nnunet_hpn.demo import console_command
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.evaluate.metrics import EvaluationResult, evaluate_folders, write_summary
-from nnunet_hpn.io.listing import predicted_cases
+from nnunet_hpn.evaluate.metrics import EvaluationResult
 
-
-@dataclass(frozen=True)
-class Row:
-    """One row of Table 1: trained by ``trainer``, or derived from the rows in ``needs``."""
-
-    name: str
-    label: str
-    trainer: Optional[str] = None
-    needs: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Backbone:
-    """A backbone: the plans it trains with and the planner that writes them."""
-
-    name: str
-    label: str
-    plans: str
-    planner: str
-
-
-#: Table-1 rows in the paper's order.
-ROWS: dict[str, Row] = {row.name: row for row in (
-    Row("arterial", "single-phase (arterial)", "SinglePhaseTrainer_arterial"),
-    Row("venous", "single-phase (venous)", "SinglePhaseTrainer_venous"),
-    Row("fusion", "late fusion (mean of A + V probabilities)", needs=("arterial", "venous")),
-    Row("early_fusion", "early fusion (2 channels, one path)", "EarlyFusionTrainer"),
-    Row("hypernet", "HyperNet", "HyperNetTrainer"),
-    Row("hypernet_aug", "HyperNet-aug", "HyperNetTrainer_virtual"),
-    Row("hpn", "HPN (original pairs)", "HPNTrainer"),
-    Row("hpn_virtual", "HPN (virtual pairs)", "HPNTrainer_virtual"),
-    Row("hpn_union", "HPN (union of original + virtual)", needs=("hpn", "hpn_virtual")),
-    Row("hpn_warmup", "HPN, λ ramped up over 12 epochs (original pairs)", "HPNTrainer_warmup"),
-    Row("hpn_misalign", "HPN, misalignment augmentation (≤ 4 mm)", "HPNTrainer_misalign"),
-    Row("early_fusion_misalign", "early fusion, misalignment augmentation (≤ 4 mm)", "EarlyFusionTrainer_misalign"),
-    Row("hpn_stage2", "HPN as stage 2 of two-stage inference (label crops, box jitter)", "HPNTrainer_stage2"),
-)}
-
-#: This project's additions to the paper's rows.
-EXTRA_ROWS: tuple[str, ...] = ("hpn_warmup", "hpn_misalign", "early_fusion_misalign", "hpn_stage2")
-#: The paper's nine rows (the default).
-PAPER_ROWS: tuple[str, ...] = tuple(name for name in ROWS if name not in EXTRA_ROWS)
-
-BACKBONES: dict[str, Backbone] = {backbone.name: backbone for backbone in (
-    Backbone("unet", "3D U-Net", "nnUNetHPNPlans", "HPNPlanner"),
-    Backbone("resdsn", "3D-ResDSN", "nnUNetHPNResDSNPlans", "HPNResDSNPlanner"),
-)}
-
-#: Files of a fold's ``validation/`` folder that make up the cross-validation predictions.
-PREDICTION_SUFFIXES: tuple[str, ...] = (".nii.gz", ".npz", ".pkl")
 
 #: --epochs / --iterations / --val-iterations / --save-every -> the trainer attribute its environment variable sets.
 BUDGET_FLAGS: dict[str, str] = {"epochs": "num_epochs", "iterations": "num_iterations_per_epoch",
@@ -97,9 +47,6 @@ BUDGET_VARIABLES: dict[str, str] = {flag: next(variable for variable, name in BU
 
 #: nnUNetTrainer's own budget, used when neither the flags nor the environment set one.
 DEFAULT_BUDGET: dict[str, int] = {"epochs": 1000, "iterations": 250, "val_iterations": 50, "save_every": 50}
-
-TARGET_COLUMNS: tuple[tuple[str, str], ...] = (("abnormal pancreas", "abnormal pancreas"), ("PDAC", "PDAC"),
-                                               ("duct", "duct"))
 
 
 class AblationError(RuntimeError):
@@ -196,29 +143,6 @@ def trained_rows(rows: Sequence[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------------ environment
 
-class Progress:
-    """Progress lines with the elapsed time, and wall time per step."""
-
-    def __init__(self) -> None:
-        self.start = time.monotonic()
-        self.steps: dict[str, float] = {}
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-    def log(self, message: str) -> None:
-        print(f"[ablation {format_duration(self.elapsed()):>8}] {message}", flush=True)
-
-    def step(self, name: str, seconds: float) -> None:
-        self.steps[name] = round(self.steps.get(name, 0.0) + seconds, 2)
-
-
-def format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
-
 
 def nnunet_folder(env: dict[str, str], variable: str) -> Path:
     value = env.get(variable)
@@ -235,19 +159,16 @@ def default_device() -> str:
 
 def build_env(args: argparse.Namespace, base: Optional[dict[str, str]] = None) -> dict[str, str]:
     """Environment of the stock commands: inherited, plus worker counts, no torch.compile on CPU, the budget."""
-    env = dict(os.environ if base is None else base)
-    env.setdefault("nnUNet_def_n_proc", str(args.num_processes))
+    defaults = {"nnUNet_def_n_proc": str(args.num_processes)}
     if args.device == "cpu":
-        env.setdefault("nnUNet_compile", "f")
-        env.setdefault("nnUNet_n_proc_DA", str(max(1, min(4, os.cpu_count() or 1))))
-    for key, variable in BUDGET_VARIABLES.items():
-        if getattr(args, key) is not None:
-            env[variable] = str(getattr(args, key))
+        defaults.update({"nnUNet_compile": "f", "nnUNet_n_proc_DA": str(max(1, min(4, os.cpu_count() or 1)))})
+    settings = {variable: str(getattr(args, key)) for key, variable in BUDGET_VARIABLES.items()
+                if getattr(args, key) is not None}
     if getattr(args, "no_tta", False):
-        env[NO_TTA_ENV] = "1"
+        settings[NO_TTA_ENV] = "1"
     if getattr(args, "training_seed", None) is not None:
-        env[SEED_ENV] = str(args.training_seed)
-    return env
+        settings[SEED_ENV] = str(args.training_seed)
+    return nnunet_env(base=base, settings=settings, defaults=defaults)
 
 
 def effective_budget(env: dict[str, str]) -> dict[str, Any]:
@@ -259,15 +180,6 @@ def effective_budget(env: dict[str, str]) -> dict[str, Any]:
     budget["test_time_mirroring"] = env.get(NO_TTA_ENV) != "1"
     budget["training_seed"] = int(env[SEED_ENV]) if env.get(SEED_ENV) else None
     return budget
-
-
-def run_stock(args: list[str], env: dict[str, str], progress: Progress) -> float:
-    """Run a console script with streamed output; CalledProcessError if it fails. Returns its wall time."""
-    command = [console_command(args[0]), *args[1:]]
-    progress.log("$ " + " ".join(args))
-    start = time.monotonic()
-    subprocess.run(command, env=env, check=True)
-    return time.monotonic() - start
 
 
 # ---------------------------------------------------------------------------------------------------------- dataset
@@ -354,14 +266,14 @@ def ensure_plans(dataset: Dataset, backbone: Backbone, env: dict[str, str], prog
                 and has_preprocessed_data(dataset, data_identifier(unet_plans)))
     dataset_id = dataset.name[len("Dataset"):].split("_")[0]
     if reusable:
-        run_stock(["nnUNetv2_plan_experiment", "-d", dataset_id, "-pl", backbone.planner], env, progress)
+        run_command(["nnUNetv2_plan_experiment", "-d", dataset_id, "-pl", backbone.planner], env, progress.log)
         if data_identifier(target) != data_identifier(unet_plans):
             raise AblationError(f"{target}: data identifier {data_identifier(target)!r} differs from "
                                 f"{data_identifier(unet_plans)!r} of {unet_plans.name}; preprocess it with "
                                 f"nnUNetv2_plan_and_preprocess -pl {backbone.planner}")
     else:
-        run_stock(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-pl", backbone.planner, "-c", "3d_fullres",
-                   "-np", str(num_processes), "-npfp", str(num_processes)], env, progress)
+        run_command(["nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-pl", backbone.planner, "-c", "3d_fullres",
+                     "-np", str(num_processes), "-npfp", str(num_processes)], env, progress.log)
     if not target.is_file():
         raise AblationError(f"{target}: planning finished but the plans file was not written")
 
@@ -410,26 +322,9 @@ def ensure_splits(dataset: Dataset, folds: Sequence[int], n_splits: int, seed: i
 
 # --------------------------------------------------------------------------------------------------- step 3: train
 
-def trainer_name(row: str, variant: str = "") -> str:
-    """The trainer of a trained row, with the ``--trainer-variant`` suffix (e.g. ``HPNTrainer_balanced``)."""
-    return f"{ROWS[row].trainer}{variant}"
-
 
 def model_folder(dataset: Dataset, row: str, backbone: Backbone, configuration: str, variant: str = "") -> Path:
     return dataset.results / f"{trainer_name(row, variant)}__{backbone.plans}__{configuration}"
-
-
-def fold_state(fold_dir: Path) -> str:
-    """``done`` (final checkpoint and validation with probabilities), ``validate`` (final checkpoint, validation
-    or its .npz missing), ``resume`` (checkpoint_latest.pth) or ``new``."""
-    if (fold_dir / "checkpoint_final.pth").is_file():
-        validation = fold_dir / "validation"
-        if validation.is_dir() and any(validation.glob("*.npz")):
-            return "done"
-        return "validate"
-    if (fold_dir / "checkpoint_latest.pth").is_file():
-        return "resume"
-    return "new"
 
 
 def train_command(dataset_id: str, configuration: str, fold: int, trainer: str, plans: str, device: str,
@@ -463,8 +358,8 @@ def train_all(dataset: Dataset, backbones: Sequence[Backbone], rows: Sequence[st
         what = {"new": "training", "resume": "resuming from checkpoint_latest.pth",
                 "validate": "validation only (checkpoint_final.pth exists, .npz missing)"}[state]
         progress.log(f"train {number}/{len(jobs)} {key}: {what} ({trainer}, {backbone.plans})")
-        seconds = run_stock(train_command(dataset_id, args.configuration, fold, trainer, backbone.plans,
-                                          args.device, state), env, progress)
+        seconds = run_command(train_command(dataset_id, args.configuration, fold, trainer, backbone.plans,
+                                            args.device, state), env, progress.log)
         progress.log(f"train {number}/{len(jobs)} {key}: finished in {format_duration(seconds)}")
         trainings[key] = {"seconds": round(seconds, 1), "mode": state,
                           "finished": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -479,13 +374,6 @@ def _link_or_copy(source: Path, target: Path) -> None:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
-
-
-def fresh_folder(folder: Path) -> Path:
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    return folder
 
 
 def collect_row(dataset: Dataset, backbone: Backbone, row: str, folds: Sequence[int], configuration: str,
@@ -513,27 +401,7 @@ def collect_row(dataset: Dataset, backbone: Backbone, row: str, folds: Sequence[
     return cases
 
 
-def make_fusion(row_dirs: dict[str, Path], out_dir: Path, env: dict[str, str], progress: Progress,
-                num_processes: int) -> None:
-    fresh_folder(out_dir)
-    run_stock(["nnUNetv2_ensemble", "-i", str(row_dirs["arterial"]), str(row_dirs["venous"]), "-o", str(out_dir),
-               "-np", str(num_processes)], env, progress)
-
-
-def make_union(row_dirs: dict[str, Path], out_dir: Path, file_ending: str) -> int:
-    from nnunet_hpn.pipeline.union import union_folders
-
-    fresh_folder(out_dir)
-    return len(union_folders([row_dirs["hpn"], row_dirs["hpn_virtual"]], out_dir, file_ending))
-
-
 # ------------------------------------------------------------------------------------------------ step 5: evaluate
-
-def evaluate_row(pred_dir: Path, labels_dir: Path, file_ending: str) -> EvaluationResult:
-    """``evaluate_folders`` on the predicted cases only; writes ``pred_dir/summary.json`` and ``summary.csv``."""
-    result = evaluate_folders(pred_dir, labels_dir, file_ending, cases=predicted_cases(pred_dir, file_ending))
-    write_summary(result, pred_dir / "summary.json")
-    return result
 
 
 # --------------------------------------------------------------------------------------------------- step 6: table
@@ -546,49 +414,6 @@ def budget_line(args: argparse.Namespace, budget: dict[str, Any], wall_seconds: 
             f"configuration {args.configuration}, device {args.device}, "
             f"date {datetime.date.today().isoformat()}, wall time {format_duration(wall_seconds)} "
             f"(training time recorded over all runs: {format_duration(training_seconds)})")
-
-
-def table_records(results: dict[tuple[str, str], EvaluationResult], backbones: Sequence[str],
-                  rows: Sequence[str]) -> list[dict[str, Any]]:
-    """One record per backbone × row (backbone blocks, rows in the paper's order)."""
-    records = []
-    for backbone in backbones:
-        for row in rows:
-            result = results[(backbone, row)]
-            record: dict[str, Any] = {"backbone": BACKBONES[backbone].label, "row": row, "method": ROWS[row].label,
-                                      "n": result.n_cases}
-            for target, column in TARGET_COLUMNS:
-                record[f"{column} dice mean %"] = round(100 * result.mean(target), 2)
-                record[f"{column} dice std %"] = round(100 * result.std(target), 2)
-                record[f"{column} missed"] = result.missed(target)
-                record[f"{column} present"] = result.present(target)
-            records.append(record)
-    return records
-
-
-def format_markdown(records: list[dict[str, Any]], header: str) -> str:
-    columns = ["Backbone", "Method", "n", *(f"{column} DSC % (mean ± std)" for _, column in TARGET_COLUMNS),
-               *(f"{column} missed" for _, column in TARGET_COLUMNS)]
-    lines = ["# Table 1: HPN ablation (cross-validation)", "", header, "",
-             "| " + " | ".join(columns) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(columns) - 2)) + "|"]
-    for record in records:
-        cells = [record["backbone"], record["method"], str(record["n"])]
-        cells += [f"{record[f'{c} dice mean %']:.2f} ± {record[f'{c} dice std %']:.2f}" for _, c in TARGET_COLUMNS]
-        cells += [f"{record[f'{c} missed']}/{record[f'{c} present']}" for _, c in TARGET_COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "DSC: Dice similarity coefficient per case (abnormal pancreas = labels 1∪2∪3), mean ± "
-                  "population std over the cross-validation cases; missed: cases with the target in the truth and "
-                  "Dice 0 / cases with the target."]
-    return "\n".join(lines) + "\n"
-
-
-def format_csv(records: list[dict[str, Any]], header: str) -> str:
-    stream = io.StringIO()
-    stream.write(f"# {header}\n")
-    writer = csv.DictWriter(stream, fieldnames=list(records[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(records)
-    return stream.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------------------- driver

@@ -33,7 +33,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,11 +40,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-import cpu_table1  # beside this script
-from nnunet_hpn.demo import console_command
+from hpn_experiments import table1
+from hpn_experiments.ablation import ROWS
+from hpn_experiments.archive import check_or_record, git_commit, labels_digest, run_resumably
+from hpn_experiments.commands import nnunet_env, run_command
+from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM, STAGE2_TRAINING_MARGIN_MM
 from nnunet_hpn.evaluate.metrics import TARGETS, evaluate_folders
 from nnunet_hpn.evaluate.report import paired_wilcoxon
-from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM, STAGE2_TRAINING_MARGIN_MM
 
 WHOLE_ID, STAGE2_ID, LOCATOR_ID = 531, 532, 533
 WHOLE_NAME, STAGE2_NAME = "PancreasWholeTable1", "PancreasStage2Table1"
@@ -67,33 +68,31 @@ def prepare(workdir: Path, env: dict[str, str]) -> None:
     """The three raw datasets (skipped when present), the locator's plans and CPU configuration, and the table's
     split copied into every preprocessed dataset, so that each fold holds out the same cases as the table."""
     phantoms = workdir / "phantoms"
-    cpu_table1.prepare_dataset(workdir, env)  # the table's phantoms and split
+    table1.prepare_dataset(workdir, env)  # the table's phantoms and split
     for dataset_id, name, crop in ((WHOLE_ID, WHOLE_NAME, None), (STAGE2_ID, STAGE2_NAME, STAGE2_TRAINING_MARGIN_MM)):
         if not (raw_dataset(workdir, dataset_id) / "dataset.json").is_file():
-            command = [console_command("nnunet-hpn"), "convert", str(phantoms), "-d", str(dataset_id), "--name", name,
-                       "--raw-root", env["nnUNet_raw"], "--register"]
-            cpu_table1.run(command + (["--crop-to-label", f"{crop:g}"] if crop else []), env)
+            command = ["nnunet-hpn", "convert", str(phantoms), "-d", str(dataset_id), "--name", name, "--raw-root",
+                       env["nnUNet_raw"], "--register"]
+            run_command(command + (["--crop-to-label", f"{crop:g}"] if crop else []), env)
     if not (raw_dataset(workdir, LOCATOR_ID) / "dataset.json").is_file():
-        cpu_table1.run([console_command("nnunet-hpn"), "locator-dataset", "-d", str(WHOLE_ID), "--target-id",
-                        str(LOCATOR_ID)], env)
+        run_command(["nnunet-hpn", "locator-dataset", "-d", str(WHOLE_ID), "--target-id", str(LOCATOR_ID)], env)
     locator_raw = raw_dataset(workdir, LOCATOR_ID)
     preprocessed = workdir / "nnUNet_preprocessed"
     plans = preprocessed / locator_raw.name / f"{LOCATOR_PLANS}.json"
     if not plans.is_file():  # planned only: the locator's data is its coarse configuration's
-        cpu_table1.run([console_command("nnUNetv2_plan_and_preprocess"), "-d", str(LOCATOR_ID), "-c", "3d_fullres",
-                        "-npfp", "2", "--no_pp"], env)
+        run_command(["nnUNetv2_plan_and_preprocess", "-d", str(LOCATOR_ID), "-c", "3d_fullres", "-npfp", "2",
+                     "--no_pp"], env)
     configurations = json.loads(plans.read_text())["configurations"]
     if LOCATOR_CONFIG not in configurations:
-        cpu_table1.run([console_command("nnunet-hpn"), "cpu-config", "-d", str(LOCATOR_ID), "-p", LOCATOR_PLANS,
-                        "-c", LOCATOR_CONFIG, "--patch-size", *LOCATOR_PATCH,
-                        "--spacing-factor", f"{LOCATOR_SPACING_FACTOR:g}"], env)
+        run_command(["nnunet-hpn", "cpu-config", "-d", str(LOCATOR_ID), "-p", LOCATOR_PLANS, "-c", LOCATOR_CONFIG,
+                     "--patch-size", *LOCATOR_PATCH, "--spacing-factor", f"{LOCATOR_SPACING_FACTOR:g}"], env)
         configurations = json.loads(plans.read_text())["configurations"]
     data = plans.parent / configurations[LOCATOR_CONFIG]["data_identifier"]
     n_cases = len(list((locator_raw / "labelsTr").glob("*.nii.gz")))
     if len(list(data.glob("*_seg.b2nd"))) < n_cases:
-        cpu_table1.run([console_command("nnUNetv2_preprocess"), "-d", str(LOCATOR_ID), "-plans_name", LOCATOR_PLANS,
-                        "-c", LOCATOR_CONFIG, "-np", "2"], env)
-    split = (preprocessed / f"Dataset{cpu_table1.DATASET_ID}_{cpu_table1.DATASET_NAME}" / "splits_final.json")
+        run_command(["nnUNetv2_preprocess", "-d", str(LOCATOR_ID), "-plans_name", LOCATOR_PLANS, "-c",
+                     LOCATOR_CONFIG, "-np", "2"], env)
+    split = (preprocessed / f"Dataset{table1.DATASET_ID}_{table1.DATASET_NAME}" / "splits_final.json")
     if not split.is_file():
         raise SystemExit(f"{split}: missing; run scripts/cpu_table1.py first (the study holds out the table's cases)")
     for dataset_id in (WHOLE_ID, STAGE2_ID, LOCATOR_ID):
@@ -109,10 +108,10 @@ def train_locator(workdir: Path, fold: int, env: dict[str, str], trainer: str = 
     fold_dir = locator_model(workdir, trainer) / f"fold_{fold}"
     if (fold_dir / "checkpoint_final.pth").is_file():
         return None
-    command = [console_command("nnUNetv2_train"), str(LOCATOR_ID), LOCATOR_CONFIG, str(fold), "-tr", trainer,
+    command = ["nnUNetv2_train", str(LOCATOR_ID), LOCATOR_CONFIG, str(fold), "-tr", trainer,
                "-p", LOCATOR_PLANS, "-device", "cpu"]
     start = time.perf_counter()
-    cpu_table1.run(command + (["--c"] if (fold_dir / "checkpoint_latest.pth").is_file() else []), env)
+    run_command(command + (["--c"] if (fold_dir / "checkpoint_latest.pth").is_file() else []), env)
     return time.perf_counter() - start
 
 
@@ -127,16 +126,16 @@ def train_hpn(workdir: Path, model: str, fold: int, env: dict[str, str], budget:
     HPN model and fold; its wall time (None: trained before)."""
     dataset_id, row = HPN_MODELS[model]
     out = workdir / "two_stage" / "runs" / f"{model}_fold_{fold}"
-    cpu_table1.run([sys.executable, str(cpu_table1.SCRIPTS / "run_ablation.py"), "-d", str(dataset_id),
-                    *cpu_table1.PRESET, *budget, "--folds", str(fold), "--rows", row, "-o", str(out)], env)
+    run_command([sys.executable, str(table1.RUN_ABLATION), "-d", str(dataset_id), *table1.PRESET, *budget,
+                 "--folds", str(fold), "--rows", row, "-o", str(out)], env)
     entry = json.loads((out / "run_info.json").read_text())["trainings"].get(f"unet/{row}/fold_{fold}")
     return entry["seconds"] if entry else None
 
 
 def hpn_model(workdir: Path, model: str) -> Path:
     dataset_id, row = HPN_MODELS[model]
-    trainer = cpu_table1.run_ablation.ROWS[row].trainer
-    return workdir / "nnUNet_results" / raw_dataset(workdir, dataset_id).name / f"{trainer}__{cpu_table1.PLANS}__3d_cpu"
+    trainer = ROWS[row].trainer
+    return workdir / "nnUNet_results" / raw_dataset(workdir, dataset_id).name / f"{trainer}__{table1.PLANS}__3d_cpu"
 
 
 def held_out_inputs(workdir: Path, cases: Sequence[str], out: Path) -> Path:
@@ -161,12 +160,12 @@ def predict(workdir: Path, method: str, fold: int, cases: Sequence[str], env: di
         return json.loads(timing_file.read_text())
     inputs = held_out_inputs(workdir, cases, workdir / "two_stage" / "inputs" / f"fold_{fold}")
     model = hpn_model(workdir, "stage2" if method == "two_stage" else "whole_scan")
-    command = [console_command("nnunet-hpn"), "predict", "-i", str(inputs), "-o", str(out), "-m", str(model),
+    command = ["nnunet-hpn", "predict", "-i", str(inputs), "-o", str(out), "-m", str(model),
                "-f", str(fold), "--disable-tta"]
     if method == "two_stage":
         command += ["--locator", str(locator_model(workdir, locator_trainer)), "--locator-folds", str(fold)]
     start = time.perf_counter()
-    cpu_table1.run(command, env)
+    run_command(command, env)
     timing = {"wall_seconds": round(time.perf_counter() - start, 1), "cases": len(cases), "locator": {}}
     for case in cases:
         record = json.loads((out / "registration_qc" / f"{case}.json").read_text()).get("locator")
@@ -196,11 +195,11 @@ def run_fold(workdir: Path, fold: int, cases: Sequence[str], env: dict[str, str]
         timings[method] = predict(workdir, method, fold, cases, env, locator_trainer)
         out = workdir / "two_stage" / "predictions" / method / f"fold_{fold}"
         result = evaluate_folders(out, labels, cases=cases, surface=False, progress=False)
-        dice[method] = cpu_table1.dice_per_case(result, cases)
+        dice[method] = table1.dice_per_case(result, cases)
     return {"fold": fold, "cases": list(cases), "dice": dice, "timing": timings,
             "training_seconds": {name: seconds.get(f"{name}/fold_{fold}") for name in ("locator", "whole_scan",
                                                                                        "stage2")},
-            "budget": list(budget) or "the table's preset", "preset": list(cpu_table1.PRESET),
+            "budget": list(budget) or "the table's preset", "preset": list(table1.PRESET),
             "locator": {"trainer": locator_trainer, "plans": LOCATOR_PLANS, "configuration": LOCATOR_CONFIG,
                         "spacing_factor": LOCATOR_SPACING_FACTOR, "patch": [int(p) for p in LOCATOR_PATCH]},
             "date": datetime.date.today().isoformat(),
@@ -237,24 +236,24 @@ def summarize(folds: Sequence[dict]) -> list[str]:
 
 
 def real_ct_pairs(out: Path) -> dict[str, Path]:
-    """The registration benchmark's real-CT pairs (``benchmark_registration``: the 3 mm TotalSegmentator example CT
-    and its clinical-size resampling, the venous-like copy misaligned and noisy), as ``out/<case>/{arterial,
-    venous,label}.nii.gz`` (label: the pancreas of the TotalSegmentator output), plus ``<case>_oracle_crop``: both
-    phases cut to their own pancreas box + :data:`STAGE2_MARGIN_MM` (stage 2 on a box a perfect locator would give).
-    Written once; an empty dict when the real CT is absent."""
+    """The registration benchmark's real-CT pairs (``hpn_experiments.misalignment``: the 3 mm TotalSegmentator
+    example CT and its clinical-size resampling, the venous-like copy misaligned and noisy), as
+    ``out/<case>/{arterial,venous,label}.nii.gz`` (label: the pancreas of the TotalSegmentator output), plus
+    ``<case>_oracle_crop``: both phases cut to their own pancreas box + :data:`STAGE2_MARGIN_MM` (stage 2 on a box a
+    perfect locator would give). Written once; an empty dict when the real CT is absent."""
     import argparse as _argparse
 
     import SimpleITK as sitk
-    import benchmark_registration as bench  # beside this script
+    from hpn_experiments.misalignment import REAL_DIR, clinical_pairs, real_pairs
     from nnunet_hpn.io.crop_boxes import crop_image, label_box
 
-    if not (bench.REAL_DIR / "example_ct.nii.gz").is_file():
-        print(f"two_stage_study: {bench.REAL_DIR}: absent; no real-CT timing", flush=True)
+    if not (REAL_DIR / "example_ct.nii.gz").is_file():
+        print(f"two_stage_study: {REAL_DIR}: absent; no real-CT timing", flush=True)
         return {}
     settings = _argparse.Namespace(real_pairs=1, clinical_pairs=1, deformation_mm=4.0, shift_mm=3.0, rotation_deg=2.0,
                                    noise_hu=10.0)
     cases: dict[str, Path] = {}
-    pairs = (*bench.real_pairs(settings), *bench.clinical_pairs(settings))
+    pairs = (*real_pairs(settings), *clinical_pairs(settings))
     for name, fixed, fixed_label, moving, moving_label in pairs:
         whole = {"arterial": (fixed, fixed_label), "venous": (moving, moving_label)}
         oracle = {}
@@ -290,13 +289,13 @@ def real_ct_timing(workdir: Path, fold: int, env: dict[str, str], locator_traine
             out = root / "predictions" / run_name / case
             record_file = out / "timing.json"
             if not record_file.is_file():
-                command = [console_command("nnunet-hpn"), "predict", "-i", str(inputs), "-o", str(out / "labels"),
+                command = ["nnunet-hpn", "predict", "-i", str(inputs), "-o", str(out / "labels"),
                            "-m", str(hpn_model(workdir, model)), "-f", str(fold), "--disable-tta"]
                 if with_locator:
                     command += ["--locator", str(locator_model(workdir, locator_trainer)), "--locator-folds",
                                 str(fold)]
                 start = time.perf_counter()
-                cpu_table1.run(command, env)
+                run_command(command, env)
                 qc = json.loads((out / "labels" / "registration_qc" / f"{case}.json").read_text())
                 record = {"wall_seconds": round(time.perf_counter() - start, 1), "locator": qc.get("locator"),
                           "grid": sitk_size(inputs / case / "arterial.nii.gz")}
@@ -351,14 +350,14 @@ def time_real_ct(workdir: Path, docs: Path, fold: int, env: dict[str, str], loca
          "device": f"CPU ({os.cpu_count()} logical), {platform.processor() or platform.machine()}"}, indent=2) + "\n")
     write_study(docs, command)
     if commit:
-        cpu_table1.git_commit(docs, "Two-stage study: real-CT timing")
+        git_commit(docs, "Two-stage study: real-CT timing")
 
 
 def write_study(docs: Path, command: str) -> int:
     """``study.md`` / ``study.json`` from the archived folds (and the real-CT timing, once measured); the number of
     archived folds."""
     archive = docs / "folds"
-    folds = [json.loads((archive / f"fold_{k}.json").read_text()) for k in cpu_table1.FOLDS
+    folds = [json.loads((archive / f"fold_{k}.json").read_text()) for k in table1.FOLDS
              if (archive / f"fold_{k}.json").is_file()]
     if not folds:
         return 0
@@ -376,7 +375,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path("work_dirs/table1"))
     parser.add_argument("--docs", type=Path, default=Path("docs/two_stage"))
-    parser.add_argument("--folds", nargs="+", type=int, default=list(cpu_table1.FOLDS), choices=cpu_table1.FOLDS)
+    parser.add_argument("--folds", nargs="+", type=int, default=list(table1.FOLDS), choices=table1.FOLDS)
     parser.add_argument("--budget", nargs=2, type=int, metavar=("EPOCHS", "ITERATIONS"),
                         help="quick check: HPN models at EPOCHS × ITERATIONS instead of the table's 80 × 25, the "
                              "locator with nnUNetTrainer_1epoch (archived in --docs like a real run: use another)")
@@ -389,14 +388,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     workdir, docs = args.workdir.resolve(), args.docs.resolve()
     archive = docs / "folds"
     command = "python scripts/two_stage_study.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    env = cpu_table1.nnunet_env(workdir)
+    env = nnunet_env(workdir)
     prepare(workdir, env)
     splits = json.loads((workdir / "nnUNet_preprocessed" / raw_dataset(workdir, WHOLE_ID).name
                          / "splits_final.json").read_text())
-    try:
-        cpu_table1.check_or_record(archive, "labels.sha256.json",
-                                   {"labelsTr": cpu_table1.labels_digest(raw_dataset(workdir, WHOLE_ID) / "labelsTr")})
-        cpu_table1.check_or_record(archive, "splits_final.json", splits)
+
+    def run_and_archive() -> int:
+        check_or_record(archive, "labels.sha256.json",
+                        {"labelsTr": labels_digest(raw_dataset(workdir, WHOLE_ID) / "labelsTr")})
+        check_or_record(archive, "splits_final.json", splits)
         for fold in args.folds:
             target = archive / f"fold_{fold}.json"
             if target.is_file():
@@ -406,8 +406,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 target.write_text(json.dumps(record, indent=1) + "\n")
                 n_folds = write_study(docs, command)
                 if args.git_commit:
-                    cpu_table1.git_commit(docs, f"Two-stage study: fold {fold} archived ({n_folds} of "
-                                                f"{len(cpu_table1.FOLDS)} folds)")
+                    git_commit(docs, f"Two-stage study: fold {fold} archived ({n_folds} of {len(table1.FOLDS)} "
+                                     f"folds)")
             if args.real_ct and not (docs / "real_ct.json").is_file() and models_present(workdir, fold,
                                                                                           locator_trainer):
                 time_real_ct(workdir, docs, fold, env, locator_trainer, command, args.git_commit)
@@ -415,14 +415,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print("two_stage_study: --real-ct: no fold of --folds has its three models on this machine",
                   file=sys.stderr)
             return 1
-    except cpu_table1.ArchiveMismatch as error:
-        print(f"two_stage_study: error: {error}", file=sys.stderr)
-        return 1
-    except subprocess.CalledProcessError as error:
-        print(f"two_stage_study: {' '.join(map(str, error.cmd[:3]))} … failed (exit {error.returncode}); "
-              f"re-run to resume", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_resumably("two_stage_study", run_and_archive)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,6 @@ from typing import Dict, List
 import pytest
 
 BIN = Path(sys.executable).parent
-#: scripts/ on sys.path: tests import the experiment helpers that live there (misalignment.py, run_ablation.py)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 TINY_CONFIGURATION = "3d_tiny"
 DATASET_ID = 990
 DATASET_NAME = "HPNTest"

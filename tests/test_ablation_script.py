@@ -1,6 +1,5 @@
 """scripts/run_ablation.py: row resolution and arguments without training; one small end-to-end run (2 trainings
 of 1 epoch × 2 iterations on fold 0, fusion derived with nnUNetv2_ensemble) and a re-run that only re-collects."""
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -11,20 +10,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+import cpu_table1
+import run_ablation as ablation
 from conftest import DATASET_ID, TINY_CONFIGURATION, nnunet_env
+from hpn_experiments import table1 as protocol
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "run_ablation.py"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("run_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_ablation"] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = _load_script()
 
 
 # ----------------------------------------------------------------------------------------------- without training
@@ -226,15 +217,7 @@ def test_small_ablation_end_to_end_then_rerun_skips_training(own_nnunet_root, mo
 
 # ------------------------------------------------------------------------------------ the CPU Table-1 protocol
 
-def _load_protocol():
-    spec = importlib.util.spec_from_file_location("cpu_table1", SCRIPT.parent / "cpu_table1.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cpu_table1_preset_is_a_valid_ablation_command_with_the_issue_budget():
-    protocol = _load_protocol()
     for row in protocol.ORDER:
         args = ablation.parse_args(["-d", str(protocol.DATASET_ID), *protocol.PRESET, "--rows", row])
         assert ablation.resolve_rows(args.rows)[-1] == row
@@ -254,7 +237,6 @@ def test_ablation_budget_sets_checkpoint_interval_and_training_seed():
 
 
 def test_cpu_table1_breaks_pdac_dice_down_by_kind_of_mass(tmp_path):
-    protocol = _load_protocol()
     (tmp_path / "phantoms").mkdir()
     cases = [{"case_id": "c0", "mass_subtle_in_both": True, "mass_iso_attenuating": False},
              {"case_id": "c1", "mass_subtle_in_both": False, "mass_iso_attenuating": True},
@@ -269,7 +251,7 @@ def test_cpu_table1_breaks_pdac_dice_down_by_kind_of_mass(tmp_path):
         for case, value in zip(("c0", "c1", "c2", "c3"), values):
             lines += [f"{case},{method},PDAC,{value},1,1,1", f"{case},{method},duct,0.99,1,1,1"]
     (docs / "report_interim" / "per_case.csv").write_text("\n".join(lines) + "\n")
-    protocol.write_by_kind(tmp_path, ["arterial", "venous"], docs)
+    cpu_table1.write_by_kind(tmp_path, ["arterial", "venous"], docs)
     table = (docs / "by_kind.md").read_text()
     assert "subtle in both phases (n=1)" in table and "conspicuous (n=2)" in table
     assert "| arterial | 0.0 ± 0.0 (missed 1) | 50.0 ± 0.0 (missed 0) | 70.0 ± 10.0 (missed 0) |" in table

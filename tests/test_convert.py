@@ -310,7 +310,7 @@ def test_missing_extra_phase_is_named(in_dir: Path, raw_root: Path) -> None:
 def unaligned_phantoms(tmp_path: Path) -> Path:
     """Three phantom cases (the last unlabelled) whose venous phase (and label_venous) sits on another grid: the
     phantom's own deformation plus a known smooth field, a 3 mm shift and a 2° rotation."""
-    from misalignment import misaligned_copy
+    from hpn_experiments.misalignment import misaligned_copy
 
     in_dir = tmp_path / "unaligned"
     cases = write_phantom_cases(in_dir, 3, seed=5, shape_zyx=(24, 48, 48), progress=False)

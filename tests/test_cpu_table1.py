@@ -2,27 +2,18 @@
 written, complete rows are assembled from the archive (derived rows once their inputs are there), a case predicted
 by two folds or an archive made on other data stops the run; Table 1 v2's per-seed archive, trainings.csv and its
 training-level statistics (nnunet_hpn/evaluate/training_stats.py) on synthetic numbers."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "cpu_table1.py"
+import cpu_table1 as table
+from hpn_experiments.ablation import ROWS
+from hpn_experiments.archive import ArchiveMismatch, check_or_record, is_archived, labels_digest
+from hpn_experiments.table1 import archive_fold, assemble_rows, model_dir
 
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("cpu_table1", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cpu_table1"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-table = _load_script()
 #: validation cases per fold of the fake cross-validation
 CASES = {0: ["case_a", "case_b"], 1: ["case_c"], 2: ["case_d", "case_e"]}
 
@@ -35,7 +26,7 @@ def _write_label(path: Path, value: int) -> None:
 
 def _fake_model(results: Path, row: str, value: int, folds=(0, 1, 2), variant: str = "") -> None:
     """nnU-Net model folder of ``row`` with finished folds whose validation predicts ``value`` in a cube."""
-    model = table.model_dir(results, row, variant)
+    model = model_dir(results, row, variant)
     for fold in folds:
         validation = model / f"fold_{fold}" / "validation"
         validation.mkdir(parents=True)
@@ -49,17 +40,17 @@ def _fake_model(results: Path, row: str, value: int, folds=(0, 1, 2), variant: s
 
 
 def test_record_once_then_refuse_other_values(tmp_path):
-    table.check_or_record(tmp_path / "folds", "splits_final.json", [{"train": ["a"], "val": ["b"]}])
-    table.check_or_record(tmp_path / "folds", "splits_final.json", [{"train": ["a"], "val": ["b"]}])
-    with pytest.raises(table.ArchiveMismatch, match="splits_final.json"):
-        table.check_or_record(tmp_path / "folds", "splits_final.json", [{"train": ["b"], "val": ["a"]}])
+    check_or_record(tmp_path / "folds", "splits_final.json", [{"train": ["a"], "val": ["b"]}])
+    check_or_record(tmp_path / "folds", "splits_final.json", [{"train": ["a"], "val": ["b"]}])
+    with pytest.raises(ArchiveMismatch, match="splits_final.json"):
+        check_or_record(tmp_path / "folds", "splits_final.json", [{"train": ["b"], "val": ["a"]}])
 
 
 def test_labels_digest_changes_with_a_label(tmp_path):
     _write_label(tmp_path / "case_a.nii.gz", 1)
-    before = table.labels_digest(tmp_path)
+    before = labels_digest(tmp_path)
     _write_label(tmp_path / "case_a.nii.gz", 2)
-    assert table.labels_digest(tmp_path) != before
+    assert labels_digest(tmp_path) != before
 
 
 def test_archived_folds_assemble_into_rows_and_derived_rows(tmp_path):
@@ -69,7 +60,7 @@ def test_archived_folds_assemble_into_rows_and_derived_rows(tmp_path):
     _fake_model(results, "arterial", 3)
     for row, folds in (("hpn", (0, 1, 2)), ("hpn_virtual", (0, 1)), ("arterial", (0, 1, 2))):
         for fold in folds:
-            table.archive_fold(archive, results, row, fold, seconds=12.5)
+            archive_fold(archive, results, row, fold, seconds=12.5)
     fold_json = json.loads((archive / "hpn" / "fold_1" / "fold.json").read_text())
     assert fold_json["cases"] == ["case_c"] and fold_json["training_seconds"] == 12.5
     assert fold_json["budget"] == {"num_epochs": "80"}
@@ -78,13 +69,13 @@ def test_archived_folds_assemble_into_rows_and_derived_rows(tmp_path):
     assert not (archive / "hpn" / "fold_0" / "case_a.npz").exists()
     assert (archive / "hpn" / "fold_0" / "training_log_x.txt").is_file()
 
-    assert table.assemble_rows(archive, rows_dir, env={}) == ["arterial", "hpn"]  # fusion needs venous
+    assert assemble_rows(archive, rows_dir, env={}) == ["arterial", "hpn"]  # fusion needs venous
     assert sorted(path.name for path in (rows_dir / "hpn").glob("*.nii.gz")) == [
         f"{case}.nii.gz" for fold in CASES.values() for case in fold]
 
     _fake_model(results, "hpn_virtual", 2, folds=(2,))
-    table.archive_fold(archive, results, "hpn_virtual", 2, seconds=None)
-    assert table.assemble_rows(archive, rows_dir, env={}) == ["arterial", "hpn", "hpn_virtual", "hpn_union"]
+    archive_fold(archive, results, "hpn_virtual", 2, seconds=None)
+    assert assemble_rows(archive, rows_dir, env={}) == ["arterial", "hpn", "hpn_virtual", "hpn_union"]
     union = sitk.GetArrayFromImage(sitk.ReadImage(str(rows_dir / "hpn_union" / "case_d.nii.gz")))
     expected = np.zeros((4, 4, 4), np.uint8)
     expected[1:3, 1:3, 1:3] = 2  # pancreas (hpn) and PDAC (hpn_virtual) on the same voxels: PDAC wins
@@ -95,14 +86,14 @@ def test_fold_without_fold_json_is_not_archived_and_a_case_in_two_folds_is_refus
     results, archive = tmp_path / "results", tmp_path / "docs" / "folds"
     _fake_model(results, "hpn", 1)
     for fold in (0, 1, 2):
-        table.archive_fold(archive, results, "hpn", fold, seconds=1.0)
+        archive_fold(archive, results, "hpn", fold, seconds=1.0)
     (archive / "hpn" / "fold_2" / "fold.json").unlink()  # a copy interrupted before its last file
-    assert not table.is_archived(archive, "hpn", 2)
-    assert table.assemble_rows(archive, tmp_path / "rows", env={}) == []
-    table.archive_fold(archive, results, "hpn", 2, seconds=1.0)
+    assert not is_archived(archive, "hpn", 2)
+    assert assemble_rows(archive, tmp_path / "rows", env={}) == []
+    archive_fold(archive, results, "hpn", 2, seconds=1.0)
     _write_label(archive / "hpn" / "fold_2" / "case_a.nii.gz", 1)  # case_a is fold 0's
-    with pytest.raises(table.ArchiveMismatch, match="more than one fold"):
-        table.assemble_rows(archive, tmp_path / "rows", env={})
+    with pytest.raises(ArchiveMismatch, match="more than one fold"):
+        assemble_rows(archive, tmp_path / "rows", env={})
 
 
 # ------------------------------------------------------------------------------------------------ Table 1 v2
@@ -189,11 +180,11 @@ def test_v2_archive_per_seed_and_trainings_csv_round_trip(tmp_path):
     results, archive = tmp_path / "results", tmp_path / "docs" / "folds"
     _fake_model(results, "hpn", 2, variant="_balanced")
     for fold in (0, 1, 2):
-        table.archive_fold(archive, results, "hpn", fold, seconds=60.0 + fold, seed=2345, variant="_balanced")
+        archive_fold(archive, results, "hpn", fold, seconds=60.0 + fold, seed=2345, variant="_balanced")
     fold_json = json.loads((archive / "hpn" / "seed_2345" / "fold_1" / "fold.json").read_text())
     assert fold_json["seed"] == 2345 and fold_json["trainer"] == "HPNTrainer_balanced"
     assert fold_json["preset"][-4:] == ["--training-seed", "2345", "--trainer-variant", "_balanced"]
-    assert table.is_archived(archive, "hpn", 1, 2345) and not table.is_archived(archive, "hpn", 1)
+    assert is_archived(archive, "hpn", 1, 2345) and not is_archived(archive, "hpn", 1)
 
     dice, _ = _v2_dice()
     dice = {key: value for key, value in dice.items() if key[0] == "hpn" and key[1] == 2345}
@@ -214,7 +205,7 @@ def test_v2_table_counts_failed_trainings_and_lists_every_contrast():
     dice, present = _v2_dice()
     records = [{"row": row, "fold": fold, "seed": seed, "wall_seconds": 120.0,
                 **{f"{t} mean Dice %": float(np.mean([v[t] for v in cases.values()])) for t in table.TARGETS}}
-               for (row, seed, fold), cases in dice.items() if table.run_ablation.ROWS[row].trainer]
+               for (row, seed, fold), cases in dice.items() if ROWS[row].trainer]
     text = table.format_table_v2(dice, present, records, table.PROTOCOL_V2, "header")
     hpn_line = next(line for line in text.splitlines() if line.startswith("| HPN (original pairs) |"))
     assert "| 1/6 | 2.0 |" in hpn_line and "| 1/10 | 0/10 |" in hpn_line  # 1 failed training: its case missed
@@ -249,7 +240,7 @@ def _fake_v2_run(tmp_path, monkeypatch):
     monkeypatch.setattr(table, "report", lambda *args, **kwargs: None)
     monkeypatch.setattr(table, "BOOTSTRAP_RESAMPLES", 200)
     monkeypatch.setattr(table, "EARLIER_ARCHIVE", tmp_path / "earlier" / "folds")
-    table.check_or_record(table.EARLIER_ARCHIVE, "splits_final.json", split)
+    check_or_record(table.EARLIER_ARCHIVE, "splits_final.json", split)
     argv = ["--protocol", "v2", "--workdir", str(workdir), "--docs", str(docs), "--rows", "hpn", "hpn_virtual"]
     return argv, docs, trained, split
 
@@ -275,7 +266,7 @@ def test_v2_run_trains_seed_by_seed_archives_each_training_and_resumes(tmp_path,
     assert table.main(argv) == 0
     assert trained == [(seed, row, fold) for seed in (1234, 2345) for row in ("hpn", "hpn_virtual")
                        for fold in (0, 1, 2)]
-    assert table.is_archived(docs / "folds", "hpn_virtual", 2, 2345)
+    assert is_archived(docs / "folds", "hpn_virtual", 2, 2345)
     records = table.read_trainings_csv(docs / "trainings.csv")
     assert len(records) == 12
     assert {r["trainer"] for r in records} == {"HPNTrainer_balanced", "HPNTrainer_virtual_balanced"}
@@ -284,7 +275,7 @@ def test_v2_run_trains_seed_by_seed_archives_each_training_and_resumes(tmp_path,
     assert "| union | hpn_union − hpn_virtual | PDAC | +100.0 | [+100.0, +100.0] |" in text
     assert table.main(argv) == 0 and len(trained) == 12  # everything archived: nothing trained again
 
-    table.check_or_record(table.EARLIER_ARCHIVE.parent / "other", "x.json", 1)
+    check_or_record(table.EARLIER_ARCHIVE.parent / "other", "x.json", 1)
     (table.EARLIER_ARCHIVE / "splits_final.json").write_text(json.dumps(split[::-1]))
     (docs / "folds" / "hpn" / "seed_1234" / "fold_0" / "fold.json").unlink()
     assert table.main(argv) == 1  # the split differs from the earlier run's

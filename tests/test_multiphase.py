@@ -12,6 +12,7 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from conftest import TINY_CONFIGURATION, nnunet_env, run_stock
+from hpn_experiments.missing_phase import write_input_folder_with_missing_phases
 from nnunet_hpn.labels import PDAC_LABELS as LABELS
 from nnunet_hpn.pipeline.convert import convert_cases
 from nnunet_hpn.errors import HPNInputError
@@ -19,7 +20,6 @@ from nnunet_hpn.pipeline.missing_phase import (
     MissingPhaseWarning,
     fill_missing_phases,
     missing_phase_message,
-    write_input_folder_with_missing_phases,
 )
 from nnunet_hpn.nnunet.normalization import HPNCTNormalization
 from nnunet_hpn.phantom import write_phantom_cases

@@ -16,7 +16,7 @@ from nnunet_hpn.io.images import read_image
 from nnunet_hpn.phantom import generate_phantom_case, phantom_image
 from nnunet_hpn.io.geometry import physical_bounds
 from conftest import write_dicom_series
-from misalignment import misaligned_copy
+from hpn_experiments.misalignment import misaligned_copy
 from nnunet_hpn.pipeline.registration import RegistrationWarning, alignment_metrics, register_to_reference
 
 REAL_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "totalsegmentator"
