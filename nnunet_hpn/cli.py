@@ -196,6 +196,8 @@ def _predict(args: argparse.Namespace) -> None:
     if folder_only and not args.input:
         raise HPNInputError(f"{args.output}: {folder_only[0]} needs folder mode (-i IN_DIR)")
     model = _model_folder(args)
+    options["model_named_by"] = ("-m" if args.model else
+                                 f"-d {args.dataset} -c {args.configuration} -tr {args.trainer} -p {args.plans}")
     options["device"] = _predict_device(args.device)  # after the checks of the arguments: no line before an error
     if args.input:
         cases = predict_folder(Path(args.input), Path(args.output), model, n_processes_preprocessing=args.npp,
@@ -398,7 +400,7 @@ def _add_register(sub: Subparsers, methods: Sequence[str]) -> None:
 
 
 def _add_predict(sub: Subparsers, methods: Sequence[str]) -> None:
-    from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM
+    from nnunet_hpn.augment.box_margins import STAGE2_MARGIN_MM
 
     p = sub.add_parser("predict", help="raw, unaligned phases -> registration -> trained nnU-Net model -> label map "
                                        "in the reference phase's geometry; a missing phase is filled with a constant "

@@ -44,7 +44,7 @@ from hpn_experiments import table1
 from hpn_experiments.ablation import ROWS
 from hpn_experiments.archive import check_or_record, git_commit, labels_digest, run_resumably
 from hpn_experiments.commands import nnunet_env, run_command
-from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM, STAGE2_TRAINING_MARGIN_MM
+from nnunet_hpn.augment.box_margins import STAGE2_MARGIN_MM, STAGE2_TRAINING_MARGIN_MM
 from nnunet_hpn.evaluate.metrics import TARGETS, evaluate_folders
 from nnunet_hpn.evaluate.report import paired_wilcoxon
 

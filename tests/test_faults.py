@@ -162,12 +162,12 @@ def test_a_failed_dicom_seg_leaves_no_label_map(tmp_path: Path, monkeypatch) -> 
     import SimpleITK as sitk
 
     from nnunet_hpn.errors import HPNInputError
-    from nnunet_hpn.pipeline import predict
+    from nnunet_hpn.pipeline import outputs, predict
 
     def refuse(*args, **kwargs):
         raise HPNInputError("series: cannot reference its instances")
 
-    monkeypatch.setattr(predict, "dicom_seg_for", refuse)
+    monkeypatch.setattr(outputs, "dicom_seg_for", refuse)
     writer = predict.HPNPredictor.__new__(predict.HPNPredictor)  # the writing part only: no model needed
     writer.output_format, writer.channel_names, writer.scheme = "dicom-seg", ["arterial", "venous"], None
     label = sitk.GetImageFromArray(np.zeros((4, 5, 6), dtype=np.uint8))

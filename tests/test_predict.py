@@ -8,8 +8,9 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_hpn.cli import main
+from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.nnunet.model_folder import ModelFolder, nnunet_properties
 from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning, fill_missing_phases
-from nnunet_hpn.pipeline.predict import model_channel_names, nnunet_properties
 
 
 def _unaligned_case(planned_dataset, case: str, out_dir: Path) -> tuple[Path, Path]:
@@ -102,7 +103,7 @@ def test_missing_phase_predicts_warns_and_records_it(planned_dataset, predict_mo
 
 def test_unknown_phase_no_phase_or_missing_fold_is_a_clear_error(planned_dataset, predict_model, tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture) -> None:
-    assert model_channel_names(predict_model) == ["arterial", "venous"]
+    assert ModelFolder(predict_model).channel_names == ["arterial", "venous"]
     arterial, venous = _unaligned_case(planned_dataset, planned_dataset["test_cases"][1], tmp_path / "case")
     out = tmp_path / "out.nii.gz"
     assert main(["predict", "--arterial", str(arterial), "--phase", f"delayed={arterial}", "-m", str(predict_model),
@@ -210,3 +211,30 @@ def test_predict_parses_nnunet_spellings_and_refuses_folder_flags_for_one_case(p
     error = capsys.readouterr().err
     assert "-d 987: no such dataset in" in error and error.count("\n") == 1
     assert not out.exists()
+
+
+def test_model_folder_errors_name_the_options_that_named_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A model folder named by -d -c (-tr -p) is called so in its errors, a locator by --locator and its folds by
+    --locator-folds; nothing of the model is loaded before."""
+    results = tmp_path / "results"
+    model = results / "Dataset005_Named" / "HPNTrainer__nnUNetHPNPlans__3d_fullres"
+    model.mkdir(parents=True)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("nnUNet_results", str(results))
+    out = tmp_path / "out.nii.gz"
+    assert main(["predict", "--arterial", "a.nii.gz", "-d", "5", "-c", "3d_fullres", "-device", "cpu",
+                 "-o", str(out)]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"nnunet-hpn predict: error: {model / 'dataset.json'}: missing; -d 5 -c 3d_fullres -tr HPNTrainer "
+        f"-p nnUNetHPNPlans must be a trained model folder "
+        f"(nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>)"]
+    assert not out.exists()
+    (model / "dataset.json").write_text(json.dumps({"channel_names": {"0": "arterial"},
+                                                    "labels": {"background": 0, "pancreas": 1}}))
+    with pytest.raises(HPNInputError, match=r"plans\.json: missing; --locator must be a trained model folder"):
+        ModelFolder(model, "--locator").check_folds((0,), "checkpoint_final.pth", "--locator-folds")
+    (model / "plans.json").write_text("{}")
+    with pytest.raises(HPNInputError, match=r"fold_1.checkpoint_final\.pth: missing \(train fold 1 first, or pick "
+                                            r"other folds with --locator-folds\)"):
+        ModelFolder(model, "--locator").check_folds((1,), "checkpoint_final.pth", "--locator-folds")

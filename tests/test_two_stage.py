@@ -14,9 +14,10 @@ from conftest import TINY_CONFIGURATION, run_stock
 from nnunet_hpn.augment.box_jitter import BoxJitterTransform, insert_box_jitter
 from nnunet_hpn.cli import main
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.nnunet.model_folder import ModelFolder
 from nnunet_hpn.pipeline.locator import (LOCATOR_LABELS, Locator, LocatorWarning, largest_component, locator_box,
                                          pancreas_label_values, write_locator_dataset)
-from nnunet_hpn.pipeline.predict import HPNPredictor, align_case, model_channel_names
+from nnunet_hpn.pipeline.predict import HPNPredictor, align_case
 
 SPACING = (2.0, 1.0, 1.0)  # z, y, x of the patch (mm)
 
@@ -248,4 +249,4 @@ def test_a_locator_with_another_label_set_is_refused_in_one_line(planned_dataset
                      f"a locator must output a pancreas mask (e.g. a model trained on 'nnunet-hpn "
                      f"locator-dataset')"]
     assert not out.exists()
-    assert model_channel_names(liver) == ["arterial", "venous"]  # the copy is an otherwise valid model folder
+    assert ModelFolder(liver).channel_names == ["arterial", "venous"]  # the copy is an otherwise valid model folder

@@ -1,13 +1,13 @@
 """Box jitter: stage 2 of two-stage HPN learns to work inside a pancreas box that the locator got somewhat wrong.
 
 At inference stage 2 sees the scan cut to the locator's box plus a margin (:mod:`nnunet_hpn.pipeline.locator`);
-beyond the box lies nnU-Net's zero padding. Training crops are wider (``STAGE2_TRAINING_MARGIN_MM``), and per
-training sample (drawn with ``np.random``, with probability ``p``) this transform blanks everything outside a box
-around the patch's foreground whose every side lies ``margin_mm ± jitter_mm`` from it (uniform, per side) — as a
-locator box would cut the scan, shifted, too tight or too wide. Blanked voxels get 0, the value nnU-Net pads
-patches with; the label is untouched: the box never reaches into the foreground (``margin_mm >= jitter_mm``).
-Patches without foreground are left alone (nothing tells where the box would be). Training pipeline only:
-:func:`insert_box_jitter` puts it right after nnU-Net's spatial block.
+beyond the box lies nnU-Net's zero padding. Training crops are wider (``STAGE2_TRAINING_MARGIN_MM``; the margins:
+:mod:`nnunet_hpn.augment.box_margins`), and per training sample (drawn with ``np.random``, with probability ``p``)
+this transform blanks everything outside a box around the patch's foreground whose every side lies
+``margin_mm ± jitter_mm`` from it (uniform, per side) — as a locator box would cut the scan, shifted, too tight or
+too wide. Blanked voxels get 0, the value nnU-Net pads patches with; the label is untouched: the box never reaches
+into the foreground (``margin_mm >= jitter_mm``). Patches without foreground are left alone (nothing tells where
+the box would be). Training pipeline only: :func:`insert_box_jitter` puts it right after nnU-Net's spatial block.
 """
 from __future__ import annotations
 

@@ -12,12 +12,12 @@ pancreas at low resolution first and segment the tumour in a crop at full resolu
   together: the locator dataset's, HPN's own) or with a label named "pancreas" (a multi-organ model); its channels
   are phases of the case, or a single channel of any name (fed the reference phase).
 * **Box** (:func:`locator_box`): the largest connected component of the locator's mask, its bounding box plus
-  :data:`STAGE2_MARGIN_MM` (the crop of :mod:`nnunet_hpn.pipeline.crop`, world positions kept).
+  ``STAGE2_MARGIN_MM`` (the crop of :mod:`nnunet_hpn.pipeline.crop`, world positions kept).
 
-Stage 2 is trained on label crops of :data:`STAGE2_TRAINING_MARGIN_MM` (``convert --crop-to-label``) with the box
+Stage 2 is trained on label crops of ``STAGE2_TRAINING_MARGIN_MM`` (``convert --crop-to-label``) with the box
 jittered during training (:mod:`nnunet_hpn.augment.box_jitter`), so that it tolerates a box up to
-:data:`BOX_JITTER_MM` tighter or wider than the inference margin. ``nnunet-hpn predict --locator`` puts it together
-(:meth:`nnunet_hpn.pipeline.predict.HPNPredictor.predict_aligned`).
+``BOX_JITTER_MM`` tighter or wider than the inference margin (the margins: :mod:`nnunet_hpn.augment.box_margins`).
+``nnunet-hpn predict --locator`` puts it together (:meth:`nnunet_hpn.pipeline.predict.HPNPredictor.predict_aligned`).
 """
 from __future__ import annotations
 
@@ -31,18 +31,14 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_hpn.augment.box_margins import STAGE2_MARGIN_MM
 from nnunet_hpn.errors import HPNInputError, HPNWarning
-from nnunet_hpn.labels import HPN_KEY, PDAC_LABELS, LabelScheme, dataset_reference_phase
-from nnunet_hpn.io.publish import check_outputs, published_folder
-from nnunet_hpn.phases import channel_file_name, channel_files, channel_names
 from nnunet_hpn.io.crop_boxes import CropBox, label_box
+from nnunet_hpn.io.publish import check_outputs, published_folder
+from nnunet_hpn.labels import HPN_KEY, PDAC_LABELS, LabelScheme, dataset_reference_phase
+from nnunet_hpn.nnunet.model_folder import ModelFolder, nnunet_properties
+from nnunet_hpn.phases import channel_file_name, channel_files, channel_names
 
-#: Margin (mm) around the locator's pancreas box at inference.
-STAGE2_MARGIN_MM: float = 20.0
-#: Largest change (mm) of each side of the box during stage-2 training (box jitter).
-BOX_JITTER_MM: float = 10.0
-#: Margin (mm) of stage 2's training crops (``convert --crop-to-label``): room for the widest jittered box.
-STAGE2_TRAINING_MARGIN_MM: float = STAGE2_MARGIN_MM + BOX_JITTER_MM
 #: The locator dataset's labels for the paper's scheme (another scheme's: the target's name, or "foreground").
 LOCATOR_LABELS: dict[str, int] = {"background": 0, "pancreas": 1}
 #: Key of a locator dataset's ``"hpn"`` facts: the dataset it was derived from (its one label is the mask to crop to).
@@ -112,31 +108,17 @@ def locator_box(mask: np.ndarray, reference: sitk.Image, margin_mm: float = STAG
 
 
 class Locator:
-    """A trained nnU-Net model folder used as stage 1: :meth:`pancreas_mask` of a registered case."""
+    """A trained nnU-Net model folder (``--locator``) used as stage 1: :meth:`pancreas_mask` of a registered
+    case."""
 
     def __init__(self, model_dir: Path, folds: Sequence[int | str] = (0,), device: str = "cpu",
                  checkpoint: str = "checkpoint_final.pth", disable_tta: bool = True, progress: bool = False) -> None:
-        import torch
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-        from nnunet_hpn.pipeline.predict import check_model_folder
-
-        self.model_dir = Path(model_dir)
-        dataset_json = self.model_dir / "dataset.json"
-        if not dataset_json.is_file():
-            raise HPNInputError(f"{dataset_json}: missing; --locator must be a trained nnU-Net model folder")
-        try:
-            meta = json.loads(dataset_json.read_text())
-        except (OSError, ValueError):
-            raise HPNInputError(f"{dataset_json}: unreadable or not JSON") from None
-        self.label_values = pancreas_label_values(meta, str(dataset_json))  # before any checkpoint loads
-        self.channel_names = check_model_folder(self.model_dir, folds, checkpoint)
-        self.predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=not disable_tta,
-                                         perform_everything_on_device=device == "cuda", device=torch.device(device),
-                                         verbose=False, allow_tqdm=progress)
-        self.predictor.initialize_from_trained_model_folder(
-            str(self.model_dir), use_folds=tuple(int(f) if str(f).isdigit() else f for f in folds),
-            checkpoint_name=checkpoint)
+        model = ModelFolder(model_dir, named_by="--locator")
+        self.model_dir = model.path
+        self.label_values = pancreas_label_values(model.dataset, str(model.dataset_file))  # before any checkpoint
+        self.channel_names = model.channel_names
+        self.predictor = model.predictor(folds, checkpoint, device, disable_tta=disable_tta, progress=progress,
+                                         folds_flag="--locator-folds")
 
     def check_phases(self, phases: Sequence[str], reference: str) -> list[str]:
         """The phases the locator reads (:func:`locator_inputs`), checked before any case is read."""
@@ -144,8 +126,6 @@ class Locator:
 
     def pancreas_mask(self, phases: Mapping[str, sitk.Image], reference: str) -> np.ndarray:
         """Boolean (z, y, x) pancreas mask on the ``reference`` phase's grid (every phase must be on that grid)."""
-        from nnunet_hpn.pipeline.predict import nnunet_properties
-
         inputs = self.check_phases(list(phases), reference)
         data = np.stack([sitk.GetArrayFromImage(phases[name]).astype(np.float32) for name in inputs])
         segmentation = self.predictor.predict_single_npy_array(data, nnunet_properties(phases[reference]))

@@ -1,36 +1,36 @@
 """``nnunet-hpn predict``: raw, unaligned phases of a case -> registration -> the trained nnU-Net model -> label map in
 the reference (arterial) image's original space and geometry.
 
-The model folder (``nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>``) decides which phases are
-needed: its dataset.json ``channel_names`` in channel order. The reference phase is "arterial" when the model has
-it, else its first channel; every other phase is registered onto the reference image's grid
+The model folder (``nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>``,
+:class:`nnunet_hpn.nnunet.model_folder.ModelFolder`) decides which phases are needed: its dataset.json
+``channel_names`` in channel order. The reference phase is the model's (the one its dataset.json stores, else
+"arterial" when the model has it, else its first channel) when it is given, else the same rule among the given
+phases; every other phase is registered onto the reference image's grid
 (:func:`nnunet_hpn.pipeline.registration.register_to_reference`), the channels are put in model order
 (:func:`nnunet_hpn.pipeline.missing_phase.fill_missing_phases`) and handed to nnU-Net's own
 ``nnUNetPredictor.predict_single_npy_array`` with the properties nnU-Net's ``SimpleITKIO`` would have read from the
 reference image, so nnU-Net's preprocessing and its export (resampling back, un-cropping) put the result on exactly
-the reference image's grid.
+the reference image's grid. :mod:`nnunet_hpn.pipeline.outputs` writes the results.
 
 A phase the model has but the input lacks is filled by the documented missing-phase policy of
 :mod:`nnunet_hpn.pipeline.missing_phase` (a constant 0 image on the reference grid, exactly 0 after HPN's
-normalization, as
-phase dropout trains with): the prediction goes ahead, a :class:`~nnunet_hpn.pipeline.missing_phase.MissingPhaseWarning`
-says so, and the QC file records the missing phases. At least one of the model's phases must be given.
+normalization, as phase dropout trains with): the prediction goes ahead, a
+:class:`~nnunet_hpn.pipeline.missing_phase.MissingPhaseWarning` says so, and the QC file records the missing phases.
+At least one of the model's phases must be given.
 
 Folder mode stages every output in a hidden folder next to ``OUT_DIR`` and moves the files in only when every case
 succeeded: a bad case leaves ``OUT_DIR`` as it was. nnU-Net's predict options keep their meaning: ``-npp`` cases read
 and registered in parallel processes, ``-nps`` threads writing the outputs, ``--save_probabilities`` nnU-Net's
 ``<case>.npz`` / ``<case>.pkl`` (``nnUNetv2_ensemble`` reads such a folder: folder mode copies the model's
-``dataset.json`` and ``plans.json`` into it, as ``nnUNetv2_predict`` does), ``--continue_prediction`` skips cases already in ``OUT_DIR``, ``-num_parts`` / ``-part_id``
-predict one share of the cases.
+``dataset.json`` and ``plans.json`` into it, as ``nnUNetv2_predict`` does), ``--continue_prediction`` skips cases
+already in ``OUT_DIR``, ``-num_parts`` / ``-part_id`` predict one share of the cases.
 """
 from __future__ import annotations
 
-import json
-import pickle
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
@@ -38,124 +38,30 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from nnunet_hpn.io.publish import atomic_files, check_outputs, published_folder, write_text_atomically
+from nnunet_hpn.augment.box_margins import STAGE2_MARGIN_MM
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.io.listing import case_folders
-from nnunet_hpn.processes import worker_pool
-from nnunet_hpn.io.dicom_seg import DICOM_SEG_ENDING, dicom_seg_for, import_highdicom
 from nnunet_hpn.io.case_layout import QC_FOLDER, read_case_layout
-from nnunet_hpn.io.dicom_study import StagedStudies, check_series_folders_order
-from nnunet_hpn.io.images import IMAGE_FILE_ENDINGS, check_distinct_phases, read_image
-from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
-from nnunet_hpn.labels import LabelScheme, dataset_reference_phase
-from nnunet_hpn.phases import read_channel_names, reference_phase
 from nnunet_hpn.io.crop_boxes import CropBox, crop_image, uncrop_image
-from nnunet_hpn.pipeline.locator import STAGE2_MARGIN_MM, Locator, LocatorWarning
+from nnunet_hpn.io.dicom_seg import import_highdicom
+from nnunet_hpn.io.dicom_study import StagedStudies, check_series_folders_order
+from nnunet_hpn.io.images import check_distinct_phases, read_image
+from nnunet_hpn.io.listing import case_folders
+from nnunet_hpn.io.publish import check_outputs, published_folder, write_text_atomically
+from nnunet_hpn.nnunet.model_folder import ModelFolder, nnunet_properties
+from nnunet_hpn.phases import reference_phase
+from nnunet_hpn.pipeline.locator import Locator, LocatorWarning
+from nnunet_hpn.pipeline.missing_phase import MissingPhaseWarning, fill_missing_phases, missing_phase_message
+from nnunet_hpn.pipeline.outputs import (OUTPUT_FORMATS, CasePrediction, case_outputs, dicom_seg_file, image_suffix,
+                                         probability_files, truncated_name, write_case_outputs)
 from nnunet_hpn.pipeline.registration import METHODS, register_to_reference
-#: ``--output-format`` values: NIfTI label maps, or NIfTI plus a DICOM Segmentation (``<case>.seg.dcm``)
-OUTPUT_FORMATS = ("nifti", "dicom-seg")
-
-
-def model_channel_names(model_dir: Path) -> list[str]:
-    """Phase names of the model's input channels, in channel order (dataset.json ``channel_names``)."""
-    dataset_json = Path(model_dir) / "dataset.json"
-    if not dataset_json.is_file():
-        raise HPNInputError(f"{dataset_json}: missing; -m must be a trained model folder "
-                            "(nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>)")
-    return read_channel_names(dataset_json)
-
-
-def check_model_folder(model_dir: Path, folds: Sequence[int | str], checkpoint: str) -> list[str]:
-    """Everything nnU-Net's predictor will read, checked before it loads (one HPNInputError line each): the folder,
-    ``dataset.json`` with channel names, a readable ``plans.json``, and for every fold a checkpoint file that loads,
-    is an nnU-Net checkpoint and was trained on as many channels as ``dataset.json`` names. Returns the channel
-    names."""
-    import torch
-
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise HPNInputError(f"{model_dir}: model folder does not exist")
-    channel_names = model_channel_names(model_dir)
-    plans = model_dir / "plans.json"
-    try:
-        plans_content = json.loads(plans.read_text())
-        dataset_content = json.loads((model_dir / "dataset.json").read_text())
-    except FileNotFoundError:
-        raise HPNInputError(f"{plans}: missing; -m must be a trained model folder") from None
-    except (OSError, ValueError):
-        raise HPNInputError(f"{plans}: unreadable or not JSON") from None
-    for fold in folds:
-        path = model_dir / f"fold_{fold}" / checkpoint
-        if not path.is_file():
-            raise HPNInputError(f"{path}: missing (train fold {fold} first, or pick other folds with -f)")
-        try:
-            saved = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # torch raises many kinds for a damaged file
-            raise HPNInputError(f"{path}: checkpoint cannot be loaded ({type(error).__name__}; truncated or "
-                                f"damaged?)") from None
-        if not isinstance(saved, dict) or "network_weights" not in saved or "init_args" not in saved:
-            raise HPNInputError(f"{path}: not an nnU-Net checkpoint (no network_weights / init_args)")
-        trained = saved["init_args"].get("dataset_json", {}).get("channel_names", {})
-        if trained and len(trained) != len(channel_names):
-            raise HPNInputError(f"{model_dir / 'dataset.json'}: {len(channel_names)} channels "
-                                f"({', '.join(channel_names)}), but {path} was trained on {len(trained)}")
-        check_model_matches_checkpoint(model_dir, plans_content, dataset_content, saved["init_args"], path)
-    return channel_names
-
-
-def check_model_matches_checkpoint(model_dir: Path, plans: dict, dataset: dict, init_args: dict,
-                                   checkpoint: Path) -> None:
-    """HPNInputError, before nnU-Net builds the network, when the model folder's ``plans.json`` or ``dataset.json``
-    disagree with what ``checkpoint`` was trained with (``init_args``): the configuration missing or resolving to
-    nothing, a patch size that is not positive, other network widths or another label set."""
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    plans_file, dataset_file = model_dir / "plans.json", model_dir / "dataset.json"
-    name = init_args.get("configuration")
-    if not isinstance(name, str):
-        return
-    try:
-        configuration = PlansManager(plans).get_configuration(name).configuration
-    except (KeyError, RuntimeError, TypeError, ValueError):
-        available = ", ".join(plans.get("configurations", {})) if isinstance(plans, dict) else ""
-        raise HPNInputError(f"{plans_file}: no usable configuration '{name}', which {checkpoint} was trained with "
-                            f"(configurations: {available or 'none'})") from None
-    patch = configuration.get("patch_size")
-    if not isinstance(patch, list) or not patch or any(not isinstance(p, int) or p < 1 for p in patch):
-        raise HPNInputError(f"{plans_file}: configuration '{name}' has patch size {patch}; every edge must be a "
-                            f"whole number of at least 1")
-    trained_plans = init_args.get("plans", {})
-    try:
-        trained = PlansManager(trained_plans).get_configuration(name).configuration
-    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError):
-        trained = None
-    if trained is not None:
-        widths = configuration.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
-        trained_widths = trained.get("architecture", {}).get("arch_kwargs", {}).get("features_per_stage")
-        if trained_widths is not None and widths != trained_widths:
-            raise HPNInputError(f"{plans_file}: configuration '{name}' has features per stage {widths}, but "
-                                f"{checkpoint} was trained with {trained_widths}")
-    labels, trained_labels = dataset.get("labels"), init_args.get("dataset_json", {}).get("labels")
-    if isinstance(labels, dict) and isinstance(trained_labels, dict) and labels != trained_labels:
-        raise HPNInputError(f"{dataset_file}: labels {labels}, but {checkpoint} was trained with {trained_labels}")
-
-
-def model_reference_phase(model_dir: Path) -> str:
-    """The model's reference phase: the one stored in its dataset.json (:func:`nnunet_hpn.labels.
-    dataset_reference_phase`: ``convert --reference-phase``), else the rule of the phases."""
-    dataset_json = Path(model_dir) / "dataset.json"
-    try:
-        meta = json.loads(dataset_json.read_text())
-    except (OSError, ValueError):
-        raise HPNInputError(f"{dataset_json}: missing or unreadable") from None
-    return dataset_reference_phase(meta, where=str(dataset_json))
+from nnunet_hpn.processes import worker_pool
 
 
 def prediction_reference(channel_names: Sequence[str], available: Sequence[str], preferred: str | None = None
                          ) -> str:
     """The phase whose grid the prediction is made on: ``preferred`` (the model's reference phase,
-    :func:`model_reference_phase`) when given, else :func:`nnunet_hpn.phases.reference_phase` among the given
-    phases, in the model's channel order."""
+    :attr:`nnunet_hpn.nnunet.model_folder.ModelFolder.reference_phase`) when given, else
+    :func:`nnunet_hpn.phases.reference_phase` among the given phases, in the model's channel order."""
     given = [phase for phase in channel_names if phase in available]
     if not given:
         raise HPNInputError(f"none of the model's phases ({', '.join(channel_names)}) was given")
@@ -198,9 +104,8 @@ class AlignedCase:
 def align_case(phases: Mapping[str, sitk.Image], channel_names: Sequence[str], method: str = "demons",
                names: Mapping[str, str] | None = None, progress: bool = True,
                preferred_reference: str | None = None) -> AlignedCase:
-    """The phases of one case checked against the model's channels and registered onto the reference phase
-    (:func:`prediction_reference`)."""
-    check_phase_names(list(phases), channel_names)
+    """The phases of one case (names among the model's ``channel_names``, :func:`check_phase_names`) registered onto
+    the reference phase (:func:`prediction_reference`)."""
     reference = prediction_reference(channel_names, list(phases), preferred_reference)
     aligned, qc = align_phases(phases, reference, method, names, progress)
     return AlignedCase(aligned, reference, qc, {phase: str(name) for phase, name in (names or {}).items()})
@@ -215,25 +120,6 @@ def read_and_align_case(phase_paths: Mapping[str, Path], channel_names: Sequence
                       progress, preferred_reference)
 
 
-def nnunet_properties(reference: sitk.Image) -> dict:
-    """The properties dict nnU-Net's ``SimpleITKIO.read_images`` returns for a 3D image."""
-    return {"sitk_stuff": {"spacing": reference.GetSpacing(), "origin": reference.GetOrigin(),
-                           "direction": reference.GetDirection()},
-            "spacing": [abs(s) for s in list(reference.GetSpacing())[::-1]]}
-
-
-def truncated_name(path: Path) -> Path:
-    """``path`` without its image file ending (nnU-Net's ``output_file_truncated``: ``<case>`` of ``<case>.nii.gz``)."""
-    return Path(path).with_name(Path(path).name[:-len(_image_suffix(Path(path)))])
-
-
-def _image_suffix(path: Path) -> str:
-    for ending in IMAGE_FILE_ENDINGS:
-        if path.name.endswith(ending):
-            return ending
-    raise HPNInputError(f"{path}: output must end with one of {', '.join(IMAGE_FILE_ENDINGS)}")
-
-
 def check_phase_names(phases: Sequence[str] | Mapping[str, Path], channel_names: Sequence[str]) -> None:
     """HPNInputError for a phase the model does not have (more or other channels than the model was trained on),
     naming its file where ``phases`` maps names to paths."""
@@ -246,12 +132,11 @@ def check_phase_names(phases: Sequence[str] | Mapping[str, Path], channel_names:
         raise HPNInputError(f"no phase given; the model takes {', '.join(channel_names)}")
 
 
-def read_phase_images(phase_paths: Mapping[str, Path], channel_names: Sequence[str], out_path: Path,
-                      allow_unusual_intensities: bool = False) -> dict[str, sitk.Image]:
-    """The phase images of one case, checked (names against the model's channels, the input gate of
+def read_phase_images(phase_paths: Mapping[str, Path], out_path: Path, allow_unusual_intensities: bool = False
+                      ) -> dict[str, sitk.Image]:
+    """The phase images of one case (names already checked, :func:`check_phase_names`), checked (the input gate of
     :func:`nnunet_hpn.io.images.read_image`, ``out_path`` an image file name), keyed by phase."""
-    check_phase_names(phase_paths, channel_names)
-    _image_suffix(Path(out_path))
+    image_suffix(Path(out_path))
     check_series_folders_order(phase_paths)
     return read_distinct_phases(phase_paths, allow_unusual_intensities)
 
@@ -272,33 +157,6 @@ def _case_inputs(case_dir: Path, channel_names: Sequence[str]) -> dict[str, Path
     (:func:`nnunet_hpn.io.case_layout.read_case_layout`: the model's phases as image files or DICOM folders, labels
     allowed and not used); at least one of the model's phases."""
     return read_case_layout(case_dir, channel_names, require="any", hint="; the model's phases").phases
-
-
-@dataclass
-class CasePrediction:
-    """A label map on the reference image's grid, the reference phase, the registration QC per phase, the
-    model phases that were missing from the input (filled by the missing-phase policy) and, with
-    ``save_probabilities``, nnU-Net's class probabilities (num_classes, z, y, x) with the properties its ``.pkl``
-    holds."""
-
-    label: sitk.Image
-    reference_phase: str
-    qc: dict
-    missing_phases: list[str] = field(default_factory=list)
-    probabilities: np.ndarray | None = None
-    properties: dict | None = None
-    #: two-stage prediction: the locator's box, volumes and seconds, stage 2's seconds, or the fallback taken
-    locator: dict | None = None
-
-
-def probability_files(truncated: Path) -> tuple[Path, Path]:
-    """nnU-Net's probability files of ``<truncated>``: ``<truncated>.npz`` and ``<truncated>.pkl``."""
-    return truncated.with_name(truncated.name + ".npz"), truncated.with_name(truncated.name + ".pkl")
-
-
-def dicom_seg_file(truncated: Path) -> Path:
-    """The DICOM Segmentation written beside ``<truncated>.nii.gz``: ``<truncated>.seg.dcm``."""
-    return truncated.with_name(truncated.name + DICOM_SEG_ENDING)
 
 
 def uncrop_probabilities(probabilities: np.ndarray, box: CropBox) -> np.ndarray:
@@ -322,35 +180,25 @@ def check_dicom_seg_input(phase_paths: Mapping[str, Path], channel_names: Sequen
                             f"DICOM series folder (the Segmentation references its instances)")
 
 
-def write_probabilities(probabilities: np.ndarray, properties: dict, npz: Path, pkl: Path) -> None:
-    """nnU-Net's probability export (:func:`probability_files`): the ``.npz`` (key ``probabilities``) and the
-    ``.pkl`` (the image properties)."""
-    np.savez_compressed(npz, probabilities=probabilities)
-    Path(pkl).write_bytes(pickle.dumps(properties))
-
-
 class HPNPredictor:
-    """nnU-Net's ``nnUNetPredictor`` for one trained model folder, fed with registered phase images."""
+    """nnU-Net's ``nnUNetPredictor`` for one trained model folder (a path, or a
+    :class:`~nnunet_hpn.nnunet.model_folder.ModelFolder` already read), fed with registered phase images."""
 
-    def __init__(self, model_dir: Path, folds: Sequence[int | str] = (0,), device: str = "cpu",
+    def __init__(self, model: Path | ModelFolder, folds: Sequence[int | str] = (0,), device: str = "cpu",
                  disable_tta: bool = False, checkpoint: str = "checkpoint_final.pth", registration: str = "demons",
                  progress: bool = True, allow_unusual_intensities: bool = False, step_size: float = 0.5,
                  save_probabilities: bool = False, locator: Locator | None = None,
                  locator_margin_mm: float = STAGE2_MARGIN_MM, strict: bool = False,
                  output_format: str = "nifti") -> None:
         import torch
-        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        from nnunet_hpn.nnunet import startup_hook as _startup_hook
-
-        _startup_hook.install()  # idempotent: HPNCTNormalization findable by nnU-Net's in-process preprocessing
-
-        model_dir = Path(model_dir)
-        self.channel_names = check_model_folder(model_dir, folds, checkpoint)
-        self.reference_phase = model_reference_phase(model_dir)
-        self.scheme = LabelScheme.read(model_dir / "dataset.json")  # the DICOM Segmentation's segments
+        model = model if isinstance(model, ModelFolder) else ModelFolder(Path(model))
+        model.check_folds(folds, checkpoint)
+        self.channel_names = model.channel_names
+        self.reference_phase = model.reference_phase
+        self.scheme = model.label_scheme  # the DICOM Segmentation's segments
         if registration not in METHODS:
-            raise HPNInputError(f"{model_dir}: registration {registration!r} is not one of {list(METHODS)}")
+            raise HPNInputError(f"{model.path}: registration {registration!r} is not one of {list(METHODS)}")
         if device not in ("cpu", "cuda"):
             raise HPNInputError(f"{device}: device must be cpu or cuda")
         if device == "cuda" and not torch.cuda.is_available():
@@ -367,16 +215,12 @@ class HPNPredictor:
         self.progress = progress
         if not 0 < step_size <= 1:
             raise HPNInputError(f"-step_size {step_size}: must be in (0, 1] (fraction of the patch size)")
-        self.predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=not disable_tta,
-                                         perform_everything_on_device=device == "cuda", device=torch.device(device),
-                                         verbose=False, allow_tqdm=progress)
-        self.predictor.initialize_from_trained_model_folder(
-            str(model_dir), use_folds=tuple(int(f) if str(f).isdigit() else f for f in folds),
-            checkpoint_name=checkpoint)
+        self.predictor = model.predictor(folds, checkpoint, device, step_size, disable_tta, progress)
 
     def predict_images(self, phases: Mapping[str, sitk.Image], names: Mapping[str, str] | None = None
                        ) -> CasePrediction:
         """Label map (uint8) of one case given its phase images (any grids that overlap in physical space)."""
+        check_phase_names(list(phases), self.channel_names)
         return self.predict_aligned(align_case(phases, self.channel_names, self.registration, names, self.progress,
                                                self.reference_phase))
 
@@ -431,42 +275,19 @@ class HPNPredictor:
 
     def predict_and_write(self, images: Mapping[str, sitk.Image], phase_paths: Mapping[str, Path], out_path: Path,
                           qc_path: Path | None = None) -> CasePrediction:
-        """Predict from phase images already read from ``phase_paths``; write ``out_path`` (and ``qc_path``)."""
-        result = self.predict_images(images, {phase: str(path) for phase, path in phase_paths.items()})
+        """Predict from phase images already read from ``phase_paths`` (names checked, :func:`read_phase_images`);
+        write ``out_path`` (and ``qc_path``)."""
+        names = {phase: str(path) for phase, path in phase_paths.items()}
+        result = self.predict_aligned(align_case(images, self.channel_names, self.registration, names, self.progress,
+                                                 self.reference_phase))
         self.write(result, phase_paths, out_path, qc_path)
         return result
 
     def write(self, result: CasePrediction, phase_paths: Mapping[str, Path], out_path: Path,
               qc_path: Path | None = None) -> None:
-        """The label map at ``out_path``, nnU-Net's ``.npz`` / ``.pkl`` beside it (with probabilities), the DICOM
-        Segmentation beside it (``dicom-seg``) and the QC: all of them, or (when one fails) none."""
-        out_path = Path(out_path)
-        targets = [out_path]
-        if result.probabilities is not None:
-            targets += probability_files(truncated_name(out_path))
-        if self.output_format == "dicom-seg":
-            targets.append(dicom_seg_file(truncated_name(out_path)))
-        if qc_path is not None:
-            targets.append(Path(qc_path))
-        with atomic_files(targets) as temporaries:
-            written = dict(zip(targets, temporaries))
-            sitk.WriteImage(result.label, str(written[out_path]), useCompression=True)
-            if result.probabilities is not None:
-                write_probabilities(result.probabilities, result.properties,
-                                    *(written[path] for path in probability_files(truncated_name(out_path))))
-            if self.output_format == "dicom-seg":
-                dicom_seg_for(result.label, Path(phase_paths[result.reference_phase]), self.scheme).save_as(
-                    str(written[dicom_seg_file(truncated_name(out_path))]))
-            if qc_path is not None:
-                record = {"reference_phase": result.reference_phase,
-                          "inputs": {phase: str(path) for phase, path in phase_paths.items()},
-                          "missing_phases": result.missing_phases, "phases": result.qc}
-                if result.missing_phases:
-                    record["missing_phase_policy"] = missing_phase_message(result.missing_phases,
-                                                                           self.channel_names)
-                if result.locator is not None:
-                    record["locator"] = result.locator
-                written[Path(qc_path)].write_text(json.dumps(record, indent=2), encoding="utf-8")
+        """The outputs of one case, all of them or none (:func:`nnunet_hpn.pipeline.outputs.write_case_outputs`)."""
+        write_case_outputs(result, phase_paths, out_path, qc_path, self.output_format, self.scheme,
+                           self.channel_names)
 
 
 @dataclass(frozen=True)
@@ -492,10 +313,11 @@ def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Pat
                  registration: str = "demons", qc_path: Path | None = None, progress: bool = True,
                  allow_unusual_intensities: bool = False, step_size: float = 0.5,
                  save_probabilities: bool = False, two_stage: TwoStage | None = None,
-                 output_format: str = "nifti") -> CasePrediction:
+                 output_format: str = "nifti", model_named_by: str = "-m") -> CasePrediction:
     """One case: ``phase_paths`` (phase name -> NIfTI file or DICOM folder) -> label map at ``out_path`` (and with
     ``save_probabilities`` nnU-Net's ``.npz`` / ``.pkl`` beside it; with ``dicom-seg`` a DICOM Segmentation). The
-    inputs are read and checked before the models are loaded; no output may be an input."""
+    inputs are read and checked before the models are loaded; no output may be an input. ``model_named_by``: the
+    options that named ``model_dir`` (``-m``, or ``-d … -c …``), as error messages cite them."""
     outputs = [(out_path, "-o")]
     if save_probabilities:
         outputs += [(path, "--save_probabilities") for path in probability_files(truncated_name(Path(out_path)))]
@@ -504,22 +326,15 @@ def predict_case(phase_paths: Mapping[str, Path], model_dir: Path, out_path: Pat
     if qc_path is not None:
         outputs.append((qc_path, "--qc"))
     check_outputs([(Path(path), flag, "file") for path, flag in outputs], phase_paths.values())
-    channel_names = model_channel_names(Path(model_dir))
+    model = ModelFolder(Path(model_dir), model_named_by)
+    check_phase_names(phase_paths, model.channel_names)
     if output_format == "dicom-seg":
-        check_phase_names(phase_paths, channel_names)
-        check_dicom_seg_input(phase_paths, channel_names, model_reference_phase(Path(model_dir)))
-    images = read_phase_images(phase_paths, channel_names, out_path, allow_unusual_intensities)  # before the models
-    predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
+        check_dicom_seg_input(phase_paths, model.channel_names, model.reference_phase)
+    images = read_phase_images(phase_paths, out_path, allow_unusual_intensities)  # before the models
+    predictor = HPNPredictor(model, folds, device, disable_tta, checkpoint, registration, progress,
                              allow_unusual_intensities, step_size, save_probabilities,
                              *(two_stage or TwoStage()).load(device, checkpoint), output_format=output_format)
     return predictor.predict_and_write(images, phase_paths, out_path, qc_path)
-
-
-def case_outputs(out_dir: Path, case: str, save_probabilities: bool, output_format: str = "nifti") -> list[Path]:
-    """The files one folder-mode case writes into ``out_dir`` (besides its QC)."""
-    label = Path(out_dir) / f"{case}.nii.gz"
-    return [label, *(probability_files(truncated_name(label)) if save_probabilities else ()),
-            *([dicom_seg_file(truncated_name(label))] if output_format == "dicom-seg" else [])]
 
 
 def select_part(cases: Sequence[str], num_parts: int, part_id: int) -> list[str]:
@@ -558,16 +373,17 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
                    n_processes_preprocessing: int = 1, n_processes_export: int = 1,
                    continue_prediction: bool = False, num_parts: int = 1, part_id: int = 0,
                    two_stage: TwoStage | None = None, output_format: str = "nifti",
-                   phase_map: Path | None = None) -> list[str]:
+                   phase_map: Path | None = None, model_named_by: str = "-m") -> list[str]:
     """Every case folder ``in_dir/<case>/`` (``<phase>.nii.gz`` files or ``<phase>/`` DICOM folders, like
     ``convert``'s input, or a DICOM study folder whose phases are identified, ``phase_map`` a reviewed phase map:
     :mod:`nnunet_hpn.io.dicom_study`) -> ``out_dir/<case>.nii.gz``, QC in ``out_dir/registration_qc/<case>.json``
     (for a study also which series became which phase and why, under ``"dicom_study"``). The model is loaded once.
-    Returns the names of the cases predicted (without those ``continue_prediction`` skipped)."""
+    ``model_named_by``: as :func:`predict_case`. Returns the names of the cases predicted (without those
+    ``continue_prediction`` skipped)."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     case_dirs = case_folders(in_dir)
-    channel_names = model_channel_names(Path(model_dir))
-    reference = model_reference_phase(Path(model_dir))
+    model = ModelFolder(Path(model_dir), model_named_by)
+    channel_names, reference = model.channel_names, model.reference_phase
     studies = StagedStudies(case_dirs, channel_names, reference, phase_map, nifti=False)
     case_dirs = studies.case_dirs
     inputs = {case_dir.name: _case_inputs(case_dir, channel_names) for case_dir in case_dirs}
@@ -582,7 +398,7 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
         for phase_paths in inputs.values():
             check_dicom_seg_input(phase_paths, channel_names, reference)
     check_outputs([(out_dir, "-o", "folder")], [in_dir])
-    predictor = HPNPredictor(model_dir, folds, device, disable_tta, checkpoint, registration, progress,
+    predictor = HPNPredictor(model, folds, device, disable_tta, checkpoint, registration, progress,
                              allow_unusual_intensities, step_size, save_probabilities,
                              *(two_stage or TwoStage()).load(device, checkpoint), output_format=output_format)
     if out_dir.exists() and not out_dir.is_dir():
@@ -591,7 +407,7 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
         # as nnUNetv2_predict: the model's label scheme travels with its predictions (union, evaluate and report
         # read it there), and nnUNetv2_ensemble reads both files from each folder
         for name in ("dataset.json", "plans.json"):
-            write_text_atomically(staging / name, (Path(model_dir) / name).read_text())
+            write_text_atomically(staging / name, (model.path / name).read_text())
         aligned = _aligned_cases(inputs, channel_names, registration, allow_unusual_intensities,
                                  n_processes_preprocessing, progress and n_processes_preprocessing <= 1, reference)
         writes = []

@@ -1,14 +1,15 @@
-"""Stage-2 trainers of two-stage HPN (:mod:`nnunet_hpn.pipeline.locator`): trained on label crops of
+"""Stage-2 trainers of two-stage HPN (stage 1: :mod:`nnunet_hpn.pipeline.locator`): trained on label crops of
 ``STAGE2_TRAINING_MARGIN_MM`` (``convert --crop-to-label 30``) with the box jittered per sample
 (:mod:`nnunet_hpn.augment.box_jitter`), so that they tolerate the locator's box being up to ``BOX_JITTER_MM`` off
-on every side. Only the training pipeline changes; network, loss and inference are the parent trainer's."""
+on every side (the margins: :mod:`nnunet_hpn.augment.box_margins`). Only the training pipeline changes; network,
+loss and inference are the parent trainer's."""
 from typing import Any
 
 from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
 
 from nnunet_hpn.augment.box_jitter import insert_box_jitter
+from nnunet_hpn.augment.box_margins import BOX_JITTER_MM, STAGE2_MARGIN_MM
 from nnunet_hpn.nnunet.trainers.hpn_trainer import HPNTrainer, HPNTrainer_virtual
-from nnunet_hpn.pipeline.locator import BOX_JITTER_MM, STAGE2_MARGIN_MM
 
 
 class BoxJitterMixin:
