@@ -92,10 +92,10 @@ def _check_name(plans_file: Path, name: str, parent: str) -> None:
         raise HPNInputError(f"{plans_file}: configuration name {name!r} must be letters, digits and '_'")
     if name == parent:
         raise HPNInputError(f"{plans_file}: '{name}' is the configuration it inherits from (a configuration cannot "
-                            f"inherit from itself); choose another name with -c")
+                            f"inherit from itself); choose another name with --name")
     if name in NNUNET_CONFIGURATIONS:
         raise HPNInputError(f"{plans_file}: '{name}' is one of nnU-Net's own configurations; choose another name "
-                            f"with -c")
+                            f"with --name")
 
 
 def _check_replacement(plans_file: Path, plans: dict, name: str, entry: dict, overwrite: bool) -> None:
