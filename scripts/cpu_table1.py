@@ -141,6 +141,12 @@ def case_kinds(phantoms_json: Path) -> dict[str, str]:
     return kinds
 
 
+def markdown_table(first: str, columns: Sequence[str], rows: dict[str, Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table: a first column of row names (left-aligned), ``columns`` right-aligned."""
+    return (["| " + " | ".join([first, *columns]) + " |", "|---|" + "---:|" * len(columns)]
+            + [f"| {row} | " + " | ".join(cells) + " |" for row, cells in rows.items()])
+
+
 def write_by_kind(workdir: Path, rows: list[str], docs: Path) -> None:
     """``by_kind.md``: PDAC Dice (mean ± std, cases with Dice 0) per row and kind of mass, from a report's
     per_case.csv (every report holds every assembled row)."""
@@ -154,18 +160,15 @@ def write_by_kind(workdir: Path, rows: list[str], docs: Path) -> None:
             if record["target"] == "PDAC" and record["method"] in rows:
                 dice.setdefault((record["method"], kinds[record["case"]]), []).append(100 * float(record["Dice"]))
     counts = {kind: sum(1 for value in kinds.values() if value == kind) for kind in KINDS}
+
+    def cell(values: np.ndarray) -> str:
+        return f"{values.mean():.1f} ± {values.std():.1f} (missed {int((values == 0).sum())})" if len(values) else "–"
+
+    cells = {row: [cell(np.asarray(dice.get((row, kind), []))) for kind in KINDS] for row in rows}
     lines = ["# PDAC Dice (%) by kind of mass", "",
              "Mean ± population std over the cross-validation cases of each kind (missed: Dice 0); kinds from "
              "`phantoms.json` (nnunet_hpn/phantom.py).", "",
-             "| Row | " + " | ".join(f"{kind} (n={counts[kind]})" for kind in KINDS) + " |",
-             "|---|" + "---:|" * len(KINDS)]
-    for row in rows:
-        cells = []
-        for kind in KINDS:
-            values = np.asarray(dice.get((row, kind), []))
-            cells.append(f"{values.mean():.1f} ± {values.std():.1f} (missed {int((values == 0).sum())})"
-                         if len(values) else "–")
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+             *markdown_table("Row", [f"{kind} (n={counts[kind]})" for kind in KINDS], cells)]
     (docs / "by_kind.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -313,18 +316,14 @@ def format_table_v2(dice: dict[tuple[str, int, int], CaseDice], present: CaseDic
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     spread_rows = [row for row in protocol.order if len(complete_seeds(dice, row, protocol)) == len(protocol.seeds)]
     if len(protocol.seeds) > 1 and spread_rows:
+        spreads = {row: [seed_spread(scores_of(dice, row, target)) for target in TARGETS] for row in spread_rows}
         lines += ["", "## Seed-to-seed spread", "",
                   "Per target: each seed's cross-validation mean Dice %, their range (max − min) and the mean over "
                   "folds of the range between the seeds' fold means.", "",
-                  "| row | " + " | ".join(f"{target}: seed means (range; fold range)" for target in TARGETS) + " |",
-                  "|---|" + "---:|" * len(TARGETS)]
-        for row in spread_rows:
-            cells = []
-            for target in TARGETS:
-                spread = seed_spread(scores_of(dice, row, target))
-                cells.append(f"{' / '.join(f'{v:.1f}' for v in spread.per_seed.values())} (range {spread.range:.1f}; "
-                             f"fold range {spread.mean_fold_range:.1f})")
-            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+                  *markdown_table("row", [f"{target}: seed means (range; fold range)" for target in TARGETS],
+                                  {row: [f"{' / '.join(f'{v:.1f}' for v in spread.per_seed.values())} (range "
+                                         f"{spread.range:.1f}; fold range {spread.mean_fold_range:.1f})"
+                                         for spread in values] for row, values in spreads.items()})]
     contrasts = [contrast for contrast in CONTRASTS
                  if all(complete_seeds(dice, row, protocol) for row in contrast[1:])]
     if contrasts:

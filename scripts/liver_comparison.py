@@ -36,7 +36,8 @@ from typing import Optional, Sequence
 from hpn_experiments.ablation import fold_state, fresh_folder, make_union
 from hpn_experiments.archive import check_or_record, fold_archive, git_commit, is_archived, labels_digest, run_resumably
 from hpn_experiments.commands import nnunet_env, run_command
-from hpn_experiments.table1 import FOLDS, PRESET, RUN_ABLATION, archive_fold, assemble_rows, model_dir
+from hpn_experiments.table1 import (FOLDS, PRESET, RUN_ABLATION, archive_fold, assemble_rows, model_dir,
+                                    prepare_phantom_dataset)
 from nnunet_hpn.errors import HPNInputError
 
 N_CASES = 24
@@ -53,18 +54,8 @@ REFERENCE = "hpn_union"
 
 def prepare_dataset(workdir: Path, env: dict[str, str]) -> Path:
     """Liver phantoms and the cropped, registered raw dataset with the phantoms' labels (skipped when present)."""
-    raw = workdir / "nnUNet_raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
-    if (raw / "dataset.json").is_file():
-        print(f"dataset {raw} exists", flush=True)
-        return raw
-    phantoms = workdir / "phantoms"
-    if not (phantoms / "labels.json").is_file():
-        run_command(["nnunet-hpn", "phantom", str(phantoms), "--preset", "liver", "--cases", str(N_CASES),
-                     "--seed", str(PHANTOM_SEED)], env)
-    run_command(["nnunet-hpn", "convert", str(phantoms), "--dataset-id", str(DATASET_ID), "--name", DATASET_NAME,
-                 "--raw-root", env["nnUNet_raw"], "--labels", str(phantoms / "labels.json"), "--register",
-                 "--crop-to-label", f"{CROP_MARGIN_MM:g}"], env)
-    return raw
+    return prepare_phantom_dataset(workdir, env, DATASET_ID, DATASET_NAME, N_CASES, PHANTOM_SEED, CROP_MARGIN_MM,
+                                   preset="liver")
 
 
 def train_fold(workdir: Path, results: Path, row: str, fold: int, env: dict[str, str]) -> Optional[float]:

@@ -36,8 +36,8 @@ class Backbone:
     planner: str
 
 
-#: Table-1 rows in the paper's order.
-ROWS: dict[str, Row] = {row.name: row for row in (
+#: The paper's nine rows, in its order.
+_PAPER: tuple[Row, ...] = (
     Row("arterial", "single-phase (arterial)", "SinglePhaseTrainer_arterial"),
     Row("venous", "single-phase (venous)", "SinglePhaseTrainer_venous"),
     Row("fusion", "late fusion (mean of A + V probabilities)", needs=("arterial", "venous")),
@@ -47,31 +47,27 @@ ROWS: dict[str, Row] = {row.name: row for row in (
     Row("hpn", "HPN (original pairs)", "HPNTrainer"),
     Row("hpn_virtual", "HPN (virtual pairs)", "HPNTrainer_virtual"),
     Row("hpn_union", "HPN (union of original + virtual)", needs=("hpn", "hpn_virtual")),
+)
+#: This project's additions to the paper's rows.
+_EXTRA: tuple[Row, ...] = (
     Row("hpn_warmup", "HPN, λ ramped up over 12 epochs (original pairs)", "HPNTrainer_warmup"),
     Row("hpn_misalign", "HPN, misalignment augmentation (≤ 4 mm)", "HPNTrainer_misalign"),
     Row("early_fusion_misalign", "early fusion, misalignment augmentation (≤ 4 mm)", "EarlyFusionTrainer_misalign"),
     Row("hpn_stage2", "HPN as stage 2 of two-stage inference (label crops, box jitter)", "HPNTrainer_stage2"),
-)}
-
-
-#: This project's additions to the paper's rows.
-EXTRA_ROWS: tuple[str, ...] = ("hpn_warmup", "hpn_misalign", "early_fusion_misalign", "hpn_stage2")
-
-
+)
+#: Table-1 rows: the paper's in its order, then this project's.
+ROWS: dict[str, Row] = {row.name: row for row in (*_PAPER, *_EXTRA)}
 #: The paper's nine rows (the default).
-PAPER_ROWS: tuple[str, ...] = tuple(name for name in ROWS if name not in EXTRA_ROWS)
+PAPER_ROWS: tuple[str, ...] = tuple(row.name for row in _PAPER)
 
-
+#: The backbones: the plans each trains with and the planner that writes them.
 BACKBONES: dict[str, Backbone] = {backbone.name: backbone for backbone in (
     Backbone("unet", "3D U-Net", "nnUNetHPNPlans", "HPNPlanner"),
     Backbone("resdsn", "3D-ResDSN", "nnUNetHPNResDSNPlans", "HPNResDSNPlanner"),
 )}
-
-
 #: Files of a fold's ``validation/`` folder that make up the cross-validation predictions.
 PREDICTION_SUFFIXES: tuple[str, ...] = (".nii.gz", ".npz", ".pkl")
-
-
+#: The targets of the table: (evaluation target, column name).
 TARGET_COLUMNS: tuple[tuple[str, str], ...] = (("abnormal pancreas", "abnormal pancreas"), ("PDAC", "PDAC"),
                                                ("duct", "duct"))
 

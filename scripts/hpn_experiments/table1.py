@@ -78,19 +78,29 @@ BUDGET_KEYS: tuple[str, ...] = ("num_epochs", "num_iterations_per_epoch", "num_v
                                 "save_every", "initial_lr", "batch_size", "patch_size")
 
 
-def prepare_dataset(workdir: Path, env: dict[str, str]) -> Path:
-    """Phantoms and the cropped, registered raw dataset (skipped when present)."""
-    raw = workdir / "nnUNet_raw" / f"Dataset{DATASET_ID:03d}_{DATASET_NAME}"
+def prepare_phantom_dataset(workdir: Path, env: dict[str, str], dataset_id: int, dataset_name: str, n_cases: int,
+                            seed: int, crop_margin_mm: float, preset: Optional[str] = None) -> Path:
+    """``nnunet-hpn phantom`` (``preset``, default pancreas) into ``workdir/phantoms`` and ``nnunet-hpn convert
+    --register --crop-to-label`` into ``workdir/nnUNet_raw`` (a preset's ``labels.json`` as ``--labels``); each step
+    skipped when its output is there. Returns the raw dataset's folder."""
+    raw = workdir / "nnUNet_raw" / f"Dataset{dataset_id:03d}_{dataset_name}"
     if (raw / "dataset.json").is_file():
         print(f"dataset {raw} exists", flush=True)
         return raw
     phantoms = workdir / "phantoms"
-    if not (phantoms / "phantoms.json").is_file():
-        run_command(["nnunet-hpn", "phantom", str(phantoms), "--cases", str(N_CASES), "--seed", str(PHANTOM_SEED)],
-                    env)
-    run_command(["nnunet-hpn", "convert", str(phantoms), "--dataset-id", str(DATASET_ID), "--name", DATASET_NAME,
-                 "--raw-root", env["nnUNet_raw"], "--register", "--crop-to-label", f"{CROP_MARGIN_MM:g}"], env)
+    if not (phantoms / ("labels.json" if preset else "phantoms.json")).is_file():
+        run_command(["nnunet-hpn", "phantom", str(phantoms), *(("--preset", preset) if preset else ()), "--cases",
+                     str(n_cases), "--seed", str(seed)], env)
+    labels = ("--labels", str(phantoms / "labels.json")) if preset else ()
+    run_command(["nnunet-hpn", "convert", str(phantoms), "--dataset-id", str(dataset_id), "--name", dataset_name,
+                 "--raw-root", env["nnUNet_raw"], *labels, "--register", "--crop-to-label", f"{crop_margin_mm:g}"],
+                env)
     return raw
+
+
+def prepare_dataset(workdir: Path, env: dict[str, str]) -> Path:
+    """The table's phantoms and their cropped, registered raw dataset (skipped when present)."""
+    return prepare_phantom_dataset(workdir, env, DATASET_ID, DATASET_NAME, N_CASES, PHANTOM_SEED, CROP_MARGIN_MM)
 
 
 def preset(seed: int, variant: str = "") -> tuple[str, ...]:
