@@ -13,9 +13,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from nnunet_hpn.phases import PHASES
 
-#: Trainer and plans of an HPN model, as ``-tr`` / ``-p`` default to them.
+#: Trainer of an HPN model, as ``-tr`` defaults to it.
 DEFAULT_TRAINER = "HPNTrainer"
-DEFAULT_PLANS = "nnUNetHPNPlans"
 
 UNUSUAL_INTENSITIES_HELP = ("accept phase images whose values do not look like CT in HU (few distinct values, far "
                             "outside -4096..40000, or no value below 0 with a median above 500 as when the rescale "
@@ -113,8 +112,10 @@ def add_dataset(parser: argparse.ArgumentParser, help_text: str = "dataset id or
 
 
 def add_plans(parser: argparse.ArgumentParser, help_text: str = "plans identifier (as nnU-Net's -p)") -> None:
-    """``-p/--plans``: the plans of the dataset (default :data:`DEFAULT_PLANS`)."""
-    add_option(parser, "-p", "--plans", default=DEFAULT_PLANS, help=help_text)
+    """``-p/--plans``: the plans of the dataset (default: HPNPlanner's)."""
+    from nnunet_hpn.nnunet.planners.hpn_planner import HPN_PLANS_NAME
+
+    add_option(parser, "-p", "--plans", default=HPN_PLANS_NAME, help=help_text)
 
 
 def add_folds(parser: argparse.ArgumentParser, *flags: str, help_text: str) -> None:
