@@ -4,15 +4,13 @@ virtual pairs. Each row of the paper's Table 1 is a small subclass that changes 
 The backbone comes from the plans: ``-p nnUNetHPNPlans`` (plain 3D U-Net, ``HPNPlanner``) or
 ``-p nnUNetHPNResDSNPlans`` (3D-ResDSN, ``HPNResDSNPlanner``); every trainer trains on the same dual-phase data.
 
-Checkpoints are nnU-Net's, written atomically, plus an ``"hpn"`` entry with the trainer's settings (network class and
-kwargs, pairing weight and warm-up, virtual pairs, test-time mirroring, training length): ``--c`` checks it against
-the trainer and continues with the same settings; ``nnUNetv2_predict`` needs nothing but the model folder.
+Checkpoints are nnU-Net's, written atomically, plus an ``"hpn"`` entry with the trainer's settings
+(:mod:`nnunet_hpn.nnunet.trainers.checkpoint_schema`): ``--c`` checks it against the trainer and continues with the
+same settings; ``nnUNetv2_predict`` needs nothing but the model folder.
 """
-import copy
 import os
 import pydoc
 import random
-from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -26,7 +24,6 @@ from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
-from nnunet_hpn.io.publish import atomic_file
 from nnunet_hpn.model.cpu_inference import use_onednn_for_cpu_inference
 from nnunet_hpn.budget import BUDGET_ENV, NO_TTA_ENV, SEED_ENV
 from nnunet_hpn.errors import HPNInputError
@@ -34,13 +31,11 @@ from nnunet_hpn.labels import LabelScheme
 from nnunet_hpn.model.network import SINGLE_PATH_NETWORKS, HyperPairedUNet
 from nnunet_hpn.model.pairing_loss import pairing_loss
 from nnunet_hpn.augment.virtual_pairs import insert_virtual_pairs
+from nnunet_hpn.nnunet.trainers.checkpoint_schema import (CHECKPOINT_KEY, check_model_settings, read_checkpoint,
+                                                          restore_run_settings, save_with_settings,
+                                                          settings_entry)
 
 SegmentationOutput = Union[torch.Tensor, Sequence[torch.Tensor]]
-
-#: checkpoint entry with the HPN settings (nnU-Net's own loaders ignore unknown entries)
-CHECKPOINT_KEY = "hpn"
-#: settings of the ``"hpn"`` entry that define the model: a checkpoint continues only in a trainer with the same ones
-MODEL_SETTINGS = ("network", "pairing_loss_weight", "pairing_warmup_epochs", "virtual_pairs")
 
 
 def apply_seed_environment() -> None:
@@ -62,16 +57,6 @@ def apply_budget_environment(trainer: nnUNetTrainer) -> None:
     for variable, attribute in BUDGET_ENV.items():
         if os.environ.get(variable):
             setattr(trainer, attribute, int(os.environ[variable]))
-
-
-def _differences(ours: Any, theirs: Any, prefix: str = "") -> List[str]:
-    """``"key: a (checkpoint) vs b (this trainer)"`` for every leaf where two nested dicts differ."""
-    if isinstance(ours, dict) and isinstance(theirs, dict):
-        return [line for key in sorted(set(ours) | set(theirs), key=str)
-                for line in _differences(ours.get(key), theirs.get(key), f"{prefix}{key}.")]
-    if ours == theirs:
-        return []
-    return [f"{prefix.rstrip('.')}: {theirs!r} (checkpoint) vs {ours!r} (this trainer)"]
 
 
 def plans_backbone(configuration_manager: ConfigurationManager) -> str:
@@ -147,8 +132,11 @@ class SegmentationPlusPairingLoss(nn.Module):
 class HPNTrainer(nnUNetTrainer):
     """Hyper-Pairing Network: every phase its own path, hyper-connections as listed in the plans, pairing loss.
 
-    Subclasses choose a Table-1 row with four class attributes; ``build_network_architecture`` and
-    ``get_training_transforms`` are class methods so that ``nnUNetv2_predict`` rebuilds exactly the trained network.
+    Subclasses choose a Table-1 row with four class attributes; ``build_network_architecture`` is a class method so
+    that ``nnUNetv2_predict`` rebuilds exactly the trained network. ``get_training_transforms`` is an instance method
+    (nnU-Net calls it on the trainer, with nnU-Net's arguments), so that the mixins that extend the training pipeline
+    (phase dropout, misalignment, box jitter) compose in any order through ``super()`` and may read the trainer's
+    configuration.
     """
 
     #: input channels that get a path (None: every phase of the plans); a single channel = single-phase model
@@ -220,8 +208,7 @@ class HPNTrainer(nnUNetTrainer):
             network.keep_pairing_features = cls.pairing_loss_weight > 0 and network.n_paths >= 2
         return use_onednn_for_cpu_inference(network) if cls.onednn_cpu_inference else network
 
-    @classmethod
-    def get_training_transforms(cls, patch_size: Union[np.ndarray, Tuple[int]], rotation_for_DA,
+    def get_training_transforms(self, patch_size: Union[np.ndarray, Tuple[int]], rotation_for_DA,
                                 deep_supervision_scales: Union[List, Tuple, None], mirror_axes: Tuple[int, ...],
                                 do_dummy_2d_data_aug: bool, use_mask_for_norm: List[bool] = None,
                                 is_cascaded: bool = False, foreground_labels: Union[Tuple[int, ...], List[int]] = None,
@@ -229,12 +216,12 @@ class HPNTrainer(nnUNetTrainer):
                                 ignore_label: int = None) -> BasicTransform:
         """nnU-Net's training pipeline, plus virtual pairs right after the spatial block when the row uses them
         (validation and inference never see them)."""
-        transforms = nnUNetTrainer.get_training_transforms(
+        transforms = super().get_training_transforms(
             patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes, do_dummy_2d_data_aug,
             use_mask_for_norm, is_cascaded, foreground_labels, regions, ignore_label)
-        if cls.virtual_pair_alpha is None:
+        if self.virtual_pair_alpha is None:
             return transforms
-        return insert_virtual_pairs(transforms, alpha=cls.virtual_pair_alpha)
+        return insert_virtual_pairs(transforms, alpha=self.virtual_pair_alpha)
 
     def _build_loss(self) -> nn.Module:
         segmentation_loss = super()._build_loss()
@@ -252,83 +239,40 @@ class HPNTrainer(nnUNetTrainer):
                                            self.pairing_loss_weight)
 
     def hpn_settings(self) -> Dict[str, Any]:
-        """The ``"hpn"`` checkpoint entry: plain Python values (JSON-compatible)."""
+        """The ``"hpn"`` checkpoint entry of this trainer (:func:`checkpoint_schema.settings_entry`)."""
         class_name, kwargs = self.network_class_and_kwargs(
             self.configuration_manager,
             determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json),
             self.label_manager.num_segmentation_heads)
-        backbone = plans_backbone(self.configuration_manager)
-        return {
-            "trainer": type(self).__name__,
-            "network": {"class_name": class_name, "kwargs": copy.deepcopy(kwargs)},
-            "backbone": backbone,
-            "path_channels": kwargs.get("path_channels"),  # None: one path on every channel (early fusion)
-            "hyper_connections": list(kwargs.get("hyper_connections", [])),
-            "pairing_loss_weight": float(self.pairing_loss_weight),
-            "pairing_warmup_epochs": int(self.pairing_warmup_epochs),
-            "virtual_pairs": {"on": self.virtual_pair_alpha is not None,
-                              "alpha": None if self.virtual_pair_alpha is None else float(self.virtual_pair_alpha)},
-            "test_time_mirroring": bool(self.test_time_mirroring),
-            "budget": {attribute: int(getattr(self, attribute)) for attribute in BUDGET_ENV.values()},
-        }
+        return settings_entry(type(self).__name__, class_name, kwargs, plans_backbone(self.configuration_manager),
+                              self.pairing_loss_weight, self.pairing_warmup_epochs, self.virtual_pair_alpha,
+                              self.test_time_mirroring,
+                              {attribute: getattr(self, attribute) for attribute in BUDGET_ENV.values()})
 
     def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint plus the ``"hpn"`` entry, written to a temporary file and renamed into place, so that
-        a training killed while saving leaves the previous checkpoint intact."""
+        """nnU-Net's checkpoint plus the ``"hpn"`` entry, written atomically
+        (:func:`checkpoint_schema.save_with_settings`)."""
         if self.local_rank != 0 or self.disable_checkpointing:
             super().save_checkpoint(filename)
             return
-        with atomic_file(Path(filename)) as temporary:
-            plain = temporary.with_name(f"{temporary.name}.nnunet")
-            try:
-                super().save_checkpoint(str(plain))
-                # memory-mapped: the tensors are copied file to file, not read into memory first
-                checkpoint = torch.load(plain, map_location="cpu", weights_only=False, mmap=True)
-                checkpoint[CHECKPOINT_KEY] = self.hpn_settings()
-                torch.save(checkpoint, temporary)
-            finally:
-                plain.unlink(missing_ok=True)
+        save_with_settings(super().save_checkpoint, filename, self.hpn_settings())
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         """nnU-Net's loading, after checking that the checkpoint's model settings are this trainer's
         (:class:`HPNInputError` otherwise); a continued training keeps the checkpoint's length and test-time
         mirroring unless the ``HPN_*`` variables set them now."""
-        if isinstance(filename_or_checkpoint, dict):
-            checkpoint, source = filename_or_checkpoint, "checkpoint"
-        else:
-            source = str(filename_or_checkpoint)
-            checkpoint = torch.load(source, map_location="cpu", weights_only=False, mmap=True)
+        checkpoint, source = read_checkpoint(filename_or_checkpoint)
         saved = checkpoint.get(CHECKPOINT_KEY)
         if saved is None:
             self.print_to_log_file(f"{source}: no HPN settings in the checkpoint (written before nnunet-hpn stored "
                                    f"them); not checked")
         else:
-            ours = self.hpn_settings()
-            differences = _differences({k: ours[k] for k in MODEL_SETTINGS},
-                                       {k: saved.get(k) for k in MODEL_SETTINGS})
-            if differences:
-                raise HPNInputError(
-                    f"{source}: checkpoint of {saved.get('trainer')} does not fit {type(self).__name__}: "
-                    f"{'; '.join(differences)} (continue it with -tr {saved.get('trainer')}, or start anew)")
-        restored = self._restore_run_settings(saved) if saved is not None else []  # before the LR schedule is built
+            check_model_settings(saved, self.hpn_settings(), source, type(self).__name__)
+        restored = restore_run_settings(self, saved) if saved is not None else []  # before the LR schedule is built
         super().load_checkpoint(filename_or_checkpoint)
         if saved is not None:
             self.print_to_log_file(f"continuing {saved.get('trainer')} from epoch {self.current_epoch} with the "
                                    f"checkpoint's settings: {', '.join(restored) or 'none to restore'}")
-
-    def _restore_run_settings(self, saved: Dict[str, Any]) -> List[str]:
-        """Training length and test-time mirroring of the checkpoint, where no environment variable sets them."""
-        restored = []
-        for variable, attribute in BUDGET_ENV.items():
-            if not os.environ.get(variable) and attribute in saved.get("budget", {}):
-                setattr(self, attribute, int(saved["budget"][attribute]))
-                restored.append(f"{attribute} {getattr(self, attribute)}")
-        if self.was_initialized and hasattr(self.lr_scheduler, "max_steps"):  # nnU-Net's poly schedule, built already
-            self.lr_scheduler.max_steps = self.num_epochs
-        if NO_TTA_ENV not in os.environ and "test_time_mirroring" in saved:
-            self.test_time_mirroring = bool(saved["test_time_mirroring"])
-            restored.append(f"test-time mirroring {'on' if self.test_time_mirroring else 'off'}")
-        return restored
 
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -441,12 +385,10 @@ class HPNTrainer_cpu_smoke(_ShortTraining, HPNTrainer):
 
 
 class HPNTrainer_demo(_ShortTraining, HPNTrainer):
-    """The demo's recipe: 40 epochs × 25 iterations (about 7 minutes on 2 CPU cores at the demo's 32³ patch on
-    cropped cases), every patch centred on a foreground class (nnU-Net's default at batch 2: one of the two), initial
-    learning rate 0.03 (nnU-Net: 0.01), λ ramped up over the first 12 epochs, and the cross-entropy of PDAC and duct
-    weighted 4. Measured on the demo's data (docs/RESULTS.md): at LR 0.01 PDAC is still all background after 1,000
-    iterations; at 0.03 without the weights it appeared in two of four runs; with them in all three runs (PDAC Dice
-    50.8, 56.3 and 8.7 %)."""
+    """The demo's recipe: 40 epochs × 25 iterations, every patch centred on a foreground class (nnU-Net's default at
+    batch 2: one of the two), initial learning rate 0.03 (nnU-Net: 0.01), λ ramped up over the first 12 epochs, and
+    the cross-entropy of PDAC and duct weighted 4: on so short a budget the higher learning rate and the weights make
+    it less likely that the small PDAC class stays all background (the runs behind the recipe: docs/RESULTS.md)."""
 
     short_budget = (40, 25, 1)
     pairing_warmup_epochs = 12
