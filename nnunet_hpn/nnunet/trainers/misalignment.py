@@ -15,8 +15,7 @@ from nnunet_hpn.phases import channel_names
 
 class MisalignmentMixin:
     """Put first in the bases of an HPN trainer: its training pipeline warps the non-reference phases right after
-    nnU-Net's spatial block. ``get_training_transforms`` is an instance method here: the displacement is in mm, and
-    the patch spacing is the trainer's configuration's."""
+    nnU-Net's spatial block; the displacement is in mm, converted with the trainer's configuration's spacing."""
 
     #: largest displacement (mm) of a non-reference phase against the reference phase
     misalignment_mm: float = DEFAULT_MAX_DISPLACEMENT_MM

@@ -26,14 +26,13 @@ class PhaseDropoutMixin:
     #: most phases dropped from one sample (None: K - 1, always capped so that one phase remains)
     phase_dropout_max_dropped: Optional[int] = None
 
-    @classmethod
-    def get_training_transforms(cls, *args: Any, **kwargs: Any) -> BasicTransform:
+    def get_training_transforms(self, *args: Any, **kwargs: Any) -> BasicTransform:
         """The parent's training pipeline (nnU-Net's arguments, passed on unchanged; virtual pairs included where the
         row uses them) + phase dropout last, which leaves the cascade's segmentation channels alone."""
         arguments = inspect.signature(nnUNetTrainer.get_training_transforms).bind(*args, **kwargs).arguments
         n_context = len(arguments.get("foreground_labels") or ()) if arguments.get("is_cascaded") else 0
         return append_phase_dropout(super().get_training_transforms(*args, **kwargs),
-                                    p=cls.phase_dropout_probability, max_dropped=cls.phase_dropout_max_dropped,
+                                    p=self.phase_dropout_probability, max_dropped=self.phase_dropout_max_dropped,
                                     n_context_channels=n_context)
 
     def on_train_start(self) -> None:
@@ -52,5 +51,5 @@ class HPNTrainer_phasedropout_cpu_smoke(PhaseDropoutMixin, HPNTrainer_cpu_smoke)
 
 
 class HPNTrainer_phasedropout_demo(PhaseDropoutMixin, HPNTrainer_demo):
-    """HPNTrainer_demo's recipe (budget, sampling, learning rate, λ warm-up) with phase dropout; the pair of
-    docs/RESULTS.md "Missing phase" (measured there with the recipe of that date: 18 × 25, learning rate 0.01)."""
+    """HPNTrainer_demo's recipe (budget, sampling, learning rate, λ warm-up) with phase dropout; docs/RESULTS.md
+    "Missing phase" compares the two (with the recipe its runs used)."""
