@@ -528,8 +528,8 @@ def _stage_failed(stage: str, error: RuntimeError, fixed: sitk.Image, fixed_name
     reason = re.sub(r"^(ITK ERROR: )?\w+\(0x[0-9a-f]+\):\s*", "", lines[-1]).rstrip(".") if lines else \
         type(error).__name__
     return HPNInputError(f"{moving_name}: the {stage} registration onto {fixed_name} failed ({reason}); images of "
-                         f"{list(fixed.GetSize())} voxels may be too small for its resolution pyramid (try --method "
-                         f"none)")
+                         f"{list(fixed.GetSize())} voxels may be too small for its resolution pyramid (try "
+                         f"--registration-method none)")
 
 
 def register_to_reference(fixed: sitk.Image, moving: sitk.Image, *, moving_label: sitk.Image | None = None,
