@@ -66,7 +66,6 @@ from nnunet_hpn.labels import PDAC_LABELS as LABELS
 from nnunet_hpn.model.hyper_connections import all_hyper_connection_names
 from nnunet_hpn.model.pairing_loss import pairing_loss
 from nnunet_hpn.phases import PHASES
-from nnunet_hpn.nnunet.plans_tools import NNUNET_3D_OPERATIONS
 from nnunet_hpn.nnunet.trainers.equal_cost import HPNTrainer_equalcost
 from nnunet_hpn.nnunet.trainers.hpn_trainer import (
     EarlyFusionTrainer, HPNTrainer, HyperNetTrainer, unwrap_network)
@@ -80,6 +79,18 @@ RESDSN_CLASS = "nnunet_hpn.model.network.HyperPairedResDSN"
 DEFAULT_DOC = REPO_ROOT / "docs" / "BENCHMARKS.md"
 PROBE_PREFIX = "BENCHMARK_PROBE_RESULT "
 OVERHEAD_KEY = "predictor_overhead"
+#: The operation entries nnU-Net's 3D plans hold in ``arch_kwargs`` (3D convolution with bias, InstanceNorm, no
+#: dropout, LeakyReLU), for building plans entries by hand; ``deepcopy`` before changing them.
+NNUNET_3D_OPERATIONS: dict = {
+    "conv_op": "torch.nn.modules.conv.Conv3d",
+    "conv_bias": True,
+    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+    "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+    "dropout_op": None,
+    "dropout_op_kwargs": None,
+    "nonlin": "torch.nn.LeakyReLU",
+    "nonlin_kwargs": {"inplace": True},
+}
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet, Resi
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from torch import nn
 
+from benchmark import NNUNET_3D_OPERATIONS
 from nnunet_hpn.model.hyper_connections import all_hyper_connection_names
 from nnunet_hpn.model.network import HyperPairedResDSN, HyperPairedUNet
 from nnunet_hpn.model.pairing_loss import pairing_loss
-from nnunet_hpn.nnunet.plans_tools import NNUNET_3D_OPERATIONS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PATCH = (16, 16, 16)

@@ -27,20 +27,6 @@ PATCH_OVER_IMAGE = 2.0
 #: A configuration name: letters, digits and "_" (it becomes part of folder names).
 CONFIGURATION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*")
 
-#: The operation entries nnU-Net's 3D plans hold in ``arch_kwargs`` (3D convolution with bias, InstanceNorm, no
-#: dropout, LeakyReLU), for building plans entries by hand (benchmarks, tests); ``deepcopy`` before changing them.
-NNUNET_3D_OPERATIONS: dict = {
-    "conv_op": "torch.nn.modules.conv.Conv3d",
-    "conv_bias": True,
-    "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-    "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-    "dropout_op": None,
-    "dropout_op_kwargs": None,
-    "nonlin": "torch.nn.LeakyReLU",
-    "nonlin_kwargs": {"inplace": True},
-}
-
-
 def plans_lock(plans_file: Path) -> FileLock:
     """The lock every change of ``plans_file`` holds: a file in the temporary folder named after the plans file's
     resolved path (nothing is left in the preprocessed folder)."""
