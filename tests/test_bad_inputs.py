@@ -5,6 +5,7 @@ names the file and the problem, and the output location exactly as before (nothi
 import gzip
 import json
 import os
+import random
 import re
 import shutil
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from pydicom.uid import generate_uid
 
+import test_dicom_study as study_data  # the study writers (pydicom, highdicom) of the DICOM study tests
 from nnunet_hpn.cli import main
 from nnunet_hpn.io.images import ct_value_problem
 
@@ -181,6 +184,54 @@ def _convert(corrupt: Callable[[Dict[str, Path]], Path], two_cases: bool = False
         (raw / "Dataset123_Other" / "dataset.json").write_text("{}")
         return ["convert", str(cases), "--dataset-id", "7", "--name", "Bad", "--raw-root", str(raw)], raw, named
     return build
+
+
+def _convert_study(write: Callable[[Path, Path], Path]):
+    """convert of ``cases/`` holding the DICOM study that ``write(cases, scratch)`` writes (it returns the path the
+    message must name)."""
+    def build(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
+        cases = tmp / "cases"
+        named = write(cases, tmp / "scratch")
+        raw = tmp / "raw"
+        raw.mkdir()
+        return ["convert", str(cases), "--dataset-id", "7", "--name", "Bad", "--raw-root", str(raw)], raw, named
+    return build
+
+
+def _study_two_reconstructions(cases: Path, scratch: Path) -> Path:
+    """Two reconstructions of the arterial scan (5 mm and 1 mm) beside the venous one: no phase by guess."""
+    case, uid = study_data._phantom(0), generate_uid()
+    slices = study_data._series(case, "arterial", uid, "ART 5mm") + study_data._series(case, "arterial", uid, "ART 1mm")
+    study_data._write_shuffled(slices + study_data._series(case, "venous", uid), cases / "c", random.Random(1))
+    return cases / "c"
+
+
+def _study_timing_contradicts(cases: Path, scratch: Path) -> Path:
+    """AcquisitionTime puts the arterial scan first, ContentTime the venous one."""
+    case, uid = study_data._phantom(0), generate_uid()
+    study_data._write_shuffled(study_data._series(case, "arterial", uid, ContentTime=study_data._clock(400))
+                               + study_data._series(case, "venous", uid), cases / "c", random.Random(2))
+    return cases / "c"
+
+
+def _study_segmentation_of_another_series(cases: Path, scratch: Path) -> Path:
+    """The study's Segmentation references a series that is not in the study."""
+    case, uid = study_data._phantom(0), generate_uid()
+    foreign = study_data._segmentation(case, study_data._series(case, "arterial", generate_uid()), scratch)
+    study_data._write_shuffled(study_data._series(case, "arterial", uid) + study_data._series(case, "venous", uid),
+                               cases / "c", random.Random(3))
+    foreign.save_as(cases / "c" / "seg.dcm", enforce_file_format=True)
+    return cases / "c" / "seg.dcm"
+
+
+def _study_segmentation_beside_of_no_study(cases: Path, scratch: Path) -> Path:
+    """A Segmentation beside the study folders references none of their series."""
+    case, uid = study_data._phantom(0), generate_uid()
+    study_data._write_shuffled(study_data._series(case, "arterial", uid) + study_data._series(case, "venous", uid),
+                               cases / "c", random.Random(4))
+    foreign = study_data._segmentation(case, study_data._series(case, "arterial", generate_uid()), scratch)
+    foreign.save_as(cases / "c_seg.dcm", enforce_file_format=True)
+    return cases / "c_seg.dcm"
 
 
 def _convert_while_claimed(tmp: Path, model: Optional[Path]) -> Tuple[List[str], Path, Path]:
@@ -825,6 +876,17 @@ SCENARIOS.update({
     "convert/halved-slope": Scenario("convert", r"almost none at air \(-1000 HU\) or lung; looks like a rescale "
                                      r"slope below 1", _convert(
         lambda files: (_with_air(files, "venous"), _halved_slope(files["venous"]), files["venous"])[2])),
+    # DICOM studies: phases never guessed, labels never placed on another series
+    "convert/study-two-reconstructions": Scenario("convert", r"'ART [15]mm'.* and .*'ART [15]mm'.* are both the "
+                                                  r"arterial", _convert_study(_study_two_reconstructions)),
+    "convert/study-timing-contradicts": Scenario("convert", r"timing tags contradict each other: "
+                                                 r".*ContentTime before it",
+                                                 _convert_study(_study_timing_contradicts)),
+    "convert/study-seg-of-another-series": Scenario("convert", r"references a series not in the case",
+                                                    _convert_study(_study_segmentation_of_another_series)),
+    "convert/study-seg-beside-of-no-study": Scenario(
+        "convert", r"beside the study folders references none of their series",
+        _convert_study(_study_segmentation_beside_of_no_study)),
     "convert/crop-smaller-than-a-phase": Scenario("convert", r"the label's box \+ 1 mm is \(\d+, \d+, \d+\) voxels",
                                                   _convert_crop(_crop_of_one_voxel, "1")),
     "register/same-file": Scenario("register", r"given as both fixed and moving", _register_same_file),

@@ -536,9 +536,9 @@ def _arterial_by_image(candidates: Sequence[Candidate], evidence: _Evidence, cas
 def identify_phases(study: Study, phases: Sequence[str], read: Callable[[Candidate], sitk.Image] = read_candidate
                     ) -> PhaseAssignment:
     """The candidate of every phase in ``phases`` (names from :data:`KNOWN_PHASES`), by the rules of the module
-    docstring; one HPNInputError line naming the case, the series and the evidence when they are ambiguous or
-    contradict each other. ``read`` gives a candidate's volume where the image is needed."""
-    case = study.case
+    docstring; one HPNInputError line naming the study folder, the series and the evidence when they are ambiguous
+    or contradict each other. ``read`` gives a candidate's volume where the image is needed."""
+    case = str(study.folder)  # what the messages name
     unknown = [phase for phase in phases if phase not in KNOWN_PHASES]
     if unknown:
         raise HPNInputError(f"{case}: phase {unknown[0]!r} cannot be identified automatically (known: "
@@ -686,14 +686,14 @@ def _assignment(study: Study, phases: Sequence[str], named: Mapping[str, list], 
         found = named.get(phase, [])
         if found and isinstance(found[0], list):  # several acquisitions in this phase's window
             shown = "; ".join(" + ".join(f"{c.label} ({c.id}) {_clock(c.time(tag))}" for c in g) for g in found)
-            raise HPNInputError(f"{study.case}: {len(found)} acquisitions could be the {phase} phase ({shown}); "
+            raise HPNInputError(f"{study.folder}: {len(found)} acquisitions could be the {phase} phase ({shown}); "
                                 f"name the phases in a phase map (--phase-map)")
         if not found:
             seen = "; ".join(f"{c.label} ({c.id}): {notes[c.id]}" for c in study.candidates)
-            raise HPNInputError(f"{study.case}: no {phase} series found (candidates: {seen})")
+            raise HPNInputError(f"{study.folder}: no {phase} series found (candidates: {seen})")
         if len(found) > 1:
             shown = " and ".join(f"{c.label} ({c.id}, {c.slice_thickness} mm)" for c in found)
-            raise HPNInputError(f"{study.case}: {shown} are both the {phase} acquisition "
+            raise HPNInputError(f"{study.folder}: {shown} are both the {phase} acquisition "
                                 f"({notes[found[0].id]}); choose one in a phase map (--phase-map)")
         candidate = found[0]
         chosen[phase] = candidate

@@ -7,9 +7,9 @@ and positive, NaN/Inf voxels (NIfTI values are read with nibabel, which sees the
 several) DICOM series, uneven DICOM slice spacing (missing slices). Phase images (:func:`read_image`,
 :func:`check_phase_voxels`) also refuse an all-constant image, fewer than 4 voxels along an axis, and values that do
 not look like CT in HU (:func:`ct_value_problem`: a label map or mask, the rescale intercept missing or applied
-twice, a rescale slope above or below 1, values far outside any CT range) unless ``allow_unusual_intensities``. Label maps (:func:`read_label`) refuse
-non-integer values and labels outside the label scheme (default the paper's {0, 1, 2, 3}; an all-background label map
-is valid).
+twice, a rescale slope above or below 1, values far outside any CT range) unless ``allow_unusual_intensities``.
+Label maps (:func:`read_label`) refuse non-integer values and labels outside the label scheme (default the paper's
+{0, 1, 2, 3}; an all-background label map is valid).
 """
 from __future__ import annotations
 
