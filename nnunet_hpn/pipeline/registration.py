@@ -263,6 +263,8 @@ def alignment_metrics(reference: sitk.Image, test: sitk.Image) -> dict:
     low = [max(int(b[0]) - 1, 0) for b in box]
     size = [min(int(b[-1]) + 2, n) - lo for b, lo, n in zip(box, low, ref.GetSize())]
     ref, tst = sitk.RegionOfInterest(ref, size, low), sitk.RegionOfInterest(tst, size, low)
+    # not MONAI's compute_average_surface_distance: it gives other values on the same masks (its boundary and
+    # distance conventions differ), and the QC records written so far are compared with this definition
     distances = []
     for a, b in ((ref, tst), (tst, ref)):
         contour_a = sitk.GetArrayFromImage(sitk.LabelContour(a, fullyConnected=False)) > 0
