@@ -1,5 +1,5 @@
 """The layout of one case folder: which entry holds each phase and which hold labels, and where the registration QC
-goes. One rule for ``convert``, ``predict`` (folder mode), ``register``, ``uncrop`` and the phantom cases.
+goes. One rule for ``convert``, ``predict`` (folder mode), ``uncrop`` and the phantom cases.
 
 In a case folder ``<case>/`` (hidden entries, names starting with ".", are ignored):
 
@@ -19,7 +19,8 @@ dataset, predict's output folder).
 is the rule for one name (``"venous.nii.gz"`` -> ``("venous", ".nii.gz")``). Another layout of a case (e.g. a DICOM
 study folder whose series are identified by their headers) returns the same :class:`CaseInputs`, so that the
 commands after it need not know how the phases were found. How strict a command is stays a parameter of
-:func:`read_case_layout`: ``convert`` reads image files only, ``predict`` DICOM folders too and ignores labels.
+:func:`read_case_layout`: ``convert`` reads image files only, ``predict`` DICOM folders too (and leaves the
+labels unused).
 """
 from __future__ import annotations
 
