@@ -11,9 +11,8 @@ demons (pancreas surface distance 1.01 ± 0.52 mm). :func:`register_to_reference
 3. ``method="affine"`` / ``"demons"``: initial alignment (the better, by Mattes mutual information, of the scanner's
    own physical alignment and ``CenteredTransformInitializer`` on moments), then rigid and affine registration with
    Mattes MI in a multi-resolution pyramid, on images windowed to [-100, 240] HU, on one ITK thread
-   (:func:`one_itk_thread`: ITK 5.4's Mattes metric adds its threads' histograms in the order they finish, so with
-   more threads the same pair registered differently from run to run — up to 4.4 % of the voxels of a half-off
-   phantom pair after demons — and ``-np 1`` and ``-np 2`` disagreed);
+   (:func:`one_itk_thread`: ITK's Mattes metric adds its threads' histograms in the order they finish, so with
+   more threads the same pair would register differently from run to run and with another ``-np``);
 4. ``method="demons"``: multi-resolution symmetric-forces demons (``FastSymmetricForcesDemonsRegistrationFilter``;
    ``DiffeomorphicDemonsRegistrationFilter`` with ``demons_filter="diffeomorphic"``), Gaussian smoothing of the
    displacement field, on the affinely aligned images windowed to [-100, 60] HU (fat to parenchyma: organs whose
@@ -79,12 +78,11 @@ class RegistrationSettings:
     """Parameters of :func:`register_to_reference`; the defaults are the benchmarked ones (docs/BENCHMARKS.md)."""
 
     window_hu: tuple[float, float] = HU_WINDOW
-    #: Finest spacing (mm) of the working grid, and its largest number of voxels (coarser spacing beyond): 1.5 M
-    #: keeps a 3 mm abdominal CT on its own grid; the clinical-size pair stays within 30 s on 2 cores.
+    #: Finest spacing (mm) of the working grid, and its largest number of voxels (coarser spacing beyond): enough
+    #: to keep a 3 mm abdominal CT on its own grid.
     working_spacing_mm: float = 1.5
     max_working_voxels: int = 1_500_000
-    #: Gaussian pre-smoothing of the working images (mm), against CT noise (0.5 and 1.0 equally accurate on the
-    #: held-out real-CT pairs; 0.5 slightly better on the tuning pairs).
+    #: Gaussian pre-smoothing of the working images (mm), against CT noise.
     image_sigma_mm: float = 0.5
     #: Rigid and affine stages: pyramid shrink factors of the working grid, iterations per level, sampled share.
     affine_shrink_factors: tuple[int, ...] = (4, 2)
@@ -92,7 +90,7 @@ class RegistrationSettings:
     affine_sampling: float = 0.15
     #: "symmetric" (FastSymmetricForcesDemonsRegistrationFilter) or "diffeomorphic"
     #: (DiffeomorphicDemonsRegistrationFilter, symmetric gradient): equally accurate on the benchmark pairs, the
-    #: diffeomorphic one costs about 2.7x the CPU time.
+    #: diffeomorphic one costs more CPU time.
     demons_filter: str = "symmetric"
     #: HU window of the demons images: fat (-100 HU -> 0) to parenchyma (60 HU -> 1), so organs whose enhancement
     #: differs between the phases look alike and the fat/organ borders drive the deformation.
