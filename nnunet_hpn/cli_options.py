@@ -19,7 +19,7 @@ DEFAULT_TRAINER = "HPNTrainer"
 UNUSUAL_INTENSITIES_HELP = ("accept phase images whose values do not look like CT in HU (few distinct values, far "
                             "outside -4096..40000, or no value below 0 with a median above 500 as when the rescale "
                             "intercept is missing): for unusual but real data")
-#: Help of ``-djfile``, with ``%%s`` for where the dataset.json is looked for.
+#: Help of ``-djfile``; ``%s``: where the dataset.json is looked for.
 DJFILE_HELP = ("dataset.json whose label scheme to use (nnU-Net's -djfile; default: the dataset.json beside %s, else "
                "the paper's pancreas / PDAC / duct)")
 
