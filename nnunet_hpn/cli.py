@@ -186,7 +186,8 @@ def _predict(args: argparse.Namespace) -> None:
     if args.input and phases:
         raise HPNInputError(f"{args.input}: give either -i IN_DIR or the phases of one case, not both")
     if not args.input and not phases:
-        raise HPNInputError(f"{args.output}: no input; give --arterial/--venous/--phase NAME=PATH or -i IN_DIR")
+        raise HPNInputError(f"{args.output}: no input; give {'/'.join(f'--{phase}' for phase in PHASES)}/--phase "
+                            "NAME=PATH or -i IN_DIR")
     folder_only = [flag for flag, given in (("--continue_prediction", args.continue_prediction),
                                             ("-npp", args.npp != 1), ("-nps", args.nps != 1),
                                             ("-num_parts", args.num_parts != 1), ("-part_id", args.part_id != 0))
@@ -388,8 +389,9 @@ def _add_register(sub: Subparsers, methods: Sequence[str]) -> None:
                                         "diffeomorphic demons): warped image, displacement field, warped label, "
                                         "qc.json")
     add_option(p, "--fixed", required=True,
-               help="reference image (NIfTI file or DICOM series folder), e.g. arterial")
-    add_option(p, "--moving", required=True, help="image to warp onto the fixed grid, e.g. venous")
+               help=f"reference image (NIfTI file or DICOM series folder), e.g. {PREFERRED_REFERENCE}")
+    other = next(phase for phase in PHASES if phase != PREFERRED_REFERENCE)
+    add_option(p, "--moving", required=True, help=f"image to warp onto the fixed grid, e.g. {other}")
     add_option(p, "-o", "--output", required=True, metavar="OUT_DIR", help="folder of the results")
     add_option(p, "--moving-label", help="label on the moving grid, warped with nearest-neighbour interpolation")
     add_option(p, "--fixed-label", help="label on the fixed grid: with --moving-label, pancreas surface distance and "
