@@ -77,7 +77,6 @@ def test_killed_predict_folder_leaves_nothing_that_looks_complete(planned_datase
     argv = ["predict", "-i", str(cases), "-m", str(predict_model), "-o", str(out), "--disable-tta",
             "--registration", "affine"]
     expected = sorted(f"{case.name}.nii.gz" for case in cases.iterdir())
-    started = time.monotonic()
     for seconds in KILL_AFTER_S:
         status = _killed(argv, seconds)
         if status == 0:
@@ -87,7 +86,6 @@ def test_killed_predict_folder_leaves_nothing_that_looks_complete(planned_datase
         # nothing, or (killed while exiting, after the predictions moved into place) every case: never a part
         written = sorted(path.name for path in out.glob("*.nii.gz")) if out.exists() else []
         assert written in ([], expected), f"killed after {seconds} s: {written}"
-    assert time.monotonic() - started < 300
     assert subprocess.run([str(BIN / "nnunet-hpn"), *argv], capture_output=True).returncode == 0
     assert sorted(path.name for path in out.glob("*.nii.gz")) == expected
     assert _hidden(tmp_path) == [] and _hidden(out) == [], "stale staging folders left by the killed runs"
