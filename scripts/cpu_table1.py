@@ -30,7 +30,9 @@ seed (``seed_<s>/``) are rewritten. Its labels and split must also match the ear
 
 The archive is tied to the dataset: the hash of the cropped labels and the split are stored beside it, and a run
 on other data stops with an error instead of mixing folds. The generator's parameters (``nnunet_hpn.phantom``) and
-this preset were frozen before the first training of the table.
+this preset were frozen before the first training of the table. The constants named above, the training of one fold
+and the archive's layout are ``hpn_experiments.table1``'s, which the misalignment, two-stage and liver studies
+share.
 """
 from __future__ import annotations
 

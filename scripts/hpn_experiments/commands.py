@@ -20,8 +20,8 @@ def console_command(name: str) -> str:
 
 
 def nnunet_env(root: Optional[Path] = None, *, base: Optional[Mapping[str, str]] = None,
-               settings: Mapping[str, str] | None = None,
-               defaults: Mapping[str, str] | None = None) -> dict[str, str]:
+               settings: Optional[Mapping[str, str]] = None,
+               defaults: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """The environment of nnU-Net's commands: ``base`` (default: this process's), nnU-Net's three folders under
     ``root`` (``root/nnUNet_raw`` …, when given), ``settings`` replacing inherited values and ``defaults`` (default:
     ``nnUNet_compile=f``, no ``torch.compile`` on the CPU) only where nothing is inherited."""
@@ -35,6 +35,7 @@ def nnunet_env(root: Optional[Path] = None, *, base: Optional[Mapping[str, str]]
 
 
 def print_line(message: str) -> None:
+    """Prints ``message`` at once (the default log of :func:`run_command`)."""
     print(message, flush=True)
 
 
