@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from hpn_experiments.ablation import (BACKBONES, PAPER_ROWS, PREDICTION_SUFFIXES, ROWS, TARGET_COLUMNS, Backbone,
+from hpn_experiments.ablation import (BACKBONES, PAPER_ROWS, PREDICTION_SUFFIXES, ROWS, Backbone,
                                       Progress, evaluate_row, format_csv, format_duration, format_markdown,
                                       fold_state, fresh_folder, make_fusion, make_union, table_records, trainer_name)
 from hpn_experiments.commands import nnunet_env, run_command
@@ -486,7 +486,7 @@ def run(args: argparse.Namespace, argv: Sequence[str]) -> None:
         for row in rows:
             result = results[(backbone.name, row)] = evaluate_row(row_dirs[backbone.name][row], dataset.labels,
                                                                   file_ending)
-            dice = ", ".join(f"{target} {100 * result.mean(target):.1f}" for target, _ in TARGET_COLUMNS)
+            dice = ", ".join(f"{target} {100 * result.mean(target):.1f}" for target in result.targets)
             progress.log(f"evaluate {backbone.name}/{row}: n={result.n_cases}, Dice % {dice}")
     progress.step("evaluate", time.monotonic() - start)
 

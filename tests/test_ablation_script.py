@@ -137,6 +137,22 @@ def test_table_lists_rows_in_paper_order_with_budget_line():
     assert ablation.format_csv(records, "Budget: test").splitlines()[0] == "# Budget: test"
 
 
+def test_table_columns_are_the_targets_of_the_evaluated_scheme():
+    """A dataset with another label scheme (liver) gets its own target columns, not the paper's."""
+    from nnunet_hpn.evaluate.metrics import EvaluationResult
+
+    dice = {"a": {"liver": 0.9, "lesion": 0.5}, "b": {"liver": 0.7, "lesion": 0.0}}
+    result = EvaluationResult({case: {target: {"Dice": value} for target, value in values.items()}
+                               for case, values in dice.items()},
+                              {case: {target: True for target in values} for case, values in dice.items()},
+                              {"liver": 0, "lesion": 1}, ("Dice",))
+    rows = ablation.resolve_rows(["early_fusion"])
+    table = ablation.format_markdown(ablation.table_records({("unet", "early_fusion"): result}, ["unet"], rows), "B")
+    assert "| liver DSC % (mean ± std) | lesion DSC % (mean ± std) | liver missed | lesion missed |" in table
+    assert "| 80.00 ± 10.00 | 25.00 ± 25.00 | 0/2 | 1/2 |" in table
+    assert "PDAC" not in table and "1∪2∪3" not in table
+
+
 # ---------------------------------------------------------------------------------------------------- end to end
 
 @pytest.fixture(scope="module")

@@ -67,7 +67,8 @@ BACKBONES: dict[str, Backbone] = {backbone.name: backbone for backbone in (
 )}
 #: Files of a fold's ``validation/`` folder that make up the cross-validation predictions.
 PREDICTION_SUFFIXES: tuple[str, ...] = (".nii.gz", ".npz", ".pkl")
-#: The targets of the table: (evaluation target, column name).
+#: The targets of the paper's scheme: (evaluation target, column name). A table takes its targets from the
+#: evaluation (the dataset's label scheme), so another scheme gets its own columns.
 TARGET_COLUMNS: tuple[tuple[str, str], ...] = (("abnormal pancreas", "abnormal pancreas"), ("PDAC", "PDAC"),
                                                ("duct", "duct"))
 
@@ -151,7 +152,8 @@ def table_records(results: dict[tuple[str, str], EvaluationResult], backbones: S
             result = results[(backbone, row)]
             record: dict[str, Any] = {"backbone": BACKBONES[backbone].label, "row": row, "method": ROWS[row].label,
                                       "n": result.n_cases}
-            for target, column in TARGET_COLUMNS:
+            for target in result.targets:
+                column = target
                 record[f"{column} dice mean %"] = round(100 * result.mean(target), 2)
                 record[f"{column} dice std %"] = round(100 * result.std(target), 2)
                 record[f"{column} missed"] = result.missed(target)
@@ -160,17 +162,24 @@ def table_records(results: dict[tuple[str, str], EvaluationResult], backbones: S
     return records
 
 
+def record_targets(record: dict[str, Any]) -> list[str]:
+    """The target columns of a :func:`table_records` record, in order."""
+    return [key[: -len(" dice mean %")] for key in record if key.endswith(" dice mean %")]
+
+
 def format_markdown(records: list[dict[str, Any]], header: str) -> str:
-    columns = ["Backbone", "Method", "n", *(f"{column} DSC % (mean ± std)" for _, column in TARGET_COLUMNS),
-               *(f"{column} missed" for _, column in TARGET_COLUMNS)]
+    targets = record_targets(records[0])
+    columns = ["Backbone", "Method", "n", *(f"{column} DSC % (mean ± std)" for column in targets),
+               *(f"{column} missed" for column in targets)]
     lines = ["# Table 1: HPN ablation (cross-validation)", "", header, "",
              "| " + " | ".join(columns) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(columns) - 2)) + "|"]
     for record in records:
         cells = [record["backbone"], record["method"], str(record["n"])]
-        cells += [f"{record[f'{c} dice mean %']:.2f} ± {record[f'{c} dice std %']:.2f}" for _, c in TARGET_COLUMNS]
-        cells += [f"{record[f'{c} missed']}/{record[f'{c} present']}" for _, c in TARGET_COLUMNS]
+        cells += [f"{record[f'{c} dice mean %']:.2f} ± {record[f'{c} dice std %']:.2f}" for c in targets]
+        cells += [f"{record[f'{c} missed']}/{record[f'{c} present']}" for c in targets]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "DSC: Dice similarity coefficient per case (abnormal pancreas = labels 1∪2∪3), mean ± "
+    union = " (abnormal pancreas = labels 1∪2∪3)" if "abnormal pancreas" in targets else ""
+    lines += ["", f"DSC: Dice similarity coefficient per case{union}, mean ± "
                   "population std over the cross-validation cases; missed: cases with the target in the truth and "
                   "Dice 0 / cases with the target."]
     return "\n".join(lines) + "\n"
