@@ -10,24 +10,19 @@ from typing import Iterator, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_hpn.augment.displacement import control_grid_field, scaled_to_peak
 from nnunet_hpn.io.geometry import physical_bounds
 
 
 def smooth_random_displacement(reference: sitk.Image, max_mm: float, seed: int, control_points: int = 4) -> sitk.Image:
     """A smooth random displacement field (``sitkVectorFloat64``, mm) on ``reference``'s grid whose largest vector is
-    ``max_mm`` long: a ``control_points``³ grid of normal random vectors, B-spline-interpolated."""
-    rng = np.random.default_rng(seed)
-    coarse = sitk.GetImageFromArray(rng.standard_normal((control_points,) * 3 + (3,)), isVector=True)
-    size = np.asarray(reference.GetSize())
-    coarse.SetSpacing(((size - 1) / (control_points - 1)).tolist())  # in the reference's index space
-    dense_index_grid = sitk.Image(reference.GetSize(), sitk.sitkFloat32)
-    dense = sitk.Resample(sitk.Cast(coarse, sitk.sitkVectorFloat64), dense_index_grid, sitk.Transform(),
-                          sitk.sitkBSpline, 0.0, sitk.sitkVectorFloat64)
-    values = sitk.GetArrayFromImage(dense)
-    values *= max_mm / max(np.linalg.norm(values, axis=-1).max(), 1e-9)
-    field = sitk.GetImageFromArray(values, isVector=True)
-    field.CopyInformation(reference)
-    return field
+    ``max_mm`` long: a ``control_points``³ grid of normal random vectors, cubic-spline-interpolated
+    (:func:`nnunet_hpn.augment.displacement.control_grid_field`, the generator of the augmentation and the phantoms)."""
+    draws = np.random.default_rng(seed).standard_normal((control_points,) * 3 + (3,))  # (z, y, x, xyz vector)
+    field = control_grid_field(np.moveaxis(draws, -1, 0), reference.GetSize()[::-1], degree=3)
+    image = sitk.GetImageFromArray(np.moveaxis(scaled_to_peak(field, max_mm), 0, -1), isVector=True)
+    image.CopyInformation(reference)
+    return image
 
 
 def misaligned_copy(image: sitk.Image, label: sitk.Image | None, *, seed: int, max_deformation_mm: float = 4.0,
