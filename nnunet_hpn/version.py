@@ -1,4 +1,4 @@
-"""The package's version (the one of pyproject.toml): read by ``nnunet_hpn.__version__`` and written into the
-DICOM-SEG files the plugin exports."""
+"""The package's version, in one place: pyproject.toml reads it from here (setuptools' dynamic version), and
+``nnunet_hpn.__version__``, ``nnunet-hpn --version`` and the DICOM-SEG files the plugin exports use it."""
 
 __version__ = "0.1.0"

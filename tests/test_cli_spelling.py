@@ -82,6 +82,10 @@ def test_version_is_the_package_version(capsys) -> None:
     with pytest.raises(SystemExit) as stop:
         main(["--version"])
     assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"nnunet-hpn {nnunet_hpn.__version__}"
+    # the installed distribution's version is read from the same module (pyproject's dynamic version)
+    from importlib.metadata import version
+
+    assert version("nnunet-hpn") == nnunet_hpn.__version__
 
 
 def _expanded_help(action: argparse.Action, prog: str) -> str:
