@@ -29,8 +29,9 @@ API (nothing here imports torch or nnunetv2):
   value a label map may hold), ``target_values`` (target -> label values, the masks of :mod:`nnunet_hpn.evaluate`),
   ``lesion_values``, ``foreground_values``, ``label_values(name)``, ``class_index(name)`` (the network's output
   channel of a label or region), ``per_class(by_name)`` (a per-class setting keyed by label name, as a list per
-  output channel), ``output_values`` (value in a predicted map -> name), ``nnunet_regions_or_labels`` (what nnU-Net's own evaluation scores),
-  ``unexpected_values(voxels, where)`` and the two checks built on it, ``check_values`` / ``check_label_map``;
+  output channel), ``output_values`` (value in a predicted map -> name), ``nnunet_regions_or_labels`` (what
+  nnU-Net's own evaluation scores), ``unexpected_values(voxels, where)`` and the two checks built on it,
+  ``check_values`` / ``check_label_map``;
 * :data:`PDAC_SCHEME` -- the paper's labels, targets "abnormal pancreas", "PDAC", "duct", lesion PDAC;
 * :func:`resolve_scheme` -- the scheme of a command's ``-djfile``, else of the first dataset.json found beside its
   inputs, else :data:`PDAC_SCHEME`; :func:`dataset_json_candidates` lists where "beside" looks;
@@ -270,7 +271,7 @@ def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise HPNInputError(f"{path}: missing")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise HPNInputError(f"{path}: not readable JSON ({error})") from None
 
@@ -328,7 +329,8 @@ PDAC_TARGETS: dict[str, tuple[str, ...]] = {"abnormal pancreas": ("pancreas", "P
                                             "duct": ("duct",)}
 PDAC_LESION = "PDAC"
 PDAC_PRECEDENCE: tuple[str, ...] = ("PDAC", "duct", "pancreas")
-#: The built-in preset: the paper's scheme (targets abnormal pancreas = 1 ∪ 2 ∪ 3, PDAC, duct; PDAC > duct > pancreas).
+#: The built-in preset: the paper's scheme (targets abnormal pancreas = 1 ∪ 2 ∪ 3, PDAC, duct;
+#: PDAC > duct > pancreas).
 PDAC_SCHEME = LabelScheme(dict(PDAC_LABELS), None, dict(PDAC_TARGETS), PDAC_LESION, PDAC_PRECEDENCE)
 
 

@@ -64,7 +64,7 @@ def read_channel_names(dataset_json_path: Path) -> list[str]:
     if not path.is_file():
         raise HPNInputError(f"{path}: missing")
     try:
-        return channel_names(json.loads(path.read_text()))
+        return channel_names(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise HPNInputError(f"{path}: no readable channel_names") from None
 

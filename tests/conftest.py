@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny dual-phase phantom dataset, converted and planned with the STOCK nnU-Net commands."""
 import json
+import locale
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +65,11 @@ def write_dicom_series(volume, folder: Path, spacing, origin, direction) -> None
                            ("0028|0030", f"{spacing[1]:.6f}\\{spacing[0]:.6f}"), ("0018|0050", f"{spacing[2]:.6f}")):
             slice_image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice_{z:03d}.dcm"))
-        writer.Execute(slice_image)
+        saved_locale = locale.setlocale(locale.LC_ALL)
+        try:
+            writer.Execute(slice_image)
+        finally:  # GDCM's DICOM writer leaves the process in the "C" locale (ASCII text files for later tests)
+            locale.setlocale(locale.LC_ALL, saved_locale)
 
 
 @pytest.fixture(scope="session")

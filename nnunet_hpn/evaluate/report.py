@@ -146,7 +146,7 @@ def largest_gains(results: Mapping[str, EvaluationResult], reference: str, n: in
 def _earlier_report_files(out_dir: Path) -> set[str]:
     """The files the report in ``out_dir`` wrote, as its ``report.json`` lists them (none without one)."""
     try:
-        earlier = json.loads((out_dir / "report.json").read_text())
+        earlier = json.loads((out_dir / "report.json").read_text(encoding="utf-8"))
         return {REPORT_MARKER, "report.csv", "per_case.csv", "report.json", *earlier.get("boxplots", {}).values(),
                 *([earlier["overlays"]] if earlier.get("overlays") else [])}
     except (OSError, ValueError, AttributeError, TypeError):

@@ -115,7 +115,7 @@ def write_boxes(path: Path, boxes: dict[str, CropBox], margin_mm: float, referen
 def read_boxes(path: Path) -> dict[str, CropBox]:
     """The boxes of :func:`write_boxes`; one-line HPNInputError when the file is missing or malformed."""
     try:
-        cases = json.loads(Path(path).read_text())["cases"]
+        cases = json.loads(Path(path).read_text(encoding="utf-8"))["cases"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise HPNInputError(f"{path}: not a crop-box file ({type(error).__name__}: {error})") from None
     if not isinstance(cases, dict) or not cases:

@@ -1141,7 +1141,7 @@ class StagedStudies:
             return
         target = Path(folder) / STUDY_RECORD_FOLDER
         target.mkdir(exist_ok=True)
-        (target / PHASE_MAP_FILE).write_text(self.phase_map())
+        (target / PHASE_MAP_FILE).write_text(self.phase_map(), encoding="utf-8")
         for case, record in self.records().items():
             (target / f"{case}.json").write_text(json.dumps(record, indent=2))
 
@@ -1151,7 +1151,8 @@ class StagedStudies:
         for case, record in self.records().items():
             path = Path(qc_folder) / f"{case}.json"
             if path.is_file():
-                path.write_text(json.dumps({**json.loads(path.read_text()), "dicom_study": record}, indent=2))
+                qc = json.loads(path.read_text(encoding="utf-8"))
+                path.write_text(json.dumps({**qc, "dicom_study": record}, indent=2), encoding="utf-8")
 
     def cleanup(self) -> None:
         if self._temporary is not None:

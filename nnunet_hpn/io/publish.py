@@ -177,7 +177,7 @@ def exclusive_claim(lock: Path, what: str) -> Iterator[None]:
             handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, _permissions(directory=False))
         except FileExistsError:
             try:
-                owner = int(lock.read_text().strip() or 0)
+                owner = int(lock.read_text(encoding="utf-8").strip() or 0)
             except (OSError, ValueError):
                 owner = 0
             if owner and _process_alive(owner):

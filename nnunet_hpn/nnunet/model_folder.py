@@ -44,7 +44,7 @@ class ModelFolder:
             raise HPNInputError(f"{self.dataset_file}: missing; {named_by} must be a trained model folder "
                                 f"({MODEL_FOLDER_PATTERN})")
         try:
-            self.dataset: dict[str, Any] = json.loads(self.dataset_file.read_text())
+            self.dataset: dict[str, Any] = json.loads(self.dataset_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raise HPNInputError(f"{self.dataset_file}: unreadable or not JSON") from None
         if not isinstance(self.dataset, dict):
@@ -72,7 +72,7 @@ class ModelFolder:
     def plans(self) -> dict[str, Any]:
         """``plans.json``, read once."""
         try:
-            return json.loads(self.plans_file.read_text())
+            return json.loads(self.plans_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise HPNInputError(f"{self.plans_file}: missing; {self.named_by} must be a trained model "
                                 f"folder") from None

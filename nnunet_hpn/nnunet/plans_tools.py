@@ -64,7 +64,7 @@ def _largest_image(plans_file: Path, spacing: Sequence[float]) -> list[int] | No
     """The largest image size per axis of the dataset (dataset_fingerprint.json beside the plans) at ``spacing``, in
     the plans' axis order; None without a readable fingerprint."""
     try:
-        fingerprint = json.loads((Path(plans_file).parent / "dataset_fingerprint.json").read_text())
+        fingerprint = json.loads((Path(plans_file).parent / "dataset_fingerprint.json").read_text(encoding="utf-8"))
         sizes = [[shape * old / new for shape, old, new in zip(case_shape, case_spacing, spacing)]
                  for case_shape, case_spacing in zip(fingerprint["shapes_after_crop"], fingerprint["spacings"])]
         return [int(round(max(size[axis] for size in sizes))) for axis in range(3)]
@@ -116,9 +116,10 @@ def add_small_configuration(plans_file: Path, name: str = "3d_cpu", patch_size: 
     multiple of its pooling: the entry's ``patch_size`` says what it became). Returns the new entry.
 
     HPNInputError, the file unchanged, for a number no configuration can have, a patch edge more than
-    :data:`PATCH_OVER_IMAGE` times the dataset's largest image along its axis, a name nnU-Net plans itself, an existing configuration with other settings (unless
-    ``overwrite``) and an inheritance loop. The file is read, changed and replaced (atomically) under
-    :func:`plans_lock`, so that concurrent runs never see it half-written nor lose each other's configuration.
+    :data:`PATCH_OVER_IMAGE` times the dataset's largest image along its axis, a name nnU-Net plans itself, an
+    existing configuration with other settings (unless ``overwrite``) and an inheritance loop. The file is read,
+    changed and replaced (atomically) under :func:`plans_lock`, so that concurrent runs never see it half-written
+    nor lose each other's configuration.
     """
     plans_file = Path(plans_file)
     if not plans_file.is_file():
@@ -127,7 +128,7 @@ def add_small_configuration(plans_file: Path, name: str = "3d_cpu", patch_size: 
     _check_name(plans_file, name, parent)
     with plans_lock(plans_file):
         try:
-            plans = json.loads(plans_file.read_text())
+            plans = json.loads(plans_file.read_text(encoding="utf-8"))
             PlansManager(plans).get_configuration(parent)
         except (OSError, ValueError, KeyError, TypeError):
             raise HPNInputError(f"{plans_file}: not a readable nnU-Net plans file") from None

@@ -48,7 +48,7 @@ def _file_ending(json_candidates: list[Path]) -> str:
     for path in json_candidates:
         if path.is_file():
             try:
-                return json.loads(path.read_text())["file_ending"]
+                return json.loads(path.read_text(encoding="utf-8"))["file_ending"]
             except (ValueError, KeyError):
                 raise HPNInputError(f"{path}: not a dataset.json with a 'file_ending' entry") from None
     return DEFAULT_FILE_ENDING
@@ -118,7 +118,7 @@ def write_crossval_splits(preprocessed_dataset_dir: Path, n_folds: int = 3, seed
     splits_file = preprocessed_dataset_dir / SPLITS_FILE_NAME
     if splits_file.exists():
         try:
-            existing = json.loads(splits_file.read_text())
+            existing = json.loads(splits_file.read_text(encoding="utf-8"))
         except ValueError:
             existing = None
         if existing == splits:

@@ -238,7 +238,7 @@ def _write_qc_summary(qc_dir: Path) -> None:
     """``registration_qc/summary.json``: per case and phase the key numbers, and their mean ± std per phase."""
     rows = []
     for path in sorted(qc_dir.glob("*.json")):
-        case = json.loads(path.read_text())
+        case = json.loads(path.read_text(encoding="utf-8"))
         for phase, qc in case["phases"].items():
             pancreas = qc.get("pancreas", {})
             rows.append({

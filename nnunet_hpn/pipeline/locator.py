@@ -158,7 +158,7 @@ def write_locator_dataset(source_dir: Path, target_id: int, all_phases: bool = F
     source_dir = Path(source_dir)
     dataset_json = source_dir / "dataset.json"
     try:
-        meta = json.loads(dataset_json.read_text())
+        meta = json.loads(dataset_json.read_text(encoding="utf-8"))
         phases = channel_names(meta)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise HPNInputError(f"{dataset_json}: missing or no readable channel_names") from None

@@ -407,7 +407,7 @@ def predict_folder(in_dir: Path, out_dir: Path, model_dir: Path, folds: Sequence
         # as nnUNetv2_predict: the model's label scheme travels with its predictions (union, evaluate and report
         # read it there), and nnUNetv2_ensemble reads both files from each folder
         for name in ("dataset.json", "plans.json"):
-            write_text_atomically(staging / name, (model.path / name).read_text())
+            write_text_atomically(staging / name, (model.path / name).read_text(encoding="utf-8"))
         aligned = _aligned_cases(inputs, channel_names, registration, allow_unusual_intensities,
                                  n_processes_preprocessing, progress and n_processes_preprocessing <= 1, reference)
         writes = []
