@@ -43,6 +43,7 @@ DICOM_STUDY_UID, DICOM_SERIES_UID, DICOM_FRAME_UID = ("1.2.826.0.1.3680043.2.112
 def write_dicom_series(volume, folder: Path, spacing, origin, direction) -> None:
     """A minimal CT series, one file per slice, with position/orientation tags, patient, study, series, frame of
     reference and per-slice SOP instance UIDs (what a DICOM Segmentation needs to reference it)."""
+    import pydicom
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(volume)
@@ -70,6 +71,11 @@ def write_dicom_series(volume, folder: Path, spacing, origin, direction) -> None
             writer.Execute(slice_image)
         finally:  # GDCM's DICOM writer leaves the process in the "C" locale (ASCII text files for later tests)
             locale.setlocale(locale.LC_ALL, saved_locale)
+        # once any series has been read in this process, GDCM writes a 2D slice's spacing (1) as Spacing Between
+        # Slices, which DICOM-SEG readers then trust: the series' own spacing, set with pydicom
+        written = pydicom.dcmread(folder / f"slice_{z:03d}.dcm")
+        written.SpacingBetweenSlices = f"{spacing[2]:.6f}"
+        written.save_as(folder / f"slice_{z:03d}.dcm")
 
 
 @pytest.fixture(scope="session")
