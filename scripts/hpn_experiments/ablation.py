@@ -153,11 +153,10 @@ def table_records(results: dict[tuple[str, str], EvaluationResult], backbones: S
             record: dict[str, Any] = {"backbone": BACKBONES[backbone].label, "row": row, "method": ROWS[row].label,
                                       "n": result.n_cases}
             for target in result.targets:
-                column = target
-                record[f"{column} dice mean %"] = round(100 * result.mean(target), 2)
-                record[f"{column} dice std %"] = round(100 * result.std(target), 2)
-                record[f"{column} missed"] = result.missed(target)
-                record[f"{column} present"] = result.present(target)
+                record[f"{target} dice mean %"] = round(100 * result.mean(target), 2)
+                record[f"{target} dice std %"] = round(100 * result.std(target), 2)
+                record[f"{target} missed"] = result.missed(target)
+                record[f"{target} present"] = result.present(target)
             records.append(record)
     return records
 
