@@ -1,6 +1,5 @@
 """Shared fixtures: a tiny dual-phase phantom dataset, converted and planned with the STOCK nnU-Net commands."""
 import json
-import locale
 import subprocess
 import sys
 from pathlib import Path
@@ -40,42 +39,62 @@ DICOM_STUDY_UID, DICOM_SERIES_UID, DICOM_FRAME_UID = ("1.2.826.0.1.3680043.2.112
                                                       "1.2.826.0.1.3680043.2.1125.1.43")
 
 
-def write_dicom_series(volume, folder: Path, spacing, origin, direction) -> None:
-    """A minimal CT series, one file per slice, with position/orientation tags, patient, study, series, frame of
-    reference and per-slice SOP instance UIDs (what a DICOM Segmentation needs to reference it)."""
-    import pydicom
-    import SimpleITK as sitk
+#: Rescale intercept of the CT slices :func:`ct_slice_dataset` writes (stored value = HU - intercept).
+CT_RESCALE_INTERCEPT = -1024
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
-    image = sitk.GetImageFromArray(volume)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    image.SetDirection(direction)
+
+def ct_slice_dataset(plane, *, position, orientation, pixel_spacing, thickness: float, study_uid: str,
+                     series_uid: str, frame_uid: str, sop_uid: str, instance_number: int,
+                     patient=("Phantom^HPN", "HPN-TEST")):
+    """One CT image (pydicom FileDataset) of ``plane`` (rows, columns; HU): position / orientation, pixel spacing
+    (row, column mm), slice thickness, study / series / frame / SOP UIDs; HU stored as signed 16 bit with
+    :data:`CT_RESCALE_INTERCEPT`."""
+    import numpy as np
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    stored = np.asarray(plane, dtype=np.int64) - CT_RESCALE_INTERCEPT
+    if stored.min() < np.iinfo(np.int16).min or stored.max() > np.iinfo(np.int16).max:
+        raise ValueError(f"HU {plane.min()}..{plane.max()} do not fit 16 bits with intercept {CT_RESCALE_INTERCEPT}")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CT_IMAGE_STORAGE, sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CT_IMAGE_STORAGE, sop_uid, "CT"
+    ds.PatientName, ds.PatientID = patient
+    # type-2 attributes of the patient and study modules (present, possibly empty), which a DICOM-SEG copies
+    ds.PatientBirthDate = ds.PatientSex = ds.StudyDate = ds.StudyTime = ds.StudyID = ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+    ds.InstanceNumber = instance_number
+    ds.ImagePositionPatient = [f"{v:.6f}" for v in position]
+    ds.ImageOrientationPatient = [f"{v:.6f}" for v in orientation]
+    ds.PixelSpacing, ds.SliceThickness = [f"{v:.6f}" for v in pixel_spacing], f"{thickness:.6f}"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.RescaleIntercept, ds.RescaleSlope = CT_RESCALE_INTERCEPT, 1
+    ds.PixelData = stored.astype("<i2").tobytes()
+    return ds
+
+
+def write_dicom_series(volume, folder: Path, spacing, origin, direction) -> None:
+    """A minimal CT series of ``volume`` (z, y, x; HU) on the grid of ``spacing`` / ``origin`` / ``direction``
+    (SimpleITK's order), one file per slice, with position / orientation, patient, study, series, frame of reference
+    (:data:`DICOM_STUDY_UID` ...) and per-slice SOP instance UIDs (what a DICOM Segmentation needs to reference it)."""
+    import numpy as np
+
+    axes = np.asarray(direction, dtype=float).reshape(3, 3)  # columns: the x, y, z axes
     folder.mkdir()
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    orientation = "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
-                                                    direction[1], direction[4], direction[7]))
-    for z in range(volume.shape[0]):
-        slice_image = image[:, :, z]
-        position = image.TransformIndexToPhysicalPoint((0, 0, z))
-        for tag, value in (("0008|0060", "CT"), ("0020|000e", DICOM_SERIES_UID), ("0020|000d", DICOM_STUDY_UID),
-                           ("0020|0052", DICOM_FRAME_UID), ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"),
-                           ("0008|0018", f"{DICOM_SERIES_UID}.{z + 1}"), ("0010|0020", "HPN-TEST"),
-                           ("0010|0010", "Phantom^HPN"), ("0020|0037", orientation),
-                           ("0020|0032", "\\".join(f"{v:.6f}" for v in position)), ("0020|0013", str(z + 1)),
-                           ("0028|0030", f"{spacing[1]:.6f}\\{spacing[0]:.6f}"), ("0018|0050", f"{spacing[2]:.6f}")):
-            slice_image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice_{z:03d}.dcm"))
-        saved_locale = locale.setlocale(locale.LC_ALL)
-        try:
-            writer.Execute(slice_image)
-        finally:  # GDCM's DICOM writer leaves the process in the "C" locale (ASCII text files for later tests)
-            locale.setlocale(locale.LC_ALL, saved_locale)
-        # once any series has been read in this process, GDCM writes a 2D slice's spacing (1) as Spacing Between
-        # Slices, which DICOM-SEG readers then trust: the series' own spacing, set with pydicom
-        written = pydicom.dcmread(folder / f"slice_{z:03d}.dcm")
-        written.SpacingBetweenSlices = f"{spacing[2]:.6f}"
-        written.save_as(folder / f"slice_{z:03d}.dcm")
+    for z, plane in enumerate(volume):
+        position = np.asarray(origin) + axes[:, 2] * spacing[2] * z
+        ds = ct_slice_dataset(plane, position=position, orientation=(*axes[:, 0], *axes[:, 1]),
+                              pixel_spacing=(spacing[1], spacing[0]), thickness=spacing[2],
+                              study_uid=DICOM_STUDY_UID, series_uid=DICOM_SERIES_UID, frame_uid=DICOM_FRAME_UID,
+                              sop_uid=f"{DICOM_SERIES_UID}.{z + 1}", instance_number=z + 1)
+        ds.SpacingBetweenSlices = f"{spacing[2]:.6f}"
+        ds.save_as(folder / f"slice_{z:03d}.dcm", enforce_file_format=True)
 
 
 @pytest.fixture(scope="session")

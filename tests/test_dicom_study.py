@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from conftest import ct_slice_dataset
 from nnunet_hpn.cli import main
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io import dicom_study
@@ -32,7 +33,6 @@ ALL_PHASES = ("noncontrast", "arterial", "venous", "delayed")
 #: acquisition times of the phases (s after 10:00:00): arterial 35 s after injection, venous 70 s, delayed 240 s
 TIMES = {"noncontrast": 0, "arterial": 95, "venous": 130, "delayed": 300}
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
-CT_SOP = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def _phantom(index: int):
@@ -60,28 +60,15 @@ def _ct_slices(volume: np.ndarray, study_uid: str, series_uid: str, description:
         iop, positions = [1, 0, 0, 0, 1, 0], [image.TransformIndexToPhysicalPoint((0, 0, z))
                                                for z in range(volume.shape[0])]
         pixel_spacing = [SPACING[1], SPACING[2]]
-    slices = []
+    series_number, slices = tags.pop("_number", 1), []
     for index, (plane, position) in enumerate(zip(planes, positions)):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CT_SOP, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = CT_SOP, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.Manufacturer = "CT", "phantom"
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^Study", "HPN-STUDY", "", "O"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "095500", "1", ""
-        ds.ReferringPhysicianName = ""
-        ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = description, tags.pop("_number", 1), index + 1
+        ds = ct_slice_dataset(plane, position=position, orientation=iop, pixel_spacing=pixel_spacing,
+                              thickness=SPACING[0], study_uid=study_uid, series_uid=series_uid, frame_uid=frame_uid,
+                              sop_uid=generate_uid(), instance_number=index + 1, patient=("Phantom^Study", "HPN-STUDY"))
+        ds.Manufacturer, ds.PatientSex = "phantom", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID = "20260101", "095500", "1"
+        ds.SeriesDescription, ds.SeriesNumber = description, series_number
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImagePositionPatient = [f"{v:.4f}" for v in position]
-        ds.ImageOrientationPatient = iop
-        ds.PixelSpacing, ds.SliceThickness = pixel_spacing, SPACING[0]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows, ds.Columns = plane.shape
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = (plane.astype(np.int32) + 1024).astype(np.uint16).tobytes()
         for keyword, value in tags.items():
             if value is None:
                 if keyword in ds:
