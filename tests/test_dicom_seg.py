@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from conftest import DICOM_FRAME_UID, DICOM_SERIES_UID, DICOM_STUDY_UID, write_dicom_series
 from nnunet_hpn.cli import main
 from nnunet_hpn.errors import HPNInputError
-from nnunet_hpn.io.dicom_seg import SEGMENTS, import_highdicom, write_dicom_seg
+from nnunet_hpn.io.dicom_seg import SEGMENTS, dicom_seg_for, import_highdicom
 from nnunet_hpn.io.images import dicom_file_names, read_image
 
 
@@ -46,7 +46,7 @@ def test_dicom_seg_round_trips_voxel_for_voxel_and_references_the_series(tmp_pat
     label = sitk.GetImageFromArray(voxels)
     label.CopyInformation(image)
     out = tmp_path / "case.seg.dcm"
-    write_dicom_seg(label, folder, out)
+    dicom_seg_for(label, folder).save_as(out)
 
     assert np.array_equal(labels_from_dicom_seg(out, folder), voxels)
     seg = pydicom.dcmread(out)
@@ -78,8 +78,7 @@ def test_dicom_seg_refuses_a_label_map_on_another_grid(tmp_path: Path) -> None:
     folder, _ = _series(tmp_path, (np.arange(6 * 10 * 12).reshape(6, 10, 12) % 300 - 100).astype(np.int16))
     label = sitk.Image(12, 10, 5, sitk.sitkUInt8)
     with pytest.raises(HPNInputError, match="label map: size"):
-        write_dicom_seg(label, folder, tmp_path / "x.seg.dcm")
-    assert not (tmp_path / "x.seg.dcm").exists()
+        dicom_seg_for(label, folder)
 
 
 def test_a_missing_highdicom_is_one_line_naming_the_package(monkeypatch) -> None:

@@ -1,6 +1,5 @@
 """Tests of nnunet_hpn.augment.virtual_pairs: Beta draws (two phases, unchanged), Dirichlet weights (K phases), the
-mixing
-formula, placement in nnU-Net's pipeline."""
+mixing formula, placement in nnU-Net's pipeline."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,11 +11,18 @@ from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from scipy.stats import beta as beta_distribution
 
-from nnunet_hpn.augment.virtual_pairs import (VirtualPairTransform, draw_mixing_weights, insert_virtual_pairs,
-                                              mixing_matrix)
+from nnunet_hpn.augment.virtual_pairs import VirtualPairTransform, draw_mixing_weights, insert_virtual_pairs
 
 PATCH_SIZE = (16, 16, 16)
 ROTATION = (-np.pi / 6, np.pi / 6)  # nnU-Net's 3D default range
+
+
+def mixing_matrix(weights) -> np.ndarray:
+    """(K, K) circulant matrix ``W[k, j] = weights[(j - k) mod K]``: output phase k = sum_j W[k, j] * input phase j
+    (the transform's formula as one matrix, the tests' oracle)."""
+    weights = np.asarray(weights, dtype=float)
+    n = len(weights)
+    return np.array([[weights[(j - k) % n] for j in range(n)] for k in range(n)])
 
 
 def draw_many(transform: VirtualPairTransform, n: int, key: str = "l", n_channels: int = 2) -> np.ndarray:

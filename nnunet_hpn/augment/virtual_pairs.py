@@ -45,13 +45,6 @@ def draw_mixing_weights(alpha: float, n_phases: int) -> tuple[float, ...]:
     return tuple(float(w) for w in np.random.dirichlet([alpha] * n_phases))
 
 
-def mixing_matrix(weights: Sequence[float]) -> np.ndarray:
-    """(K, K) circulant matrix ``W[k, j] = weights[(j - k) mod K]``: output phase k = sum_j W[k, j] * input phase j."""
-    weights = np.asarray(weights, dtype=float)
-    n = len(weights)
-    return np.array([[weights[(j - k) % n] for j in range(n)] for k in range(n)])
-
-
 class VirtualPairTransform(ImageOnlyTransform):
     """Per sample, replace the K phases by their mixtures ``x̃k = sum_s w[s] * x[(k + s) mod K]`` (module docstring).
 

@@ -20,7 +20,6 @@ import SimpleITK as sitk
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io.geometry import check_same_grid
 from nnunet_hpn.io.images import dicom_file_names
-from nnunet_hpn.io.publish import atomic_file
 from nnunet_hpn.labels import PDAC_SCHEME, LabelScheme
 from nnunet_hpn.version import __version__
 
@@ -98,10 +97,3 @@ def dicom_seg_for(label: sitk.Image, series_folder: Path, scheme: LabelScheme = 
         raise HPNInputError(f"{series_folder}: cannot build a DICOM Segmentation referencing this series "
                             f"({str(error).splitlines()[0]})") from None
 
-
-def write_dicom_seg(label: sitk.Image, series_folder: Path, out_path: Path,
-                    scheme: LabelScheme = PDAC_SCHEME) -> None:
-    """:func:`dicom_seg_for` written to ``out_path``, complete or not at all."""
-    segmentation = dicom_seg_for(label, series_folder, scheme)
-    with atomic_file(Path(out_path), suffix=".dcm") as temporary:
-        segmentation.save_as(str(temporary))
