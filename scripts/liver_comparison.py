@@ -18,13 +18,17 @@ One command, resumable (re-run it to continue where it stopped; finished folds a
    (``hpn_experiments.table1.archive_fold``) and, with ``--git-commit``, committed;
 5. after each fold: for every fold whose three rows are archived, the HPN union of that fold and
    ``nnunet-hpn report`` of its cases (``fold_<k>/``); once every fold is in, the report over all cases
-   (``report/``: mean ± std per target, paired Wilcoxon p against HPN union, lesions missed and rescued).
+   (``report/``: mean ± std per target, paired Wilcoxon p against HPN union, lesions missed and rescued) and
+   ``contrasts.md``: each training's mean Dice on its fold (one training per row and fold) and the differences
+   HPN union − early fusion and HPN − early fusion with a 95 % hierarchical-bootstrap interval
+   (``nnunet_hpn.evaluate.training_stats``; with one training per fold it resamples the cases within folds only).
 
 ``--docs-only`` redoes step 5 from the archive without training.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import subprocess
@@ -33,12 +37,15 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from hpn_experiments.ablation import fold_state, fresh_folder, make_union
 from hpn_experiments.archive import check_or_record, fold_archive, git_commit, is_archived, labels_digest, run_resumably
 from hpn_experiments.commands import nnunet_env, run_command
 from hpn_experiments.table1 import (FOLDS, PRESET, RUN_ABLATION, archive_fold, assemble_rows, model_dir,
                                     prepare_phantom_dataset)
 from nnunet_hpn.errors import HPNInputError
+from nnunet_hpn.evaluate.training_stats import hierarchical_bootstrap_difference
 
 N_CASES = 24
 PHANTOM_SEED = 0
@@ -50,6 +57,8 @@ TRAINED_ROWS: tuple[str, ...] = ("early_fusion", "hpn", "hpn_virtual")
 #: rows of the comparison (the union derived from hpn + hpn_virtual); the report's reference is HPN union
 REPORT_ROWS: tuple[str, ...] = ("early_fusion", "hpn", "hpn_virtual", "hpn_union")
 REFERENCE = "hpn_union"
+#: (row, baseline) pairs of contrasts.md
+CONTRASTS: tuple[tuple[str, str], ...] = (("hpn_union", "early_fusion"), ("hpn", "early_fusion"))
 
 
 def prepare_dataset(workdir: Path, env: dict[str, str]) -> Path:
@@ -132,6 +141,47 @@ def write_reports(workdir: Path, raw: Path, docs: Path, complete: Sequence[int],
         rows = assemble_rows(archive, workdir / "rows" / "all", env)
         report(raw, {row: workdir / "rows" / "all" / row for row in REPORT_ROWS if row in rows}, raw / "labelsTr",
                docs / "report", env)
+        write_contrasts(docs, {fold: fold_cases(archive, fold) for fold in FOLDS})
+
+
+def write_contrasts(docs: Path, cases_of_fold: dict[int, list[str]]) -> None:
+    """``docs/contrasts.md`` from ``docs/report/per_case.csv``: per row, target and fold the training's mean Dice
+    on its validation cases; per contrast and target the cross-validation mean difference with a 95 %
+    hierarchical-bootstrap interval (folds kept, cases resampled within them; one training per row and fold)."""
+    per_case = docs / "report" / "per_case.csv"
+    if not per_case.is_file():
+        print(f"liver_comparison: {per_case} missing, contrasts not written", file=sys.stderr, flush=True)
+        return
+    dice: dict[tuple[str, str], dict[str, float]] = {}
+    with per_case.open(newline="", encoding="utf-8") as handle:
+        for line in csv.DictReader(handle):
+            dice.setdefault((line["method"], line["target"]), {})[line["case"]] = 100 * float(line["Dice"])
+    targets = list(dict.fromkeys(target for _, target in dice))
+
+    def scores(row: str, target: str) -> dict[int, dict[int, dict[str, float]]]:  # {fold: {seed: {case: Dice %}}}
+        return {fold: {0: {case: dice[(row, target)][case] for case in cases}}  # one training: seed key 0
+                for fold, cases in cases_of_fold.items()}
+
+    lines = ["# Liver comparison: trainings and contrasts", "",
+             "Dice % of each training on its fold's validation cases (one training per row and fold; the union is "
+             "built per fold from that fold's HPN and HPN virtual-pair models).", "",
+             "| row | " + " | ".join(f"{target}: fold {' / '.join(map(str, cases_of_fold))}" for target in targets)
+             + " |", "|---|" + "---:|" * len(targets)]
+    for row in REPORT_ROWS:
+        lines.append(f"| {row} | " + " | ".join(
+            " / ".join(f"{np.mean(list(by_seed[0].values())):.1f}"
+                       for by_seed in scores(row, target).values()) for target in targets) + " |")
+    lines += ["", "Cross-validation mean Dice difference (percentage points) with a 95 % hierarchical-bootstrap "
+              "interval (10,000 resamples; within each fold its cases drawn with replacement, the same for both "
+              "rows; with one training per row and fold the trainings' own variation is not in the interval).", "",
+              "| contrast | " + " | ".join(targets) + " |", "|---|" + "---:|" * len(targets)]
+    for row, baseline in CONTRASTS:
+        cells = []
+        for target in targets:
+            interval = hierarchical_bootstrap_difference(scores(row, target), scores(baseline, target))
+            cells.append(f"{interval.estimate:+.1f} [{interval.low:+.1f}, {interval.high:+.1f}]")
+        lines.append(f"| {row} − {baseline} | " + " | ".join(cells) + " |")
+    (docs / "contrasts.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
