@@ -41,7 +41,19 @@ DICOM_STUDY_UID, DICOM_SERIES_UID, DICOM_FRAME_UID = ("1.2.826.0.1.3680043.2.112
 
 #: Rescale intercept of the CT slices :func:`ct_slice_dataset` writes (stored value = HU - intercept).
 CT_RESCALE_INTERCEPT = -1024
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def dicom_file_dataset(sop_class: str, sop_uid: str):
+    """An empty DICOM file (pydicom FileDataset, explicit VR little endian) of one SOP class and instance UID."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    return ds
 
 
 def ct_slice_dataset(plane, *, position, orientation, pixel_spacing, thickness: float, study_uid: str,
@@ -51,17 +63,13 @@ def ct_slice_dataset(plane, *, position, orientation, pixel_spacing, thickness: 
     (row, column mm), slice thickness, study / series / frame / SOP UIDs; HU stored as signed 16 bit with
     :data:`CT_RESCALE_INTERCEPT`."""
     import numpy as np
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.uid import CTImageStorage
 
     stored = np.asarray(plane, dtype=np.int64) - CT_RESCALE_INTERCEPT
     if stored.min() < np.iinfo(np.int16).min or stored.max() > np.iinfo(np.int16).max:
         raise ValueError(f"HU {plane.min()}..{plane.max()} do not fit 16 bits with intercept {CT_RESCALE_INTERCEPT}")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CT_IMAGE_STORAGE, sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CT_IMAGE_STORAGE, sop_uid, "CT"
+    ds = dicom_file_dataset(CTImageStorage, sop_uid)
+    ds.Modality = "CT"
     ds.PatientName, ds.PatientID = patient
     # type-2 attributes of the patient and study modules (present, possibly empty), which a DICOM-SEG copies
     ds.PatientBirthDate = ds.PatientSex = ds.StudyDate = ds.StudyTime = ds.StudyID = ds.AccessionNumber = ""

@@ -17,10 +17,10 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import FileDataset
+from pydicom.uid import XRayRadiationDoseSRStorage, generate_uid
 
-from conftest import ct_slice_dataset
+from conftest import ct_slice_dataset, dicom_file_dataset
 from nnunet_hpn.cli import main
 from nnunet_hpn.errors import HPNInputError
 from nnunet_hpn.io import dicom_study
@@ -98,11 +98,7 @@ def _localiser(study_uid: str) -> list[FileDataset]:
 
 def _dose_report(study_uid: str) -> list[FileDataset]:
     """A radiation dose structured report (no pixels): what scanners add to a study."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.88.67", generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds = dicom_file_dataset(XRayRadiationDoseSRStorage, generate_uid())
     ds.Modality, ds.StudyInstanceUID, ds.SeriesInstanceUID = "SR", study_uid, generate_uid()
     ds.SeriesDescription = "Dose Report"
     return [ds]
