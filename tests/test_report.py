@@ -195,6 +195,7 @@ def test_largest_gain_cases_and_pictures(report: dict) -> None:
     assert [row["case"] for row in gains] == ["case_0", "case_5"]       # gains 1 - 0 and 1 - 1/2
     assert gains[0]["gain"] == pytest.approx(1.0) and gains[1]["gain"] == pytest.approx(0.5)
     assert gains[1]["best_other"] == "venous"
+    assert "| case_0 | 100.0 | arterial 0.0 | +100.0 |" in (report["out"] / "report.md").read_text()
     names = sorted(path.name for path in report["out"].iterdir())
     assert names == sorted(["report.md", "report.csv", "per_case.csv", "report.json", "overlays_largest_gain.png",
                             "boxplot_abnormal_pancreas.png", "boxplot_PDAC.png", "boxplot_duct.png"])
@@ -295,3 +296,27 @@ def test_overlays_show_every_phase_named_by_the_dataset_json(folders: dict, tmp_
     two = matplotlib.image.imread(folders["root"] / "out" / "report" / "overlays_largest_gain.png")
     three = matplotlib.image.imread(out / "overlays_largest_gain.png")
     assert three.shape[1] > two.shape[1] * 1.1  # 7 columns instead of 6
+
+
+def test_largest_gains_list_only_cases_with_a_gain(folders: dict, tmp_path: Path) -> None:
+    """case_1 (PDAC missed by all three) and case_3 (no PDAC) gain nothing and are never listed; a method with the
+    reference's Dice in every case (a union's member) is left out of the comparison, and with nothing else to
+    compare there are no rows and no overlays."""
+    dirs = folders["dirs"]
+    methods = {name: dirs[name] for name in METHODS}
+    result = build_report(methods, dirs["labels"], tmp_path / "all", reference="hpn", images_dir=dirs["images"],
+                          n_overlays=6)
+    assert [row["case"] for row in result["gains"]] == ["case_0", "case_5", "case_2", "case_4"]
+    assert all(row["gain"] > 0 for row in result["gains"])
+    union_like = build_report({**methods, "hpn_copy": dirs["hpn"]}, dirs["labels"], tmp_path / "union_like",
+                              reference="hpn_copy", images_dir=dirs["images"], n_overlays=6)
+    assert union_like["gain_not_compared"] == ["hpn"]          # the copy is compared with arterial and venous only
+    assert [row["case"] for row in union_like["gains"]] == ["case_0", "case_5", "case_2", "case_4"]
+    assert "Not compared: hpn (the same PDAC Dice as hpn_copy in every case)." in \
+        (tmp_path / "union_like" / "report.md").read_text()
+    copy = build_report({"hpn": dirs["hpn"], "hpn_copy": dirs["hpn"]}, dirs["labels"], tmp_path / "copy",
+                        reference="hpn_copy", images_dir=dirs["images"])
+    assert copy["gains"] == [] and copy["overlays"] is None
+    text = (tmp_path / "copy" / "report.md").read_text()
+    assert "None: in no case is hpn_copy's PDAC Dice above every other method's." in text
+    assert "| Case | hpn_copy |" not in text and not (tmp_path / "copy" / "overlays_largest_gain.png").exists()

@@ -121,26 +121,30 @@ def missed_and_rescued(results: Mapping[str, EvaluationResult], single_phase: Se
 
 
 def largest_gains(results: Mapping[str, EvaluationResult], reference: str, n: int,
-                  lesion: str = "PDAC") -> tuple[str, list[dict]]:
-    """The ``n`` cases where ``reference`` gains most Dice over the best other method, largest gain first.
+                  lesion: str = "PDAC") -> tuple[str, list[dict], list[str]]:
+    """The ``n`` cases where ``reference`` gains most Dice over the best other method, largest gain first; only
+    cases with a gain (> 0), so fewer than ``n`` or none.
 
-    Target ``lesion`` over the cases with it in the truth; the first target over all cases if none has it.
-    Returns (target, [{"case", "gain", "reference_dice", "best_other", "best_other_dice"}]).
+    Target ``lesion`` over the cases with it in the truth; the first target over all cases if none has it. A method
+    with the reference's Dice in every one of these cases (a union whose lesion is that member's) is not compared:
+    no case could show a gain over it. Returns (target, [{"case", "gain", "reference_dice", "best_other",
+    "best_other_dice"}], the methods not compared).
     """
     ref = results[reference]
     target = lesion if ref.present(lesion) else ref.targets[0]
-    others = [method for method in results if method != reference]
+    cases = [case for case, present in ref.truth_present.items() if target != lesion or present[lesion]]
+    same = [method for method in results if method != reference
+            and all(results[method].value(case, target) == ref.value(case, target) for case in cases)]
+    others = [method for method in results if method != reference and method not in same]
     rows = []
-    for case, present in ref.truth_present.items():
-        if target == lesion and not present[lesion]:
-            continue
+    for case in cases if others else ():
         best_other = max(others, key=lambda method: results[method].value(case, target))
         best_dice = results[best_other].value(case, target)
         reference_dice = ref.value(case, target)
         rows.append({"case": case, "gain": reference_dice - best_dice, "reference_dice": reference_dice,
                      "best_other": best_other, "best_other_dice": best_dice})
-    rows.sort(key=lambda row: (-row["gain"], row["case"]))
-    return target, rows[:n]
+    rows = sorted((row for row in rows if row["gain"] > 0), key=lambda row: (-row["gain"], row["case"]))
+    return target, rows[:n], same
 
 
 def _earlier_report_files(out_dir: Path) -> set[str]:
@@ -289,10 +293,16 @@ def format_report_markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Box plots", ""]
     lines += [f"![{target}]({name})" for target, name in report["boxplots"].items()]
     gain_target = report["gain_target"]
-    lines += ["", f"## Cases with the largest {gain_target} Dice gain of {reference} over the best other method", "",
-              f"| Case | {reference} | best other | gain |", "|---|---:|---|---:|"]
-    lines += [f"| {row['case']} | {100 * row['reference_dice']:.1f} | {row['best_other']} "
-              f"{100 * row['best_other_dice']:.1f} | {100 * row['gain']:+.1f} |" for row in report["gains"]]
+    lines += ["", f"## Cases with the largest {gain_target} Dice gain of {reference} over the best other method", ""]
+    if report["gain_not_compared"]:
+        lines += [f"Not compared: {', '.join(report['gain_not_compared'])} (the same {gain_target} Dice as "
+                  f"{reference} in every case).", ""]
+    if report["gains"] or not report["n_gain_cases"]:
+        lines += [f"| Case | {reference} | best other | gain |", "|---|---:|---|---:|"]
+        lines += [f"| {row['case']} | {100 * row['reference_dice']:.1f} | {row['best_other']} "
+                  f"{100 * row['best_other_dice']:.1f} | {100 * row['gain']:+.1f} |" for row in report["gains"]]
+    else:
+        lines.append(f"None: in no case is {reference}'s {gain_target} Dice above every other method's.")
     lines.append("")
     if report.get("overlays"):
         colours = ", ".join(f"{colour} {name}" for name, colour in report["label_colours"].items())
@@ -300,7 +310,7 @@ def format_report_markdown(report: dict[str, Any]) -> str:
                   f"Columns: {', '.join(report['overlay_phases'])}, truth, then each method (labels on the "
                   f"{report['overlay_phases'][-1]} phase; {colours}), slice with the "
                   f"largest truth {report['lesion']} area.", ""]
-    else:
+    elif report["gains"] and report["images_dir"] is None:
         lines += ["No overlays: no images folder given (--images).", ""]
     lines += ["## Conventions", "",
               "- Dice and NSD in %, HD95 in mm; std is the population std over cases (ddof 0).",
@@ -410,7 +420,7 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
                                 if tested else None for metric in METRICS}
                        for target in targets} for name in methods if name != reference}
     rescue = missed_and_rescued(results, single_phase, hpn, scheme.lesion) if single_phase is not None else None
-    gain_target, gains = largest_gains(results, reference, max(0, n_overlays), scheme.lesion)
+    gain_target, gains, not_compared = largest_gains(results, reference, max(0, n_overlays), scheme.lesion)
 
     overlay_cases = []
     if images_dir is not None and gains:
@@ -425,7 +435,8 @@ def build_report(methods: Mapping[str, Path], truth_dir: Path, out_dir: Path, *,
         "n_cases": len(cases), "cases": cases, "date": datetime.date.today().isoformat(),
         "empty_convention": EMPTY_CONVENTION, "wilcoxon_note": wilcoxon_note(len(cases)), "summary": summary,
         "wilcoxon": wilcoxon, "missed_rescued": rescue, "missed_rescued_note": note, "gain_target": gain_target,
-        "gains": gains, "boxplots": {target: f"boxplot_{target_slug(target)}.png" for target in targets},
+        "n_gain_cases": max(0, n_overlays), "gains": gains, "gain_not_compared": not_compared,
+        "boxplots": {target: f"boxplot_{target_slug(target)}.png" for target in targets},
         "targets": targets, "lesion": scheme.lesion, "target_note": target_note(scheme),
         "label_colours": colour_legend(scheme),
         "overlays": "overlays_largest_gain.png" if overlay_cases else None,
