@@ -404,12 +404,13 @@ def test_image_evidence_orders_the_phantom_phases() -> None:
         evidence = {phase: dicom_study.image_evidence(phantom_image(case.images[phase], SPACING))
                     for phase in ALL_PHASES}
         enhanced = max(e.enhanced_share for e in evidence.values())
-        assert evidence["noncontrast"].enhanced_share < dicom_study.UNENHANCED_BELOW * enhanced
+        assert evidence["noncontrast"].enhanced_share < dicom_study.phases.UNENHANCED_BELOW * enhanced
         baseline = min(e.arterial_share for e in evidence.values())  # bone, in every phase alike
         arterial = evidence["arterial"].arterial_share - baseline
         others = max(evidence[p].arterial_share for p in ("venous", "delayed")) - baseline
-        assert arterial >= dicom_study.ARTERIAL_RATIO * others and arterial - others >= dicom_study.ARTERIAL_MARGIN
-        assert evidence["venous"].enhanced_share >= dicom_study.VENOUS_RATIO * evidence["delayed"].enhanced_share
+        assert arterial >= dicom_study.phases.ARTERIAL_RATIO * others
+        assert arterial - others >= dicom_study.phases.ARTERIAL_MARGIN
+        assert evidence["venous"].enhanced_share >= dicom_study.phases.VENOUS_RATIO * evidence["delayed"].enhanced_share
 
 
 @pytest.mark.skipif(not (REAL / "dcmqi_ct3slice" / "liver.dcm").is_file(),
