@@ -335,7 +335,10 @@ def format_table_v2(dice: dict[tuple[str, int, int], CaseDice], present: CaseDic
                   "trainings of each row and the fold's cases are drawn with replacement, cases paired between the "
                   "rows; "
                   "nnunet_hpn/evaluate/training_stats.py), and the per-case paired Wilcoxon p on the 24 cases (each "
-                  "case's Dice averaged over the row's seeds).", "",
+                  "case's Dice averaged over the row's seeds). With two trainings per row and fold, resampling them "
+                  "gives half the training-to-training variance of their mean (a bootstrap of 2 values has variance "
+                  "s²/4, the mean of 2 trainings s²/2), so the intervals are if anything too narrow: read them with "
+                  "the per-fold view.", "",
                   "| contrast | rows | target | difference | 95 % interval | Wilcoxon p (cases) | trainings |",
                   "|---|---|---|---:|---:|---:|---:|"]
         for name, first, second in contrasts:
