@@ -10,16 +10,15 @@ One module per step, each importing only the ones before it:
 * :mod:`.segmentation`: a DICOM Segmentation read as a label map on the grid of the series it references;
 * :mod:`.cases`: study folders resolved and staged as ordinary case folders for ``convert`` and ``predict``.
 
-The names other modules use are imported here; the rules' constants live in their module.
+The names other modules (and the tests) use are imported here; everything else, the rules' constants
+included, is read from its module.
 """
-from nnunet_hpn.io.dicom_study.cases import StagedStudies, StudyCase, dataset_labels, resolve_studies, review_phase_map
-from nnunet_hpn.io.dicom_study.phase_map import phase_map_rows, phase_map_text, read_phase_map
-from nnunet_hpn.io.dicom_study.phases import (KNOWN_PHASES, ImageEvidence, PhaseAssignment, check_series_folders_order,
-                                              identify_phases, image_evidence)
+from nnunet_hpn.io.dicom_study.cases import StagedStudies, dataset_labels, resolve_studies, review_phase_map
+from nnunet_hpn.io.dicom_study.phase_map import phase_map_text
+from nnunet_hpn.io.dicom_study.phases import KNOWN_PHASES, check_series_folders_order, image_evidence
 from nnunet_hpn.io.dicom_study.segmentation import read_segmentation
-from nnunet_hpn.io.dicom_study.series import Candidate, Study, is_study_folder, read_candidate, scan_study
+from nnunet_hpn.io.dicom_study.series import read_candidate, scan_study
 
-__all__ = ["KNOWN_PHASES", "Candidate", "ImageEvidence", "PhaseAssignment", "StagedStudies", "Study", "StudyCase",
-           "check_series_folders_order", "dataset_labels", "identify_phases", "image_evidence", "is_study_folder",
-           "phase_map_rows", "phase_map_text", "read_candidate", "read_phase_map", "read_segmentation",
-           "resolve_studies", "review_phase_map", "scan_study"]
+__all__ = ["KNOWN_PHASES", "StagedStudies", "check_series_folders_order", "dataset_labels", "image_evidence",
+           "phase_map_text", "read_candidate", "read_segmentation", "resolve_studies", "review_phase_map",
+           "scan_study"]
