@@ -276,10 +276,13 @@ def format_table_v2(dice: dict[tuple[str, int, int], CaseDice], present: CaseDic
     lines = ["# Table 1 v2: HPN ablation, balanced recipe, two training seeds", "", header, "",
              "## Rows", "",
              "Dice %: mean over seeds of the 24-case cross-validation mean ± population std over cases (averaged "
-             "over seeds), then each seed's cross-validation mean; missed: cases with the target and Dice 0, summed "
-             "over seeds; failed trainings: trainings whose mean Dice on their validation fold is 0 for some target.",
+             "over seeds), then in brackets each seed's cross-validation mean and their population std over seeds; "
+             "missed: cases with the target and Dice 0, summed over seeds; failed trainings: trainings whose mean "
+             "Dice on their validation fold is 0 for some target; wall minutes: mean wall time of the row's "
+             "nnUNetv2_train commands (training and nnU-Net's validation of the fold; a training resumed from a "
+             "checkpoint counts its last part only).",
              "", "| row | seeds | " + " | ".join(f"{target} Dice %" for target in TARGETS) +
-             " | PDAC missed | duct missed | failed trainings | min per training |",
+             " | PDAC missed | duct missed | failed trainings | wall minutes per training |",
              "|---|---|" + "---:|" * (len(TARGETS) + 4)]
     for row in protocol.order:
         seeds = complete_seeds(dice, row, protocol)
@@ -291,7 +294,8 @@ def format_table_v2(dice: dict[tuple[str, int, int], CaseDice], present: CaseDic
                         for seed in seeds]
             cells.append(f"{np.mean([np.mean(v) for v in per_seed]):.1f} ± "
                          f"{np.mean([np.std(v) for v in per_seed]):.1f}"
-                         f" ({' / '.join(f'{np.mean(v):.1f}' for v in per_seed)})")
+                         f" ({' / '.join(f'{np.mean(v):.1f}' for v in per_seed)}"
+                         f"{f'; std {np.std([np.mean(v) for v in per_seed]):.1f}' if len(per_seed) > 1 else ''})")
         for target in ("PDAC", "duct"):
             cases = [(case, value) for seed in seeds for fold in FOLDS
                      for case, value in dice[(row, seed, fold)].items() if present[case][target]]

@@ -209,6 +209,10 @@ def test_v2_table_counts_failed_trainings_and_lists_every_contrast():
     text = table.format_table_v2(dice, present, records, table.PROTOCOL_V2, "header")
     hpn_line = next(line for line in text.splitlines() if line.startswith("| HPN (original pairs) |"))
     assert "| 1/6 | 2.0 |" in hpn_line and "| 1/10 | 0/10 |" in hpn_line  # 1 failed training: its case missed
+    seed_means = [np.mean([v["PDAC"] for fold in CASES for v in dice[("hpn", seed, fold)].values()])
+                  for seed in table.PROTOCOL_V2.seeds]
+    pdac_cell = hpn_line.split(" | ")[3]
+    assert pdac_cell.endswith(f"({seed_means[0]:.1f} / {seed_means[1]:.1f}; std {np.std(seed_means):.1f})")
     for name, first, second in table.CONTRASTS:
         assert sum(line.startswith(f"| {name} | {first} − {second} |") for line in text.splitlines()) == len(
             table.TARGETS)
