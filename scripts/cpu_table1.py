@@ -292,10 +292,10 @@ def format_table_v2(dice: dict[tuple[str, int, int], CaseDice], present: CaseDic
         for target in TARGETS:
             per_seed = [[value[target] for fold in FOLDS for value in dice[(row, seed, fold)].values()]
                         for seed in seeds]
-            cells.append(f"{np.mean([np.mean(v) for v in per_seed]):.1f} ± "
-                         f"{np.mean([np.std(v) for v in per_seed]):.1f}"
-                         f" ({' / '.join(f'{np.mean(v):.1f}' for v in per_seed)}"
-                         f"{f'; std {np.std([np.mean(v) for v in per_seed]):.1f}' if len(per_seed) > 1 else ''})")
+            seed_means = [np.mean(values) for values in per_seed]
+            seed_std = f"; std {np.std(seed_means):.1f}" if len(seed_means) > 1 else ""
+            cells.append(f"{np.mean(seed_means):.1f} ± {np.mean([np.std(v) for v in per_seed]):.1f}"
+                         f" ({' / '.join(f'{mean:.1f}' for mean in seed_means)}{seed_std})")
         for target in ("PDAC", "duct"):
             cases = [(case, value) for seed in seeds for fold in FOLDS
                      for case, value in dice[(row, seed, fold)].items() if present[case][target]]
